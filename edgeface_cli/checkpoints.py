@@ -1,0 +1,495 @@
+"""Reading checkpoints of any common format safely, diffing them against an architecture,
+explaining the difference, repairing it, and writing files atomically.
+
+Pickles are only ever read with ``torch.load(weights_only=True)``: a file that needs
+arbitrary Python globals is refused, never executed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import struct
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+from .models import KEY_PREFIX, ZOO, EdgeFace, key_shapes
+
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "backbone")
+DATA_PARALLEL_PREFIXES = ("module.", "_orig_mod.")
+TIMM_TOP_LEVEL = ("stem.", "stages.", "head.", "norm_pre.")
+FIX_HINT = "pass a checkpoint saved with torch.save(model.state_dict(), PATH), a TorchScript archive or a .safetensors file"
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path
+    format: str  # e.g. "torch (wrapped under 'state_dict', 'module.' prefix stripped)"
+    state_dict: dict[str, torch.Tensor]
+    extras: dict[str, Any] = field(default_factory=dict)  # non-tensor entries of a training checkpoint
+
+
+# ------------------------------------------------------------------ reading
+
+
+def _refusal_detail(message: str) -> str:
+    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    if match:
+        return f"it needs the Python global {match.group(1)}"
+    return "it needs Python objects beyond tensors"
+
+
+def _load_pickle(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refused to load {path}: {_refusal_detail(str(exc))}, so unpickling it could run code "
+            "(nothing was executed). If you trust its source, load it yourself and re-save "
+            "torch.save(obj.state_dict(), 'clean.pt')"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, struct.error, zipfile.BadZipFile) as exc:
+        raise CheckpointError(
+            f"cannot read {path}: the file is truncated or corrupt ({_first_line(exc)}); {FIX_HINT}"
+        ) from None
+
+
+def _load_torchscript(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        scripted = torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read TorchScript archive {path}: {_first_line(exc)}") from None
+    return {key: value for key, value in scripted.state_dict().items()}
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"cannot read {path}: not a valid .safetensors file ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first sentence of an exception message: enough to name the problem, short enough for one line."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    first = text.splitlines()[0].split(". ")[0]
+    return first[:160]
+
+
+def _sniff(path: Path) -> str:
+    """Which reader a file needs, from its bytes rather than its name."""
+    with path.open("rb") as handle:
+        head = handle.read(4096)
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "torch"  # torch.load reports the corruption
+        if any("/code/" in name or name.endswith("constants.pkl") for name in names):
+            return "torchscript"
+        return "torch"
+    if head[:1] == b"\x80":  # pickle protocol marker: legacy torch.save
+        return "torch"
+    if len(head) >= 9:
+        (header_size,) = struct.unpack("<Q", head[:8])
+        if 0 < header_size < 100_000_000 and head[8:9] == b"{":
+            return "safetensors"
+    if b"\x00" not in head:
+        try:
+            head.decode("utf-8")
+            return "text"
+        except UnicodeDecodeError:
+            pass
+    return "unknown"
+
+
+def _tensor_mapping(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and any(isinstance(value, torch.Tensor) for value in obj.values())
+
+
+def _unwrap(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], list[str], dict[str, Any]]:
+    notes: list[str] = []
+    extras: dict[str, Any] = {}
+    depth = 0
+    while isinstance(obj, Mapping) and depth < 4:
+        wrapper = next((key for key in WRAPPER_KEYS if isinstance(obj.get(key), Mapping)), None)
+        if wrapper is None:
+            break
+        if depth == 0:
+            extras = {key: value for key, value in obj.items() if key != wrapper}
+        notes.append(f"wrapped under '{wrapper}'")
+        obj = obj[wrapper]
+        depth += 1
+    if not _tensor_mapping(obj):
+        kind = type(obj).__name__
+        keys = ", ".join(list(map(str, obj))[:8]) if isinstance(obj, Mapping) else ""
+        detail = f" (top-level keys: {keys})" if keys else ""
+        raise CheckpointError(f"{path} holds no state_dict: found a {kind} without tensors{detail}; {FIX_HINT}")
+    state = {str(key): value for key, value in obj.items() if isinstance(value, torch.Tensor)}
+    return state, notes, extras
+
+
+def normalize_keys(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Strip DataParallel/compile prefixes and add the published ``model.`` prefix to bare timm keys."""
+    notes: list[str] = []
+    changed = True
+    while changed and state:
+        changed = False
+        for prefix in DATA_PARALLEL_PREFIXES:
+            if all(key.startswith(prefix) for key in state):
+                state = {key[len(prefix):]: value for key, value in state.items()}
+                notes.append(f"'{prefix}' prefix stripped")
+                changed = True
+    if state and not any(key.startswith(KEY_PREFIX) for key in state):
+        if any(key.startswith(TIMM_TOP_LEVEL) for key in state):
+            state = {KEY_PREFIX + key: value for key, value in state.items()}
+            notes.append(f"bare timm keys, '{KEY_PREFIX}' prefix added")
+    return state, notes
+
+
+def read_checkpoint(path: Path | str) -> LoadedCheckpoint:
+    """Read a backbone state_dict from any supported format. Raises CheckpointError with one clear line."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}; check the path given to --edgeface/--checkpoint")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the download or copy did not finish")
+    kind = _sniff(path)
+    extras: dict[str, Any] = {}
+    if kind == "text":
+        raise CheckpointError(f"{path} is a text file, not a checkpoint; {FIX_HINT}")
+    if kind == "unknown":
+        raise CheckpointError(f"{path} is not a checkpoint format edgeface knows; {FIX_HINT}")
+    if kind == "safetensors":
+        raw: Any = _load_safetensors(path)
+        label = "safetensors"
+    elif kind == "torchscript":
+        raw = _load_torchscript(path)
+        label = "torchscript"
+    else:
+        raw = _load_pickle(path)
+        label = "torch"
+    state, notes, extras = _unwrap(raw, path)
+    state, prefix_notes = normalize_keys(state)
+    notes += prefix_notes
+    fmt = label + (f" ({', '.join(notes)})" if notes else "")
+    return LoadedCheckpoint(path=path, format=fmt, state_dict=state, extras=extras)
+
+
+# ------------------------------------------------------------------ comparing
+
+
+@dataclass
+class ShapeMismatch:
+    key: str
+    checkpoint_shape: tuple[int, ...]
+    model_shape: tuple[int, ...]
+
+
+@dataclass
+class KeyReport:
+    matched: list[str]
+    missing: list[str]  # in the architecture, not in the checkpoint
+    unexpected: list[str]  # in the checkpoint, not in the architecture
+    mismatched: list[ShapeMismatch]
+
+    @property
+    def clean(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    @property
+    def differences(self) -> int:
+        return len(self.missing) + len(self.unexpected) + len(self.mismatched)
+
+
+def compare_keys(checkpoint_shapes: Mapping[str, tuple[int, ...]], model_shapes: Mapping[str, tuple[int, ...]]) -> KeyReport:
+    matched, missing, mismatched = [], [], []
+    for key, shape in model_shapes.items():
+        if key not in checkpoint_shapes:
+            missing.append(key)
+        elif tuple(checkpoint_shapes[key]) != tuple(shape):
+            mismatched.append(ShapeMismatch(key, tuple(checkpoint_shapes[key]), tuple(shape)))
+        else:
+            matched.append(key)
+    unexpected = [key for key in checkpoint_shapes if key not in model_shapes]
+    return KeyReport(matched, missing, unexpected, mismatched)
+
+
+def shapes_of(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(value.shape) for key, value in state.items()}
+
+
+def pos_emb_layout(keys: list[str] | Mapping[str, Any]) -> tuple[bool, bool, bool, bool]:
+    """Which stages hold positional encodings, read off the key names."""
+    layout = [False] * 4
+    for key in keys:
+        match = re.match(rf"{re.escape(KEY_PREFIX)}stages\.(\d)\..*\.pos_embd\.", key)
+        if match and int(match.group(1)) < 4:
+            layout[int(match.group(1))] = True
+    return (layout[0], layout[1], layout[2], layout[3])
+
+
+def embedding_dim_of(shapes: Mapping[str, tuple[int, ...]]) -> int | None:
+    for key in ("model.head.fc.weight", "model.head.fc.linear2.weight"):
+        if key in shapes:
+            return int(shapes[key][0])
+    return None
+
+
+@dataclass
+class ArchMatch:
+    arch: str
+    use_pos_emb: tuple[bool, ...]
+    embedding_dim: int
+    differences: int
+
+    @property
+    def exact(self) -> bool:
+        return self.differences == 0
+
+
+def detect_arch(state: Mapping[str, torch.Tensor]) -> ArchMatch:
+    """The zoo variant (with pos-emb layout and embedding size) closest to the checkpoint."""
+    shapes = shapes_of(state)
+    layout = pos_emb_layout(list(shapes))
+    embedding_dim = embedding_dim_of(shapes) or 512
+    candidates = []
+    for arch in ZOO:
+        report = compare_keys(shapes, key_shapes(arch, layout, embedding_dim))
+        candidates.append(ArchMatch(arch, layout, embedding_dim, report.differences))
+    return min(candidates, key=lambda match: match.differences)
+
+
+def _stage_list(stages: list[int]) -> str:
+    return ", ".join(str(stage) for stage in sorted(set(stages)))
+
+
+def _pos_emb_stages(keys: list[str]) -> list[int]:
+    return [int(re.search(r"stages\.(\d)\.", key).group(1)) for key in keys if re.search(r"stages\.(\d)\.", key)]  # type: ignore[union-attr]
+
+
+def _yaml_bools(flags: tuple[bool, ...] | list[bool]) -> str:
+    return "[" + ",".join("true" if flag else "false" for flag in flags) + "]"
+
+
+def diagnose(
+    report: KeyReport,
+    checkpoint_state: Mapping[str, torch.Tensor],
+    arch: str,
+    use_pos_emb: tuple[bool, ...] | list[bool],
+) -> list[str]:
+    """Plain-language reasons for the difference, each with the setting that fixes it."""
+    if report.clean:
+        return [f"the checkpoint matches {arch} exactly ({len(report.matched)} tensors)"]
+    notes: list[str] = []
+    differing = report.missing + report.unexpected + [item.key for item in report.mismatched]
+    checkpoint_layout = pos_emb_layout(list(checkpoint_state))
+    if all(".pos_embd." in key for key in differing):
+        if report.missing:
+            notes.append(
+                f"{len(report.missing)} missing keys are the positional encodings (pos_embd) of the XCA blocks "
+                f"in stage(s) {_stage_list(_pos_emb_stages(report.missing))}: the architecture was built with "
+                f"use_pos_emb={_yaml_bools(use_pos_emb)}, but the checkpoint was trained without them there"
+            )
+        if report.unexpected:
+            notes.append(
+                f"{len(report.unexpected)} unexpected keys are positional encodings the checkpoint has in stage(s) "
+                f"{_stage_list(_pos_emb_stages(report.unexpected))} that the architecture lacks"
+            )
+        notes.append(
+            f"set model.use_pos_emb: {_yaml_bools(checkpoint_layout)} "
+            f"(--set 'model.use_pos_emb={_yaml_bools(checkpoint_layout)}') to load this checkpoint exactly; "
+            "--write-fixed initialises the missing encodings instead (they then start untrained)"
+        )
+        return notes
+    detected = detect_arch(checkpoint_state)
+    if detected.exact and detected.arch != arch:
+        notes.append(
+            f"this is an {detected.arch} checkpoint, not {arch}: use --arch {detected.arch} (or --arch auto)"
+        )
+        return notes
+    head_keys = [item for item in report.mismatched if item.key.startswith("model.head.fc")]
+    if head_keys and len(head_keys) == report.differences:
+        notes.append(
+            f"only the embedding layer differs: the checkpoint embeds to {head_keys[0].checkpoint_shape[0]} "
+            f"dimensions, the architecture to {head_keys[0].model_shape[0]}; set model.embedding_dim accordingly"
+        )
+        return notes
+    if detected.exact:  # same arch, other layout
+        notes.append(
+            f"the checkpoint is {detected.arch} with use_pos_emb={_yaml_bools(detected.use_pos_emb)}; "
+            f"set --set 'model.use_pos_emb={_yaml_bools(detected.use_pos_emb)}'"
+        )
+        return notes
+    notes.append(
+        f"{report.differences} tensors differ from {arch}; the closest zoo variant is {detected.arch} with "
+        f"{detected.differences} differences, so this is probably not an EdgeFace backbone of a known layout"
+    )
+    if report.missing:
+        notes.append("missing keys would start from random values: never train on them silently")
+    return notes
+
+
+def group_by_module(keys: list[str]) -> dict[str, list[str]]:
+    """``model.stages.2.blocks.5.pos_embd.token_projection.weight`` -> module ``...token_projection``: [weight]."""
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        module, _, leaf = key.rpartition(".")
+        groups.setdefault(module, []).append(leaf)
+    return groups
+
+
+# ------------------------------------------------------------------ loading into a model
+
+
+def initialise_tensor(key: str, template: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """The seed's Fix 1, made explicit: xavier for matrices, zeros for biases, ones for norm weights."""
+    leaf = key.rpartition(".")[2]
+    tensor = torch.empty_like(template, device="cpu")
+    if not template.is_floating_point():
+        return template.detach().clone().cpu(), "kept architecture default"
+    if leaf == "weight" and template.dim() >= 2:
+        nn.init.xavier_uniform_(tensor)
+        return tensor, "xavier_uniform"
+    if leaf == "bias":
+        return tensor.zero_(), "zeros"
+    if leaf == "weight":
+        return tensor.fill_(1.0), "ones"
+    return template.detach().clone().cpu(), "kept architecture default"
+
+
+@dataclass
+class FixResult:
+    state_dict: dict[str, torch.Tensor]
+    initialised: list[tuple[str, str]]  # (key, method)
+    dropped: list[str]
+
+
+def fix_state_dict(checkpoint_state: Mapping[str, torch.Tensor], model: nn.Module) -> FixResult:
+    """A state_dict in the architecture's layout: unexpected keys dropped, missing/mismatched ones initialised."""
+    model_state = model.state_dict()
+    fixed: dict[str, torch.Tensor] = {}
+    initialised: list[tuple[str, str]] = []
+    for key, template in model_state.items():
+        value = checkpoint_state.get(key)
+        if value is not None and tuple(value.shape) == tuple(template.shape):
+            fixed[key] = value.detach().to(dtype=template.dtype)
+        else:
+            fixed[key], method = initialise_tensor(key, template)
+            initialised.append((key, method))
+    dropped = [key for key in checkpoint_state if key not in model_state]
+    return FixResult(fixed, initialised, dropped)
+
+
+class CheckpointMismatch(CheckpointError):
+    """The checkpoint does not fit the architecture and the user did not allow initialising the gap."""
+
+    def __init__(self, message: str, report: KeyReport, diagnosis: list[str]) -> None:
+        super().__init__(message)
+        self.report = report
+        self.diagnosis = diagnosis
+
+
+@dataclass
+class BackboneLoad:
+    backbone: EdgeFace
+    checkpoint: LoadedCheckpoint | None
+    report: KeyReport | None
+    diagnosis: list[str]
+    initialised: list[tuple[str, str]]
+
+
+def resolve_arch(
+    arch: str, checkpoint: LoadedCheckpoint | None, use_pos_emb: tuple[bool, ...] | list[bool], embedding_dim: int
+) -> tuple[str, tuple[bool, ...], int]:
+    """``auto`` picks the zoo variant, pos-emb layout and embedding size that match the checkpoint."""
+    if arch != "auto":
+        return arch, tuple(use_pos_emb), embedding_dim
+    if checkpoint is None:
+        raise CheckpointError("--arch auto needs a checkpoint to detect the variant from; pass --edgeface PATH")
+    detected = detect_arch(checkpoint.state_dict)
+    return detected.arch, tuple(detected.use_pos_emb), detected.embedding_dim
+
+
+def load_backbone(
+    checkpoint_path: Path | None,
+    arch: str,
+    use_pos_emb: tuple[bool, ...] | list[bool],
+    embedding_dim: int,
+    allow_missing: bool,
+) -> BackboneLoad:
+    """Build the backbone and load the checkpoint through the same reader and key report as inspect-keys.
+
+    Missing keys are never ignored silently: without ``allow_missing`` any difference raises
+    CheckpointMismatch carrying the diagnosis; with it they are initialised and listed.
+    """
+    checkpoint = read_checkpoint(checkpoint_path) if checkpoint_path is not None else None
+    arch, layout, embedding_dim = resolve_arch(arch, checkpoint, use_pos_emb, embedding_dim)
+    backbone = EdgeFace(arch, layout, embedding_dim)
+    if checkpoint is None:
+        return BackboneLoad(backbone, None, None, [], [])
+    report = compare_keys(shapes_of(checkpoint.state_dict), shapes_of(backbone.state_dict()))
+    diagnosis = diagnose(report, checkpoint.state_dict, arch, layout)
+    if not report.clean and not allow_missing:
+        raise CheckpointMismatch(
+            f"{checkpoint.path} does not fit {arch}: {len(report.missing)} missing, {len(report.unexpected)} "
+            f"unexpected, {len(report.mismatched)} mismatched keys. " + "; ".join(diagnosis)
+            + ". To train anyway with the gaps initialised, set model.allow_missing: true",
+            report,
+            diagnosis,
+        )
+    fix = fix_state_dict(checkpoint.state_dict, backbone)
+    backbone.load_state_dict(fix.state_dict, strict=True)
+    return BackboneLoad(backbone, checkpoint, report, diagnosis, fix.initialised)
+
+
+# ------------------------------------------------------------------ writing
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write through a temp file in the same directory, fsync, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        try:
+            os.unlink(temp_name)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    _atomic_write(path, lambda stream: torch.save(obj, stream))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")

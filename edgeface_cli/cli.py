@@ -1,0 +1,256 @@
+"""The `edgeface` command line: flags -> config -> library call -> Rich output and exit code.
+
+Exit codes: 0 success; 1 inspect-keys found differences; 2 user error (bad path, config,
+checkpoint or data); 3 training stopped by a guard; 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .errors import EdgeFaceError
+
+app = typer.Typer(
+    help="Fine-tune EdgeFace face-recognition backbones on your own identities.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Show or create the shared configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+EXIT_DIFFERENCES = 1
+EXIT_USER_ERROR = 2
+EXIT_GUARD_STOP = 3
+EXIT_INTERRUPTED = 130
+
+# Options every command shares.
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (default: ./edgeface.yaml when present).")
+SetOpt = typer.Option(None, "--set", help="Override any field: section.field=value (YAML value). Repeatable.")
+
+
+def fail(message: str, code: int = EXIT_USER_ERROR) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Typed user errors become one message and exit 2, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except EdgeFaceError as exc:
+            fail(str(exc), exc.exit_code)
+
+    return wrapper
+
+
+def resolve_config(config_file: Optional[Path], overrides: Optional[list[str]], **flags: Any):
+    from .config import build_config
+
+    return build_config(config_file, flags, overrides or [])
+
+
+def print_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+# ------------------------------------------------------------------ config
+
+
+@config_app.command("show")
+@user_errors
+def config_show(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of YAML."),
+) -> None:
+    """Print the resolved configuration (defaults < file < --set)."""
+    from .config import dump_yaml
+
+    resolved = resolve_config(config, set_)
+    if as_json:
+        print_json(resolved.to_yaml_dict())
+    else:
+        typer.echo(dump_yaml(resolved), nl=False)
+
+
+@config_app.command("init")
+@user_errors
+def config_init(
+    file: Path = typer.Argument(..., help="Where to write the commented default config."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+) -> None:
+    """Write a commented default config file."""
+    from .checkpoints import atomic_write_text
+    from .config import commented_default_yaml
+
+    if file.exists() and not force:
+        fail(f"{file} already exists; pass --force to overwrite it")
+    atomic_write_text(file, commented_default_yaml())
+    console.print(f"wrote {file}")
+
+
+# ------------------------------------------------------------------ inspect-keys
+
+
+MAX_TABLE_ROWS = 30
+
+
+def _key_table(report: Any) -> tuple[Table, int]:
+    """Differences grouped by module; long lists are cut (``--json`` has them all)."""
+    from .checkpoints import group_by_module
+
+    rows: list[tuple[str, str, str]] = []
+    for status, keys in (("missing", report.missing), ("unexpected", report.unexpected)):
+        for module, leaves in group_by_module(keys).items():
+            rows.append((status, module, ", ".join(leaves)))
+    for item in report.mismatched:
+        rows.append(("shape", item.key, f"checkpoint {list(item.checkpoint_shape)} vs model {list(item.model_shape)}"))
+    table = Table(title="Differences by module")
+    for column in ("status", "module", "tensors"):
+        table.add_column(column, overflow="fold")
+    for row in rows[:MAX_TABLE_ROWS]:
+        table.add_row(*(escape(cell) for cell in row))
+    return table, max(0, len(rows) - MAX_TABLE_ROWS)
+
+
+@app.command("inspect-keys")
+@user_errors
+def inspect_keys(
+    edgeface: Optional[Path] = typer.Option(None, "--edgeface", "-e", help="Checkpoint to inspect (else model.checkpoint)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Zoo variant to compare against, or 'auto'."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    write_fixed: Optional[Path] = typer.Option(None, "--write-fixed", help="Write a repaired checkpoint in the architecture's layout."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Diff a checkpoint against the architecture, explain the difference, optionally repair it.
+
+    Exit 0 when everything matches, 1 when anything differs, 2 when the checkpoint cannot be read.
+    """
+    from .checkpoints import (
+        atomic_torch_save,
+        compare_keys,
+        diagnose,
+        fix_state_dict,
+        read_checkpoint,
+        resolve_arch,
+        shapes_of,
+    )
+    from .models import EdgeFace
+
+    resolved = resolve_config(
+        config, set_, **{"model.checkpoint": edgeface, "model.arch": arch if arch != "auto" else None}
+    )
+    checkpoint_path = resolved.model.checkpoint
+    if checkpoint_path is None:
+        fail("no checkpoint to inspect: pass --edgeface PATH (or set model.checkpoint)")
+    checkpoint = read_checkpoint(checkpoint_path)
+    chosen_arch, layout, embedding_dim = resolve_arch(
+        arch or resolved.model.arch, checkpoint, resolved.model.use_pos_emb, resolved.model.embedding_dim
+    )
+    model = EdgeFace(chosen_arch, layout, embedding_dim)
+    report = compare_keys(shapes_of(checkpoint.state_dict), shapes_of(model.state_dict()))
+    diagnosis = diagnose(report, checkpoint.state_dict, chosen_arch, layout)
+
+    fixed_info: dict[str, Any] | None = None
+    if write_fixed is not None:
+        fix = fix_state_dict(checkpoint.state_dict, model)
+        atomic_torch_save(fix.state_dict, write_fixed)
+        fixed_info = {
+            "path": str(write_fixed),
+            "initialised": [{"key": key, "init": method} for key, method in fix.initialised],
+            "dropped": fix.dropped,
+        }
+
+    if as_json:
+        print_json(
+            {
+                "checkpoint": str(checkpoint.path),
+                "format": checkpoint.format,
+                "arch": chosen_arch,
+                "use_pos_emb": list(layout),
+                "embedding_dim": embedding_dim,
+                "matched": len(report.matched),
+                "missing": report.missing,
+                "unexpected": report.unexpected,
+                "mismatched": [
+                    {"key": m.key, "checkpoint_shape": list(m.checkpoint_shape), "model_shape": list(m.model_shape)}
+                    for m in report.mismatched
+                ],
+                "diagnosis": diagnosis,
+                "fixed": fixed_info,
+            }
+        )
+    else:
+        console.print(f"checkpoint  {escape(str(checkpoint.path))}  [dim]({escape(checkpoint.format)})[/]", soft_wrap=True)
+        console.print(
+            escape(f"arch        {chosen_arch}  use_pos_emb={list(layout)}  embedding_dim={embedding_dim}"), soft_wrap=True
+        )
+        console.print(
+            f"matched {len(report.matched)}  missing {len(report.missing)}  "
+            f"unexpected {len(report.unexpected)}  shape mismatches {len(report.mismatched)}"
+        )
+        if not report.clean:
+            table, hidden_rows = _key_table(report)
+            console.print(table)
+            if hidden_rows:
+                console.print(f"... {hidden_rows} more modules differ (--json lists every key)")
+        for line in diagnosis:
+            console.print(f"[bold]diagnosis:[/] {escape(line)}", soft_wrap=True)
+        if fixed_info is not None:
+            console.print(f"wrote {write_fixed} in the {chosen_arch} layout")
+            for item in fixed_info["initialised"]:
+                console.print(f"  initialised {item['key']} ({item['init']})")
+            for key in fixed_info["dropped"]:
+                console.print(f"  dropped {key}")
+    if not report.clean:
+        raise typer.Exit(EXIT_DIFFERENCES)
+
+
+# ------------------------------------------------------------------ not built yet
+
+
+def _not_implemented(name: str) -> None:
+    fail(f"`edgeface {name}` is not implemented yet", EXIT_USER_ERROR)
+
+
+@app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train() -> None:
+    """Two-stage fine-tuning (not implemented yet)."""
+    _not_implemented("train")
+
+
+@app.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def eval_() -> None:
+    """Accuracy, similarity and verification metrics (not implemented yet)."""
+    _not_implemented("eval")
+
+
+@app.command("troubleshoot", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def troubleshoot() -> None:
+    """Escalating fallbacks for a failing run (not implemented yet)."""
+    _not_implemented("troubleshoot")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(EXIT_INTERRUPTED)

@@ -1,0 +1,270 @@
+"""The one configuration every command shares.
+
+Sources, lowest to highest precedence: defaults, a YAML file (``--config FILE``,
+else ``./edgeface.yaml`` when present), named CLI flags, and ``--set section.field=value``
+overrides. Defaults are the values that made the seed run stable (lower learning
+rates, ArcFace s=32 m=0.3, gradient clipping at 1.0).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .models import ZOO, DEFAULT_POS_EMB
+
+DEFAULT_CONFIG_FILE = "edgeface.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(_Section):
+    arch: str = Field("edgeface_xxs", description="zoo variant: " + ", ".join(ZOO))
+    checkpoint: Path | None = Field(None, description="pretrained backbone to fine-tune (--edgeface); none = random init")
+    use_pos_emb: list[bool] = Field(
+        default_factory=lambda: list(DEFAULT_POS_EMB),
+        description="per stage: positional encoding in the XCA block (published layout: [false, true, false, false])",
+    )
+    embedding_dim: int = Field(512, gt=0, description="embedding size of the backbone's head")
+    allow_missing: bool = Field(False, description="train even when checkpoint keys are missing (they are initialised and listed)")
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, value: str) -> str:
+        if value not in ZOO:
+            raise ValueError(f"unknown arch {value!r}; choose one of {', '.join(ZOO)}")
+        return value
+
+    @field_validator("use_pos_emb")
+    @classmethod
+    def _four_stages(cls, value: list[bool]) -> list[bool]:
+        if len(value) != 4:
+            raise ValueError(f"needs 4 booleans, one per stage, not {len(value)}")
+        return value
+
+
+class DataSection(_Section):
+    train_dir: Path | None = Field(None, description="training images, one folder per identity")
+    val_dir: Path | None = Field(None, description="validation images, one folder per identity")
+    image_size: int = Field(112, ge=32, description="square input size in pixels (EdgeFace: 112); a multiple of 16")
+    batch_size: int = Field(64, gt=0, description="images per batch")
+    workers: int = Field(2, ge=0, description="DataLoader worker processes (0 = load in the main process)")
+    hflip: bool = Field(True, description="random horizontal flip while training")
+    color_jitter: float = Field(0.0, ge=0.0, le=1.0, description="random brightness/contrast strength while training (0 = off)")
+
+    @field_validator("image_size")
+    @classmethod
+    def _multiple_of_32(cls, value: int) -> int:
+        if value % 16:
+            raise ValueError("must be a multiple of 16 (EdgeFace is trained at 112)")
+        return value
+
+
+class OptimSection(_Section):
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="adamw or sgd")
+    stage1_epochs: int = Field(5, ge=0, description="epochs training the head alone, backbone frozen")
+    epochs: int = Field(30, gt=0, description="total epochs, stage 1 included")
+    head_lr: float = Field(1e-4, gt=0, description="head learning rate in stage 1")
+    backbone_lr: float = Field(3e-6, gt=0, description="backbone learning rate in stage 2")
+    head_lr_stage2: float = Field(3e-5, gt=0, description="head learning rate in stage 2")
+    weight_decay: float = Field(0.05, ge=0, description="decoupled weight decay (adamw) or L2 (sgd)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd momentum")
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warmup at the start of each stage (0 = off)")
+    schedule: Literal["cosine", "constant"] = Field("cosine", description="decay within each stage")
+    min_lr_ratio: float = Field(0.01, ge=0, le=1, description="cosine floor as a fraction of the stage's lr")
+
+    @model_validator(mode="after")
+    def _stage1_within_epochs(self) -> "OptimSection":
+        if self.stage1_epochs > self.epochs:
+            raise ValueError(f"stage1_epochs ({self.stage1_epochs}) exceeds epochs ({self.epochs})")
+        return self
+
+
+class ArcFaceSection(_Section):
+    kind: Literal["arcface", "cosface"] = Field("arcface", description="margin head: arcface (angular) or cosface (additive cosine)")
+    scale: float = Field(32.0, gt=0, description="logit scale s")
+    margin: float = Field(0.3, ge=0, description="margin m (radians for arcface)")
+
+    @field_validator("margin")
+    @classmethod
+    def _below_half_pi(cls, value: float) -> float:
+        if value >= math.pi / 2:
+            raise ValueError(f"must be below pi/2 = {math.pi / 2:.4f}")
+        return value
+
+
+class GuardSection(_Section):
+    max_grad_norm: float = Field(1.0, gt=0, description="clip backbone and head gradients separately to this norm")
+    max_skip_fraction: float = Field(0.25, ge=0, le=1, description="stop when more than this fraction of an epoch's batches were skipped")
+    patience: int = Field(5, ge=1, description="warn when val accuracy has not improved for this many stage-2 epochs")
+    collapse_similarity: float = Field(0.999, gt=0, le=1, description="same-identity similarity at or above this means collapse")
+    min_similarity_gap: float = Field(0.01, ge=0, description="same minus different similarity below this means collapse")
+
+
+class RuntimeSection(_Section):
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    amp: Literal["auto", "fp16", "bf16", "off"] = Field("auto", description="auto = fp16 with GradScaler on CUDA, fp32 on CPU")
+    seed: int = Field(0, description="random seed; CPU runs are repeatable")
+    out: Path | None = Field(None, description="run directory (default runs/<timestamp>)")
+
+
+class DebugSection(_Section):
+    inject_nan_at: list[int] = Field(default_factory=list, description="global steps whose loss is replaced by NaN (tests the guards)")
+
+
+class EdgeFaceConfig(_Section):
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    arcface: ArcFaceSection = Field(default_factory=ArcFaceSection)
+    guard: GuardSection = Field(default_factory=GuardSection)
+    runtime: RuntimeSection = Field(default_factory=RuntimeSection)
+    debug: DebugSection = Field(default_factory=DebugSection)
+    troubleshoot_level: int = Field(0, ge=0, le=4, description="fallback level applied by `edgeface troubleshoot`")
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------- merging
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml_file(path: Path) -> dict[str, Any]:
+    """Read a config file with the safe loader; every failure is a ConfigError."""
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot read config file {path}: {first_line}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def parse_set_override(text: str) -> tuple[list[str], Any]:
+    """``optim.head_lr=5e-5`` -> (["optim", "head_lr"], 5e-5); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.field=value")
+    dotted, raw_value = text.split("=", 1)
+    path = [part for part in dotted.strip().split(".") if part]
+    if not path:
+        raise ConfigError(f"--set {text!r}: missing the field name before '='")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else None
+    except yaml.YAMLError:
+        value = raw_value
+    # YAML reads 1e-4 (no dot) as a string; users mean a number.
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return path, value
+
+
+def _nest(path: list[str], value: Any) -> dict[str, Any]:
+    nested: Any = value
+    for part in reversed(path):
+        nested = {part: nested}
+    return nested
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line per problem, each naming the field."""
+    lines = []
+    for problem in error.errors():
+        field = ".".join(str(part) for part in problem["loc"]) or "config"
+        message = problem["msg"]
+        if problem["type"] == "extra_forbidden":
+            message = "unknown setting (see `edgeface config show` for the valid ones)"
+        elif message.startswith("Value error, "):
+            message = message[len("Value error, "):]
+        given = problem.get("input")
+        if problem["type"] != "extra_forbidden" and not isinstance(given, (dict, list)) and given is not None:
+            message += f" (got {given!r})"
+        lines.append(f"{field}: {message}")
+    return "\n".join(lines)
+
+
+def build_config(
+    config_file: Path | None = None,
+    flags: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+    search_default_file: bool = True,
+) -> EdgeFaceConfig:
+    """Resolve the config: defaults < YAML file < named flags < --set overrides.
+
+    ``flags`` maps dotted names (``model.checkpoint``) to values; None means "not given".
+    """
+    merged: dict[str, Any] = {}
+    if config_file is None and search_default_file and Path(DEFAULT_CONFIG_FILE).is_file():
+        config_file = Path(DEFAULT_CONFIG_FILE)
+    if config_file is not None:
+        merged = read_yaml_file(config_file)
+    for dotted, value in (flags or {}).items():
+        if value is not None:
+            merged = _deep_merge(merged, _nest(dotted.split("."), value))
+    for text in overrides or []:
+        path, value = parse_set_override(text)
+        merged = _deep_merge(merged, _nest(path, value))
+    try:
+        return EdgeFaceConfig.model_validate(merged)
+    except ValidationError as exc:
+        source = f" (from {config_file})" if config_file else ""
+        raise ConfigError(f"invalid configuration{source}:\n" + format_validation_error(exc)) from None
+
+
+def config_from_dict(data: dict[str, Any], origin: str) -> EdgeFaceConfig:
+    try:
+        return EdgeFaceConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration in {origin}:\n" + format_validation_error(exc)) from None
+
+
+def dump_yaml(config: EdgeFaceConfig) -> str:
+    return yaml.safe_dump(config.to_yaml_dict(), sort_keys=False)
+
+
+def commented_default_yaml() -> str:
+    """The default config as YAML with each field's meaning as a comment above it."""
+    lines = [
+        "# edgeface configuration. Precedence: defaults < this file < flags < --set section.field=value",
+        "",
+    ]
+    defaults = EdgeFaceConfig()
+    for section_name, section_field in EdgeFaceConfig.model_fields.items():
+        value = getattr(defaults, section_name)
+        if not isinstance(value, BaseModel):
+            lines.append(f"# {section_field.description}")
+            lines.append(yaml.safe_dump({section_name: value}, sort_keys=False).rstrip())
+            continue
+        lines.append(f"{section_name}:")
+        for field_name, field in type(value).model_fields.items():
+            field_value = value.model_dump(mode="json")[field_name]
+            lines.append(f"  # {field.description}")
+            rendered = yaml.safe_dump({field_name: field_value}, default_flow_style=True, sort_keys=False).strip()
+            lines.append("  " + rendered.strip("{}"))
+        lines.append("")
+    return "\n".join(lines) + "\n"

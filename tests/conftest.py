@@ -1,0 +1,35 @@
+"""Shared fixtures: zoo checkpoints in the published layout and a tiny generated dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgeface_cli.models import ZOO, EdgeFace
+
+SEED_KEYS = [
+    "model.stages.2.blocks.5.pos_embd.token_projection.weight",
+    "model.stages.2.blocks.5.pos_embd.token_projection.bias",
+    "model.stages.3.blocks.1.pos_embd.token_projection.weight",
+    "model.stages.3.blocks.1.pos_embd.token_projection.bias",
+]
+
+
+@pytest.fixture(scope="session")
+def zoo_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One checkpoint per zoo variant, saved as a plain state_dict in the published layout."""
+    folder = tmp_path_factory.mktemp("zoo")
+    paths = {}
+    torch.manual_seed(0)
+    for arch in ZOO:
+        path = folder / f"{arch}.pt"
+        torch.save(EdgeFace(arch).state_dict(), path)
+        paths[arch] = path
+    return paths
+
+
+@pytest.fixture(scope="session")
+def xxs_checkpoint(zoo_checkpoints: dict[str, Path]) -> Path:
+    return zoo_checkpoints["edgeface_xxs"]

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from edgeface_cli.cli import app
+from edgeface_cli.config import EdgeFaceConfig, build_config, commented_default_yaml
+from edgeface_cli.errors import ConfigError
+
+runner = CliRunner()
+
+
+def test_defaults_are_the_seed_documents_new_values() -> None:
+    config = EdgeFaceConfig()
+    assert config.optim.head_lr == 1e-4
+    assert config.optim.backbone_lr == 3e-6
+    assert config.optim.head_lr_stage2 == 3e-5
+    assert (config.arcface.scale, config.arcface.margin) == (32.0, 0.3)
+    assert config.guard.max_grad_norm == 1.0
+    assert (config.optim.stage1_epochs, config.optim.epochs) == (5, 30)
+    assert config.model.use_pos_emb == [False, True, False, False]
+
+
+def test_precedence_defaults_file_flags_set(tmp_path: Path) -> None:
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text(yaml.safe_dump({"optim": {"head_lr": 2e-4, "backbone_lr": 5e-6}, "runtime": {"device": "cpu"}}))
+    from_file = build_config(config_file)
+    assert from_file.optim.head_lr == 2e-4 and from_file.optim.backbone_lr == 5e-6
+    assert from_file.optim.head_lr_stage2 == 3e-5  # untouched default
+
+    with_flag = build_config(config_file, {"runtime.device": "cuda", "optim.head_lr": None})
+    assert with_flag.runtime.device == "cuda"  # flag beats file
+    assert with_flag.optim.head_lr == 2e-4  # an absent flag leaves the file's value
+
+    with_set = build_config(config_file, {"runtime.device": "cuda"}, ["runtime.device=mps", "optim.head_lr=7e-5"])
+    assert with_set.runtime.device == "mps"  # --set beats flag
+    assert with_set.optim.head_lr == 7e-5
+
+
+def test_default_file_in_working_directory_is_picked_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "edgeface.yaml").write_text("arcface:\n  scale: 16\n")
+    assert build_config().arcface.scale == 16
+
+
+def test_set_parses_yaml_values() -> None:
+    config = build_config(None, {}, ["model.use_pos_emb=[false,true,true,true]", "data.hflip=false", "optim.head_lr=1e-3"])
+    assert config.model.use_pos_emb == [False, True, True, True]
+    assert config.data.hflip is False
+    assert config.optim.head_lr == 1e-3
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("optim.head_lr=-1", "optim.head_lr"),
+        ("arcface.margin=1.6", "arcface.margin"),
+        ("optim.no_such_field=1", "optim.no_such_field"),
+        ("model.arch=edgeface_huge", "model.arch"),
+        ("data.image_size=100", "data.image_size"),
+        ("model.use_pos_emb=[true]", "model.use_pos_emb"),
+        ("optim.stage1_epochs=40", "optim"),
+    ],
+)
+def test_each_validation_error_names_the_field(override: str, field: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_config(None, {}, [override], search_default_file=False)
+    assert any(line.startswith(field + ":") for line in str(caught.value).splitlines()[1:])
+
+
+def test_several_problems_one_line_each() -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_config(None, {}, ["optim.head_lr=-1", "arcface.margin=2"], search_default_file=False)
+    lines = str(caught.value).splitlines()[1:]
+    assert len(lines) == 2
+
+
+def test_bad_config_via_cli_exits_2_without_traceback(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["config", "show", "--set", "optim.head_lr=-1"])
+    assert result.exit_code == 2
+    assert "optim.head_lr" in result.output
+    assert "Traceback" not in result.output
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("optim: [unclosed\n")
+    result = runner.invoke(app, ["config", "show", "--config", str(broken)])
+    assert result.exit_code == 2 and "cannot read config file" in result.output
+    result = runner.invoke(app, ["config", "show", "--config", str(tmp_path / "absent.yaml")])
+    assert result.exit_code == 2 and "not found" in result.output
+
+
+def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("optim: !!python/object/apply:os.system ['touch pwned']\n")
+    with pytest.raises(ConfigError):
+        build_config(evil)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_config_show_json_and_init_round_trip(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["config", "show", "--json", "--set", "arcface.scale=20"])
+    assert result.exit_code == 0
+    import json
+
+    assert json.loads(result.output)["arcface"]["scale"] == 20
+    target = tmp_path / "edgeface.yaml"
+    result = runner.invoke(app, ["config", "init", str(target)])
+    assert result.exit_code == 0
+    text = target.read_text()
+    assert "# head learning rate in stage 1" in text
+    assert build_config(target) == EdgeFaceConfig()
+    assert runner.invoke(app, ["config", "init", str(target)]).exit_code == 2  # no silent overwrite
+    assert commented_default_yaml() == text
