@@ -223,17 +223,114 @@ def inspect_keys(
         raise typer.Exit(EXIT_DIFFERENCES)
 
 
+# ------------------------------------------------------------------ sample-data
+
+
+@app.command("sample-data")
+@user_errors
+def sample_data(
+    out: Path = typer.Argument(..., help="Folder to write train/ and val/ into."),
+    ids: int = typer.Option(10, "--ids", min=2, help="Number of identities."),
+    per_id: int = typer.Option(10, "--per-id", min=1, help="Training images per identity."),
+    val_per_id: Optional[int] = typer.Option(None, "--val-per-id", min=1, help="Val images per identity (default per-id/4, at least 2)."),
+    size: int = typer.Option(112, "--size", min=16, help="Image size in pixels."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed writes the same images."),
+) -> None:
+    """Write a small synthetic identity dataset (no download needed)."""
+    from .sample_data import write_sample_dataset
+
+    counts = write_sample_dataset(out, ids, per_id, size, seed, val_per_id)
+    console.print(f"wrote {counts['train']} train and {counts['val']} val images of {ids} identities to {out}")
+
+
+# ------------------------------------------------------------------ train
+
+
+@app.command("train")
+@user_errors
+def train(
+    edgeface: Optional[Path] = typer.Option(None, "--edgeface", "-e", help="Pretrained backbone checkpoint (omit: random init)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Zoo variant (default edgeface_xxs), or 'auto' to detect from --edgeface."),
+    train_dir: Optional[Path] = typer.Option(None, "--train-dir", help="Training images, one folder per identity."),
+    val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Validation images, one folder per identity."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Total epochs (stage 1 included)."),
+    stage1_epochs: Optional[int] = typer.Option(None, "--stage1-epochs", help="Head-only epochs before the backbone trains."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<timestamp>)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a run directory that already holds a run."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
+    auto_troubleshoot: bool = typer.Option(False, "--auto-troubleshoot", help="On a guard stop, escalate one fallback level and go on."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors and the final summary."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Two-stage fine-tuning: head alone on a frozen backbone, then everything, with AMP, clipping and NaN guards.
+
+    Exit 0 when finished, 2 on a user error, 3 when a guard stopped training, 130 when interrupted.
+    """
+    from .engine import train as run_training
+    from .render import TrainRenderer
+
+    flags = {
+        "model.checkpoint": edgeface, "model.arch": arch if arch != "auto" else None,
+        "data.train_dir": train_dir, "data.val_dir": val_dir, "runtime.device": device,
+        "optim.epochs": epochs, "optim.stage1_epochs": stage1_epochs, "data.batch_size": batch_size,
+        "data.workers": workers, "runtime.seed": seed, "runtime.out": out,
+    }
+    if resume is not None:
+        if not (resume / "config.yaml").is_file():
+            fail(f"cannot resume {resume}: no config.yaml there; pass the run directory of an earlier `edgeface train`")
+        flags["runtime.out"] = resume
+        resolved = resolve_config(resume / "config.yaml", set_, **flags)
+    else:
+        resolved = resolve_config(config, set_, **flags)
+    if arch == "auto":
+        from .checkpoints import read_checkpoint, resolve_arch
+
+        if resolved.model.checkpoint is None:
+            fail("--arch auto needs --edgeface PATH to detect the variant from")
+        detected_arch, layout, dim = resolve_arch("auto", read_checkpoint(resolved.model.checkpoint), [], 512)
+        resolved = resolved.model_copy(
+            update={"model": resolved.model.model_copy(update={"arch": detected_arch, "use_pos_emb": list(layout), "embedding_dim": dim})}
+        )
+    renderer = TrainRenderer(console, quiet)
+    try:
+        result = run_training(resolved, renderer, resume_dir=resume, force=force, auto_troubleshoot=auto_troubleshoot)
+    finally:
+        renderer.close()
+    if result.status == "interrupted":
+        err_console.print(
+            f"interrupted: {result.run_dir}/last.pt holds epoch {result.last_epoch}; "
+            f"continue with: edgeface train --resume {result.run_dir}"
+        )
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if result.status == "guard_stopped":
+        level = result.recommended_level
+        err_console.print(
+            escape(
+                f"training stopped: {result.stop_reason}. The last good checkpoint (epoch {result.last_epoch}) is kept "
+                f"in {result.run_dir}/last.pt. Next: edgeface troubleshoot --level {level} --from-run {result.run_dir}"
+            ),
+            style="bold red",
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_GUARD_STOP)
+    best = f"{result.best_val_acc:.2%}" if result.best_val_acc is not None else "n/a (no --val-dir)"
+    console.print(
+        f"done: {result.last_epoch} epochs; best epoch {result.best_epoch} (val acc {best}). "
+        f"Files in {result.run_dir}: best.pt, last.pt, backbone.pt (published layout), metrics.jsonl, metrics.csv",
+        soft_wrap=True,
+    )
+
+
 # ------------------------------------------------------------------ not built yet
 
 
 def _not_implemented(name: str) -> None:
     fail(f"`edgeface {name}` is not implemented yet", EXIT_USER_ERROR)
-
-
-@app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def train() -> None:
-    """Two-stage fine-tuning (not implemented yet)."""
-    _not_implemented("train")
 
 
 @app.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -1,0 +1,681 @@
+"""The two-stage fine-tuning loop: frozen-backbone head training, then everything.
+
+Guards from the seed run: fp32 margin logits, AMP with GradScaler, backbone and head
+gradients clipped separately, non-finite losses and gradients skipped and counted, and
+a stop (keeping the last good checkpoint) when an epoch's loss is not finite or too many
+of its batches were skipped. Progress goes out as events; this module never prints.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoints import BackboneLoad, atomic_torch_save, atomic_write_text, load_backbone
+from .config import EdgeFaceConfig, dump_yaml
+from .data import FaceDataset, ScanResult, make_loader, scan_image_folder, set_loader_epoch, to_model_input
+from .errors import DataError, RunDirError
+from .heads import MarginHead
+from .inference import validate
+from .metrics import topk_correct
+from .runtime import Precision, resolve_device, resolve_precision
+
+CHECKPOINT_FORMAT = "edgeface-train/1"
+RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "backbone.pt")
+CSV_FIELDS = (
+    "epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "val_sim_pos", "val_sim_neg",
+    "skipped_batches", "skipped_steps", "grad_norm_mean", "grad_norm_max", "lr_backbone", "lr_head",
+    "images_per_s", "seconds", "troubleshoot_level",
+)
+
+
+# ------------------------------------------------------------------ events
+
+
+@dataclass
+class RunStarted:
+    run_dir: Path
+    device: str
+    precision: str
+    arch: str
+    classes: int
+    train_images: int
+    val_images: int
+    start_epoch: int
+    epochs: int
+    stage1_epochs: int
+    steps_per_epoch: int
+
+
+@dataclass
+class EpochStarted:
+    epoch: int
+    stage: int
+    batches: int
+
+
+@dataclass
+class BatchEnded:
+    epoch: int
+    batch: int
+    batches: int
+    loss: float
+    accuracy: float
+    lr_head: float
+    lr_backbone: float
+    images_per_s: float
+    skipped: int
+
+
+@dataclass
+class EpochEnded:
+    record: dict[str, Any]
+    is_best: bool
+
+
+@dataclass
+class Notice:
+    level: str  # "info" | "warning"
+    text: str
+
+
+@dataclass
+class Escalated:
+    epoch: int
+    from_level: int
+    to_level: int
+    changes: list[dict[str, Any]]
+
+
+Event = RunStarted | EpochStarted | BatchEnded | EpochEnded | Notice | Escalated
+EventHandler = Callable[[Any], None]
+
+
+@dataclass
+class RunResult:
+    status: str  # "finished" | "guard_stopped" | "interrupted"
+    run_dir: Path
+    last_epoch: int  # last completed (and saved) epoch
+    best_epoch: int | None
+    best_val_acc: float | None
+    stop_reason: str | None = None
+    recommended_level: int | None = None
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+class GuardStop(Exception):
+    def __init__(self, epoch: int, reason: str, kind: str) -> None:
+        super().__init__(reason)
+        self.epoch = epoch
+        self.reason = reason
+        self.kind = kind  # "nan_loss" | "skipped"
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min_ratio: float) -> float:
+    """Linear warmup, then cosine decay to ``min_ratio`` (or constant), within one stage."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant" or total_steps <= warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def stage_of(epoch: int, config: EdgeFaceConfig) -> int:
+    return 1 if epoch <= config.optim.stage1_epochs else 2
+
+
+def rng_state() -> dict[str, Any]:
+    numpy_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        # Stored as plain values so the checkpoint loads with weights_only=True.
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(tuple(item if not isinstance(item, list) else tuple(item) for item in state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def prepare_run_dir(out: Path | None, force: bool) -> Path:
+    run_dir = out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"--out {run_dir} is a file; pass a directory")
+    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if existing:
+        if not force:
+            raise RunDirError(
+                f"{run_dir} already holds a run ({', '.join(existing)}); pass --force to overwrite it, "
+                f"--resume {run_dir} to continue it, or another --out"
+            )
+        for name in existing:
+            (run_dir / name).unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rows.append(json.loads(line))
+    return rows
+
+
+def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Rewrite metrics.jsonl and metrics.csv atomically: a kill never leaves half a line."""
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        if "epoch" in row and "event" not in row:
+            writer.writerow(row)
+    atomic_write_text(run_dir / "metrics.csv", buffer.getvalue())
+
+
+def scan_datasets(config: EdgeFaceConfig, on_event: EventHandler) -> tuple[ScanResult, ScanResult | None]:
+    """Scan train (and val) up front; report unreadable files and empty identities as warnings."""
+    if config.data.train_dir is None:
+        raise DataError("no training data: pass --train-dir DIR (one folder per identity)")
+    train = scan_image_folder(config.data.train_dir, "train")
+    report_scan(train, "train", on_event)
+    if len(train.classes) < 2:
+        raise DataError(
+            f"train dir {train.root} has {len(train.classes)} usable identity; at least 2 are needed to learn to tell them apart"
+        )
+    val = None
+    if config.data.val_dir is not None:
+        val = scan_image_folder(config.data.val_dir, "val", class_names=train.classes)
+        report_scan(val, "val", on_event)
+        unknown = [name for name in val.classes if name not in set(train.classes)]
+        if unknown:
+            on_event(Notice("info", f"{len(unknown)} val identities are not in training: left out of accuracy, used for similarity"))
+    return train, val
+
+
+def report_scan(scan: ScanResult, role: str, on_event: EventHandler) -> None:
+    if scan.unreadable:
+        listed = "; ".join(f"{path} ({why})" for path, why in scan.unreadable[:10])
+        more = f"; ... {len(scan.unreadable) - 10} more" if len(scan.unreadable) > 10 else ""
+        on_event(Notice("warning", f"{len(scan.unreadable)} unreadable {role} files skipped: {listed}{more}"))
+    if scan.empty_classes:
+        on_event(
+            Notice("warning", f"{len(scan.empty_classes)} empty {role} identity folders skipped: {', '.join(scan.empty_classes[:10])}")
+        )
+
+
+# ------------------------------------------------------------------ the trainer
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: EdgeFaceConfig,
+        run_dir: Path,
+        train_scan: ScanResult,
+        val_scan: ScanResult | None,
+        loaded: BackboneLoad,
+        on_event: EventHandler,
+        auto_troubleshoot: bool = False,
+    ) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.on_event = on_event
+        self.auto_troubleshoot = auto_troubleshoot
+        self.device = resolve_device(config.runtime.device)
+        self.precision: Precision = resolve_precision(config.runtime.amp, self.device)
+        self.class_names = train_scan.classes
+        self.backbone = loaded.backbone.to(self.device)
+        self.head = MarginHead(
+            len(self.class_names), self.backbone.embedding_dim, config.arcface.kind, config.arcface.scale, config.arcface.margin
+        ).to(self.device)
+        pin = self.device.type == "cuda"
+        data = config.data
+        self.train_loader = make_loader(
+            FaceDataset(train_scan.samples, data.image_size, True, config.runtime.seed, data.hflip, data.color_jitter),
+            data.batch_size, True, data.workers, pin, config.runtime.seed,
+        )
+        self.val_loader = (
+            make_loader(FaceDataset(val_scan.samples, data.image_size, False), data.batch_size, False, data.workers, pin, 0)
+            if val_scan is not None
+            else None
+        )
+        self.val_images = len(val_scan.samples) if val_scan is not None else 0
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.use_scaler)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.optimizer_stage = 0
+        self.stage_step = 0
+        self.global_step = 0
+        self.epoch = 0  # last completed epoch
+        self.best_epoch: int | None = None
+        self.best_score: float | None = None
+        self.stale_epochs = 0
+        self.records: list[dict[str, Any]] = []
+
+    # -------------------------------------------------------------- optimizer and schedule
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_loader)
+
+    def _build_optimizer(self, stage: int) -> None:
+        optim = self.config.optim
+        self.backbone.requires_grad_(stage == 2)
+        groups: list[dict[str, Any]] = []
+        if stage == 2:
+            decay, no_decay = [], []
+            for parameter in self.backbone.parameters():
+                (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+            groups += [
+                {"params": decay, "name": "backbone", "base_lr": optim.backbone_lr, "weight_decay": optim.weight_decay},
+                {"params": no_decay, "name": "backbone", "base_lr": optim.backbone_lr, "weight_decay": 0.0},
+            ]
+        head_lr = optim.head_lr if stage == 1 else optim.head_lr_stage2
+        groups.append({"params": list(self.head.parameters()), "name": "head", "base_lr": head_lr, "weight_decay": optim.weight_decay})
+        for group in groups:
+            group["lr"] = group["base_lr"]
+        if optim.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(groups)
+        else:
+            self.optimizer = torch.optim.SGD(groups, momentum=optim.momentum)
+        self.optimizer_stage = stage
+
+    def _stage_bounds(self, stage: int) -> tuple[int, int]:
+        first = 1 if stage == 1 else self.config.optim.stage1_epochs + 1
+        last = self.config.optim.stage1_epochs if stage == 1 else self.config.optim.epochs
+        return first, last
+
+    def _apply_lr(self, stage: int) -> None:
+        first, last = self._stage_bounds(stage)
+        total = (last - first + 1) * self.steps_per_epoch
+        warmup = int(round(self.config.optim.warmup_epochs * self.steps_per_epoch))
+        factor = lr_factor(self.stage_step, total, warmup, self.config.optim.schedule, self.config.optim.min_lr_ratio)
+        assert self.optimizer is not None
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+
+    def _lrs(self) -> tuple[float, float]:
+        assert self.optimizer is not None
+        head = next(group["lr"] for group in self.optimizer.param_groups if group["name"] == "head")
+        backbone = next((group["lr"] for group in self.optimizer.param_groups if group["name"] == "backbone"), 0.0)
+        return head, backbone
+
+    # -------------------------------------------------------------- checkpoints
+
+    def _state(self) -> dict[str, Any]:
+        assert self.optimizer is not None
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": self.epoch,
+            "stage": self.optimizer_stage,
+            "global_step": self.global_step,
+            "backbone": self.backbone.state_dict(),
+            "head": self.head.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "scheduler": {"stage_step": self.stage_step},
+            "rng": rng_state(),
+            "config": self.config.model_dump(mode="json"),
+            "class_names": list(self.class_names),
+            "arch": {
+                "arch": self.backbone.arch,
+                "use_pos_emb": list(self.backbone.use_pos_emb),
+                "embedding_dim": self.backbone.embedding_dim,
+            },
+            "best": {"epoch": self.best_epoch, "score": self.best_score, "stale_epochs": self.stale_epochs},
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue exactly where ``state`` (a last.pt) left off."""
+        self.backbone.load_state_dict(state["backbone"])
+        self.head.load_state_dict(state["head"])
+        self.epoch = int(state["epoch"])
+        self.global_step = int(state["global_step"])
+        self._build_optimizer(int(state["stage"]))
+        assert self.optimizer is not None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.stage_step = int(state["scheduler"]["stage_step"])
+        self.best_epoch = state["best"]["epoch"]
+        self.best_score = state["best"]["score"]
+        self.stale_epochs = int(state["best"]["stale_epochs"])
+        restore_rng_state(state["rng"])
+        self.records = read_metrics(self.run_dir)
+        self.records = [row for row in self.records if row.get("epoch", 0) <= self.epoch]
+
+    def _save(self, is_best: bool) -> None:
+        state = self._state()
+        atomic_torch_save(state, self.run_dir / "last.pt")
+        if is_best:
+            shutil.copyfile(self.run_dir / "last.pt", self.run_dir / ".best.pt.tmp")
+            (self.run_dir / ".best.pt.tmp").replace(self.run_dir / "best.pt")
+            # The published EdgeFace layout: loadable with strict=True into the official architecture.
+            atomic_torch_save({key: value.cpu() for key, value in self.backbone.state_dict().items()}, self.run_dir / "backbone.pt")
+
+    # -------------------------------------------------------------- one epoch
+
+    def _train_epoch(self, epoch: int, stage: int) -> dict[str, Any]:
+        guard = self.config.guard
+        set_loader_epoch(self.train_loader, epoch)
+        self.head.train()
+        self.backbone.train(stage == 2)
+        batches = len(self.train_loader)
+        self.on_event(EpochStarted(epoch, stage, batches))
+        inject = set(self.config.debug.inject_nan_at)
+        loss_sum, correct, seen, skipped_batches, skipped_steps = 0.0, 0, 0, 0, 0
+        grad_norms: list[float] = []
+        trainable_backbone = [parameter for parameter in self.backbone.parameters() if parameter.requires_grad]
+        started = time.perf_counter()
+        images_total = 0
+        assert self.optimizer is not None
+        for batch_index, (images, labels, _) in enumerate(self.train_loader):
+            self._apply_lr(stage)
+            inputs = to_model_input(images, self.device)
+            labels = labels.to(self.device, non_blocking=True)
+            images_total += len(labels)
+            with torch.autocast(self.device.type, dtype=self.precision.dtype, enabled=self.precision.dtype is not None):
+                if stage == 1:
+                    with torch.no_grad():
+                        embeddings = self.backbone(inputs)
+                else:
+                    embeddings = self.backbone(inputs)
+                logits, cosine = self.head(embeddings, labels)
+                loss = nn.functional.cross_entropy(logits, labels)
+            if self.global_step in inject:
+                loss = loss * float("nan")
+            self.global_step += 1
+            self.stage_step += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):
+                skipped_batches += 1  # no backward, no step
+            else:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+                head_norm = nn.utils.clip_grad_norm_(self.head.parameters(), guard.max_grad_norm)
+                total_norm = head_norm.float()
+                if trainable_backbone:
+                    backbone_norm = nn.utils.clip_grad_norm_(trainable_backbone, guard.max_grad_norm)
+                    total_norm = torch.sqrt(head_norm.float() ** 2 + backbone_norm.float() ** 2)
+                if torch.isfinite(total_norm):
+                    self.scaler.step(self.optimizer)
+                    grad_norms.append(float(total_norm))
+                else:
+                    skipped_steps += 1
+                self.scaler.update()
+                loss_sum += float(loss.detach()) * len(labels)
+                correct += topk_correct(cosine.detach(), labels, 1)
+                seen += len(labels)
+            elapsed = time.perf_counter() - started
+            lr_head, lr_backbone = self._lrs()
+            self.on_event(
+                BatchEnded(
+                    epoch, batch_index + 1, batches,
+                    loss_sum / seen if seen else float("nan"), correct / seen if seen else 0.0,
+                    lr_head, lr_backbone, images_total / elapsed if elapsed > 0 else 0.0,
+                    skipped_batches + skipped_steps,
+                )
+            )
+        seconds = time.perf_counter() - started
+        lr_head, lr_backbone = self._lrs()
+        return {
+            "epoch": epoch,
+            "stage": stage,
+            "train_loss": loss_sum / seen if seen else float("nan"),
+            "train_acc": correct / seen if seen else 0.0,
+            "skipped_batches": skipped_batches,
+            "skipped_steps": skipped_steps,
+            "grad_norm_mean": float(np.mean(grad_norms)) if grad_norms else None,
+            "grad_norm_max": float(np.max(grad_norms)) if grad_norms else None,
+            "lr_backbone": lr_backbone,
+            "lr_head": lr_head,
+            "images_per_s": images_total / seconds if seconds > 0 else 0.0,
+            "train_seconds": seconds,
+            "batches": batches,
+        }
+
+    def _validate_into(self, record: dict[str, Any]) -> None:
+        if self.val_loader is None:
+            record.update(val_loss=None, val_acc=None, val_top5=None, val_sim_pos=None, val_sim_neg=None)
+            return
+        guard = self.config.guard
+        result = validate(self.backbone, self.head, self.val_loader, self.device, self.precision,
+                          guard.collapse_similarity, guard.min_similarity_gap)
+        record.update(
+            val_loss=result.loss, val_acc=result.accuracy, val_top5=result.top5,
+            val_sim_pos=result.stats.sim_pos_mean, val_sim_neg=result.stats.sim_neg_mean,
+            val_collapsed=result.stats.collapsed,
+        )
+
+    def _warning_signs(self, record: dict[str, Any]) -> list[str]:
+        """The seed's warning signs, checked every epoch."""
+        warnings = []
+        guard = self.config.guard
+        pos, neg = record.get("val_sim_pos"), record.get("val_sim_neg")
+        if pos is not None and pos >= guard.collapse_similarity:
+            warnings.append(f"same-identity similarity is {pos:.4f}: embeddings may have collapsed")
+        elif pos is not None and neg is not None and pos - neg < guard.min_similarity_gap:
+            warnings.append(
+                f"same/different similarity gap is {pos - neg:.4f} (< {guard.min_similarity_gap}): "
+                "embeddings do not separate identities"
+            )
+        if record["stage"] == 2 and self.stale_epochs >= guard.patience:
+            warnings.append(
+                f"val accuracy has not improved for {self.stale_epochs} epochs after stage 1: model not learning"
+            )
+        return warnings
+
+    def _check_guards(self, record: dict[str, Any]) -> None:
+        if not math.isfinite(record["train_loss"]):
+            raise GuardStop(record["epoch"], f"mean train loss is {record['train_loss']} at epoch {record['epoch']}", "nan_loss")
+        skipped = record["skipped_batches"] + record["skipped_steps"]
+        fraction = skipped / max(1, record["batches"])
+        if fraction > self.config.guard.max_skip_fraction:
+            raise GuardStop(
+                record["epoch"],
+                f"{skipped} of {record['batches']} batches skipped at epoch {record['epoch']} "
+                f"({fraction:.0%} > guard.max_skip_fraction {self.config.guard.max_skip_fraction:.0%})",
+                "skipped",
+            )
+
+    # -------------------------------------------------------------- the run
+
+    def run(self) -> RunResult:
+        config = self.config
+        self.on_event(
+            RunStarted(
+                self.run_dir, str(self.device), self.precision.label, self.backbone.arch, len(self.class_names),
+                len(self.train_loader.dataset), self.val_images, self.epoch + 1, config.optim.epochs,  # type: ignore[arg-type]
+                config.optim.stage1_epochs, self.steps_per_epoch,
+            )
+        )
+        atomic_write_text(self.run_dir / "config.yaml", dump_yaml(config))
+        epoch = self.epoch + 1
+        while epoch <= config.optim.epochs:
+            stage = stage_of(epoch, config)
+            if self.optimizer is None or self.optimizer_stage != stage:
+                self._build_optimizer(stage)
+                self.stage_step = 0
+            try:
+                epoch_started = time.perf_counter()
+                record = self._train_epoch(epoch, stage)
+                self._check_guards(record)
+            except GuardStop as stop:
+                if self.auto_troubleshoot and self._escalate(stop):
+                    epoch = self.epoch + 1
+                    continue
+                return self._stopped(stop)
+            self._validate_into(record)
+            record["seconds"] = time.perf_counter() - epoch_started
+            record["troubleshoot_level"] = config.troubleshoot_level
+            score = record["val_acc"] if record["val_acc"] is not None else record["train_acc"]
+            is_best = self.best_score is None or score > self.best_score
+            if is_best:
+                self.best_score, self.best_epoch = score, epoch
+                self.stale_epochs = 0
+            elif stage == 2:
+                self.stale_epochs += 1
+            record["warnings"] = self._warning_signs(record)
+            del record["batches"]
+            self.epoch = epoch
+            self.records.append(record)
+            # Metrics first: a kill between the two leaves a row that resume drops, never a lost row.
+            write_metrics(self.run_dir, self.records)
+            self._save(is_best)
+            self.on_event(EpochEnded(record, is_best))
+            for warning in record["warnings"]:
+                self.on_event(Notice("warning", f"epoch {epoch}: {warning}"))
+            epoch += 1
+        return RunResult(
+            "finished", self.run_dir, self.epoch, self.best_epoch,
+            self._best_val_acc(), records=self.records,
+        )
+
+    def _best_val_acc(self) -> float | None:
+        for record in self.records:
+            if record.get("epoch") == self.best_epoch:
+                return record.get("val_acc")
+        return None
+
+    def _stopped(self, stop: GuardStop) -> RunResult:
+        recommended = min(4, self.config.troubleshoot_level + 1)
+        self.records.append(
+            {"event": "guard_stop", "kind": stop.kind, "epoch": stop.epoch, "reason": stop.reason, "troubleshoot_level": self.config.troubleshoot_level}
+        )
+        write_metrics(self.run_dir, self.records)
+        return RunResult(
+            "guard_stopped", self.run_dir, self.epoch, self.best_epoch, self._best_val_acc(),
+            stop_reason=stop.reason, recommended_level=recommended, records=self.records,
+        )
+
+    def _escalate(self, stop: GuardStop) -> bool:
+        """--auto-troubleshoot: reload the last good state, apply the next fallback level, go on."""
+        from .troubleshoot import AUTO_MAX_LEVEL, apply_level
+
+        current = self.config.troubleshoot_level
+        if current >= AUTO_MAX_LEVEL:
+            self.on_event(Notice("warning", f"{stop.reason}; already at level {current}, nothing left to apply automatically"))
+            return False
+        new_config, changes = apply_level(self.config, current + 1)
+        last = self.run_dir / "last.pt"
+        if last.exists():
+            self.load_state(torch.load(last, map_location=self.device, weights_only=True))
+        else:  # failed in the very first epoch: back to the loaded weights
+            self.backbone.load_state_dict(self.initial_backbone)
+            self.head.load_state_dict(self.initial_head)
+            self.epoch, self.optimizer, self.records = 0, None, []
+        self.config = new_config
+        self.head.set_margin(new_config.arcface.scale, new_config.arcface.margin)
+        resume_stage = stage_of(self.epoch + 1, new_config)
+        self._build_optimizer(resume_stage)  # fresh optimizer at the lowered learning rates
+        # Keep the schedule's position within the stage, as if the failed epoch never ran.
+        self.stage_step = (self.epoch + 1 - self._stage_bounds(resume_stage)[0]) * self.steps_per_epoch
+        event_row = {
+            "event": "escalation", "epoch": stop.epoch, "reason": stop.reason,
+            "kind": stop.kind, "from_level": current, "to_level": current + 1, "changes": changes,
+        }
+        self.records.append(event_row)
+        write_metrics(self.run_dir, self.records)
+        atomic_write_text(self.run_dir / "config.yaml", dump_yaml(new_config))
+        self.on_event(Escalated(stop.epoch, current, current + 1, changes))
+        return True
+
+    def remember_initial_state(self) -> None:
+        self.initial_backbone = {key: value.detach().clone() for key, value in self.backbone.state_dict().items()}
+        self.initial_head = {key: value.detach().clone() for key, value in self.head.state_dict().items()}
+
+
+def train(
+    config: EdgeFaceConfig,
+    on_event: EventHandler,
+    resume_dir: Path | None = None,
+    force: bool = False,
+    auto_troubleshoot: bool = False,
+) -> RunResult:
+    """Scan data, load the backbone, and run (or resume) the two-stage fine-tuning."""
+    resolve_device(config.runtime.device)  # a bad device is an error before any slow work
+    seed_everything(config.runtime.seed)
+    train_scan, val_scan = scan_datasets(config, on_event)
+    resume_state = None
+    if resume_dir is not None:
+        last = resume_dir / "last.pt"
+        if not last.exists():
+            raise RunDirError(f"cannot resume {resume_dir}: no last.pt there (did its first epoch finish?)")
+        resume_state = torch.load(last, map_location="cpu", weights_only=True)
+        if resume_state.get("class_names") != train_scan.classes:
+            raise RunDirError(f"cannot resume {resume_dir}: the training identities differ from the run's")
+        run_dir = resume_dir
+        loaded = load_backbone(None, resume_state["arch"]["arch"], resume_state["arch"]["use_pos_emb"],
+                               resume_state["arch"]["embedding_dim"], True)
+    else:
+        loaded = load_backbone(
+            config.model.checkpoint, config.model.arch, config.model.use_pos_emb,
+            config.model.embedding_dim, config.model.allow_missing,
+        )
+        report_backbone(loaded, on_event)
+        run_dir = prepare_run_dir(config.runtime.out, force)
+    trainer = Trainer(config, run_dir, train_scan, val_scan, loaded, on_event, auto_troubleshoot)
+    trainer.remember_initial_state()
+    if resume_state is not None:
+        trainer.load_state({key: value for key, value in resume_state.items()})
+        on_event(Notice("info", f"resuming {run_dir} at epoch {trainer.epoch + 1}"))
+    try:
+        return trainer.run()
+    except KeyboardInterrupt:
+        return RunResult(
+            "interrupted", run_dir, trainer.epoch, trainer.best_epoch, trainer._best_val_acc(), records=trainer.records
+        )
+
+
+def report_backbone(loaded: BackboneLoad, on_event: EventHandler) -> None:
+    if loaded.checkpoint is None:
+        on_event(Notice("warning", "no --edgeface checkpoint given: the backbone starts from random weights"))
+        return
+    report = loaded.report
+    assert report is not None
+    on_event(
+        Notice(
+            "info",
+            f"loaded {loaded.checkpoint.path} ({loaded.checkpoint.format}): {len(report.matched)} tensors matched, "
+            f"{len(report.missing)} missing, {len(report.unexpected)} unexpected, {len(report.mismatched)} mismatched",
+        )
+    )
+    if loaded.initialised:
+        keys = ", ".join(key for key, _ in loaded.initialised)
+        on_event(Notice("warning", f"model.allow_missing: initialised {len(loaded.initialised)} tensors: {keys}"))
+        for line in loaded.diagnosis:
+            on_event(Notice("warning", line))

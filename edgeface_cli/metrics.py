@@ -1,0 +1,226 @@
+"""Recognition and verification metrics, shared by `train` (per-epoch validation) and `eval`.
+
+All-pairs similarity statistics never build an N x N matrix: similarities are computed
+block by block and counted exactly into a fine histogram (bin width 2/65536), from which
+ROC AUC, EER, TAR@FAR and the best threshold follow. Means and deviations are exact sums.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+HISTOGRAM_BINS = 65536
+FAR_TARGETS = {"1e-1": 1e-1, "1e-2": 1e-2, "1e-3": 1e-3}
+# A FAR of f is only estimated when at least this many false accepts are possible at it.
+MIN_FALSE_ACCEPTS = 10
+
+
+@dataclass
+class SimilarityHistogram:
+    """Exact counts of same- and different-identity similarities in fine bins over [-1, 1]."""
+
+    bins: int = HISTOGRAM_BINS
+    positive: np.ndarray = field(default_factory=lambda: np.zeros(HISTOGRAM_BINS, dtype=np.int64))
+    negative: np.ndarray = field(default_factory=lambda: np.zeros(HISTOGRAM_BINS, dtype=np.int64))
+    positive_sum: float = 0.0
+    positive_sq: float = 0.0
+    negative_sum: float = 0.0
+    negative_sq: float = 0.0
+
+    def add(self, similarities: torch.Tensor, same: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        similarities = similarities.float()
+        index = ((similarities + 1.0) * (self.bins / 2.0)).floor().clamp_(0, self.bins - 1).long()
+        # One bincount per block: negatives in [0, bins), positives in [bins, 2 bins), invalid last.
+        index = index + same.long() * self.bins
+        if valid is not None:
+            index = torch.where(valid, index, torch.full_like(index, 2 * self.bins))
+        counts = torch.bincount(index.flatten(), minlength=2 * self.bins + 1).cpu().numpy()
+        self.negative += counts[: self.bins]
+        self.positive += counts[self.bins : 2 * self.bins]
+        positive_mask = same if valid is None else same & valid
+        negative_mask = ~same if valid is None else ~same & valid
+        for mask, attr in ((positive_mask, "positive"), (negative_mask, "negative")):
+            selected = similarities.masked_select(mask).double()
+            setattr(self, f"{attr}_sum", getattr(self, f"{attr}_sum") + float(selected.sum()))
+            setattr(self, f"{attr}_sq", getattr(self, f"{attr}_sq") + float((selected * selected).sum()))
+
+    @property
+    def n_positive(self) -> int:
+        return int(self.positive.sum())
+
+    @property
+    def n_negative(self) -> int:
+        return int(self.negative.sum())
+
+
+def _mean_std(total: float, squares: float, count: int) -> tuple[float | None, float | None]:
+    if count == 0:
+        return None, None
+    mean = total / count
+    return mean, math.sqrt(max(0.0, squares / count - mean * mean))
+
+
+@dataclass
+class VerificationStats:
+    pairs_positive: int
+    pairs_negative: int
+    sim_pos_mean: float | None
+    sim_pos_std: float | None
+    sim_neg_mean: float | None
+    sim_neg_std: float | None
+    sim_gap: float | None
+    roc_auc: float | None
+    eer: float | None
+    tar_at_far: dict[str, float | None]
+    best_threshold: float | None
+    best_accuracy: float | None
+    collapsed: bool
+    roc: tuple[np.ndarray, np.ndarray] | None = None  # (far, tar), thresholds high to low
+
+    def as_dict(self) -> dict:
+        data = {key: value for key, value in self.__dict__.items() if key != "roc"}
+        return data
+
+
+def verification_stats(
+    histogram: SimilarityHistogram, collapse_similarity: float = 0.999, min_gap: float = 0.01
+) -> VerificationStats:
+    pos_mean, pos_std = _mean_std(histogram.positive_sum, histogram.positive_sq, histogram.n_positive)
+    neg_mean, neg_std = _mean_std(histogram.negative_sum, histogram.negative_sq, histogram.n_negative)
+    gap = pos_mean - neg_mean if pos_mean is not None and neg_mean is not None else None
+    n_pos, n_neg = histogram.n_positive, histogram.n_negative
+    roc_auc = eer = best_threshold = best_accuracy = None
+    tar_at_far: dict[str, float | None] = {name: None for name in FAR_TARGETS}
+    roc = None
+    if n_pos and n_neg:
+        # Threshold k accepts bins >= k: k = bins accepts nothing, k = 0 accepts everything.
+        accepted_pos = np.concatenate([np.cumsum(histogram.positive[::-1])[::-1], [0]])
+        accepted_neg = np.concatenate([np.cumsum(histogram.negative[::-1])[::-1], [0]])
+        tar = accepted_pos / n_pos
+        far = accepted_neg / n_neg
+        far_rev, tar_rev = far[::-1], tar[::-1]  # ascending FAR
+        roc_auc = float(np.sum((far_rev[1:] - far_rev[:-1]) * (tar_rev[1:] + tar_rev[:-1]) / 2.0))
+        frr = 1.0 - tar
+        crossing = int(np.argmin(np.abs(far - frr)))
+        eer = float((far[crossing] + frr[crossing]) / 2.0)
+        for name, target in FAR_TARGETS.items():
+            if n_neg * target >= MIN_FALSE_ACCEPTS:
+                allowed = np.nonzero(far <= target)[0]
+                tar_at_far[name] = float(tar[allowed].max()) if allowed.size else 0.0
+        correct = accepted_pos + (n_neg - accepted_neg)
+        best = int(np.argmax(correct))
+        best_accuracy = float(correct[best] / (n_pos + n_neg))
+        best_threshold = float(-1.0 + 2.0 * best / histogram.bins)
+        roc = (far_rev, tar_rev)
+    collapsed = bool(
+        (pos_mean is not None and pos_mean >= collapse_similarity) or (gap is not None and gap < min_gap)
+    )
+    return VerificationStats(
+        n_pos, n_neg, pos_mean, pos_std, neg_mean, neg_std, gap, roc_auc, eer, tar_at_far,
+        best_threshold, best_accuracy, collapsed, roc,
+    )
+
+
+def all_pairs_histogram(embeddings: torch.Tensor, identities: torch.Tensor, block: int = 1024) -> SimilarityHistogram:
+    """Every unordered pair (i < j) of embeddings, counted block by block: memory O(block x N)."""
+    normalized = F.normalize(embeddings.float(), dim=1)
+    identities = identities.to(normalized.device)
+    histogram = SimilarityHistogram()
+    total = normalized.shape[0]
+    for start in range(0, total, block):
+        stop = min(start + block, total)
+        similarities = normalized[start:stop] @ normalized[start:].t()
+        same = identities[start:stop, None] == identities[None, start:]
+        rows = torch.arange(start, stop, device=normalized.device)[:, None]
+        columns = torch.arange(start, total, device=normalized.device)[None, :]
+        histogram.add(similarities, same, valid=columns > rows)
+    return histogram
+
+
+def pair_histogram(similarities: torch.Tensor, same: torch.Tensor) -> SimilarityHistogram:
+    histogram = SimilarityHistogram()
+    histogram.add(similarities, same.bool())
+    return histogram
+
+
+# ------------------------------------------------------------------ closed-set accuracy
+
+
+def topk_correct(scores: torch.Tensor, labels: torch.Tensor, k: int) -> int:
+    k = min(k, scores.shape[1])
+    top = scores.topk(k, dim=1).indices
+    return int((top == labels.view(-1, 1)).any(dim=1).sum())
+
+
+def nearest_centroid_scores(
+    queries: torch.Tensor, gallery: torch.Tensor, gallery_labels: torch.Tensor, num_classes: int
+) -> torch.Tensor:
+    """Cosine similarity of each query to each class's mean (normalised) gallery embedding."""
+    gallery = F.normalize(gallery.float(), dim=1)
+    centroids = torch.zeros(num_classes, gallery.shape[1]).index_add_(0, gallery_labels, gallery)
+    return F.normalize(queries.float(), dim=1) @ F.normalize(centroids, dim=1).t()
+
+
+def leave_one_out_centroid_scores(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Nearest-centroid scores where each query is left out of its own class centroid."""
+    normalized = F.normalize(embeddings.float(), dim=1)
+    sums = torch.zeros(num_classes, normalized.shape[1]).index_add_(0, labels, normalized)
+    scores = normalized @ F.normalize(sums, dim=1).t()
+    own = sums[labels] - normalized
+    own_similarity = (normalized * own).sum(dim=1) / own.norm(dim=1).clamp_min(1e-12)
+    # A class whose only image is the query has no centroid left: it cannot be predicted.
+    counts = torch.bincount(labels, minlength=num_classes)
+    own_similarity = torch.where(counts[labels] > 1, own_similarity, torch.full_like(own_similarity, -2.0))
+    scores[torch.arange(len(labels)), labels] = own_similarity
+    return scores
+
+
+# ------------------------------------------------------------------ k-fold pairs protocol
+
+
+def best_threshold_exact(similarities: np.ndarray, same: np.ndarray) -> tuple[float, float]:
+    """(threshold, accuracy) maximising accuracy of 'same if similarity >= threshold', exactly."""
+    order = np.argsort(-similarities, kind="stable")
+    sorted_sims = similarities[order]
+    sorted_same = same[order].astype(np.int64)
+    total, positives = len(similarities), int(same.sum())
+    accepted_pos = np.cumsum(sorted_same)
+    accepted = np.arange(1, total + 1)
+    correct = accepted_pos + (total - positives) - (accepted - accepted_pos)
+    # Only cut between distinct values; also consider accepting nothing.
+    distinct = np.append(sorted_sims[:-1] != sorted_sims[1:], True)
+    candidates = np.nonzero(distinct)[0]
+    best_correct, best_threshold = total - positives, float(np.inf)
+    if candidates.size:
+        index = candidates[np.argmax(correct[candidates])]
+        if correct[index] > best_correct:
+            best_correct, best_threshold = int(correct[index]), float(sorted_sims[index])
+    return best_threshold, best_correct / total
+
+
+def kfold_accuracy(similarities: np.ndarray, same: np.ndarray, folds: int = 10) -> dict[str, float | list[float]]:
+    """LFW protocol: unshuffled folds, threshold chosen on the other nine, accuracy on the held-out one."""
+    similarities = np.asarray(similarities, dtype=np.float64)
+    same = np.asarray(same, dtype=bool)
+    splits = np.array_split(np.arange(len(similarities)), folds)
+    accuracies, thresholds = [], []
+    for held_out in splits:
+        if held_out.size == 0:
+            continue
+        train_mask = np.ones(len(similarities), dtype=bool)
+        train_mask[held_out] = False
+        threshold, _ = best_threshold_exact(similarities[train_mask], same[train_mask])
+        predicted = similarities[held_out] >= threshold
+        accuracies.append(float((predicted == same[held_out]).mean()))
+        thresholds.append(threshold)
+    return {
+        "folds_accuracy_mean": float(np.mean(accuracies)),
+        "folds_accuracy_std": float(np.std(accuracies)),
+        "folds_accuracy": accuracies,
+        "folds_threshold_mean": float(np.mean(thresholds)),
+    }

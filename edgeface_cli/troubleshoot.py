@@ -1,0 +1,180 @@
+"""The fallback ladder from the seed run, and a diagnosis of a finished or failed run.
+
+Levels are cumulative (level 2 applies 1 and 2) and only ever lower a value:
+1 head lr -> 5e-5; 2 max_grad_norm -> 0.5; 3 ArcFace s=16, m=0.2; 4 switch to EdgeFace-S.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import EdgeFaceConfig, config_from_dict, read_yaml_file
+from .errors import ConfigError, EdgeFaceError, RunDirError
+from .models import ZOO
+
+MAX_LEVEL = 4
+AUTO_MAX_LEVEL = 3  # level 4 swaps the backbone: a new run, not an in-place fix
+FALLBACK_ARCH = "edgeface_s_gamma_05"
+
+# (level, dotted field, target value, reason) — reasons from the seed's reasoning.
+LADDER: list[tuple[int, str, float, str]] = [
+    (1, "optim.head_lr", 5e-5, "a gentler head learning rate keeps early updates from exploding with many classes"),
+    (2, "guard.max_grad_norm", 0.5, "tighter clipping caps every step's size before a spike turns into NaN"),
+    (3, "arcface.scale", 16.0, "a smaller logit scale softens the loss and its gradients"),
+    (3, "arcface.margin", 0.2, "a softer margin is easier to satisfy with many similar identities"),
+]
+DATA_CHECKS = (
+    "nothing left to escalate: the config is already at level 4. Check the data instead: corrupt or "
+    "mislabelled images (edgeface train reports unreadable files), identities with very few images, "
+    "and duplicate identities under two names"
+)
+
+
+class NothingToEscalate(EdgeFaceError):
+    pass
+
+
+def _get(config: EdgeFaceConfig, dotted: str) -> Any:
+    section, name = dotted.split(".")
+    return getattr(getattr(config, section), name)
+
+
+def apply_level(config: EdgeFaceConfig, level: int) -> tuple[EdgeFaceConfig, list[dict[str, Any]]]:
+    """The config with fallbacks 1..level applied, and one change entry per touched field."""
+    if not 1 <= level <= MAX_LEVEL:
+        raise ConfigError(f"--level must be between 1 and {MAX_LEVEL} (got {level})")
+    if level == MAX_LEVEL and config.troubleshoot_level >= MAX_LEVEL:
+        raise NothingToEscalate(DATA_CHECKS)
+    data = config.model_dump(mode="json")
+    changes: list[dict[str, Any]] = []
+    for step_level, dotted, target, reason in LADDER:
+        if step_level > level:
+            continue
+        before = _get(config, dotted)
+        after = min(before, target)  # a fallback only ever lowers a value
+        section, name = dotted.split(".")
+        data[section][name] = after
+        changes.append({
+            "level": step_level, "field": dotted, "before": before, "after": after,
+            "changed": after != before,
+            "reason": reason if after != before else f"already at or below {target:g}: kept",
+        })
+    if level >= 4:
+        changes += _switch_to_small(config, data)
+    data["troubleshoot_level"] = max(config.troubleshoot_level, level)
+    return config_from_dict(data, "the troubleshoot result"), changes
+
+
+def fallback_checkpoint(config: EdgeFaceConfig) -> Path:
+    """Where the EdgeFace-S checkpoint is expected: beside the current checkpoint."""
+    folder = config.model.checkpoint.parent if config.model.checkpoint is not None else Path(".")
+    return folder / ZOO[FALLBACK_ARCH].checkpoint_file
+
+
+def _switch_to_small(config: EdgeFaceConfig, data: dict[str, Any]) -> list[dict[str, Any]]:
+    target = fallback_checkpoint(config)
+    data["model"]["arch"] = FALLBACK_ARCH
+    data["model"]["checkpoint"] = str(target)
+    data["model"]["use_pos_emb"] = [False, True, False, False]
+    present = target.is_file()
+    reason = "EdgeFace-S has more capacity and is more stable than XXS on hard, many-identity data"
+    if not present:
+        reason += (
+            f"; {target} is not there: download edgeface_s_gamma_05.pt from the EdgeFace release "
+            f"(github.com/otroshi/edgeface) and place it at {target}"
+        )
+    return [
+        {"level": 4, "field": "model.arch", "before": config.model.arch, "after": FALLBACK_ARCH,
+         "changed": config.model.arch != FALLBACK_ARCH, "reason": reason, "checkpoint_present": present},
+        {"level": 4, "field": "model.checkpoint", "before": str(config.model.checkpoint) if config.model.checkpoint else None,
+         "after": str(target), "changed": True, "reason": "the EdgeFace-S weights beside the current checkpoint",
+         "checkpoint_present": present},
+    ]
+
+
+# ------------------------------------------------------------------ run diagnosis
+
+
+@dataclass
+class RunDiagnosis:
+    config: EdgeFaceConfig
+    findings: list[str]
+    failed: bool
+    recommended_level: int | None
+
+
+def read_run(run_dir: Path) -> tuple[EdgeFaceConfig, list[dict[str, Any]]]:
+    if not run_dir.exists():
+        raise RunDirError(f"run dir not found: {run_dir}; pass the --out folder of an edgeface train run")
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise RunDirError(f"{run_dir} is not an edgeface run: it has no config.yaml")
+    config = config_from_dict(read_yaml_file(config_path), str(config_path))
+    rows: list[dict[str, Any]] = []
+    metrics_path = run_dir / "metrics.jsonl"
+    if metrics_path.exists():
+        for number, line in enumerate(metrics_path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise RunDirError(f"{metrics_path} line {number} is not JSON; the file is damaged") from None
+    return config, rows
+
+
+def diagnose_run(run_dir: Path) -> RunDiagnosis:
+    """What went wrong in a run, as the seed's warning signs, and which level to try next."""
+    config, rows = read_run(run_dir)
+    epochs = [row for row in rows if "event" not in row]
+    findings: list[str] = []
+    failed = False
+    for row in rows:
+        if row.get("event") == "guard_stop":
+            failed = True
+            if row.get("kind") == "nan_loss":
+                findings.append(f"loss became NaN at epoch {row['epoch']}: training stopped ({row['reason']})")
+            else:
+                findings.append(f"too many batches skipped at epoch {row['epoch']}: training stopped ({row['reason']})")
+        elif row.get("event") == "escalation":
+            findings.append(
+                f"epoch {row['epoch']} failed and training escalated itself from level {row['from_level']} to {row['to_level']}"
+            )
+    skipped = [(row["epoch"], row.get("skipped_batches", 0) + row.get("skipped_steps", 0)) for row in epochs]
+    skipped = [(epoch, count) for epoch, count in skipped if count]
+    if skipped:
+        listed = ", ".join(f"epoch {epoch}: {count}" for epoch, count in skipped)
+        findings.append(f"batches skipped for non-finite loss or gradients ({listed})")
+    non_finite = [row["epoch"] for row in epochs if row.get("train_loss") is not None and not math.isfinite(row["train_loss"])]
+    if non_finite:
+        failed = True
+        findings.append(f"train loss not finite at epoch(s) {', '.join(map(str, non_finite))}")
+    collapsed = [row["epoch"] for row in epochs if (row.get("val_sim_pos") or 0) >= config.guard.collapse_similarity]
+    if collapsed:
+        findings.append(
+            f"same-identity similarity at or above {config.guard.collapse_similarity} at epoch(s) "
+            f"{', '.join(map(str, collapsed))}: embeddings may have collapsed"
+        )
+    stage2 = [row for row in epochs if row.get("stage") == 2 and row.get("val_acc") is not None]
+    stage1_best = max((row["val_acc"] for row in epochs if row.get("stage") == 1 and row.get("val_acc") is not None), default=None)
+    if len(stage2) >= config.guard.patience and stage1_best is not None:
+        if max(row["val_acc"] for row in stage2) <= stage1_best:
+            findings.append(
+                f"val accuracy flat after stage 1: {len(stage2)} stage-2 epochs never beat stage 1's {stage1_best:.3f}"
+            )
+    recommended = None
+    if failed or skipped or collapsed:
+        recommended = min(MAX_LEVEL, config.troubleshoot_level + 1) if config.troubleshoot_level < MAX_LEVEL else None
+    if not findings:
+        findings.append("no warning signs: the run looks healthy")
+    return RunDiagnosis(config, findings, failed, recommended)
+
+
+def default_output_path(config_file: Path | None, level: int) -> Path:
+    if config_file is None:
+        return Path("edgeface.yaml")
+    return config_file.with_name(f"{config_file.stem}.level{level}{config_file.suffix or '.yaml'}")
