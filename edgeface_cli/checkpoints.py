@@ -464,7 +464,7 @@ def load_backbone(
 # ------------------------------------------------------------------ writing
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write_stream(path: Path, write: Any) -> None:
     """Write through a temp file in the same directory, fsync, then rename: never a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -484,11 +484,11 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    _atomic_write(path, lambda stream: torch.save(obj, stream))
+    atomic_write_stream(path, lambda stream: torch.save(obj, stream))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))
+    atomic_write_stream(path, lambda stream: stream.write(text.encode("utf-8")))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -326,23 +326,191 @@ def train(
     )
 
 
-# ------------------------------------------------------------------ not built yet
+# ------------------------------------------------------------------ eval
+
+METRIC_ROWS = [
+    ("images", "d", "val images evaluated"),
+    ("identities", "d", "val identities"),
+    ("accuracy", ".2%", "top-1 closed-set accuracy ({method})"),
+    ("top5", ".2%", "top-5 closed-set accuracy"),
+    ("val_loss", ".4f", "margin-head loss on val identities known to training"),
+    ("sim_pos_mean", ".4f", "mean cosine similarity of same-identity pairs"),
+    ("sim_pos_std", ".4f", "its standard deviation"),
+    ("sim_neg_mean", ".4f", "mean cosine similarity of different-identity pairs"),
+    ("sim_neg_std", ".4f", "its standard deviation"),
+    ("sim_gap", ".4f", "same minus different: the larger, the better separated"),
+    ("roc_auc", ".4f", "chance a same pair scores above a different pair (1 = perfect)"),
+    ("eer", ".4f", "error rate where false accepts equal false rejects (0 = perfect)"),
+    ("best_threshold", ".4f", "similarity threshold with the best pair accuracy"),
+    ("best_accuracy", ".2%", "pair accuracy at that threshold"),
+]
 
 
-def _not_implemented(name: str) -> None:
-    fail(f"`edgeface {name}` is not implemented yet", EXIT_USER_ERROR)
+def _format_metric(value: Any, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
-@app.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def eval_() -> None:
-    """Accuracy, similarity and verification metrics (not implemented yet)."""
-    _not_implemented("eval")
+@app.command("eval")
+@user_errors
+def eval_(
+    val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Images to evaluate, one folder per identity."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A run dir (its best.pt), best.pt/last.pt, or a bare backbone."),
+    train_dir: Optional[Path] = typer.Option(None, "--train-dir", help="Gallery for nearest-centroid accuracy when the checkpoint has no head."),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help="LFW pairs.txt or CSV path1,path2,same (paths relative to --val-dir)."),
+    flip: bool = typer.Option(False, "--flip", help="Add the mirrored image's embedding (standard protocol)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Zoo variant of a bare backbone, or 'auto'."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    save_embeddings_to: Optional[Path] = typer.Option(None, "--save-embeddings", help="Write embeddings, labels, paths to an .npz."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write the ROC curve and similarity histograms to a PNG (needs matplotlib)."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Closed-set accuracy, cosine similarity and verification metrics (ROC AUC, EER, TAR@FAR, 10-fold)."""
+    from .evaluation import evaluate, save_embeddings, save_plot
+
+    resolved = resolve_config(
+        config, set_, **{"data.val_dir": val_dir, "data.train_dir": train_dir, "runtime.device": device,
+                         "data.batch_size": batch_size, "model.arch": arch if arch != "auto" else None}
+    )
+    if plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            fail("--plot needs matplotlib: pip install 'edgeface-cli[plots]' (or pip install matplotlib)")
+    explicit_size = resolved.data.image_size if any(item.startswith("data.image_size=") for item in set_ or []) else None
+    result = evaluate(resolved, checkpoint, "auto" if arch == "auto" else None, pairs, flip, explicit_size)
+    if save_embeddings_to is not None:
+        save_embeddings(result, save_embeddings_to)
+    if plot is not None:
+        save_plot(result, plot)
+    metrics = result.metrics
+    if as_json:
+        print_json(metrics)
+    else:
+        table = Table(title=f"eval of {metrics['checkpoint']}")
+        for column in ("metric", "value", "meaning"):
+            table.add_column(column, overflow="fold")
+        for name, spec, meaning in METRIC_ROWS:
+            table.add_row(name, _format_metric(metrics[name], spec), meaning.format(method=metrics["accuracy_method"]))
+        for far, value in metrics["tar_at_far"].items():
+            table.add_row(f"tar@far={far}", _format_metric(value, ".2%"),
+                          "true accepts at that false-accept rate" + (" (too few different pairs)" if value is None else ""))
+        if metrics["pairs"]:
+            folds = metrics["pairs"]
+            table.add_row("pairs 10-fold", f"{folds['folds_accuracy_mean']:.2%} ± {folds['folds_accuracy_std']:.2%}",
+                          f"accuracy over {folds['pairs']} listed pairs, threshold chosen on nine folds")
+            table.add_row("pairs roc_auc", _format_metric(folds["roc_auc"], ".4f"), "ROC AUC on the listed pairs")
+            table.add_row("pairs eer", _format_metric(folds["eer"], ".4f"), "EER on the listed pairs")
+        console.print(table)
+    for note in result.notes:
+        err_console.print(f"note: {escape(note)}", soft_wrap=True)
+    if metrics["collapsed"] and not as_json:
+        err_console.print("warning: embeddings may have collapsed", style="yellow")
+    for written in (save_embeddings_to, plot):
+        if written is not None:
+            err_console.print(f"wrote {written}")
 
 
-@app.command("troubleshoot", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def troubleshoot() -> None:
-    """Escalating fallbacks for a failing run (not implemented yet)."""
-    _not_implemented("troubleshoot")
+# ------------------------------------------------------------------ troubleshoot
+
+
+@app.command("troubleshoot")
+@user_errors
+def troubleshoot(
+    level: Optional[int] = typer.Option(None, "--level", "-l", help="Fallback level 1-4 (cumulative); with --from-run, defaults to the recommended one."),
+    from_run: Optional[Path] = typer.Option(None, "--from-run", help="Diagnose this run and start from its config."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the new config (default edgeface.yaml, or <config>.level<N>.yaml)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show the changes, write nothing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the changes as JSON."),
+    run: bool = typer.Option(False, "--run", help="Start `edgeface train` with the new config right away."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """The seed's escalating fallbacks: 1 lower head lr, 2 tighter clipping, 3 softer ArcFace, 4 EdgeFace-S."""
+    from .checkpoints import atomic_write_text
+    from .config import DEFAULT_CONFIG_FILE, dump_yaml
+    from .troubleshoot import apply_level, default_output_path, diagnose_run
+
+    diagnosis = None
+    if from_run is not None:
+        diagnosis = diagnose_run(from_run)
+        base = diagnosis.config
+        if set_:
+            from .config import build_config
+
+            base = build_config(from_run / "config.yaml", {}, set_)
+        if level is None:
+            if diagnosis.recommended_level is None:
+                if not as_json:
+                    for finding in diagnosis.findings:
+                        console.print(f"- {escape(finding)}", soft_wrap=True)
+                fail("no fallback level to recommend for this run; pass --level N to apply one anyway")
+            level = diagnosis.recommended_level
+    else:
+        if level is None:
+            fail("pass --level N (1-4), or --from-run RUN_DIR to have one recommended")
+        base = resolve_config(config, set_)
+    assert level is not None
+    new_config, changes = apply_level(base, level)
+    # The input is --config, else ./edgeface.yaml when it was picked up: never overwritten silently.
+    input_file = config or (Path(DEFAULT_CONFIG_FILE) if from_run is None and Path(DEFAULT_CONFIG_FILE).is_file() else None)
+    target = out or default_output_path(input_file, level)
+    if from_run is not None and out is None:
+        target = from_run / f"config.level{level}.yaml"
+    if input_file is not None and target.resolve() == input_file.resolve():
+        fail(f"refusing to overwrite the input config {input_file}; pass another --out")
+    if not dry_run:
+        atomic_write_text(target, dump_yaml(new_config))
+    if as_json:
+        print_json({
+            "level": level, "changes": changes, "written": None if dry_run else str(target),
+            "findings": diagnosis.findings if diagnosis else None,
+            "recommended_level": diagnosis.recommended_level if diagnosis else None,
+        })
+    else:
+        if diagnosis is not None:
+            console.print(f"[bold]diagnosis of {escape(str(from_run))}[/]")
+            for finding in diagnosis.findings:
+                console.print(f"- {escape(finding)}", soft_wrap=True)
+            console.print(f"recommended level: {diagnosis.recommended_level}")
+        table = Table(title=f"troubleshoot level {level} (cumulative)")
+        for column in ("level", "setting", "before", "after", "why"):
+            table.add_column(column, overflow="fold")
+        for change in changes:
+            style = None if change["changed"] else "dim"
+            table.add_row(str(change["level"]), change["field"], str(change["before"]), str(change["after"]),
+                          escape(change["reason"]), style=style)
+        console.print(table)
+        if dry_run:
+            console.print("dry run: nothing written")
+        else:
+            console.print(f"wrote {target}" + ("" if target.name == "edgeface.yaml" and target.parent == Path(".")
+                                               else f"; use it with: edgeface train --config {target}"))
+    missing_small = [c for c in changes if c.get("checkpoint_present") is False]
+    if missing_small:
+        err_console.print(f"warning: {escape(missing_small[0]['reason'])}", style="yellow", soft_wrap=True)
+    if run:
+        if dry_run:
+            fail("--run and --dry-run contradict each other")
+        from .engine import train as run_training
+        from .render import TrainRenderer
+
+        if from_run is not None:
+            new_config = new_config.model_copy(update={"runtime": new_config.runtime.model_copy(
+                update={"out": Path(f"{from_run}-level{level}")})})
+        renderer = TrainRenderer(console)
+        try:
+            result = run_training(new_config, renderer, force=False)
+        finally:
+            renderer.close()
+        if result.status == "guard_stopped":
+            err_console.print(escape(f"training stopped again: {result.stop_reason}"), style="bold red")
+            raise typer.Exit(EXIT_GUARD_STOP)
+        if result.status == "interrupted":
+            raise typer.Exit(EXIT_INTERRUPTED)
+        console.print(f"done: run in {result.run_dir}")
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .heads import MarginHead
-from .metrics import VerificationStats, all_pairs_histogram, topk_correct, verification_stats
+from .metrics import SimilarityHistogram, VerificationStats, all_pairs_histogram, topk_correct, verification_stats
 from .data import to_model_input
 from .runtime import Precision
 
@@ -70,6 +70,7 @@ class Validation:
     known: int
     images: int
     stats: VerificationStats
+    histogram: SimilarityHistogram
     extracted: Extracted
 
 
@@ -93,5 +94,6 @@ def validate(
         known=extracted.known,
         images=len(extracted.embeddings),
         stats=verification_stats(histogram, collapse_similarity, min_gap),
+        histogram=histogram,
         extracted=extracted,
     )

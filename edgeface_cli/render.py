@@ -56,9 +56,9 @@ class TrainRenderer:
             f"run {event.run_dir}: {event.arch} on {event.device} ({event.precision}), {event.classes} identities, "
             f"{event.train_images} train / {event.val_images} val images, {event.steps_per_epoch} batches per epoch"
         )
+        stage1 = f"stage 1 (head only): epochs 1-{event.stage1_epochs}; " if event.stage1_epochs else ""
         self._print(
-            f"stage 1 (head only): epochs 1-{event.stage1_epochs}; stage 2 (all): epochs "
-            f"{event.stage1_epochs + 1}-{event.epochs}; starting at epoch {event.start_epoch}"
+            f"{stage1}stage 2 (all): epochs {event.stage1_epochs + 1}-{event.epochs}; starting at epoch {event.start_epoch}"
         )
         self._print(ROW_HEADER, style="bold")
 

@@ -33,3 +33,19 @@ def zoo_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
 @pytest.fixture(scope="session")
 def xxs_checkpoint(zoo_checkpoints: dict[str, Path]) -> Path:
     return zoo_checkpoints["edgeface_xxs"]
+
+
+# Small and fast: 32 px images, a few identities, no worker processes.
+FAST = [
+    "--set", "data.image_size=32", "--set", "data.batch_size=8", "--set", "data.workers=0",
+    "--set", "optim.warmup_epochs=0", "--device", "cpu",
+]
+
+
+@pytest.fixture(scope="session")
+def sample_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from edgeface_cli.sample_data import write_sample_dataset
+
+    root = tmp_path_factory.mktemp("sample")
+    write_sample_dataset(root, identities=5, per_identity=6, size=32, seed=1, val_per_identity=3)
+    return root

@@ -1,0 +1,315 @@
+"""`edgeface eval`: load a trained run or a bare backbone, then closed-set accuracy,
+all-pairs similarity/verification and the LFW-style pairs protocol.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoints import atomic_write_stream, load_backbone, read_checkpoint
+from .config import EdgeFaceConfig
+from .data import IMAGE_EXTENSIONS, FaceDataset, Sample, check_image, make_loader, scan_image_folder
+from .errors import CheckpointError, DataError
+from .heads import MarginHead
+from .inference import extract, validate
+from .metrics import (
+    kfold_accuracy,
+    leave_one_out_centroid_scores,
+    SimilarityHistogram,
+    nearest_centroid_scores,
+    pair_histogram,
+    topk_correct,
+    verification_stats,
+)
+from .models import EdgeFace
+from .runtime import Precision, resolve_device, resolve_precision
+
+
+@dataclass
+class EvalModel:
+    backbone: EdgeFace
+    head: MarginHead | None
+    class_names: list[str] | None
+    source: Path
+    training_config: dict[str, Any] | None
+
+
+def load_eval_model(checkpoint: Path, arch: str | None, config: EdgeFaceConfig) -> EvalModel:
+    """A run dir (its best.pt), a best.pt/last.pt, or a bare backbone in any format inspect-keys reads."""
+    if checkpoint.is_dir():
+        best = checkpoint / "best.pt"
+        if not best.is_file():
+            raise CheckpointError(f"{checkpoint} has no best.pt; pass a run directory of `edgeface train` or a checkpoint file")
+        checkpoint = best
+    loaded = read_checkpoint(checkpoint)
+    extras = loaded.extras
+    if "head" in extras and "class_names" in extras and "arch" in extras:
+        spec = extras["arch"]
+        backbone = EdgeFace(spec["arch"], spec["use_pos_emb"], spec["embedding_dim"])
+        backbone.load_state_dict(loaded.state_dict, strict=True)
+        arcface = extras.get("config", {}).get("arcface", {})
+        head = MarginHead(
+            len(extras["class_names"]), spec["embedding_dim"], arcface.get("kind", "arcface"),
+            arcface.get("scale", 32.0), arcface.get("margin", 0.3),
+        )
+        head.load_state_dict(extras["head"])
+        return EvalModel(backbone, head, list(extras["class_names"]), checkpoint, extras.get("config"))
+    result = load_backbone(
+        checkpoint, arch or config.model.arch, config.model.use_pos_emb, config.model.embedding_dim, allow_missing=False
+    )
+    return EvalModel(result.backbone, None, None, checkpoint, None)
+
+
+# ------------------------------------------------------------------ pairs files
+
+
+@dataclass
+class PairList:
+    first: list[Path]
+    second: list[Path]
+    same: list[bool]
+
+
+def _lfw_image(root: Path, name: str, number: str) -> Path:
+    stem = f"{name}_{int(number):04d}"
+    for extension in sorted(IMAGE_EXTENSIONS):
+        candidate = root / name / f"{stem}{extension}"
+        if candidate.exists():
+            return candidate
+    return root / name / f"{stem}.jpg"
+
+
+def read_pairs(pairs_file: Path, root: Path) -> PairList:
+    """LFW ``pairs.txt`` (``name i j`` / ``name1 i name2 j``) or CSV ``path1,path2,same``."""
+    if not pairs_file.is_file():
+        raise DataError(f"pairs file not found: {pairs_file}")
+    text = pairs_file.read_text(encoding="utf-8", errors="replace")
+    pairs = PairList([], [], [])
+    if pairs_file.suffix.lower() == ".csv":
+        for row_number, row in enumerate(csv.reader(text.splitlines()), 1):
+            if not row or not "".join(row).strip():
+                continue
+            if len(row) != 3:
+                raise DataError(f"{pairs_file} line {row_number}: expected path1,path2,same")
+            flag = row[2].strip().lower()
+            if flag not in {"0", "1", "true", "false"}:
+                if row_number == 1:
+                    continue  # a header
+                raise DataError(f"{pairs_file} line {row_number}: 'same' must be 1/0 or true/false, not {row[2]!r}")
+            first, second = (Path(cell.strip()) for cell in row[:2])
+            pairs.first.append(first if first.is_absolute() else root / first)
+            pairs.second.append(second if second.is_absolute() else root / second)
+            pairs.same.append(flag in {"1", "true"})
+    else:
+        for line_number, line in enumerate(text.splitlines(), 1):
+            tokens = line.split()
+            if not tokens or all(token.isdigit() for token in tokens):
+                continue  # blank line or the "10 300" header
+            if len(tokens) == 3:
+                name, first, second = tokens
+                pairs.first.append(_lfw_image(root, name, first))
+                pairs.second.append(_lfw_image(root, name, second))
+                pairs.same.append(True)
+            elif len(tokens) == 4:
+                pairs.first.append(_lfw_image(root, tokens[0], tokens[1]))
+                pairs.second.append(_lfw_image(root, tokens[2], tokens[3]))
+                pairs.same.append(False)
+            else:
+                raise DataError(f"{pairs_file} line {line_number}: expected 'name i j' or 'name1 i name2 j'")
+    if not pairs.same:
+        raise DataError(f"{pairs_file} lists no pairs")
+    missing = sorted({str(path) for path in pairs.first + pairs.second if not path.is_file()})
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise DataError(f"{len(missing)} images named in {pairs_file} do not exist: {', '.join(missing[:5])}{more}")
+    return pairs
+
+
+def _embed_paths(model: EvalModel, paths: list[Path], image_size: int, batch_size: int, workers: int,
+                 device: torch.device, precision: Precision, flip: bool) -> torch.Tensor:
+    bad = [(path, why) for path in paths if (why := check_image(path))]
+    if bad:
+        raise DataError(f"unreadable image {bad[0][0]}: {bad[0][1]}")
+    dataset = FaceDataset([Sample(path, -1, index) for index, path in enumerate(paths)], image_size, train=False)
+    loader = make_loader(dataset, batch_size, False, workers, device.type == "cuda", 0)
+    return extract(model.backbone, None, loader, device, precision, flip).embeddings
+
+
+# ------------------------------------------------------------------ the evaluation
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    embeddings: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    identities: np.ndarray | None = None
+    paths: list[str] | None = None
+    roc: tuple[np.ndarray, np.ndarray] | None = None
+    histogram: SimilarityHistogram | None = None
+
+
+def evaluate(
+    config: EdgeFaceConfig,
+    checkpoint: Path,
+    arch: str | None = None,
+    pairs_file: Path | None = None,
+    flip: bool = False,
+    image_size: int | None = None,
+) -> EvalResult:
+    if config.data.val_dir is None:
+        raise DataError("no validation data: pass --val-dir DIR (one folder per identity)")
+    device = resolve_device(config.runtime.device)
+    precision = resolve_precision(config.runtime.amp, device)
+    model = load_eval_model(checkpoint, arch, config)
+    model.backbone.to(device)
+    if model.head is not None:
+        model.head.to(device)
+    trained = model.training_config or {}
+    size = image_size or trained.get("data", {}).get("image_size") or config.data.image_size
+    guard = trained.get("guard", {})
+    collapse_similarity = guard.get("collapse_similarity", config.guard.collapse_similarity)
+    min_gap = guard.get("min_similarity_gap", config.guard.min_similarity_gap)
+    notes: list[str] = []
+
+    train_scan = None
+    class_names = model.class_names
+    if model.head is None and config.data.train_dir is not None:
+        train_scan = scan_image_folder(config.data.train_dir, "train")
+        class_names = train_scan.classes
+    val_scan = scan_image_folder(config.data.val_dir, "val", class_names=class_names)
+    if val_scan.unreadable:
+        notes.append(f"{len(val_scan.unreadable)} unreadable val files skipped")
+    loader = make_loader(FaceDataset(val_scan.samples, size, train=False), config.data.batch_size, False,
+                         config.data.workers, device.type == "cuda", 0)
+    result = validate(model.backbone, model.head, loader, device, precision, collapse_similarity, min_gap, flip)
+    extracted = result.extracted
+    known_names = set(class_names or val_scan.classes)
+    left_out = [name for name in val_scan.classes if name not in known_names]
+
+    accuracy, top5, method = result.accuracy, result.top5, "margin head"
+    if model.head is None:
+        if train_scan is not None:
+            method = "nearest centroid (train)"
+            gallery_loader = make_loader(FaceDataset(train_scan.samples, size, train=False), config.data.batch_size,
+                                         False, config.data.workers, device.type == "cuda", 0)
+            gallery = extract(model.backbone, None, gallery_loader, device, precision, flip)
+            known = extracted.labels >= 0
+            scores = nearest_centroid_scores(extracted.embeddings[known], gallery.embeddings, gallery.labels, len(train_scan.classes))
+            labels = extracted.labels[known]
+        else:
+            method = "nearest centroid (leave-one-out on val)"
+            left_out = []
+            labels = extracted.identities
+            scores = leave_one_out_centroid_scores(extracted.embeddings, labels, len(val_scan.classes))
+        if len(labels):
+            accuracy = topk_correct(scores, labels, 1) / len(labels)
+            top5 = topk_correct(scores, labels, 5) / len(labels)
+    if left_out:
+        notes.append(f"{len(left_out)} val identities are not in training: left out of accuracy, used for similarity")
+
+    stats = result.stats
+    metrics: dict[str, Any] = {
+        "checkpoint": str(model.source),
+        "images": result.images,
+        "identities": len(val_scan.classes),
+        "accuracy": accuracy,
+        "top5": top5,
+        "accuracy_method": method,
+        "accuracy_images": result.known if model.head is not None or train_scan is not None else result.images,
+        "left_out_identities": len(left_out),
+        "val_loss": result.loss,
+        "sim_pos_mean": stats.sim_pos_mean,
+        "sim_pos_std": stats.sim_pos_std,
+        "sim_neg_mean": stats.sim_neg_mean,
+        "sim_neg_std": stats.sim_neg_std,
+        "sim_gap": stats.sim_gap,
+        "pairs_positive": stats.pairs_positive,
+        "pairs_negative": stats.pairs_negative,
+        "roc_auc": stats.roc_auc,
+        "eer": stats.eer,
+        "tar_at_far": stats.tar_at_far,
+        "best_threshold": stats.best_threshold,
+        "best_accuracy": stats.best_accuracy,
+        "collapsed": stats.collapsed,
+        "flip": flip,
+        "image_size": size,
+        "pairs": None,
+    }
+    if stats.collapsed:
+        notes.append(
+            "embeddings look collapsed: same-identity similarity is near 1 or barely above different-identity similarity"
+        )
+    if pairs_file is not None:
+        pairs = read_pairs(pairs_file, config.data.val_dir)
+        unique = sorted(set(pairs.first + pairs.second))
+        index_of = {path: index for index, path in enumerate(unique)}
+        embedded = F.normalize(
+            _embed_paths(model, unique, size, config.data.batch_size, config.data.workers, device, precision, flip), dim=1
+        )
+        first = embedded[[index_of[path] for path in pairs.first]]
+        second = embedded[[index_of[path] for path in pairs.second]]
+        pair_sims = (first * second).sum(dim=1)
+        same = torch.tensor(pairs.same)
+        pair_stats = verification_stats(pair_histogram(pair_sims, same), collapse_similarity, min_gap)
+        folds = kfold_accuracy(pair_sims.numpy(), same.numpy())
+        metrics["pairs"] = {
+            "file": str(pairs_file),
+            "pairs": len(pairs.same),
+            "same": int(same.sum()),
+            **folds,
+            "roc_auc": pair_stats.roc_auc,
+            "eer": pair_stats.eer,
+            "tar_at_far": pair_stats.tar_at_far,
+            "sim_pos_mean": pair_stats.sim_pos_mean,
+            "sim_neg_mean": pair_stats.sim_neg_mean,
+        }
+    return EvalResult(
+        metrics, notes, extracted.embeddings.numpy(), extracted.labels.numpy(), extracted.identities.numpy(),
+        [str(sample.path) for sample in val_scan.samples], stats.roc, result.histogram,
+    )
+
+
+def save_embeddings(result: EvalResult, path: Path) -> None:
+    atomic_write_stream(path, lambda stream: np.savez(
+        stream, embeddings=result.embeddings, labels=result.labels, identities=result.identities,
+        paths=np.array(result.paths or [], dtype=str),
+    ))
+
+
+def save_plot(result: EvalResult, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise DataError("--plot needs matplotlib: pip install 'edgeface-cli[plots]' (or pip install matplotlib)") from None
+    figure, (roc_axis, hist_axis) = plt.subplots(1, 2, figsize=(11, 4.5))
+    if result.roc is not None:
+        far, tar = result.roc
+        roc_axis.plot(far, tar)
+        roc_axis.set_xscale("symlog", linthresh=1e-3)
+    roc_axis.set(xlabel="false accept rate", ylabel="true accept rate", title=f"ROC (AUC {result.metrics['roc_auc'] or 0:.4f})")
+    if result.histogram is not None:
+        # Re-bin the exact counts coarsely for display: no pair list is ever materialised.
+        coarse = 256
+        edges = np.linspace(-1.0, 1.0, coarse + 1)
+        for name, counts in (("same identity", result.histogram.positive), ("different identity", result.histogram.negative)):
+            grouped = counts.reshape(coarse, -1).sum(axis=1)
+            if grouped.sum():
+                hist_axis.stairs(grouped / grouped.sum(), edges, fill=True, alpha=0.5, label=name)
+        hist_axis.legend()
+    hist_axis.set(xlabel="cosine similarity", title="pair similarities")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

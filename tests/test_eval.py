@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgeface_cli.cli import app
+
+from .conftest import FAST
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained_run(sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("evalrun") / "run"
+    result = runner.invoke(app, [
+        "train", "--train-dir", str(sample_dataset / "train"), "--val-dir", str(sample_dataset / "val"),
+        "--out", str(run_dir), *FAST, "--stage1-epochs", "1", "--epochs", "2",
+        "--set", "optim.backbone_lr=1e-3", "--set", "optim.head_lr_stage2=1e-2",
+    ])
+    assert result.exit_code == 0, result.output
+    return run_dir
+
+
+def eval_json(*args: str) -> tuple[int, dict, str]:
+    result = runner.invoke(app, ["eval", "--json", "--device", "cpu", "--set", "data.workers=0", *args])
+    text = result.stdout if hasattr(result, "stdout") else result.output
+    start = text.find("{")
+    return result.exit_code, (json.loads(text[start:text.rfind("}") + 1]) if start >= 0 else {}), result.output
+
+
+def test_eval_of_a_run_reproduces_its_best_epoch(trained_run: Path, sample_dataset: Path) -> None:
+    code, metrics, output = eval_json("--val-dir", str(sample_dataset / "val"), "--checkpoint", str(trained_run))
+    assert code == 0, output
+    rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    best = max(rows, key=lambda row: row["val_acc"])  # first best wins, as in training
+    best = next(row for row in rows if row["val_acc"] == best["val_acc"])
+    assert metrics["accuracy"] == pytest.approx(best["val_acc"], abs=1e-4)
+    assert metrics["val_loss"] == pytest.approx(best["val_loss"], abs=1e-4)
+    assert metrics["sim_pos_mean"] == pytest.approx(best["val_sim_pos"], abs=1e-4)
+    assert metrics["sim_neg_mean"] == pytest.approx(best["val_sim_neg"], abs=1e-4)
+    for field in ("images", "identities", "accuracy", "top5", "val_loss", "sim_pos_mean", "sim_pos_std",
+                  "sim_neg_mean", "sim_neg_std", "sim_gap", "roc_auc", "eer", "tar_at_far", "best_threshold",
+                  "best_accuracy", "collapsed", "pairs"):
+        assert field in metrics, field
+    assert metrics["images"] == 15 and metrics["identities"] == 5
+    assert metrics["pairs_positive"] == 5 * 3 and metrics["pairs_negative"] == 15 * 14 // 2 - 15
+    assert set(metrics["tar_at_far"]) == {"1e-1", "1e-2", "1e-3"}
+    # 90 different pairs cannot estimate even FAR 1e-1 (fewer than 10 false accepts possible): null, not a guess.
+    assert metrics["tar_at_far"] == {"1e-1": None, "1e-2": None, "1e-3": None}
+
+
+def test_bare_backbone_uses_nearest_centroid(trained_run: Path, sample_dataset: Path, tmp_path: Path) -> None:
+    common = ["--val-dir", str(sample_dataset / "val"), "--checkpoint", str(trained_run / "backbone.pt"), "--set", "data.image_size=32"]
+    code, loo, output = eval_json(*common)
+    assert code == 0, output
+    assert loo["accuracy_method"].startswith("nearest centroid (leave-one-out")
+    assert loo["val_loss"] is None and 0.0 <= loo["accuracy"] <= 1.0
+    code, gallery, output = eval_json(*common, "--train-dir", str(sample_dataset / "train"),
+                                      "--save-embeddings", str(tmp_path / "emb.npz"))
+    assert code == 0, output
+    assert gallery["accuracy_method"] == "nearest centroid (train)"
+    saved = np.load(tmp_path / "emb.npz")
+    assert saved["embeddings"].shape == (15, 512) and len(saved["paths"]) == 15
+
+
+def test_pairs_protocol_lfw_and_csv(trained_run: Path, sample_dataset: Path, tmp_path: Path) -> None:
+    root = tmp_path / "lfw"
+    for folder in sorted((sample_dataset / "val").iterdir()):
+        (root / folder.name).mkdir(parents=True)
+        for index, image in enumerate(sorted(folder.iterdir()), 1):
+            shutil.copy(image, root / folder.name / f"{folder.name}_{index:04d}.png")
+    names = sorted(path.name for path in root.iterdir())
+    lines = ["2 10"]
+    for fold in range(2):
+        for name in names:
+            lines.append(f"{name} 1 {2 + fold}")
+        for offset, name in enumerate(names):
+            lines.append(f"{name} 1 {names[(offset + 1 + fold) % len(names)]} 3")
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("\n".join(lines) + "\n")
+    code, metrics, output = eval_json("--val-dir", str(root), "--checkpoint", str(trained_run), "--pairs", str(pairs), "--flip")
+    assert code == 0, output
+    assert metrics["pairs"]["pairs"] == 20 and metrics["pairs"]["same"] == 10
+    assert 0.0 <= metrics["pairs"]["folds_accuracy_mean"] <= 1.0 and len(metrics["pairs"]["folds_accuracy"]) == 10
+    assert metrics["flip"] is True
+    csv_file = tmp_path / "pairs.csv"
+    csv_file.write_text("path1,path2,same\n" + "\n".join(
+        f"{names[0]}/{names[0]}_0001.png,{names[i % 5]}/{names[i % 5]}_0002.png,{int(i % 5 == 0)}" for i in range(10)
+    ) + "\n")
+    code, metrics, output = eval_json("--val-dir", str(root), "--checkpoint", str(trained_run), "--pairs", str(csv_file))
+    assert code == 0, output
+    assert metrics["pairs"]["pairs"] == 10 and metrics["pairs"]["same"] == 2
+
+
+@pytest.mark.parametrize("case", ["missing_val", "absent_pair_image", "missing_checkpoint", "run_without_best"])
+def test_bad_inputs_give_clear_errors(case: str, trained_run: Path, sample_dataset: Path, tmp_path: Path) -> None:
+    args = ["--val-dir", str(sample_dataset / "val"), "--checkpoint", str(trained_run)]
+    expected = ""
+    if case == "missing_val":
+        args[1] = str(tmp_path / "nowhere")
+        expected = "val dir not found"
+    elif case == "absent_pair_image":
+        pairs = tmp_path / "pairs.txt"
+        pairs.write_text("ghost 1 2\n")
+        args += ["--pairs", str(pairs)]
+        expected = "do not exist"
+    elif case == "missing_checkpoint":
+        args[3] = str(tmp_path / "absent.pt")
+        expected = "not found"
+    elif case == "run_without_best":
+        (tmp_path / "emptyrun").mkdir()
+        args[3] = str(tmp_path / "emptyrun")
+        expected = "no best.pt"
+    result = runner.invoke(app, ["eval", *args])
+    assert result.exit_code == 2, result.output
+    assert expected in result.output.replace("\n", " ") and "Traceback" not in result.output
+
+
+def test_plot_without_matplotlib_is_a_clear_error(trained_run: Path, sample_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    result = runner.invoke(app, ["eval", "--val-dir", str(sample_dataset / "val"), "--checkpoint", str(trained_run),
+                                 "--plot", str(tmp_path / "roc.png")])
+    assert result.exit_code == 2 and "matplotlib" in result.output
