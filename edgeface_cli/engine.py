@@ -286,6 +286,7 @@ class Trainer:
         self.best_score: float | None = None
         self.stale_epochs = 0
         self.records: list[dict[str, Any]] = []
+        self.pending_nan_steps = set(config.debug.inject_nan_at)
 
     # -------------------------------------------------------------- optimizer and schedule
 
@@ -396,7 +397,6 @@ class Trainer:
         self.backbone.train(stage == 2)
         batches = len(self.train_loader)
         self.on_event(EpochStarted(epoch, stage, batches))
-        inject = set(self.config.debug.inject_nan_at)
         loss_sum, correct, seen, skipped_batches, skipped_steps = 0.0, 0, 0, 0, 0
         grad_norms: list[float] = []
         trainable_backbone = [parameter for parameter in self.backbone.parameters() if parameter.requires_grad]
@@ -416,7 +416,9 @@ class Trainer:
                     embeddings = self.backbone(inputs)
                 logits, cosine = self.head(embeddings, labels)
                 loss = nn.functional.cross_entropy(logits, labels)
-            if self.global_step in inject:
+            if self.global_step in self.pending_nan_steps:
+                # Each injected step fires once: after an escalation rewinds the step count, it is spent.
+                self.pending_nan_steps.discard(self.global_step)
                 loss = loss * float("nan")
             self.global_step += 1
             self.stage_step += 1
@@ -515,7 +517,7 @@ class Trainer:
     # -------------------------------------------------------------- the run
 
     def run(self) -> RunResult:
-        config = self.config
+        config = self.config  # the starting config; escalations replace self.config
         self.on_event(
             RunStarted(
                 self.run_dir, str(self.device), self.precision.label, self.backbone.arch, len(self.class_names),
@@ -525,8 +527,8 @@ class Trainer:
         )
         atomic_write_text(self.run_dir / "config.yaml", dump_yaml(config))
         epoch = self.epoch + 1
-        while epoch <= config.optim.epochs:
-            stage = stage_of(epoch, config)
+        while epoch <= self.config.optim.epochs:
+            stage = stage_of(epoch, self.config)
             if self.optimizer is None or self.optimizer_stage != stage:
                 self._build_optimizer(stage)
                 self.stage_step = 0
@@ -541,7 +543,7 @@ class Trainer:
                 return self._stopped(stop)
             self._validate_into(record)
             record["seconds"] = time.perf_counter() - epoch_started
-            record["troubleshoot_level"] = config.troubleshoot_level
+            record["troubleshoot_level"] = self.config.troubleshoot_level
             score = record["val_acc"] if record["val_acc"] is not None else record["train_acc"]
             is_best = self.best_score is None or score > self.best_score
             if is_best:

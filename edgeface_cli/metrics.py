@@ -22,32 +22,46 @@ MIN_FALSE_ACCEPTS = 10
 
 @dataclass
 class SimilarityHistogram:
-    """Exact counts of same- and different-identity similarities in fine bins over [-1, 1]."""
+    """Exact counts of pair similarities in fine bins over [-1, 1]: all pairs, and the same-identity ones.
+
+    Different-identity counts and sums are all minus same: positives are few, so only they are
+    ever selected out of a block.
+    """
 
     bins: int = HISTOGRAM_BINS
+    all_counts: np.ndarray = field(default_factory=lambda: np.zeros(HISTOGRAM_BINS, dtype=np.int64))
     positive: np.ndarray = field(default_factory=lambda: np.zeros(HISTOGRAM_BINS, dtype=np.int64))
-    negative: np.ndarray = field(default_factory=lambda: np.zeros(HISTOGRAM_BINS, dtype=np.int64))
+    all_sum: float = 0.0
+    all_sq: float = 0.0
     positive_sum: float = 0.0
     positive_sq: float = 0.0
-    negative_sum: float = 0.0
-    negative_sq: float = 0.0
 
-    def add(self, similarities: torch.Tensor, same: torch.Tensor, valid: torch.Tensor | None = None) -> None:
-        similarities = similarities.float()
-        index = ((similarities + 1.0) * (self.bins / 2.0)).floor().clamp_(0, self.bins - 1).long()
-        # One bincount per block: negatives in [0, bins), positives in [bins, 2 bins), invalid last.
-        index = index + same.long() * self.bins
-        if valid is not None:
-            index = torch.where(valid, index, torch.full_like(index, 2 * self.bins))
-        counts = torch.bincount(index.flatten(), minlength=2 * self.bins + 1).cpu().numpy()
-        self.negative += counts[: self.bins]
-        self.positive += counts[self.bins : 2 * self.bins]
-        positive_mask = same if valid is None else same & valid
-        negative_mask = ~same if valid is None else ~same & valid
-        for mask, attr in ((positive_mask, "positive"), (negative_mask, "negative")):
-            selected = similarities.masked_select(mask).double()
-            setattr(self, f"{attr}_sum", getattr(self, f"{attr}_sum") + float(selected.sum()))
-            setattr(self, f"{attr}_sq", getattr(self, f"{attr}_sq") + float((selected * selected).sum()))
+    def _counts(self, similarities: torch.Tensor) -> np.ndarray:
+        # floor((s + 1) * bins / 2); s = 1 exactly joins the top bin. int32 halves the memory traffic.
+        index = similarities.float().add(1.0).mul_(self.bins / 2.0).to(torch.int32).clamp_(0, self.bins - 1)
+        return torch.bincount(index.flatten(), minlength=self.bins).cpu().numpy()
+
+    def add_all(self, similarities: torch.Tensor) -> None:
+        self.all_counts += self._counts(similarities)
+        self.all_sum += float(similarities.sum(dtype=torch.float64))
+        self.all_sq += float(torch.linalg.vector_norm(similarities, dtype=torch.float64)) ** 2
+
+    def add_positive(self, similarities: torch.Tensor) -> None:
+        self.positive += self._counts(similarities)
+        self.positive_sum += float(similarities.sum(dtype=torch.float64))
+        self.positive_sq += float(torch.linalg.vector_norm(similarities, dtype=torch.float64)) ** 2
+
+    @property
+    def negative(self) -> np.ndarray:
+        return self.all_counts - self.positive
+
+    @property
+    def negative_sum(self) -> float:
+        return self.all_sum - self.positive_sum
+
+    @property
+    def negative_sq(self) -> float:
+        return self.all_sq - self.positive_sq
 
     @property
     def n_positive(self) -> int:
@@ -55,7 +69,7 @@ class SimilarityHistogram:
 
     @property
     def n_negative(self) -> int:
-        return int(self.negative.sum())
+        return int(self.all_counts.sum()) - self.n_positive
 
 
 def _mean_std(total: float, squares: float, count: int) -> tuple[float | None, float | None]:
@@ -127,24 +141,41 @@ def verification_stats(
 
 
 def all_pairs_histogram(embeddings: torch.Tensor, identities: torch.Tensor, block: int = 1024) -> SimilarityHistogram:
-    """Every unordered pair (i < j) of embeddings, counted block by block: memory O(block x N)."""
-    normalized = F.normalize(embeddings.float(), dim=1)
-    identities = identities.to(normalized.device)
-    histogram = SimilarityHistogram()
+    """Every unordered pair (i < j), counted block by block: memory O(block x N), never N x N.
+
+    Embeddings are sorted by identity first, so a row block's same-identity pairs sit in a narrow
+    band of columns near the diagonal: only that band is masked, and positives come from the very
+    same matrix product as all pairs (their bins agree exactly).
+    """
+    order = torch.argsort(identities, stable=True)
+    normalized = F.normalize(embeddings.float(), dim=1)[order]
+    sorted_ids = identities[order]
     total = normalized.shape[0]
+    # group_end[i]: one past the last index of i's identity in sorted order.
+    _, counts = torch.unique_consecutive(sorted_ids, return_counts=True)
+    group_end = torch.repeat_interleave(torch.cumsum(counts, 0), counts)
+    histogram = SimilarityHistogram()
     for start in range(0, total, block):
         stop = min(start + block, total)
-        similarities = normalized[start:stop] @ normalized[start:].t()
-        same = identities[start:stop, None] == identities[None, start:]
-        rows = torch.arange(start, stop, device=normalized.device)[:, None]
-        columns = torch.arange(start, total, device=normalized.device)[None, :]
-        histogram.add(similarities, same, valid=columns > rows)
+        similarities = normalized[start:stop] @ normalized[start:].t()  # columns start..total
+        size = stop - start
+        upper = torch.triu(torch.ones(size, size, dtype=torch.bool), diagonal=1)
+        histogram.add_all(similarities[:, :size][upper])
+        if stop < total:
+            histogram.add_all(similarities[:, size:])
+        band_stop = int(group_end[stop - 1]) - start  # no same-identity column beyond this
+        band = similarities[:, :band_stop]
+        rows = torch.arange(start, stop)[:, None]
+        columns = torch.arange(start, start + band_stop)[None, :]
+        same = (sorted_ids[start:stop, None] == sorted_ids[None, start:start + band_stop]) & (columns > rows)
+        histogram.add_positive(band[same])
     return histogram
 
 
 def pair_histogram(similarities: torch.Tensor, same: torch.Tensor) -> SimilarityHistogram:
     histogram = SimilarityHistogram()
-    histogram.add(similarities, same.bool())
+    histogram.add_all(similarities.float())
+    histogram.add_positive(similarities.float()[same.bool()])
     return histogram
 
 

@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from edgeface_cli.cli import app
+from edgeface_cli.config import EdgeFaceConfig, build_config
+from edgeface_cli.troubleshoot import NothingToEscalate, apply_level
+
+from .conftest import FAST
+
+runner = CliRunner()
+STEPS_PER_EPOCH = 4  # sample_dataset: 30 images, batch 8
+
+
+def nan_epoch(epoch: int) -> str:
+    steps = range((epoch - 1) * STEPS_PER_EPOCH, epoch * STEPS_PER_EPOCH)
+    return "debug.inject_nan_at=[" + ",".join(map(str, steps)) + "]"
+
+
+def values(config: EdgeFaceConfig) -> tuple:
+    return (config.optim.head_lr, config.guard.max_grad_norm, config.arcface.scale, config.arcface.margin, config.model.arch)
+
+
+def test_each_level_exact_values_and_cumulative() -> None:
+    base = EdgeFaceConfig()
+    expected = {
+        1: (5e-5, 1.0, 32.0, 0.3, "edgeface_xxs"),
+        2: (5e-5, 0.5, 32.0, 0.3, "edgeface_xxs"),
+        3: (5e-5, 0.5, 16.0, 0.2, "edgeface_xxs"),
+        4: (5e-5, 0.5, 16.0, 0.2, "edgeface_s_gamma_05"),
+    }
+    for level, wanted in expected.items():
+        config, changes = apply_level(base, level)
+        assert values(config) == wanted
+        assert config.troubleshoot_level == level
+        assert all(change["reason"] for change in changes)
+        assert max(change["level"] for change in changes) == level
+
+
+def test_a_fallback_never_raises_a_value() -> None:
+    soft = build_config(None, {}, ["optim.head_lr=1e-5", "guard.max_grad_norm=0.1", "arcface.scale=8", "arcface.margin=0.1"],
+                        search_default_file=False)
+    config, changes = apply_level(soft, 3)
+    assert values(config)[:4] == (1e-5, 0.1, 8.0, 0.1)
+    assert not any(change["changed"] for change in changes)
+
+
+def test_level_4_with_and_without_the_small_checkpoint(tmp_path: Path, zoo_checkpoints: dict[str, Path]) -> None:
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    (lonely / "edgeface_xxs.pt").write_bytes(zoo_checkpoints["edgeface_xxs"].read_bytes())
+    config = build_config(None, {"model.checkpoint": lonely / "edgeface_xxs.pt"}, search_default_file=False)
+    new, changes = apply_level(config, 4)
+    assert new.model.checkpoint == lonely / "edgeface_s_gamma_05.pt"
+    assert any(change.get("checkpoint_present") is False and "not there" in change["reason"] for change in changes)
+    (lonely / "edgeface_s_gamma_05.pt").write_bytes(zoo_checkpoints["edgeface_s_gamma_05"].read_bytes())
+    new, changes = apply_level(config, 4)
+    assert all(change.get("checkpoint_present", True) for change in changes)
+    with pytest.raises(NothingToEscalate, match="data"):
+        apply_level(new, 4)
+
+
+def test_cli_writes_edgeface_yaml_which_train_picks_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["troubleshoot", "--level", "2"])
+    assert result.exit_code == 0, result.output
+    written = yaml.safe_load((tmp_path / "edgeface.yaml").read_text())
+    assert written["optim"]["head_lr"] == 5e-5 and written["guard"]["max_grad_norm"] == 0.5
+    assert written["troubleshoot_level"] == 2
+    assert build_config().guard.max_grad_norm == 0.5  # what `edgeface train` resolves
+    # Escalating again never overwrites the input silently.
+    result = runner.invoke(app, ["troubleshoot", "--level", "3"])
+    assert result.exit_code == 0
+    assert yaml.safe_load((tmp_path / "edgeface.yaml").read_text())["troubleshoot_level"] == 2
+    assert yaml.safe_load((tmp_path / "edgeface.level3.yaml").read_text())["arcface"]["scale"] == 16
+    before = (tmp_path / "edgeface.yaml").read_text()
+    result = runner.invoke(app, ["troubleshoot", "--level", "1", "--dry-run", "--json", "--out", "x.yaml"])
+    assert result.exit_code == 0 and json.loads(result.output)["written"] is None
+    assert not (tmp_path / "x.yaml").exists() and (tmp_path / "edgeface.yaml").read_text() == before
+
+
+def test_config_input_gets_a_level_suffix(tmp_path: Path) -> None:
+    source = tmp_path / "mine.yaml"
+    source.write_text("optim:\n  head_lr: 2.0e-4\n")
+    result = runner.invoke(app, ["troubleshoot", "--level", "1", "--config", str(source)])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((tmp_path / "mine.level1.yaml").read_text())["optim"]["head_lr"] == 5e-5
+    assert source.read_text() == "optim:\n  head_lr: 2.0e-4\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--level", "0"], "between 1 and 4"),
+        (["--level", "5"], "between 1 and 4"),
+        (["--from-run", "/nonexistent/run"], "run dir not found"),
+    ],
+)
+def test_bad_inputs_exit_2(args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["troubleshoot", *args])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_unreadable_run_config_is_an_error(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("optim: [broken\n")
+    result = runner.invoke(app, ["troubleshoot", "--from-run", str(run)])
+    assert result.exit_code == 2 and "cannot read config file" in result.output
+
+
+def train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--train-dir", str(data / "train"), "--val-dir", str(data / "val"), "--out", str(out), *FAST,
+            "--stage1-epochs", "1", "--epochs", "3", *extra]
+
+
+def test_from_run_recommends_the_next_level(sample_dataset: Path, tmp_path: Path) -> None:
+    failed = tmp_path / "failed"
+    result = runner.invoke(app, train_args(sample_dataset, failed, "--set", nan_epoch(3)))
+    assert result.exit_code == 3
+    result = runner.invoke(app, ["troubleshoot", "--from-run", str(failed), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["recommended_level"] == 1 and report["level"] == 1
+    assert any("NaN at epoch 3" in finding for finding in report["findings"])
+    level1 = failed / "config.level1.yaml"
+    assert build_config(level1).troubleshoot_level == 1
+
+    # A level-1 run failing the same way -> level 2.
+    failed_again = tmp_path / "failed_again"
+    result = runner.invoke(app, train_args(sample_dataset, failed_again, "--config", str(level1), "--set", nan_epoch(2)))
+    assert result.exit_code == 3
+    assert "troubleshoot --level 2" in result.output.replace("\n", " ")
+    report = json.loads(runner.invoke(app, ["troubleshoot", "--from-run", str(failed_again), "--json"]).output)
+    assert report["recommended_level"] == 2
+
+
+def test_auto_troubleshoot_finishes_a_run_with_a_nan_epoch(sample_dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "auto"
+    result = runner.invoke(app, train_args(sample_dataset, run, "--set", nan_epoch(2), "--auto-troubleshoot"))
+    assert result.exit_code == 0, result.output
+    assert "escalating troubleshoot level 0 -> 1" in result.output.replace("\n", " ")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    events = [row for row in rows if row.get("event") == "escalation"]
+    assert len(events) == 1 and events[0]["epoch"] == 2 and events[0]["to_level"] == 1
+    epochs = [row for row in rows if "event" not in row]
+    assert [row["epoch"] for row in epochs] == [1, 2, 3]
+    assert [row["troubleshoot_level"] for row in epochs] == [0, 1, 1]
+    saved = build_config(run / "config.yaml")
+    assert saved.troubleshoot_level == 1 and saved.optim.head_lr == 5e-5
