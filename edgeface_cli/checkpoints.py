@@ -13,6 +13,7 @@ import pickle
 import re
 import struct
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -66,7 +67,10 @@ def _load_pickle(path: Path) -> Any:
 
 def _load_torchscript(path: Path) -> dict[str, torch.Tensor]:
     try:
-        scripted = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            # torch>=2.9 flags TorchScript as deprecated; reading published .pt archives must stay quiet.
+            warnings.simplefilter("ignore", FutureWarning)
+            scripted = torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read TorchScript archive {path}: {_first_line(exc)}") from None
     return {key: value for key, value in scripted.state_dict().items()}

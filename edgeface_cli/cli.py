@@ -318,6 +318,8 @@ def train(
             soft_wrap=True,
         )
         raise typer.Exit(EXIT_GUARD_STOP)
+    for previous in result.previous_runs:
+        console.print(f"the run in {previous} escalated to level 4 and continued with EdgeFace-S in {result.run_dir}")
     best = f"{result.best_val_acc:.2%}" if result.best_val_acc is not None else "n/a (no --val-dir)"
     console.print(
         f"done: {result.last_epoch} epochs; best epoch {result.best_epoch} (val acc {best}). "

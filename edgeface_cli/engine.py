@@ -107,7 +107,7 @@ EventHandler = Callable[[Any], None]
 
 @dataclass
 class RunResult:
-    status: str  # "finished" | "guard_stopped" | "interrupted"
+    status: str  # "finished" | "guard_stopped" | "interrupted" | "switched" (level 4: a new run follows)
     run_dir: Path
     last_epoch: int  # last completed (and saved) epoch
     best_epoch: int | None
@@ -115,6 +115,16 @@ class RunResult:
     stop_reason: str | None = None
     recommended_level: int | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
+    next_config: EdgeFaceConfig | None = None
+    previous_runs: list[Path] = field(default_factory=list)
+
+
+class SwitchBackbone(Exception):
+    """Level 4 swaps the backbone: training restarts at stage 1 in a new run directory."""
+
+    def __init__(self, config: EdgeFaceConfig) -> None:
+        super().__init__("switching backbone")
+        self.config = config
 
 
 class GuardStop(Exception):
@@ -376,8 +386,8 @@ class Trainer:
         self.best_score = state["best"]["score"]
         self.stale_epochs = int(state["best"]["stale_epochs"])
         restore_rng_state(state["rng"])
-        self.records = read_metrics(self.run_dir)
-        self.records = [row for row in self.records if row.get("epoch", 0) <= self.epoch]
+        # Epoch rows past the checkpoint are dropped (they are re-run); events stay as history.
+        self.records = [row for row in read_metrics(self.run_dir) if "event" in row or row["epoch"] <= self.epoch]
 
     def _save(self, is_best: bool) -> None:
         state = self._state()
@@ -537,9 +547,13 @@ class Trainer:
                 record = self._train_epoch(epoch, stage)
                 self._check_guards(record)
             except GuardStop as stop:
-                if self.auto_troubleshoot and self._escalate(stop):
-                    epoch = self.epoch + 1
-                    continue
+                try:
+                    if self.auto_troubleshoot and self._escalate(stop):
+                        epoch = self.epoch + 1
+                        continue
+                except SwitchBackbone as switch:
+                    return RunResult("switched", self.run_dir, self.epoch, self.best_epoch, self._best_val_acc(),
+                                     stop_reason=stop.reason, records=self.records, next_config=switch.config)
                 return self._stopped(stop)
             self._validate_into(record)
             record["seconds"] = time.perf_counter() - epoch_started
@@ -569,7 +583,7 @@ class Trainer:
 
     def _best_val_acc(self) -> float | None:
         for record in self.records:
-            if record.get("epoch") == self.best_epoch:
+            if "event" not in record and record["epoch"] == self.best_epoch:
                 return record.get("val_acc")
         return None
 
@@ -593,13 +607,17 @@ class Trainer:
             self.on_event(Notice("warning", f"{stop.reason}; already at level {current}, nothing left to apply automatically"))
             return False
         new_config, changes = apply_level(self.config, current + 1)
+        if new_config.model.arch != self.config.model.arch:
+            self._switch_backbone(stop, new_config, changes)  # raises, or returns when it cannot
+            return False
         last = self.run_dir / "last.pt"
         if last.exists():
             self.load_state(torch.load(last, map_location=self.device, weights_only=True))
         else:  # failed in the very first epoch: back to the loaded weights
             self.backbone.load_state_dict(self.initial_backbone)
             self.head.load_state_dict(self.initial_head)
-            self.epoch, self.optimizer, self.records = 0, None, []
+            self.epoch, self.optimizer = 0, None
+            self.records = [row for row in self.records if "event" in row]
         self.config = new_config
         self.head.set_margin(new_config.arcface.scale, new_config.arcface.margin)
         resume_stage = stage_of(self.epoch + 1, new_config)
@@ -616,9 +634,36 @@ class Trainer:
         self.on_event(Escalated(stop.epoch, current, current + 1, changes))
         return True
 
+    def _switch_backbone(self, stop: GuardStop, new_config: EdgeFaceConfig, changes: list[dict[str, Any]]) -> None:
+        current = self.config.troubleshoot_level
+        checkpoint = new_config.model.checkpoint
+        if checkpoint is None or not checkpoint.is_file():
+            self.on_event(Notice(
+                "warning",
+                f"{stop.reason}; level 4 would switch to {new_config.model.arch}, but {checkpoint} is not there "
+                "(download edgeface_s_gamma_05.pt beside your checkpoint to let it)",
+            ))
+            return
+        # Injected NaN steps that already fired stay spent in the new run.
+        new_config = new_config.model_copy(update={
+            "debug": new_config.debug.model_copy(update={"inject_nan_at": sorted(self.pending_nan_steps)}),
+            "runtime": new_config.runtime.model_copy(update={"out": level4_run_dir(self.run_dir)}),
+        })
+        self.records.append({
+            "event": "escalation", "epoch": stop.epoch, "reason": stop.reason, "kind": stop.kind,
+            "from_level": current, "to_level": 4, "changes": changes, "new_run": str(new_config.runtime.out),
+        })
+        write_metrics(self.run_dir, self.records)
+        self.on_event(Escalated(stop.epoch, current, 4, changes))
+        raise SwitchBackbone(new_config)
+
     def remember_initial_state(self) -> None:
         self.initial_backbone = {key: value.detach().clone() for key, value in self.backbone.state_dict().items()}
         self.initial_head = {key: value.detach().clone() for key, value in self.head.state_dict().items()}
+
+
+def level4_run_dir(run_dir: Path) -> Path:
+    return run_dir.with_name(run_dir.name + "-level4")
 
 
 def train(
@@ -628,10 +673,33 @@ def train(
     force: bool = False,
     auto_troubleshoot: bool = False,
 ) -> RunResult:
-    """Scan data, load the backbone, and run (or resume) the two-stage fine-tuning."""
-    resolve_device(config.runtime.device)  # a bad device is an error before any slow work
-    seed_everything(config.runtime.seed)
+    """Scan data, load the backbone, and run (or resume) the two-stage fine-tuning.
+
+    With ``auto_troubleshoot`` a level-4 escalation restarts stage 1 with EdgeFace-S in ``<run>-level4``.
+    """
+    resolve_precision(config.runtime.amp, resolve_device(config.runtime.device))  # fail before slow work
     train_scan, val_scan = scan_datasets(config, on_event)
+    result = _train_once(config, train_scan, val_scan, on_event, resume_dir, force, auto_troubleshoot)
+    previous: list[Path] = []
+    while result.status == "switched" and result.next_config is not None:
+        previous.append(result.run_dir)
+        next_config = result.next_config
+        on_event(Notice("info", f"restarting stage 1 with {next_config.model.arch} in {next_config.runtime.out}"))
+        result = _train_once(next_config, train_scan, val_scan, on_event, None, force, auto_troubleshoot)
+    result.previous_runs = previous
+    return result
+
+
+def _train_once(
+    config: EdgeFaceConfig,
+    train_scan: ScanResult,
+    val_scan: ScanResult | None,
+    on_event: EventHandler,
+    resume_dir: Path | None,
+    force: bool,
+    auto_troubleshoot: bool,
+) -> RunResult:
+    seed_everything(config.runtime.seed)
     resume_state = None
     if resume_dir is not None:
         last = resume_dir / "last.pt"
@@ -653,7 +721,7 @@ def train(
     trainer = Trainer(config, run_dir, train_scan, val_scan, loaded, on_event, auto_troubleshoot)
     trainer.remember_initial_state()
     if resume_state is not None:
-        trainer.load_state({key: value for key, value in resume_state.items()})
+        trainer.load_state(resume_state)
         on_event(Notice("info", f"resuming {run_dir} at epoch {trainer.epoch + 1}"))
     try:
         return trainer.run()

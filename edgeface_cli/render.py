@@ -105,9 +105,13 @@ class TrainRenderer:
 
     def _on_Escalated(self, event: Escalated) -> None:
         self._stop_progress()
+        then = (
+            "restarting stage 1 with the new backbone in a new run directory"
+            if event.to_level == 4
+            else "resuming from the last good checkpoint"
+        )
         self._print(
-            f"epoch {event.epoch} failed: escalating troubleshoot level {event.from_level} -> {event.to_level} "
-            "and resuming from the last good checkpoint",
+            f"epoch {event.epoch} failed: escalating troubleshoot level {event.from_level} -> {event.to_level} and {then}",
             style="bold magenta",
         )
         for change in event.changes:

@@ -17,7 +17,7 @@ from .errors import ConfigError, EdgeFaceError, RunDirError
 from .models import ZOO
 
 MAX_LEVEL = 4
-AUTO_MAX_LEVEL = 3  # level 4 swaps the backbone: a new run, not an in-place fix
+AUTO_MAX_LEVEL = 4  # level 4 swaps the backbone: --auto-troubleshoot restarts stage 1 in a new run dir
 FALLBACK_ARCH = "edgeface_s_gamma_05"
 
 # (level, dotted field, target value, reason) — reasons from the seed's reasoning.

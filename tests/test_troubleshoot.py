@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -154,3 +155,30 @@ def test_auto_troubleshoot_finishes_a_run_with_a_nan_epoch(sample_dataset: Path,
     assert [row["troubleshoot_level"] for row in epochs] == [0, 1, 1]
     saved = build_config(run / "config.yaml")
     assert saved.troubleshoot_level == 1 and saved.optim.head_lr == 5e-5
+
+
+def test_auto_troubleshoot_level_4_restarts_with_edgeface_s(sample_dataset: Path, tmp_path: Path, zoo_checkpoints: dict[str, Path]) -> None:
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for arch in ("edgeface_xxs", "edgeface_s_gamma_05"):
+        (weights / f"{arch}.pt").write_bytes(zoo_checkpoints[arch].read_bytes())
+    run = tmp_path / "auto"
+    # Epochs 2, 3, 4 and 5 fail, at levels 0, 1, 2 and 3 (a rewind replays step numbers; each fires once).
+    failing = "debug.inject_nan_at=[" + ",".join(str(step) for step in range(4, 20)) + "]"
+    result = runner.invoke(app, train_args(sample_dataset, run, "--edgeface", str(weights / "edgeface_xxs.pt"),
+                                           "--set", failing, "--auto-troubleshoot", "--epochs", "5"))
+    assert result.exit_code == 0, result.output
+    flat = result.output.replace("\n", " ")
+    assert "level 3 -> 4" in flat and "continued with EdgeFace-S" in flat
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["to_level"] for row in rows if row.get("event") == "escalation"] == [1, 2, 3, 4]
+    new_run = tmp_path / "auto-level4"
+    config = build_config(new_run / "config.yaml")
+    assert config.model.arch == "edgeface_s_gamma_05" and config.troubleshoot_level == 4
+    assert config.model.checkpoint == weights / "edgeface_s_gamma_05.pt"
+    epochs = [json.loads(line) for line in (new_run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["stage"] for row in epochs] == [1, 2, 2, 2, 2]
+    assert [row["epoch"] for row in rows if "event" not in row] == [1, 2, 3, 4]  # the XXS run's good epochs
+    from edgeface_cli.models import EdgeFace
+
+    EdgeFace("edgeface_s_gamma_05").load_state_dict(torch.load(new_run / "backbone.pt", weights_only=True), strict=True)
