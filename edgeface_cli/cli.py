@@ -271,9 +271,6 @@ def train(
 
     Exit 0 when finished, 2 on a user error, 3 when a guard stopped training, 130 when interrupted.
     """
-    from .engine import train as run_training
-    from .render import TrainRenderer
-
     flags = {
         "model.checkpoint": edgeface, "model.arch": arch if arch != "auto" else None,
         "data.train_dir": train_dir, "data.val_dir": val_dir, "runtime.device": device,
@@ -296,6 +293,16 @@ def train(
         resolved = resolved.model_copy(
             update={"model": resolved.model.model_copy(update={"arch": detected_arch, "use_pos_emb": list(layout), "embedding_dim": dim})}
         )
+    run_and_report(resolved, resume=resume, force=force, auto_troubleshoot=auto_troubleshoot, quiet=quiet)
+
+
+def run_and_report(
+    resolved: Any, resume: Optional[Path] = None, force: bool = False, auto_troubleshoot: bool = False, quiet: bool = False
+) -> None:
+    """Run training with live output; turn the outcome into the summary and the exit code."""
+    from .engine import train as run_training
+    from .render import TrainRenderer
+
     renderer = TrainRenderer(console, quiet)
     try:
         result = run_training(resolved, renderer, resume_dir=resume, force=force, auto_troubleshoot=auto_troubleshoot)
@@ -496,23 +503,10 @@ def troubleshoot(
     if run:
         if dry_run:
             fail("--run and --dry-run contradict each other")
-        from .engine import train as run_training
-        from .render import TrainRenderer
-
         if from_run is not None:
             new_config = new_config.model_copy(update={"runtime": new_config.runtime.model_copy(
                 update={"out": Path(f"{from_run}-level{level}")})})
-        renderer = TrainRenderer(console)
-        try:
-            result = run_training(new_config, renderer, force=False)
-        finally:
-            renderer.close()
-        if result.status == "guard_stopped":
-            err_console.print(escape(f"training stopped again: {result.stop_reason}"), style="bold red")
-            raise typer.Exit(EXIT_GUARD_STOP)
-        if result.status == "interrupted":
-            raise typer.Exit(EXIT_INTERRUPTED)
-        console.print(f"done: run in {result.run_dir}")
+        run_and_report(new_config)
 
 
 def main() -> None:

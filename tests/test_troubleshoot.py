@@ -182,3 +182,14 @@ def test_auto_troubleshoot_level_4_restarts_with_edgeface_s(sample_dataset: Path
     from edgeface_cli.models import EdgeFace
 
     EdgeFace("edgeface_s_gamma_05").load_state_dict(torch.load(new_run / "backbone.pt", weights_only=True), strict=True)
+
+
+def test_from_run_with_run_starts_training_on_the_same_data(sample_dataset: Path, tmp_path: Path) -> None:
+    failed = tmp_path / "failed"
+    assert runner.invoke(app, train_args(sample_dataset, failed, "--set", nan_epoch(2))).exit_code == 3
+    result = runner.invoke(app, ["troubleshoot", "--from-run", str(failed), "--run", "--set", "debug.inject_nan_at=[]"])
+    assert result.exit_code == 0, result.output
+    follow_up = tmp_path / "failed-level1"
+    config = build_config(follow_up / "config.yaml")
+    assert config.troubleshoot_level == 1 and config.data.train_dir == sample_dataset / "train"
+    assert len((follow_up / "metrics.jsonl").read_text().splitlines()) == 3
