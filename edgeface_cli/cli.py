@@ -28,8 +28,8 @@ app = typer.Typer(
 config_app = typer.Typer(help="Show or create the shared configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 EXIT_DIFFERENCES = 1
 EXIT_USER_ERROR = 2
@@ -309,10 +309,13 @@ def run_and_report(
     finally:
         renderer.close()
     if result.status == "interrupted":
-        err_console.print(
-            f"interrupted: {result.run_dir}/last.pt holds epoch {result.last_epoch}; "
-            f"continue with: edgeface train --resume {result.run_dir}"
-        )
+        if result.last_epoch == 0:
+            err_console.print(f"interrupted before the first epoch finished: nothing saved in {result.run_dir} to resume")
+        else:
+            err_console.print(
+                f"interrupted: {result.run_dir}/last.pt holds epoch {result.last_epoch}; "
+                f"continue with: edgeface train --resume {result.run_dir}"
+            )
         raise typer.Exit(EXIT_INTERRUPTED)
     if result.status == "guard_stopped":
         level = result.recommended_level

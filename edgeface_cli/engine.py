@@ -38,7 +38,7 @@ CHECKPOINT_FORMAT = "edgeface-train/1"
 RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "backbone.pt")
 CSV_FIELDS = (
     "epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "val_sim_pos", "val_sim_neg",
-    "skipped_batches", "skipped_steps", "grad_norm_mean", "grad_norm_max", "lr_backbone", "lr_head",
+    "skipped_batches", "skipped_steps", "overflow_steps", "grad_norm_mean", "grad_norm_max", "lr_backbone", "lr_head",
     "images_per_s", "seconds", "troubleshoot_level",
 )
 
@@ -59,6 +59,13 @@ class RunStarted:
     epochs: int
     stage1_epochs: int
     steps_per_epoch: int
+
+
+@dataclass
+class ScanProgress:
+    role: str  # "train" | "val"
+    done: int
+    total: int
 
 
 @dataclass
@@ -101,7 +108,7 @@ class Escalated:
     changes: list[dict[str, Any]]
 
 
-Event = RunStarted | EpochStarted | BatchEnded | EpochEnded | Notice | Escalated
+Event = ScanProgress | RunStarted | EpochStarted | BatchEnded | EpochEnded | Notice | Escalated
 EventHandler = Callable[[Any], None]
 
 
@@ -222,7 +229,9 @@ def scan_datasets(config: EdgeFaceConfig, on_event: EventHandler) -> tuple[ScanR
     """Scan train (and val) up front; report unreadable files and empty identities as warnings."""
     if config.data.train_dir is None:
         raise DataError("no training data: pass --train-dir DIR (one folder per identity)")
-    train = scan_image_folder(config.data.train_dir, "train")
+    train = scan_image_folder(
+        config.data.train_dir, "train", progress=lambda done, total: on_event(ScanProgress("train", done, total))
+    )
     report_scan(train, "train", on_event)
     if len(train.classes) < 2:
         raise DataError(
@@ -230,7 +239,10 @@ def scan_datasets(config: EdgeFaceConfig, on_event: EventHandler) -> tuple[ScanR
         )
     val = None
     if config.data.val_dir is not None:
-        val = scan_image_folder(config.data.val_dir, "val", class_names=train.classes)
+        val = scan_image_folder(
+            config.data.val_dir, "val", class_names=train.classes,
+            progress=lambda done, total: on_event(ScanProgress("val", done, total)),
+        )
         report_scan(val, "val", on_event)
         unknown = [name for name in val.classes if name not in set(train.classes)]
         if unknown:
@@ -407,7 +419,7 @@ class Trainer:
         self.backbone.train(stage == 2)
         batches = len(self.train_loader)
         self.on_event(EpochStarted(epoch, stage, batches))
-        loss_sum, correct, seen, skipped_batches, skipped_steps = 0.0, 0, 0, 0, 0
+        loss_sum, correct, seen, skipped_batches, skipped_steps, overflow_steps = 0.0, 0, 0, 0, 0, 0
         grad_norms: list[float] = []
         trainable_backbone = [parameter for parameter in self.backbone.parameters() if parameter.requires_grad]
         started = time.perf_counter()
@@ -446,9 +458,15 @@ class Trainer:
                 if torch.isfinite(total_norm):
                     self.scaler.step(self.optimizer)
                     grad_norms.append(float(total_norm))
+                    self.scaler.update()
                 else:
-                    skipped_steps += 1
-                self.scaler.update()
+                    self.scaler.update()  # fp16: halves the loss scale
+                    # Under fp16 a few overflows while the GradScaler finds its scale are routine; only
+                    # once the scale has collapsed below 1 are the gradients themselves non-finite.
+                    if self.precision.use_scaler and self.scaler.get_scale() >= 1.0:
+                        overflow_steps += 1
+                    else:
+                        skipped_steps += 1
                 loss_sum += float(loss.detach()) * len(labels)
                 correct += topk_correct(cosine.detach(), labels, 1)
                 seen += len(labels)
@@ -471,6 +489,7 @@ class Trainer:
             "train_acc": correct / seen if seen else 0.0,
             "skipped_batches": skipped_batches,
             "skipped_steps": skipped_steps,
+            "overflow_steps": overflow_steps,
             "grad_norm_mean": float(np.mean(grad_norms)) if grad_norms else None,
             "grad_norm_max": float(np.max(grad_norms)) if grad_norms else None,
             "lr_backbone": lr_backbone,

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .engine import BatchEnded, EpochEnded, EpochStarted, Escalated, Notice, RunStarted
+from .engine import BatchEnded, EpochEnded, EpochStarted, Escalated, Notice, RunStarted, ScanProgress
 
 ROW_FORMAT = "{:>5} {:>5} {:>10} {:>9} {:>10} {:>8} {:>8} {:>8} {:>7} {:>9} {:>8}"
 ROW_HEADER = ROW_FORMAT.format(
@@ -50,6 +50,20 @@ class TrainRenderer:
 
     def _print(self, text: str, style: str | None = None) -> None:
         self.console.print(escape(text), style=style, soft_wrap=True, highlight=False)
+
+    def _on_ScanProgress(self, event: ScanProgress) -> None:
+        if not self.live:
+            return
+        if self.progress is None:
+            self.progress = Progress(
+                TextColumn(f"checking {event.role} images"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=self.console, transient=True,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("scan", total=event.total, stats="")
+        self.progress.update(self.task, completed=event.done)
+        if event.done >= event.total:
+            self._stop_progress()
 
     def _on_RunStarted(self, event: RunStarted) -> None:
         self._print(

@@ -136,3 +136,12 @@ def test_plot_without_matplotlib_is_a_clear_error(trained_run: Path, sample_data
     result = runner.invoke(app, ["eval", "--val-dir", str(sample_dataset / "val"), "--checkpoint", str(trained_run),
                                  "--plot", str(tmp_path / "roc.png")])
     assert result.exit_code == 2 and "matplotlib" in result.output
+
+
+def test_plot_writes_a_png(trained_run: Path, sample_dataset: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    target = tmp_path / "roc.png"
+    result = runner.invoke(app, ["eval", "--val-dir", str(sample_dataset / "val"), "--checkpoint", str(trained_run),
+                                 "--plot", str(target)])
+    assert result.exit_code == 0, result.output
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

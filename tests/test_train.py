@@ -166,13 +166,22 @@ def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(sample_dataset: P
 def test_interrupt_via_cli_exits_130_with_resume_hint(sample_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import edgeface_cli.engine as engine
 
-    def interrupted_epoch(self, epoch, stage):
-        raise KeyboardInterrupt
+    original = engine.Trainer._train_epoch
 
-    monkeypatch.setattr(engine.Trainer, "_train_epoch", interrupted_epoch)
-    result = run_train(sample_dataset, tmp_path / "run", "--epochs", "1", "--stage1-epochs", "1")
+    def interrupted_in_epoch_2(self, epoch, stage):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, epoch, stage)
+
+    monkeypatch.setattr(engine.Trainer, "_train_epoch", interrupted_in_epoch_2)
+    result = run_train(sample_dataset, tmp_path / "run", "--epochs", "2", "--stage1-epochs", "1")
     assert result.exit_code == 130
-    assert "--resume" in result.output
+    assert "holds epoch 1" in result.output and f"--resume {tmp_path / 'run'}" in result.output.replace("\n", "")
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1
+
+    monkeypatch.setattr(engine.Trainer, "_train_epoch", lambda self, epoch, stage: (_ for _ in ()).throw(KeyboardInterrupt))
+    result = run_train(sample_dataset, tmp_path / "early", "--epochs", "1", "--stage1-epochs", "1")
+    assert result.exit_code == 130 and "before the first epoch finished" in result.output
 
 
 def test_from_scratch_run_learns(tmp_path: Path) -> None:
