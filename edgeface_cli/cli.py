@@ -278,6 +278,8 @@ def train(
         "data.workers": workers, "runtime.seed": seed, "runtime.out": out,
     }
     if resume is not None:
+        if config is not None:
+            fail("--config cannot be combined with --resume: the run's own config.yaml is used (change fields with --set)")
         if not (resume / "config.yaml").is_file():
             fail(f"cannot resume {resume}: no config.yaml there; pass the run directory of an earlier `edgeface train`")
         flags["runtime.out"] = resume

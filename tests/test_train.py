@@ -155,6 +155,9 @@ def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(sample_dataset: P
 
     outcome = train(config, ctrl_c_in_epoch_2)
     assert outcome.status == "interrupted" and outcome.last_epoch == 1
+    refused = runner.invoke(app, ["train", "--resume", str(interrupted), "--config", str(interrupted / "config.yaml")])
+    assert refused.exit_code == 2 and "--set" in refused.output
+    assert runner.invoke(app, ["train", "--resume", str(tmp_path / "nothing")]).exit_code == 2
     resumed = runner.invoke(app, ["train", "--resume", str(interrupted)])
     assert resumed.exit_code == 0, resumed.output
     first, second = metrics(straight), metrics(interrupted)
@@ -238,3 +241,12 @@ def test_single_identity_and_existing_run_dir_are_errors(sample_dataset: Path, t
     again = run_train(sample_dataset, run_dir, "--epochs", "1", "--stage1-epochs", "1")
     assert again.exit_code == 2 and "--force" in again.output
     assert run_train(sample_dataset, run_dir, "--epochs", "1", "--stage1-epochs", "1", "--force").exit_code == 0
+
+
+def test_arch_auto_detects_the_checkpoint_variant(sample_dataset: Path, zoo_checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_train(sample_dataset, run_dir, "--edgeface", str(zoo_checkpoints["edgeface_xs_gamma_06"]),
+                       "--arch", "auto", "--epochs", "1", "--stage1-epochs", "1")
+    assert result.exit_code == 0, result.output
+    assert build_config(run_dir / "config.yaml").model.arch == "edgeface_xs_gamma_06"
+    assert "257 tensors matched, 0 missing" in result.output
