@@ -433,6 +433,25 @@ def resolve_arch(
     return detected.arch, tuple(detected.use_pos_emb), detected.embedding_dim
 
 
+@dataclass
+class Inspection:
+    checkpoint: LoadedCheckpoint
+    model: EdgeFace  # freshly built, not loaded
+    report: KeyReport
+    diagnosis: list[str]
+
+
+def inspect_checkpoint(
+    checkpoint_path: Path, arch: str, use_pos_emb: tuple[bool, ...] | list[bool], embedding_dim: int
+) -> Inspection:
+    """Read a checkpoint, build the architecture (``arch='auto'``: the matching variant) and diff them."""
+    checkpoint = read_checkpoint(checkpoint_path)
+    arch, layout, embedding_dim = resolve_arch(arch, checkpoint, use_pos_emb, embedding_dim)
+    model = EdgeFace(arch, layout, embedding_dim)
+    report = compare_keys(shapes_of(checkpoint.state_dict), shapes_of(model.state_dict()))
+    return Inspection(checkpoint, model, report, diagnose(report, checkpoint.state_dict, arch, layout))
+
+
 def load_backbone(
     checkpoint_path: Path | None,
     arch: str,
@@ -445,24 +464,22 @@ def load_backbone(
     Missing keys are never ignored silently: without ``allow_missing`` any difference raises
     CheckpointMismatch carrying the diagnosis; with it they are initialised and listed.
     """
-    checkpoint = read_checkpoint(checkpoint_path) if checkpoint_path is not None else None
-    arch, layout, embedding_dim = resolve_arch(arch, checkpoint, use_pos_emb, embedding_dim)
-    backbone = EdgeFace(arch, layout, embedding_dim)
-    if checkpoint is None:
-        return BackboneLoad(backbone, None, None, [], [])
-    report = compare_keys(shapes_of(checkpoint.state_dict), shapes_of(backbone.state_dict()))
-    diagnosis = diagnose(report, checkpoint.state_dict, arch, layout)
+    if checkpoint_path is None:
+        _, layout, embedding_dim = resolve_arch(arch, None, use_pos_emb, embedding_dim)
+        return BackboneLoad(EdgeFace(arch, layout, embedding_dim), None, None, [], [])
+    inspection = inspect_checkpoint(checkpoint_path, arch, use_pos_emb, embedding_dim)
+    report, diagnosis, backbone = inspection.report, inspection.diagnosis, inspection.model
     if not report.clean and not allow_missing:
         raise CheckpointMismatch(
-            f"{checkpoint.path} does not fit {arch}: {len(report.missing)} missing, {len(report.unexpected)} "
+            f"{checkpoint_path} does not fit {backbone.arch}: {len(report.missing)} missing, {len(report.unexpected)} "
             f"unexpected, {len(report.mismatched)} mismatched keys. " + "; ".join(diagnosis)
             + ". To train anyway with the gaps initialised, set model.allow_missing: true",
             report,
             diagnosis,
         )
-    fix = fix_state_dict(checkpoint.state_dict, backbone)
+    fix = fix_state_dict(inspection.checkpoint.state_dict, backbone)
     backbone.load_state_dict(fix.state_dict, strict=True)
-    return BackboneLoad(backbone, checkpoint, report, diagnosis, fix.initialised)
+    return BackboneLoad(backbone, inspection.checkpoint, report, diagnosis, fix.initialised)
 
 
 # ------------------------------------------------------------------ writing

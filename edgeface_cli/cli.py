@@ -143,30 +143,18 @@ def inspect_keys(
 
     Exit 0 when everything matches, 1 when anything differs, 2 when the checkpoint cannot be read.
     """
-    from .checkpoints import (
-        atomic_torch_save,
-        compare_keys,
-        diagnose,
-        fix_state_dict,
-        read_checkpoint,
-        resolve_arch,
-        shapes_of,
-    )
-    from .models import EdgeFace
+    from .checkpoints import atomic_torch_save, fix_state_dict, inspect_checkpoint
 
     resolved = resolve_config(
         config, set_, **{"model.checkpoint": edgeface, "model.arch": arch if arch != "auto" else None}
     )
-    checkpoint_path = resolved.model.checkpoint
-    if checkpoint_path is None:
+    if resolved.model.checkpoint is None:
         fail("no checkpoint to inspect: pass --edgeface PATH (or set model.checkpoint)")
-    checkpoint = read_checkpoint(checkpoint_path)
-    chosen_arch, layout, embedding_dim = resolve_arch(
-        arch or resolved.model.arch, checkpoint, resolved.model.use_pos_emb, resolved.model.embedding_dim
+    inspection = inspect_checkpoint(
+        resolved.model.checkpoint, arch or resolved.model.arch, resolved.model.use_pos_emb, resolved.model.embedding_dim
     )
-    model = EdgeFace(chosen_arch, layout, embedding_dim)
-    report = compare_keys(shapes_of(checkpoint.state_dict), shapes_of(model.state_dict()))
-    diagnosis = diagnose(report, checkpoint.state_dict, chosen_arch, layout)
+    checkpoint, model, report, diagnosis = inspection.checkpoint, inspection.model, inspection.report, inspection.diagnosis
+    chosen_arch, layout, embedding_dim = model.arch, model.use_pos_emb, model.embedding_dim
 
     fixed_info: dict[str, Any] | None = None
     if write_fixed is not None:

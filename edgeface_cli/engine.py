@@ -8,16 +8,12 @@ of its batches were skipped. Progress goes out as events; this module never prin
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import random
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +23,7 @@ from torch import nn
 
 from .checkpoints import BackboneLoad, atomic_torch_save, atomic_write_text, load_backbone
 from .config import EdgeFaceConfig, dump_yaml
+from .rundir import prepare_run_dir, read_metrics, write_metrics
 from .data import FaceDataset, ScanResult, make_loader, scan_image_folder, set_loader_epoch, to_model_input
 from .errors import DataError, RunDirError
 from .heads import MarginHead
@@ -35,13 +32,6 @@ from .metrics import topk_correct
 from .runtime import Precision, resolve_device, resolve_precision
 
 CHECKPOINT_FORMAT = "edgeface-train/1"
-RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "backbone.pt")
-CSV_FIELDS = (
-    "epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "val_sim_pos", "val_sim_neg",
-    "skipped_batches", "skipped_steps", "overflow_steps", "grad_norm_mean", "grad_norm_max", "lr_backbone", "lr_head",
-    "images_per_s", "seconds", "troubleshoot_level",
-)
-
 
 # ------------------------------------------------------------------ events
 
@@ -184,46 +174,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
-
-
-def prepare_run_dir(out: Path | None, force: bool) -> Path:
-    run_dir = out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"--out {run_dir} is a file; pass a directory")
-    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
-    if existing:
-        if not force:
-            raise RunDirError(
-                f"{run_dir} already holds a run ({', '.join(existing)}); pass --force to overwrite it, "
-                f"--resume {run_dir} to continue it, or another --out"
-            )
-        for name in existing:
-            (run_dir / name).unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            rows.append(json.loads(line))
-    return rows
-
-
-def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    """Rewrite metrics.jsonl and metrics.csv atomically: a kill never leaves half a line."""
-    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        if "epoch" in row and "event" not in row:
-            writer.writerow(row)
-    atomic_write_text(run_dir / "metrics.csv", buffer.getvalue())
 
 
 def scan_datasets(config: EdgeFaceConfig, on_event: EventHandler) -> tuple[ScanResult, ScanResult | None]:
@@ -644,15 +594,19 @@ class Trainer:
         self._build_optimizer(resume_stage)  # fresh optimizer at the lowered learning rates
         # Keep the schedule's position within the stage, as if the failed epoch never ran.
         self.stage_step = (self.epoch + 1 - self._stage_bounds(resume_stage)[0]) * self.steps_per_epoch
-        event_row = {
-            "event": "escalation", "epoch": stop.epoch, "reason": stop.reason,
-            "kind": stop.kind, "from_level": current, "to_level": current + 1, "changes": changes,
-        }
-        self.records.append(event_row)
-        write_metrics(self.run_dir, self.records)
+        self._record_escalation(stop, current, current + 1, changes)
         atomic_write_text(self.run_dir / "config.yaml", dump_yaml(new_config))
-        self.on_event(Escalated(stop.epoch, current, current + 1, changes))
         return True
+
+    def _record_escalation(
+        self, stop: GuardStop, from_level: int, to_level: int, changes: list[dict[str, Any]], **extra: Any
+    ) -> None:
+        self.records.append({
+            "event": "escalation", "epoch": stop.epoch, "reason": stop.reason, "kind": stop.kind,
+            "from_level": from_level, "to_level": to_level, "changes": changes, **extra,
+        })
+        write_metrics(self.run_dir, self.records)
+        self.on_event(Escalated(stop.epoch, from_level, to_level, changes))
 
     def _switch_backbone(self, stop: GuardStop, new_config: EdgeFaceConfig, changes: list[dict[str, Any]]) -> None:
         current = self.config.troubleshoot_level
@@ -669,12 +623,7 @@ class Trainer:
             "debug": new_config.debug.model_copy(update={"inject_nan_at": sorted(self.pending_nan_steps)}),
             "runtime": new_config.runtime.model_copy(update={"out": level4_run_dir(self.run_dir)}),
         })
-        self.records.append({
-            "event": "escalation", "epoch": stop.epoch, "reason": stop.reason, "kind": stop.kind,
-            "from_level": current, "to_level": 4, "changes": changes, "new_run": str(new_config.runtime.out),
-        })
-        write_metrics(self.run_dir, self.records)
-        self.on_event(Escalated(stop.epoch, current, 4, changes))
+        self._record_escalation(stop, current, 4, changes, new_run=str(new_config.runtime.out))
         raise SwitchBackbone(new_config)
 
     def remember_initial_state(self) -> None:

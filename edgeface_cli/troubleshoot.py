@@ -6,7 +6,6 @@ Levels are cumulative (level 2 applies 1 and 2) and only ever lower a value:
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 from .config import EdgeFaceConfig, config_from_dict, read_yaml_file
 from .errors import ConfigError, EdgeFaceError, RunDirError
 from .models import ZOO
+from .rundir import read_metrics
 
 MAX_LEVEL = 4
 AUTO_MAX_LEVEL = 4  # level 4 swaps the backbone: --auto-troubleshoot restarts stage 1 in a new run dir
@@ -114,16 +114,7 @@ def read_run(run_dir: Path) -> tuple[EdgeFaceConfig, list[dict[str, Any]]]:
     if not config_path.is_file():
         raise RunDirError(f"{run_dir} is not an edgeface run: it has no config.yaml")
     config = config_from_dict(read_yaml_file(config_path), str(config_path))
-    rows: list[dict[str, Any]] = []
-    metrics_path = run_dir / "metrics.jsonl"
-    if metrics_path.exists():
-        for number, line in enumerate(metrics_path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise RunDirError(f"{metrics_path} line {number} is not JSON; the file is damaged") from None
+    rows = read_metrics(run_dir)
     return config, rows
 
 

@@ -1,0 +1,66 @@
+"""A training run's directory: creating it safely, and its metrics files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .checkpoints import atomic_write_text
+from .errors import RunDirError
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "backbone.pt")
+CSV_FIELDS = (
+    "epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "val_sim_pos", "val_sim_neg",
+    "skipped_batches", "skipped_steps", "overflow_steps", "grad_norm_mean", "grad_norm_max", "lr_backbone", "lr_head",
+    "images_per_s", "seconds", "troubleshoot_level",
+)
+
+
+def prepare_run_dir(out: Path | None, force: bool) -> Path:
+    """The run directory, created; an existing run is only replaced with ``force``."""
+    run_dir = out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"--out {run_dir} is a file; pass a directory")
+    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if existing:
+        if not force:
+            raise RunDirError(
+                f"{run_dir} already holds a run ({', '.join(existing)}); pass --force to overwrite it, "
+                f"--resume {run_dir} to continue it, or another --out"
+            )
+        for name in existing:
+            (run_dir / name).unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Epoch rows and event rows (``guard_stop``, ``escalation``) of metrics.jsonl; [] when absent."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise RunDirError(f"{path} line {number} is not JSON; the file is damaged") from None
+    return rows
+
+
+def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Rewrite metrics.jsonl and metrics.csv atomically: a kill never leaves half a line."""
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        if "event" not in row:
+            writer.writerow(row)
+    atomic_write_text(run_dir / "metrics.csv", buffer.getvalue())
