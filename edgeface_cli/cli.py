@@ -146,12 +146,12 @@ def inspect_keys(
     from .checkpoints import atomic_torch_save, fix_state_dict, inspect_checkpoint
 
     resolved = resolve_config(
-        config, set_, **{"model.checkpoint": edgeface, "model.arch": arch if arch != "auto" else None}
+        config, set_, **{"model.checkpoint": edgeface, "model.arch": arch}
     )
     if resolved.model.checkpoint is None:
         fail("no checkpoint to inspect: pass --edgeface PATH (or set model.checkpoint)")
     inspection = inspect_checkpoint(
-        resolved.model.checkpoint, arch or resolved.model.arch, resolved.model.use_pos_emb, resolved.model.embedding_dim
+        resolved.model.checkpoint, resolved.model.arch, resolved.model.use_pos_emb, resolved.model.embedding_dim
     )
     checkpoint, model, report, diagnosis = inspection.checkpoint, inspection.model, inspection.report, inspection.diagnosis
     chosen_arch, layout, embedding_dim = model.arch, model.use_pos_emb, model.embedding_dim
@@ -260,7 +260,7 @@ def train(
     Exit 0 when finished, 2 on a user error, 3 when a guard stopped training, 130 when interrupted.
     """
     flags = {
-        "model.checkpoint": edgeface, "model.arch": arch if arch != "auto" else None,
+        "model.checkpoint": edgeface, "model.arch": arch,
         "data.train_dir": train_dir, "data.val_dir": val_dir, "runtime.device": device,
         "optim.epochs": epochs, "optim.stage1_epochs": stage1_epochs, "data.batch_size": batch_size,
         "data.workers": workers, "runtime.seed": seed, "runtime.out": out,
@@ -274,15 +274,6 @@ def train(
         resolved = resolve_config(resume / "config.yaml", set_, **flags)
     else:
         resolved = resolve_config(config, set_, **flags)
-    if arch == "auto":
-        from .checkpoints import read_checkpoint, resolve_arch
-
-        if resolved.model.checkpoint is None:
-            fail("--arch auto needs --edgeface PATH to detect the variant from")
-        detected_arch, layout, dim = resolve_arch("auto", read_checkpoint(resolved.model.checkpoint), [], 512)
-        resolved = resolved.model_copy(
-            update={"model": resolved.model.model_copy(update={"arch": detected_arch, "use_pos_emb": list(layout), "embedding_dim": dim})}
-        )
     run_and_report(resolved, resume=resume, force=force, auto_troubleshoot=auto_troubleshoot, quiet=quiet)
 
 
@@ -374,7 +365,7 @@ def eval_(
 
     resolved = resolve_config(
         config, set_, **{"data.val_dir": val_dir, "data.train_dir": train_dir, "runtime.device": device,
-                         "data.batch_size": batch_size, "model.arch": arch if arch != "auto" else None}
+                         "data.batch_size": batch_size, "model.arch": arch}
     )
     if plot is not None:
         try:
@@ -382,7 +373,7 @@ def eval_(
         except ImportError:
             fail("--plot needs matplotlib: pip install 'edgeface-cli[plots]' (or pip install matplotlib)")
     explicit_size = resolved.data.image_size if any(item.startswith("data.image_size=") for item in set_ or []) else None
-    result = evaluate(resolved, checkpoint, "auto" if arch == "auto" else None, pairs, flip, explicit_size)
+    result = evaluate(resolved, checkpoint, pairs, flip, explicit_size)
     if save_embeddings_to is not None:
         save_embeddings(result, save_embeddings_to)
     if plot is not None:

@@ -27,7 +27,7 @@ class _Section(BaseModel):
 
 
 class ModelSection(_Section):
-    arch: str = Field("edgeface_xxs", description="zoo variant: " + ", ".join(ZOO))
+    arch: str = Field("edgeface_xxs", description="zoo variant: " + ", ".join(ZOO) + "; or auto (detect from the checkpoint)")
     checkpoint: Path | None = Field(None, description="pretrained backbone to fine-tune (--edgeface); none = random init")
     use_pos_emb: list[bool] = Field(
         default_factory=lambda: list(DEFAULT_POS_EMB),
@@ -39,8 +39,8 @@ class ModelSection(_Section):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, value: str) -> str:
-        if value not in ZOO:
-            raise ValueError(f"unknown arch {value!r}; choose one of {', '.join(ZOO)}")
+        if value not in ZOO and value != "auto":
+            raise ValueError(f"unknown arch {value!r}; choose one of {', '.join(ZOO)} or auto")
         return value
 
     @field_validator("use_pos_emb")

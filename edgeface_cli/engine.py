@@ -686,6 +686,11 @@ def _train_once(
             config.model.embedding_dim, config.model.allow_missing,
         )
         report_backbone(loaded, on_event)
+        # Record what was built (arch: auto resolves here), so config.yaml describes the run exactly.
+        backbone = loaded.backbone
+        config = config.model_copy(update={"model": config.model.model_copy(update={
+            "arch": backbone.arch, "use_pos_emb": list(backbone.use_pos_emb), "embedding_dim": backbone.embedding_dim,
+        })})
         run_dir = prepare_run_dir(config.runtime.out, force)
     trainer = Trainer(config, run_dir, train_scan, val_scan, loaded, on_event, auto_troubleshoot)
     trainer.remember_initial_state()

@@ -41,7 +41,7 @@ class EvalModel:
     training_config: dict[str, Any] | None
 
 
-def load_eval_model(checkpoint: Path, arch: str | None, config: EdgeFaceConfig) -> EvalModel:
+def load_eval_model(checkpoint: Path, config: EdgeFaceConfig) -> EvalModel:
     """A run dir (its best.pt), a best.pt/last.pt, or a bare backbone in any format inspect-keys reads."""
     if checkpoint.is_dir():
         best = checkpoint / "best.pt"
@@ -62,7 +62,7 @@ def load_eval_model(checkpoint: Path, arch: str | None, config: EdgeFaceConfig) 
         head.load_state_dict(extras["head"])
         return EvalModel(backbone, head, list(extras["class_names"]), checkpoint, extras.get("config"))
     result = load_backbone(
-        checkpoint, arch or config.model.arch, config.model.use_pos_emb, config.model.embedding_dim, allow_missing=False
+        checkpoint, config.model.arch, config.model.use_pos_emb, config.model.embedding_dim, allow_missing=False
     )
     return EvalModel(result.backbone, None, None, checkpoint, None)
 
@@ -160,7 +160,6 @@ class EvalResult:
 def evaluate(
     config: EdgeFaceConfig,
     checkpoint: Path,
-    arch: str | None = None,
     pairs_file: Path | None = None,
     flip: bool = False,
     image_size: int | None = None,
@@ -169,7 +168,7 @@ def evaluate(
         raise DataError("no validation data: pass --val-dir DIR (one folder per identity)")
     device = resolve_device(config.runtime.device)
     precision = resolve_precision(config.runtime.amp, device)
-    model = load_eval_model(checkpoint, arch, config)
+    model = load_eval_model(checkpoint, config)
     model.backbone.to(device)
     if model.head is not None:
         model.head.to(device)
