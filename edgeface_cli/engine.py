@@ -59,6 +59,13 @@ class ScanProgress:
 
 
 @dataclass
+class ValidationProgress:
+    epoch: int
+    done: int  # batches
+    total: int
+
+
+@dataclass
 class EpochStarted:
     epoch: int
     stage: int
@@ -98,7 +105,7 @@ class Escalated:
     changes: list[dict[str, Any]]
 
 
-Event = ScanProgress | RunStarted | EpochStarted | BatchEnded | EpochEnded | Notice | Escalated
+Event = ScanProgress | ValidationProgress | RunStarted | EpochStarted | BatchEnded | EpochEnded | Notice | Escalated
 EventHandler = Callable[[Any], None]
 
 
@@ -455,8 +462,10 @@ class Trainer:
             record.update(val_loss=None, val_acc=None, val_top5=None, val_sim_pos=None, val_sim_neg=None)
             return
         guard = self.config.guard
+        epoch = record["epoch"]
         result = validate(self.backbone, self.head, self.val_loader, self.device, self.precision,
-                          guard.collapse_similarity, guard.min_similarity_gap)
+                          guard.collapse_similarity, guard.min_similarity_gap,
+                          progress=lambda done, total: self.on_event(ValidationProgress(epoch, done, total)))
         record.update(
             val_loss=result.loss, val_acc=result.accuracy, val_top5=result.top5,
             val_sim_pos=result.stats.sim_pos_mean, val_sim_neg=result.stats.sim_neg_mean,

@@ -5,6 +5,7 @@ all-pairs similarity/verification and the LFW-style pairs protocol.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,7 +164,12 @@ def evaluate(
     pairs_file: Path | None = None,
     flip: bool = False,
     image_size: int | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> EvalResult:
+    """``progress(what, done, total)`` reports image checks and embedding batches as they go."""
+    def reporter(what: str) -> Callable[[int, int], None] | None:
+        return None if progress is None else (lambda done, total: progress(what, done, total))
+
     if config.data.val_dir is None:
         raise DataError("no validation data: pass --val-dir DIR (one folder per identity)")
     device = resolve_device(config.runtime.device)
@@ -182,14 +188,15 @@ def evaluate(
     train_scan = None
     class_names = model.class_names
     if model.head is None and config.data.train_dir is not None:
-        train_scan = scan_image_folder(config.data.train_dir, "train")
+        train_scan = scan_image_folder(config.data.train_dir, "train", progress=reporter("checking train images"))
         class_names = train_scan.classes
-    val_scan = scan_image_folder(config.data.val_dir, "val", class_names=class_names)
+    val_scan = scan_image_folder(config.data.val_dir, "val", class_names=class_names, progress=reporter("checking val images"))
     if val_scan.unreadable:
         notes.append(f"{len(val_scan.unreadable)} unreadable val files skipped")
     loader = make_loader(FaceDataset(val_scan.samples, size, train=False), config.data.batch_size, False,
                          config.data.workers, device.type == "cuda", 0)
-    result = validate(model.backbone, model.head, loader, device, precision, collapse_similarity, min_gap, flip)
+    result = validate(model.backbone, model.head, loader, device, precision, collapse_similarity, min_gap, flip,
+                      reporter("embedding val images"))
     extracted = result.extracted
     known_names = set(class_names or val_scan.classes)
     left_out = [name for name in val_scan.classes if name not in known_names]
@@ -200,7 +207,7 @@ def evaluate(
             method = "nearest centroid (train)"
             gallery_loader = make_loader(FaceDataset(train_scan.samples, size, train=False), config.data.batch_size,
                                          False, config.data.workers, device.type == "cuda", 0)
-            gallery = extract(model.backbone, None, gallery_loader, device, precision, flip)
+            gallery = extract(model.backbone, None, gallery_loader, device, precision, flip, reporter("embedding train images"))
             known = extracted.labels >= 0
             scores = nearest_centroid_scores(extracted.embeddings[known], gallery.embeddings, gallery.labels, len(train_scan.classes))
             labels = extracted.labels[known]

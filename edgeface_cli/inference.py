@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -34,8 +35,12 @@ def extract(
     device: torch.device,
     precision: Precision,
     flip: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Extracted:
-    """Embeddings of every image (``flip``: plus its mirror's, as the verification protocol does)."""
+    """Embeddings of every image (``flip``: plus its mirror's, as the verification protocol does).
+
+    ``progress(done_batches, total_batches)`` is called after each batch.
+    """
     backbone.eval()
     embeddings, labels, identities = [], [], []
     loss_sum, top1, top5, known = 0.0, 0, 0, 0
@@ -57,6 +62,8 @@ def extract(
         embeddings.append(features.cpu())
         labels.append(batch_labels.cpu())
         identities.append(batch_identities)
+        if progress is not None:
+            progress(len(embeddings), len(loader))
     return Extracted(
         torch.cat(embeddings), torch.cat(labels), torch.cat(identities), loss_sum, top1, top5, known
     )
@@ -83,8 +90,9 @@ def validate(
     collapse_similarity: float = 0.999,
     min_gap: float = 0.01,
     flip: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Validation:
-    extracted = extract(backbone, head, loader, device, precision, flip)
+    extracted = extract(backbone, head, loader, device, precision, flip, progress)
     has_head = head is not None and extracted.known > 0
     histogram = all_pairs_histogram(extracted.embeddings, extracted.identities)
     return Validation(

@@ -8,7 +8,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .engine import BatchEnded, EpochEnded, EpochStarted, Escalated, Notice, RunStarted, ScanProgress
+from .engine import (
+    BatchEnded, EpochEnded, EpochStarted, Escalated, Notice, RunStarted, ScanProgress, ValidationProgress,
+)
 
 ROW_FORMAT = "{:>5} {:>5} {:>10} {:>9} {:>10} {:>8} {:>8} {:>8} {:>7} {:>9} {:>8}"
 ROW_HEADER = ROW_FORMAT.format(
@@ -39,6 +41,7 @@ class TrainRenderer:
         self.quiet = quiet
         self.live = console.is_terminal and not quiet
         self.progress: Progress | None = None
+        self.bar_label = ""
         self.task: Any = None
 
     def __call__(self, event: Any) -> None:
@@ -51,19 +54,29 @@ class TrainRenderer:
     def _print(self, text: str, style: str | None = None) -> None:
         self.console.print(escape(text), style=style, soft_wrap=True, highlight=False)
 
-    def _on_ScanProgress(self, event: ScanProgress) -> None:
+    def _step_bar(self, label: str, done: int, total: int) -> None:
+        """A transient bar for a step without per-batch stats (image checks, validation)."""
         if not self.live:
             return
+        if self.progress is not None and self.bar_label != label:
+            self._stop_progress()  # e.g. the epoch's bar when validation starts
         if self.progress is None:
+            self.bar_label = label
             self.progress = Progress(
-                TextColumn(f"checking {event.role} images"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                 console=self.console, transient=True,
             )
             self.progress.start()
-            self.task = self.progress.add_task("scan", total=event.total, stats="")
-        self.progress.update(self.task, completed=event.done)
-        if event.done >= event.total:
+            self.task = self.progress.add_task(label, total=total, stats="")
+        self.progress.update(self.task, completed=done)
+        if done >= total:
             self._stop_progress()
+
+    def _on_ScanProgress(self, event: ScanProgress) -> None:
+        self._step_bar(f"checking {event.role} images", event.done, event.total)
+
+    def _on_ValidationProgress(self, event: ValidationProgress) -> None:
+        self._step_bar(f"epoch {event.epoch} validation", event.done, event.total)
 
     def _on_RunStarted(self, event: RunStarted) -> None:
         self._print(
@@ -79,8 +92,10 @@ class TrainRenderer:
     def _on_EpochStarted(self, event: EpochStarted) -> None:
         if not self.live:
             return
+        self._stop_progress()
+        self.bar_label = f"epoch {event.epoch} (stage {event.stage})"
         self.progress = Progress(
-            TextColumn(f"epoch {event.epoch} (stage {event.stage})"),
+            TextColumn(self.bar_label),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"),
