@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from rich.console import Console
+
+from edgeface_cli.engine import BatchEnded, EpochEnded, EpochStarted, Escalated, Notice, RunStarted, ScanProgress, ValidationProgress
+from edgeface_cli.render import TrainRenderer
+
+RECORD = {
+    "epoch": 1, "stage": 1, "train_loss": 1.5, "train_acc": 0.5, "val_loss": 1.2, "val_acc": 0.6,
+    "val_sim_pos": 0.8, "val_sim_neg": 0.1, "skipped_batches": 1, "skipped_steps": 0, "images_per_s": 100.0, "seconds": 2.0,
+}
+
+
+def events() -> list:
+    return [
+        ScanProgress("train", 5, 10), ScanProgress("train", 10, 10),
+        RunStarted(Path("runs/x"), "cpu", "fp32", "edgeface_xxs", 5, 30, 15, 1, 2, 1, 4),
+        EpochStarted(1, 1, 4),
+        *[BatchEnded(1, batch, 4, 1.5, 0.5, 1e-4, 0.0, 100.0, 0) for batch in range(1, 5)],
+        ValidationProgress(1, 1, 2), ValidationProgress(1, 2, 2),
+        EpochEnded(RECORD, True),
+        Notice("warning", "something to see"),
+        Escalated(2, 0, 1, [{"field": "optim.head_lr", "before": 1e-4, "after": 5e-5, "changed": True, "reason": "why"}]),
+    ]
+
+
+def test_terminal_rendering_shows_bars_rows_and_notices() -> None:
+    buffer = io.StringIO()
+    renderer = TrainRenderer(Console(file=buffer, force_terminal=True, width=120))
+    for event in events():
+        renderer(event)
+    renderer.close()
+    text = buffer.getvalue()
+    assert "1.5000" in text and "*best" in text and "warning: something to see" in text
+    assert "level 0 -> 1" in text and "\x1b[" in text  # styled, live output
+
+
+def test_plain_rendering_has_no_control_characters_and_quiet_prints_nothing() -> None:
+    buffer = io.StringIO()
+    renderer = TrainRenderer(Console(file=buffer, force_terminal=False, width=120))
+    for event in events():
+        renderer(event)
+    text = buffer.getvalue()
+    assert "\x1b" not in text and "\r" not in text
+    # Two run lines, the header, the epoch row, the warning and two escalation lines: no bar output at all.
+    assert text.count("\n") == 7
+    quiet = io.StringIO()
+    silent = TrainRenderer(Console(file=quiet, force_terminal=False), quiet=True)
+    for event in events():
+        silent(event)
+    assert quiet.getvalue() == ""
