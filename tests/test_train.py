@@ -62,8 +62,9 @@ def test_backbone_is_untouched_through_stage_1(sample_dataset: Path, xxs_checkpo
     last = torch.load(run_dir / "last.pt", weights_only=True)
     for key, value in loaded.items():
         assert torch.equal(last["backbone"][key], value), key
-    # Only the head has optimizer state in stage 1.
+    # Only the head has optimizer state in stage 1, and it did take every step (2 epochs x 4 batches).
     assert len(last["optimizer"]["param_groups"]) == 1 and last["optimizer"]["param_groups"][0]["name"] == "head"
+    assert [float(state["step"]) for state in last["optimizer"]["state"].values()] == [8.0]
     published = EdgeFace("edgeface_xxs")
     published.load_state_dict(torch.load(run_dir / "backbone.pt", weights_only=True), strict=True)
 
