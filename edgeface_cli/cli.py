@@ -25,6 +25,23 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"edgeface {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Fine-tune EdgeFace face-recognition backbones on your own identities."""
+
+
 config_app = typer.Typer(help="Show or create the shared configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
