@@ -64,7 +64,7 @@ def fail(message: str, code: int = EXIT_USER_ERROR) -> None:
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Typed user errors become one message and exit 2, never a traceback."""
+    """Typed user errors and file-system errors become one message and exit 2, never a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -72,6 +72,9 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except EdgeFaceError as exc:
             fail(str(exc), exc.exit_code)
+        except OSError as exc:  # unwritable output, full disk, a file where a folder should be
+            where = f" {exc.filename}" if exc.filename else ""
+            fail(f"cannot access{where}: {exc.strerror or exc}; check the path and its permissions")
 
     return wrapper
 

@@ -251,3 +251,13 @@ def test_arch_auto_detects_the_checkpoint_variant(sample_dataset: Path, zoo_chec
     assert result.exit_code == 0, result.output
     assert build_config(run_dir / "config.yaml").model.arch == "edgeface_xs_gamma_06"
     assert "257 tensors matched, 0 missing" in result.output
+
+
+def test_unwritable_outputs_are_one_line_errors(tmp_path: Path, sample_dataset: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    result = runner.invoke(app, ["sample-data", str(blocker / "data"), "--ids", "2", "--per-id", "1"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.startswith("error: cannot access") and "Not a directory" in result.output
+    result = run_train(sample_dataset, blocker / "run", "--epochs", "1", "--stage1-epochs", "1")
+    assert result.exit_code == 2 and "Traceback" not in result.output
