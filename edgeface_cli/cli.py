@@ -74,6 +74,8 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             fail(str(exc), exc.exit_code)
         except OSError as exc:  # unwritable output, full disk, a file where a folder should be
             where = f" {exc.filename}" if exc.filename else ""
+            if isinstance(exc, (FileExistsError, NotADirectoryError)):
+                fail(f"cannot create{where}: a file is in the way of a folder ({exc.strerror}); choose another path")
             fail(f"cannot access{where}: {exc.strerror or exc}; check the path and its permissions")
 
     return wrapper

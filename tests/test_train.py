@@ -258,6 +258,6 @@ def test_unwritable_outputs_are_one_line_errors(tmp_path: Path, sample_dataset: 
     blocker.write_text("not a folder")
     result = runner.invoke(app, ["sample-data", str(blocker / "data"), "--ids", "2", "--per-id", "1"])
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert result.output.startswith("error: cannot access") and "Not a directory" in result.output
+    assert result.output.startswith("error: cannot create") and "a file is in the way" in result.output
     result = run_train(sample_dataset, blocker / "run", "--epochs", "1", "--stage1-epochs", "1")
     assert result.exit_code == 2 and "Traceback" not in result.output
