@@ -87,34 +87,6 @@ def resolve_config(config_file: Optional[Path], overrides: Optional[list[str]], 
     return build_config(config_file, flags, overrides or [])
 
 
-class StepProgress:
-    """A transient Rich progress bar per named step, on a terminal only (plain output stays clean)."""
-
-    def __init__(self, target: Console) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.enabled = target.is_terminal
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=target, transient=True)
-        self.tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> "StepProgress":
-        if self.enabled:
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.enabled:
-            self.progress.stop()
-
-    def update(self, what: str, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        if what not in self.tasks:
-            self.tasks[what] = self.progress.add_task(what, total=total)
-        self.progress.update(self.tasks[what], completed=done, total=total)
-
-
 def print_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
@@ -423,6 +395,8 @@ def eval_(
         except ImportError:
             fail("--plot needs matplotlib: pip install 'edgeface-cli[plots]' (or pip install matplotlib)")
     explicit_size = resolved.data.image_size if any(item.startswith("data.image_size=") for item in set_ or []) else None
+    from .render import StepProgress
+
     with StepProgress(console) as progress:
         result = evaluate(resolved, checkpoint, pairs, flip, explicit_size, progress=progress.update)
     if save_embeddings_to is not None:

@@ -33,6 +33,39 @@ def format_row(record: dict[str, Any]) -> str:
     )
 
 
+def transient_bar(console: Console, label: str, *extra_columns: Any) -> Progress:
+    """The one progress-bar layout: label, bar, done/total, extras, elapsed; erased when stopped."""
+    return Progress(
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), *extra_columns, TimeElapsedColumn(),
+        console=console, transient=True,
+    )
+
+
+class StepProgress:
+    """One bar per named step (eval: image checks, embedding), on a terminal only."""
+
+    def __init__(self, console: Console) -> None:
+        self.enabled = console.is_terminal
+        self.progress = transient_bar(console, "{task.description}")
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> "StepProgress":
+        if self.enabled:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self.progress.stop()
+
+    def update(self, what: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if what not in self.tasks:
+            self.tasks[what] = self.progress.add_task(what, total=total)
+        self.progress.update(self.tasks[what], completed=done, total=total)
+
+
 class TrainRenderer:
     """Turns engine events into output. ``quiet``: nothing here (errors and the summary come from the CLI)."""
 
@@ -54,20 +87,20 @@ class TrainRenderer:
     def _print(self, text: str, style: str | None = None) -> None:
         self.console.print(escape(text), style=style, soft_wrap=True, highlight=False)
 
+    def _start_bar(self, label: str, total: int, *extra_columns: Any) -> None:
+        self._stop_progress()  # e.g. the epoch's bar when validation starts
+        self.bar_label = label
+        self.progress = transient_bar(self.console, label, *extra_columns)
+        self.progress.start()
+        self.task = self.progress.add_task(label, total=total, stats="")
+
     def _step_bar(self, label: str, done: int, total: int) -> None:
-        """A transient bar for a step without per-batch stats (image checks, validation)."""
+        """A bar for a step without per-batch stats (image checks, validation)."""
         if not self.live:
             return
-        if self.progress is not None and self.bar_label != label:
-            self._stop_progress()  # e.g. the epoch's bar when validation starts
-        if self.progress is None:
-            self.bar_label = label
-            self.progress = Progress(
-                TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                console=self.console, transient=True,
-            )
-            self.progress.start()
-            self.task = self.progress.add_task(label, total=total, stats="")
+        if self.progress is None or self.bar_label != label:
+            self._start_bar(label, total)
+        assert self.progress is not None
         self.progress.update(self.task, completed=done)
         if done >= total:
             self._stop_progress()
@@ -90,22 +123,11 @@ class TrainRenderer:
         self._print(ROW_HEADER, style="bold")
 
     def _on_EpochStarted(self, event: EpochStarted) -> None:
-        if not self.live:
-            return
-        self._stop_progress()
-        self.bar_label = f"epoch {event.epoch} (stage {event.stage})"
-        self.progress = Progress(
-            TextColumn(self.bar_label),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=True,
-        )
-        self.progress.start()
-        self.task = self.progress.add_task("train", total=event.batches, stats="")
+        if self.live:
+            self._start_bar(
+                f"epoch {event.epoch} (stage {event.stage})", event.batches,
+                TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),
+            )
 
     def _on_BatchEnded(self, event: BatchEnded) -> None:
         if self.progress is None:
