@@ -267,6 +267,10 @@ class Trainer:
         self.stale_epochs = 0
         self.records: list[dict[str, Any]] = []
         self.pending_nan_steps = set(config.debug.inject_nan_at)
+        if auto_troubleshoot:
+            # An escalation in epoch 1 (no last.pt yet) rewinds to the loaded weights: keep a copy only then.
+            self.initial_backbone = {key: value.detach().clone() for key, value in self.backbone.state_dict().items()}
+            self.initial_head = {key: value.detach().clone() for key, value in self.head.state_dict().items()}
 
     # -------------------------------------------------------------- optimizer and schedule
 
@@ -635,9 +639,6 @@ class Trainer:
         self._record_escalation(stop, current, 4, changes, new_run=str(new_config.runtime.out))
         raise SwitchBackbone(new_config)
 
-    def remember_initial_state(self) -> None:
-        self.initial_backbone = {key: value.detach().clone() for key, value in self.backbone.state_dict().items()}
-        self.initial_head = {key: value.detach().clone() for key, value in self.head.state_dict().items()}
 
 
 def level4_run_dir(run_dir: Path) -> Path:
@@ -702,7 +703,6 @@ def _train_once(
         })})
         run_dir = prepare_run_dir(config.runtime.out, force)
     trainer = Trainer(config, run_dir, train_scan, val_scan, loaded, on_event, auto_troubleshoot)
-    trainer.remember_initial_state()
     if resume_state is not None:
         trainer.load_state(resume_state)
         on_event(Notice("info", f"resuming {run_dir} at epoch {trainer.epoch + 1}"))
