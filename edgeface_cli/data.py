@@ -42,6 +42,16 @@ class ScanResult:
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
 
+    @property
+    def unknown_classes(self) -> list[str]:
+        """Identities whose images got label -1: absent from the training identities they were matched to."""
+        unknown = {sample.identity for sample in self.samples if sample.label < 0}
+        return [name for index, name in enumerate(self.classes) if index in unknown]
+
+
+def left_out_note(count: int) -> str:
+    return f"{count} val identities are not in training: left out of accuracy, used for similarity"
+
 
 def decode_image(path: Path, image_size: int) -> torch.Tensor:
     """Any supported file -> uint8 RGB tensor (3, S, S). Grayscale, palette and RGBA become RGB."""
@@ -202,6 +212,11 @@ def make_loader(dataset: FaceDataset, batch_size: int, shuffle: bool, workers: i
         pin_memory=pin_memory,
         drop_last=False,
     )
+
+
+def inference_loader(samples: Sequence[Sample], image_size: int, batch_size: int, workers: int, device: torch.device) -> DataLoader:
+    """Unshuffled, unaugmented batches for embedding (validation, eval, galleries, pairs)."""
+    return make_loader(FaceDataset(samples, image_size, train=False), batch_size, False, workers, device.type == "cuda", 0)
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int) -> None:

@@ -24,7 +24,10 @@ from torch import nn
 from .checkpoints import BackboneLoad, atomic_torch_save, atomic_write_text, load_backbone
 from .config import EdgeFaceConfig, dump_yaml
 from .rundir import prepare_run_dir, read_metrics, write_metrics
-from .data import FaceDataset, ScanResult, make_loader, scan_image_folder, set_loader_epoch, to_model_input
+from .data import (
+    FaceDataset, ScanResult, inference_loader, left_out_note, make_loader, scan_image_folder, set_loader_epoch,
+    to_model_input,
+)
 from .errors import DataError, RunDirError
 from .heads import MarginHead
 from .inference import validate
@@ -202,9 +205,8 @@ def scan_datasets(config: EdgeFaceConfig, on_event: EventHandler) -> tuple[ScanR
             progress=lambda done, total: on_event(ScanProgress("val", done, total)),
         )
         report_scan(val, "val", on_event)
-        unknown = [name for name in val.classes if name not in set(train.classes)]
-        if unknown:
-            on_event(Notice("info", f"{len(unknown)} val identities are not in training: left out of accuracy, used for similarity"))
+        if val.unknown_classes:
+            on_event(Notice("info", left_out_note(len(val.unknown_classes))))
     return train, val
 
 
@@ -251,7 +253,7 @@ class Trainer:
             data.batch_size, True, data.workers, pin, config.runtime.seed,
         )
         self.val_loader = (
-            make_loader(FaceDataset(val_scan.samples, data.image_size, False), data.batch_size, False, data.workers, pin, 0)
+            inference_loader(val_scan.samples, data.image_size, data.batch_size, data.workers, self.device)
             if val_scan is not None
             else None
         )

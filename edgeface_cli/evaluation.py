@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .checkpoints import atomic_write_stream, load_backbone, read_checkpoint
 from .config import EdgeFaceConfig
-from .data import IMAGE_EXTENSIONS, FaceDataset, Sample, check_image, make_loader, scan_image_folder
+from .data import IMAGE_EXTENSIONS, Sample, check_image, inference_loader, left_out_note, scan_image_folder
 from .errors import CheckpointError, DataError
 from .heads import MarginHead
 from .inference import extract, validate
@@ -138,8 +138,8 @@ def _embed_paths(model: EvalModel, paths: list[Path], image_size: int, batch_siz
     bad = [(path, why) for path in paths if (why := check_image(path))]
     if bad:
         raise DataError(f"unreadable image {bad[0][0]}: {bad[0][1]}")
-    dataset = FaceDataset([Sample(path, -1, index) for index, path in enumerate(paths)], image_size, train=False)
-    loader = make_loader(dataset, batch_size, False, workers, device.type == "cuda", 0)
+    samples = [Sample(path, -1, index) for index, path in enumerate(paths)]
+    loader = inference_loader(samples, image_size, batch_size, workers, device)
     return extract(model.backbone, None, loader, device, precision, flip).embeddings
 
 
@@ -193,20 +193,17 @@ def evaluate(
     val_scan = scan_image_folder(config.data.val_dir, "val", class_names=class_names, progress=reporter("checking val images"))
     if val_scan.unreadable:
         notes.append(f"{len(val_scan.unreadable)} unreadable val files skipped")
-    loader = make_loader(FaceDataset(val_scan.samples, size, train=False), config.data.batch_size, False,
-                         config.data.workers, device.type == "cuda", 0)
+    loader = inference_loader(val_scan.samples, size, config.data.batch_size, config.data.workers, device)
     result = validate(model.backbone, model.head, loader, device, precision, collapse_similarity, min_gap, flip,
                       reporter("embedding val images"))
     extracted = result.extracted
-    known_names = set(class_names or val_scan.classes)
-    left_out = [name for name in val_scan.classes if name not in known_names]
+    left_out = val_scan.unknown_classes
 
     accuracy, top5, method = result.accuracy, result.top5, "margin head"
     if model.head is None:
         if train_scan is not None:
             method = "nearest centroid (train)"
-            gallery_loader = make_loader(FaceDataset(train_scan.samples, size, train=False), config.data.batch_size,
-                                         False, config.data.workers, device.type == "cuda", 0)
+            gallery_loader = inference_loader(train_scan.samples, size, config.data.batch_size, config.data.workers, device)
             gallery = extract(model.backbone, None, gallery_loader, device, precision, flip, reporter("embedding train images"))
             known = extracted.labels >= 0
             scores = nearest_centroid_scores(extracted.embeddings[known], gallery.embeddings, gallery.labels, len(train_scan.classes))
@@ -220,7 +217,7 @@ def evaluate(
             accuracy = topk_correct(scores, labels, 1) / len(labels)
             top5 = topk_correct(scores, labels, 5) / len(labels)
     if left_out:
-        notes.append(f"{len(left_out)} val identities are not in training: left out of accuracy, used for similarity")
+        notes.append(left_out_note(len(left_out)))
 
     stats = result.stats
     metrics: dict[str, Any] = {
