@@ -7,7 +7,6 @@ arbitrary Python globals is refused, never executed.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import re
@@ -510,7 +509,3 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_stream(path, lambda stream: stream.write(text.encode("utf-8")))
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")

@@ -96,10 +96,6 @@ class VerificationStats:
     collapsed: bool
     roc: tuple[np.ndarray, np.ndarray] | None = None  # (far, tar), thresholds high to low
 
-    def as_dict(self) -> dict:
-        data = {key: value for key, value in self.__dict__.items() if key != "roc"}
-        return data
-
 
 def verification_stats(
     histogram: SimilarityHistogram, collapse_similarity: float = 0.999, min_gap: float = 0.01

@@ -95,14 +95,6 @@ class EdgeFace(nn.Module):
         return self.model(images)
 
 
-def build_backbone(
-    arch: str,
-    use_pos_emb: tuple[bool, ...] | list[bool] = DEFAULT_POS_EMB,
-    embedding_dim: int = 512,
-) -> EdgeFace:
-    return EdgeFace(arch, use_pos_emb, embedding_dim)
-
-
 @lru_cache(maxsize=64)
 def key_shapes(
     arch: str, use_pos_emb: tuple[bool, ...] = DEFAULT_POS_EMB, embedding_dim: int = 512
@@ -111,7 +103,3 @@ def key_shapes(
     with torch.device("meta"):
         model = EdgeFace(arch, use_pos_emb, embedding_dim)
     return {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
-
-
-def backbone_parameters(backbone: nn.Module) -> int:
-    return sum(parameter.numel() for parameter in backbone.parameters())
