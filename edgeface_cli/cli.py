@@ -383,17 +383,14 @@ def eval_(
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """Closed-set accuracy, cosine similarity and verification metrics (ROC AUC, EER, TAR@FAR, 10-fold)."""
-    from .evaluation import evaluate, save_embeddings, save_plot
+    from .evaluation import evaluate, require_matplotlib, save_embeddings, save_plot
 
     resolved = resolve_config(
         config, set_, **{"data.val_dir": val_dir, "data.train_dir": train_dir, "runtime.device": device,
                          "data.batch_size": batch_size, "model.arch": arch}
     )
     if plot is not None:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            fail("--plot needs matplotlib: pip install 'edgeface-cli[plots]' (or pip install matplotlib)")
+        require_matplotlib()  # fail before the slow part
     explicit_size = resolved.data.image_size if any(item.startswith("data.image_size=") for item in set_ or []) else None
     from .render import StepProgress
 
@@ -454,11 +451,7 @@ def troubleshoot(
     diagnosis = None
     if from_run is not None:
         diagnosis = diagnose_run(from_run)
-        base = diagnosis.config
-        if set_:
-            from .config import build_config
-
-            base = build_config(from_run / "config.yaml", {}, set_)
+        base = resolve_config(from_run / "config.yaml", set_)
         if level is None:
             if diagnosis.recommended_level is None:
                 if not as_json:

@@ -288,7 +288,8 @@ def save_embeddings(result: EvalResult, path: Path) -> None:
     ))
 
 
-def save_plot(result: EvalResult, path: Path) -> None:
+def require_matplotlib() -> Any:
+    """pyplot on the file-only Agg backend; a clear error when the optional extra is missing."""
     try:
         import matplotlib
 
@@ -296,6 +297,11 @@ def save_plot(result: EvalResult, path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise DataError("--plot needs matplotlib: pip install 'edgeface-cli[plots]' (or pip install matplotlib)") from None
+    return plt
+
+
+def save_plot(result: EvalResult, path: Path) -> None:
+    plt = require_matplotlib()
     figure, (roc_axis, hist_axis) = plt.subplots(1, 2, figsize=(11, 4.5))
     if result.roc is not None:
         far, tar = result.roc
