@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoints import BackboneLoad, atomic_torch_save, atomic_write_text, load_backbone
+from .checkpoints import BackboneLoad, atomic_torch_save, atomic_write_stream, atomic_write_text, load_backbone
 from .config import EdgeFaceConfig, dump_yaml
 from .rundir import prepare_run_dir, read_metrics, write_metrics
 from .data import (
@@ -369,8 +369,8 @@ class Trainer:
         state = self._state()
         atomic_torch_save(state, self.run_dir / "last.pt")
         if is_best:
-            shutil.copyfile(self.run_dir / "last.pt", self.run_dir / ".best.pt.tmp")
-            (self.run_dir / ".best.pt.tmp").replace(self.run_dir / "best.pt")
+            with (self.run_dir / "last.pt").open("rb") as last:
+                atomic_write_stream(self.run_dir / "best.pt", lambda stream: shutil.copyfileobj(last, stream))
             # The published EdgeFace layout: loadable with strict=True into the official architecture.
             atomic_torch_save({key: value.cpu() for key, value in self.backbone.state_dict().items()}, self.run_dir / "backbone.pt")
 
