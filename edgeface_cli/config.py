@@ -59,6 +59,13 @@ class DataSection(_Section):
     workers: int = Field(2, ge=0, description="DataLoader worker processes (0 = load in the main process)")
     hflip: bool = Field(True, description="random horizontal flip while training")
     color_jitter: float = Field(0.0, ge=0.0, le=1.0, description="random brightness/contrast strength while training (0 = off)")
+    non_square: Literal["center_crop", "stretch"] = Field(
+        "center_crop", description="non-square images: center_crop keeps face proportions, stretch squashes them to a square"
+    )
+    cache: Literal["auto", "on", "off"] = Field(
+        "auto", description="decoded-image cache: decode and resize each file once (auto = on unless the disk is too full)"
+    )
+    cache_dir: Path | None = Field(None, description="where decoded-image caches live (default ~/.cache/edgeface)")
 
     @field_validator("image_size")
     @classmethod
@@ -80,6 +87,9 @@ class OptimSection(_Section):
     warmup_epochs: float = Field(1.0, ge=0, description="linear warmup at the start of each stage (0 = off)")
     schedule: Literal["cosine", "constant"] = Field("cosine", description="decay within each stage")
     min_lr_ratio: float = Field(0.01, ge=0, le=1, description="cosine floor as a fraction of the stage's lr")
+    stage1_cache: bool = Field(
+        True, description="stage 1: embed each training image (and its mirror) once, then train the head on those embeddings"
+    )
 
     @model_validator(mode="after")
     def _stage1_within_epochs(self) -> "OptimSection":
@@ -107,6 +117,10 @@ class GuardSection(_Section):
     patience: int = Field(5, ge=1, description="warn when val accuracy has not improved for this many stage-2 epochs")
     collapse_similarity: float = Field(0.999, gt=0, le=1, description="same-identity similarity at or above this means collapse")
     min_similarity_gap: float = Field(0.01, ge=0, description="same minus different similarity below this means collapse")
+    fp16_overflow_allowance: int = Field(
+        20, ge=0, description="fp16: overflow steps per epoch tolerated while the GradScaler finds its scale; more count as skipped"
+    )
+    fp16_min_scale: float = Field(256.0, gt=0, description="fp16: an overflow with the loss scale below this counts as skipped")
 
 
 class RuntimeSection(_Section):
@@ -114,6 +128,7 @@ class RuntimeSection(_Section):
     amp: Literal["auto", "fp16", "bf16", "off"] = Field("auto", description="auto = fp16 with GradScaler on CUDA, fp32 on CPU")
     seed: int = Field(0, description="random seed; CPU runs are repeatable")
     out: Path | None = Field(None, description="run directory (default runs/<timestamp>)")
+    compile: bool = Field(False, description="run the backbone through torch.compile (falls back to eager, with a message, if it fails)")
 
 
 class DebugSection(_Section):

@@ -1,30 +1,36 @@
-"""Identity datasets in ImageFolder layout: scanning, decoding, augmentation and loaders.
+"""Identity datasets in ImageFolder layout: scanning, decoding, the decoded-image cache and loaders.
 
-Images travel as uint8 (3, S, S) tensors and are normalised to [-1, 1] on the device
-(``to_model_input``): a quarter of the bytes through pinned memory, and one place to change
-when a decoded-image cache replaces ``decode_image``.
+Images travel as uint8 (3, S, S) tensors; augmentation and normalisation to [-1, 1] happen
+on the device, per batch (``augment.py``). With the decoded-image cache (``cache.py``) the scan
+decodes each file once and every later epoch and run gathers whole batches from a memory map.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import random
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .cache import (
+    CacheBuilder, CachedImages, FileEntry, FileVerdict, cache_key, check_space, default_cache_dir, open_cache,
+)
 from .errors import DataError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is unreadable, not silently grey
+NON_SQUARE_HINT = (
+    "EdgeFace expects aligned square face crops (112x112); align and crop faces first "
+    "(data.non_square={mode} is applied meanwhile)"
+)
 
 
 @dataclass
@@ -32,6 +38,21 @@ class Sample:
     path: Path
     label: int  # class index in the training set; -1 for a val identity unknown to training
     identity: int  # index of the identity within its own folder set (for similarity pairs)
+    row: int = -1  # row in the scan's decoded-image cache; -1 when not cached
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """How files become model-sized pixels, and where their decoded copies are kept."""
+
+    image_size: int = 112
+    non_square: str = "center_crop"  # or "stretch"
+    cache: str = "off"  # auto | on | off
+    cache_dir: Path | None = None
+
+    @classmethod
+    def from_config(cls, data: Any, image_size: int | None = None) -> "ImageSettings":
+        return cls(image_size or data.image_size, data.non_square, data.cache, data.cache_dir)
 
 
 @dataclass
@@ -41,6 +62,11 @@ class ScanResult:
     samples: list[Sample]
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
+    non_square: int = 0  # usable images that were not square
+    settings: ImageSettings = field(default_factory=ImageSettings)
+    cached: CachedImages | None = None
+    cache_note: str | None = None  # why the cache is off, when auto turned it off
+    cache_hit: bool = False
 
     @property
     def unknown_classes(self) -> list[str]:
@@ -53,41 +79,53 @@ def left_out_note(count: int) -> str:
     return f"{count} val identities are not in training: left out of accuracy, used for similarity"
 
 
-def decode_image(path: Path, image_size: int) -> torch.Tensor:
-    """Any supported file -> uint8 RGB tensor (3, S, S). Grayscale, palette and RGBA become RGB."""
+def load_image(path: Path, image_size: int, non_square: str = "center_crop") -> tuple[np.ndarray, bool]:
+    """Any supported file -> (uint8 RGB pixels (3, S, S), whether the source was non-square).
+
+    EXIF orientation is applied; grayscale, palette and RGBA become RGB. A JPEG at least twice
+    the target size is decoded in draft mode (the decoder scales by 1/2, 1/4 or 1/8 itself), which
+    is several times faster on large photos and stays within about one grey level of a full decode.
+    """
     with Image.open(path) as image:
+        if image.format == "JPEG" and min(image.size) >= 2 * image_size:
+            image.draft("RGB", (image_size, image_size))
         image.load()
-        rgb = image.convert("RGB")
+        rgb = ImageOps.exif_transpose(image).convert("RGB")
+    width, height = rgb.size
+    is_non_square = width != height
+    if is_non_square and non_square == "center_crop":
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        rgb = rgb.crop((left, top, left + side, top + side))
     if rgb.size != (image_size, image_size):
         rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).copy(), is_non_square
+
+
+def decode_image(path: Path, image_size: int, non_square: str = "center_crop") -> torch.Tensor:
+    """uint8 RGB tensor (3, S, S) of one file."""
+    return torch.from_numpy(load_image(path, image_size, non_square)[0])
+
+
+def _probe(path: Path, settings: ImageSettings) -> tuple[FileVerdict, np.ndarray | None]:
+    """Decode one file fully: its verdict, and its pixels when usable."""
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return FileVerdict(f"not an image file ({path.suffix or 'no extension'})"), None
+    try:
+        if path.stat().st_size == 0:
+            return FileVerdict("empty file (0 bytes)"), None
+        pixels, is_non_square = load_image(path, settings.image_size, settings.non_square)
+    except DECODE_ERRORS as exc:
+        return FileVerdict(f"cannot decode: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}"), None
+    return FileVerdict(None, is_non_square), pixels
 
 
 def check_image(path: Path) -> str | None:
     """None when the file decodes fully, else why it cannot be used."""
-    if path.suffix.lower() not in IMAGE_EXTENSIONS:
-        return f"not an image file ({path.suffix or 'no extension'})"
-    try:
-        if path.stat().st_size == 0:
-            return "empty file (0 bytes)"
-        with Image.open(path) as image:
-            image.load()
-    except DECODE_ERRORS as exc:
-        return f"cannot decode: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}"
-    return None
+    return _probe(path, ImageSettings(image_size=32))[0].problem
 
 
-def scan_image_folder(
-    root: Path | str,
-    role: str = "train",
-    class_names: Sequence[str] | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> ScanResult:
-    """Find identities and decode every file once, so a bad file is reported now, never mid-epoch.
-
-    With ``class_names`` (the training identities), labels follow them and other identities get -1.
-    """
-    root = Path(root)
+def _list_candidates(root: Path, role: str) -> tuple[list[Path], list[tuple[str, Path]]]:
     if not root.exists():
         raise DataError(f"{role} dir not found: {root}; pass an existing folder with --{role}-dir")
     if not root.is_dir():
@@ -100,91 +138,180 @@ def scan_image_folder(
         for file in sorted(folder.iterdir()):
             if file.is_file() and not file.name.startswith("."):
                 candidates.append((folder.name, file))
-    problems: list[str | None] = [None] * len(candidates)
-    done = 0
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
-        for index, problem in enumerate(pool.map(lambda item: check_image(item[1]), candidates)):
-            problems[index] = problem
-            done += 1
-            if progress is not None and (done % 64 == 0 or done == len(candidates)):
-                progress(done, len(candidates))
-    readable: dict[str, list[Path]] = {folder.name: [] for folder in folders}
+    return folders, candidates
+
+
+def _file_entry(root: Path, path: Path) -> FileEntry:
+    stat = path.stat()
+    return FileEntry(path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns)
+
+
+def _open_or_build_cache(
+    root: Path, role: str, candidates: list[tuple[str, Path]], settings: ImageSettings
+) -> tuple[CachedImages | None, CacheBuilder | None, str | None]:
+    """(finished cache, builder of a new one, why the cache is off): at most one of the first two."""
+    if settings.cache == "off" or not candidates:
+        return None, None, None
+    cache_dir = settings.cache_dir or default_cache_dir()
+    entries = [_file_entry(root, path) for _, path in candidates]
+    key = cache_key(root, entries, settings.image_size, settings.non_square)
+    cached = open_cache(cache_dir, key)
+    if cached is not None:
+        return cached, None, None
+    problem = check_space(cache_dir, len(entries), settings.image_size)
+    if problem is None:
+        try:
+            return None, CacheBuilder(cache_dir, key, root, entries, settings.image_size, settings.non_square), None
+        except OSError as exc:
+            problem = f"cannot write the decoded-image cache in {cache_dir}: {exc.strerror or exc}"
+    if settings.cache == "on":
+        raise DataError(f"{problem}; free some space, set data.cache_dir to another disk, or set data.cache=off")
+    return None, None, f"{problem}: {role} images are decoded every epoch instead (data.cache=off)"
+
+
+def scan_image_folder(
+    root: Path | str,
+    role: str = "train",
+    class_names: Sequence[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    settings: ImageSettings | None = None,
+) -> ScanResult:
+    """Find identities and decode every file once, so a bad file is reported now, never mid-epoch.
+
+    With a cache in ``settings`` the decoded pixels are kept (or, when the files are unchanged,
+    read back without decoding anything). With ``class_names`` (the training identities), labels
+    follow them and other identities get -1.
+    """
+    root = Path(root)
+    settings = settings or ImageSettings()
+    folders, candidates = _list_candidates(root, role)
+    cached, builder, cache_note = _open_or_build_cache(root, role, candidates, settings)
+    if cached is not None:
+        verdicts = cached.verdicts
+        if progress is not None:
+            progress(len(candidates), len(candidates))
+    else:
+        verdicts = _decode_all(candidates, settings, builder, progress)
+        if builder is not None:
+            cached = builder.finish(verdicts)
+    readable: dict[str, list[tuple[int, Path]]] = {folder.name: [] for folder in folders}
     unreadable: list[tuple[Path, str]] = []
-    for (name, file), problem in zip(candidates, problems):
-        if problem is None:
-            readable[name].append(file)
+    non_square = 0
+    for row, ((name, file), verdict) in enumerate(zip(candidates, verdicts)):
+        if verdict.problem is None:
+            readable[name].append((row, file))
+            non_square += verdict.non_square
         else:
-            unreadable.append((file, problem))
+            unreadable.append((file, verdict.problem))
     classes = [name for name in readable if readable[name]]
     empty = [name for name in readable if not readable[name]]
     if not classes:
         raise DataError(f"{role} dir {root} has no readable images (jpg, jpeg, png, bmp, webp)")
     label_of = {name: index for index, name in enumerate(class_names if class_names is not None else classes)}
     samples = [
-        Sample(file, label_of.get(name, -1), identity)
+        Sample(file, label_of.get(name, -1), identity, row if cached is not None else -1)
         for identity, name in enumerate(classes)
-        for file in readable[name]
+        for row, file in readable[name]
     ]
-    return ScanResult(root, classes, samples, unreadable, empty)
+    return ScanResult(root, classes, samples, unreadable, empty, non_square, settings, cached, cache_note,
+                      cache_hit=builder is None and cached is not None)
+
+
+def _decode_all(
+    candidates: list[tuple[str, Path]],
+    settings: ImageSettings,
+    builder: CacheBuilder | None,
+    progress: Callable[[int, int], None] | None,
+) -> list[FileVerdict]:
+    """Decode every candidate on a thread pool (PIL releases the GIL), filling the cache when building one."""
+
+    def work(index: int) -> FileVerdict:
+        if builder is not None and (reused := builder.reuse(index)) is not None:
+            return reused
+        verdict, pixels = _probe(candidates[index][1], settings)
+        if builder is not None and pixels is not None:
+            builder.write(index, pixels)
+        return verdict
+
+    verdicts: list[FileVerdict] = []
+    pool = ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2))
+    try:
+        for verdict in pool.map(work, range(len(candidates))):
+            verdicts.append(verdict)
+            if progress is not None and (len(verdicts) % 64 == 0 or len(verdicts) == len(candidates)):
+                progress(len(verdicts), len(candidates))
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: stop at once, not after every file
+        if builder is not None:
+            builder.abort()  # a half-built cache is never left to be trusted
+        raise
+    pool.shutdown()
+    return verdicts
 
 
 class FaceDataset(Dataset):
-    """Decoded, optionally augmented images as uint8 tensors, with (label, identity).
+    """Decodes one file per item (no cache): (uint8 image, label, identity, index)."""
 
-    Augmentation randomness is a pure function of (seed, epoch, index): identical across
-    worker counts and across an interrupted-and-resumed run.
-    """
-
-    def __init__(
-        self,
-        samples: Sequence[Sample],
-        image_size: int,
-        train: bool,
-        seed: int = 0,
-        hflip: bool = True,
-        color_jitter: float = 0.0,
-        decoder: Callable[[Path, int], torch.Tensor] = decode_image,
-    ) -> None:
+    def __init__(self, samples: Sequence[Sample], settings: ImageSettings) -> None:
         self.samples = list(samples)
-        self.image_size = image_size
-        self.train = train
-        self.seed = seed
-        self.hflip = hflip
-        self.color_jitter = color_jitter
-        self.decoder = decoder
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.settings = settings
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _rng(self, index: int) -> random.Random:
-        digest = hashlib.blake2b(f"{self.seed}:{self.epoch}:{index}".encode(), digest_size=8).digest()
-        return random.Random(int.from_bytes(digest, "little"))
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int]:
         sample = self.samples[index]
-        image = self.decoder(sample.path, self.image_size)
-        if self.train:
-            rng = self._rng(index)
-            if self.hflip and rng.random() < 0.5:
-                image = image.flip(-1)
-            if self.color_jitter > 0:
-                brightness = 1.0 + rng.uniform(-self.color_jitter, self.color_jitter)
-                contrast = 1.0 + rng.uniform(-self.color_jitter, self.color_jitter)
-                pixels = image.float()
-                mean = pixels.mean()
-                image = ((pixels - mean) * contrast + mean * brightness).clamp(0, 255).to(torch.uint8)
-        return image, sample.label, sample.identity
+        image = decode_image(sample.path, self.settings.image_size, self.settings.non_square)
+        return image, sample.label, sample.identity, index
 
 
-class EpochSampler(Sampler[int]):
-    """Shuffles with a generator seeded by (seed, epoch): the order is reproducible after a resume."""
+class CachedBatches(Dataset):
+    """Whole batches gathered from the decoded-image cache: one indexing call per batch, no per-image work.
 
-    def __init__(self, size: int, shuffle: bool, seed: int = 0) -> None:
+    Takes a list of dataset indices (from ``EpochBatches``); the memory map is opened lazily so that
+    worker processes each open their own instead of pickling the array.
+    """
+
+    def __init__(self, samples: Sequence[Sample], cached: CachedImages) -> None:
+        self.cached = cached
+        self.rows = np.array([sample.row for sample in samples], dtype=np.int64)
+        self.labels = torch.tensor([sample.label for sample in samples], dtype=torch.int64)
+        self.identities = torch.tensor([sample.identity for sample in samples], dtype=torch.int64)
+        self._array: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_array": None}
+
+    def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._array is None:
+            self._array = self.cached.array()
+        index = torch.as_tensor(indices, dtype=torch.int64)
+        rows = self.rows[index.numpy()]
+        order = np.argsort(rows, kind="stable")  # read the file front to back, then restore batch order
+        gathered = np.empty((len(rows), *self._array.shape[1:]), dtype=np.uint8)
+        gathered[order] = self._array[rows[order]]
+        return torch.from_numpy(gathered), self.labels[index], self.identities[index], index
+
+
+def face_dataset(samples: Sequence[Sample], scan: ScanResult | None, settings: ImageSettings) -> Dataset:
+    """Batches from the scan's cache when it has one, else a file decoded per image."""
+    if scan is not None and scan.cached is not None and all(sample.row >= 0 for sample in samples):
+        return CachedBatches(samples, scan.cached)
+    return FaceDataset(samples, settings)
+
+
+class EpochBatches(Sampler[list[int]]):
+    """Index batches, shuffled by a generator seeded with (seed, epoch): reproducible after a resume.
+
+    The stage-1 embedding cache walks the same batches as the image loader.
+    """
+
+    def __init__(self, size: int, batch_size: int, shuffle: bool, seed: int = 0) -> None:
         self.size = size
+        self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
@@ -192,40 +319,38 @@ class EpochSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[int]:
+    def order(self) -> torch.Tensor:
         if not self.shuffle:
-            return iter(range(self.size))
+            return torch.arange(self.size)
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        return torch.randperm(self.size, generator=generator)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (chunk.tolist() for chunk in self.order().split(self.batch_size))
 
     def __len__(self) -> int:
-        return self.size
+        return (self.size + self.batch_size - 1) // self.batch_size
 
 
-def make_loader(dataset: FaceDataset, batch_size: int, shuffle: bool, workers: int, pin_memory: bool, seed: int) -> DataLoader:
-    sampler = EpochSampler(len(dataset), shuffle, seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=pin_memory,
-        drop_last=False,
-    )
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, pin_memory: bool, seed: int) -> DataLoader:
+    """Batches of (uint8 images, labels, identities, dataset indices) in ``EpochBatches`` order."""
+    batches = EpochBatches(len(dataset), batch_size, shuffle, seed)  # type: ignore[arg-type]
+    common: dict[str, Any] = {"num_workers": workers, "pin_memory": pin_memory, "persistent_workers": workers > 0}
+    if isinstance(dataset, CachedBatches):
+        return DataLoader(dataset, sampler=batches, batch_size=None, **common)
+    return DataLoader(dataset, batch_sampler=batches, **common)
 
 
-def inference_loader(samples: Sequence[Sample], image_size: int, batch_size: int, workers: int, device: torch.device) -> DataLoader:
+def inference_loader(samples: Sequence[Sample], scan: ScanResult | None, settings: ImageSettings, batch_size: int,
+                     workers: int, device: torch.device) -> DataLoader:
     """Unshuffled, unaugmented batches for embedding (validation, eval, galleries, pairs)."""
-    return make_loader(FaceDataset(samples, image_size, train=False), batch_size, False, workers, device.type == "cuda", 0)
+    return make_loader(face_dataset(samples, scan, settings), batch_size, False, workers, device.type == "cuda", 0)
+
+
+def loader_batches(loader: DataLoader) -> EpochBatches:
+    return loader.sampler if isinstance(loader.sampler, EpochBatches) else loader.batch_sampler  # type: ignore[return-value]
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
-    """Workers copy the dataset when an epoch's iterator starts, so set the epoch before iterating."""
-    loader.dataset.set_epoch(epoch)  # type: ignore[attr-defined]
-    loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
-
-
-def to_model_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 (B, 3, S, S) -> float in [-1, 1] on the device (mean 0.5, std 0.5 as EdgeFace expects)."""
-    images = images.to(device, non_blocking=True)
-    return images.float().div_(127.5).sub_(1.0)
+    """The shuffle order of an epoch; augmentation is chosen per batch on the device (augment.py)."""
+    loader_batches(loader).set_epoch(epoch)

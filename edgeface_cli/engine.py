@@ -9,30 +9,31 @@ of its batches were skipped. Progress goes out as events; this module never prin
 from __future__ import annotations
 
 import math
-import random
-import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from .checkpoints import BackboneLoad, atomic_torch_save, atomic_write_stream, atomic_write_text, load_backbone
+from .augment import EpochAugmentation, plan_epoch, to_model_input
+from .checkpoints import BackboneLoad, atomic_torch_save, atomic_write_text, load_backbone
 from .config import EdgeFaceConfig, dump_yaml
-from .rundir import prepare_run_dir, read_metrics, write_metrics
 from .data import (
-    FaceDataset, ScanResult, inference_loader, left_out_note, make_loader, scan_image_folder, set_loader_epoch,
-    to_model_input,
+    ImageSettings, ScanResult, face_dataset, inference_loader, left_out_note, loader_batches, make_loader,
+    scan_image_folder, set_loader_epoch, NON_SQUARE_HINT,
 )
 from .errors import DataError, RunDirError
 from .heads import MarginHead
-from .inference import validate
-from .metrics import topk_correct
-from .runtime import Precision, resolve_device, resolve_precision
+from .inference import Extracted, embed_with_mirror, validate
+from .meter import EpochMeter
+from .metrics import SimilarityHistogram, VerificationStats
+from .optim import apply_hyperparameters, build_optimizer, gated_step, lr_factor, optimizer_kind
+from .rundir import prepare_run_dir, read_metrics, write_metrics
+from .runtime import BackboneForward, Precision, prepare_device, resolve_device, resolve_precision
+from .training_state import load_scaler_state, restore_rng_state, rng_state, seed_everything, to_cpu
 
 CHECKPOINT_FORMAT = "edgeface-train/1"
 
@@ -144,54 +145,21 @@ class GuardStop(Exception):
 
 # ------------------------------------------------------------------ helpers
 
-
-def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min_ratio: float) -> float:
-    """Linear warmup, then cosine decay to ``min_ratio`` (or constant), within one stage."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant" or total_steps <= warmup_steps:
-        return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+REPORT_EVERY = 10  # batches between progress reads: each read waits for the device
 
 
 def stage_of(epoch: int, config: EdgeFaceConfig) -> int:
     return 1 if epoch <= config.optim.stage1_epochs else 2
 
 
-def rng_state() -> dict[str, Any]:
-    numpy_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": random.getstate(),
-        # Stored as plain values so the checkpoint loads with weights_only=True.
-        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
-    }
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    # RNG states must be CPU byte tensors, whatever map_location the checkpoint was loaded with.
-    torch.set_rng_state(state["torch"].cpu())
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([item.cpu() for item in state["cuda"]])
-    random.setstate(tuple(item if not isinstance(item, list) else tuple(item) for item in state["python"]))
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), *rest))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
 def scan_datasets(config: EdgeFaceConfig, on_event: EventHandler) -> tuple[ScanResult, ScanResult | None]:
-    """Scan train (and val) up front; report unreadable files and empty identities as warnings."""
+    """Scan (and cache) train and val up front; report unreadable files, empty identities, odd shapes."""
     if config.data.train_dir is None:
         raise DataError("no training data: pass --train-dir DIR (one folder per identity)")
+    settings = ImageSettings.from_config(config.data)
     train = scan_image_folder(
-        config.data.train_dir, "train", progress=lambda done, total: on_event(ScanProgress("train", done, total))
+        config.data.train_dir, "train", settings=settings,
+        progress=lambda done, total: on_event(ScanProgress("train", done, total)),
     )
     report_scan(train, "train", on_event)
     if len(train.classes) < 2:
@@ -201,7 +169,7 @@ def scan_datasets(config: EdgeFaceConfig, on_event: EventHandler) -> tuple[ScanR
     val = None
     if config.data.val_dir is not None:
         val = scan_image_folder(
-            config.data.val_dir, "val", class_names=train.classes,
+            config.data.val_dir, "val", class_names=train.classes, settings=settings,
             progress=lambda done, total: on_event(ScanProgress("val", done, total)),
         )
         report_scan(val, "val", on_event)
@@ -219,6 +187,14 @@ def report_scan(scan: ScanResult, role: str, on_event: EventHandler) -> None:
         on_event(
             Notice("warning", f"{len(scan.empty_classes)} empty {role} identity folders skipped: {', '.join(scan.empty_classes[:10])}")
         )
+    if scan.non_square:
+        on_event(Notice("warning", f"{scan.non_square} of {len(scan.samples)} {role} images are not square: "
+                        + NON_SQUARE_HINT.format(mode=scan.settings.non_square)))
+    if scan.cache_note:
+        on_event(Notice("warning", scan.cache_note))
+    elif scan.cached is not None:
+        how = "read from" if scan.cache_hit else "written to"
+        on_event(Notice("info", f"{role} images decoded once, {how} the cache {scan.cached.directory}"))
 
 
 # ------------------------------------------------------------------ the trainer
@@ -241,24 +217,34 @@ class Trainer:
         self.auto_troubleshoot = auto_troubleshoot
         self.device = resolve_device(config.runtime.device)
         self.precision: Precision = resolve_precision(config.runtime.amp, self.device)
+        self.channels_last = prepare_device(self.device)
         self.class_names = train_scan.classes
         self.backbone = loaded.backbone.to(self.device)
+        if self.channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+        self.forward = BackboneForward(self.backbone, config.runtime.compile,
+                                       lambda text: self.on_event(Notice("warning", text)))
         self.head = MarginHead(
             len(self.class_names), self.backbone.embedding_dim, config.arcface.kind, config.arcface.scale, config.arcface.margin
         ).to(self.device)
         pin = self.device.type == "cuda"
         data = config.data
+        settings = train_scan.settings
+        self.train_labels = torch.tensor([sample.label for sample in train_scan.samples], device=self.device)
         self.train_loader = make_loader(
-            FaceDataset(train_scan.samples, data.image_size, True, config.runtime.seed, data.hflip, data.color_jitter),
-            data.batch_size, True, data.workers, pin, config.runtime.seed,
+            face_dataset(train_scan.samples, train_scan, settings), data.batch_size, True, data.workers, pin, config.runtime.seed,
+        )
+        # Stage 1 embeds the training set once in this order (no augmentation, no shuffle).
+        self.train_embedding_loader = inference_loader(
+            train_scan.samples, train_scan, settings, data.batch_size, data.workers, self.device
         )
         self.val_loader = (
-            inference_loader(val_scan.samples, data.image_size, data.batch_size, data.workers, self.device)
+            inference_loader(val_scan.samples, val_scan, settings, data.batch_size, data.workers, self.device)
             if val_scan is not None
             else None
         )
         self.val_images = len(val_scan.samples) if val_scan is not None else 0
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.use_scaler)
+        self.scaler = self._new_scaler()
         self.optimizer: torch.optim.Optimizer | None = None
         self.optimizer_stage = 0
         self.stage_step = 0
@@ -269,10 +255,17 @@ class Trainer:
         self.stale_epochs = 0
         self.records: list[dict[str, Any]] = []
         self.pending_nan_steps = set(config.debug.inject_nan_at)
+        # A frozen backbone's outputs cannot change: stage 1 computes them once (see _frozen_*).
+        self.stage1_embeddings: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self.frozen_val: tuple[Extracted, tuple[SimilarityHistogram, VerificationStats]] | None = None
         if auto_troubleshoot:
-            # An escalation in epoch 1 (no last.pt yet) rewinds to the loaded weights: keep a copy only then.
+            # An escalation in epoch 1 (no last.pt yet) rewinds to the start: keep a copy only then.
             self.initial_backbone = {key: value.detach().clone() for key, value in self.backbone.state_dict().items()}
             self.initial_head = {key: value.detach().clone() for key, value in self.head.state_dict().items()}
+            self.initial_rng = rng_state(self.device)
+
+    def _new_scaler(self) -> torch.amp.GradScaler:
+        return torch.amp.GradScaler(self.device.type, enabled=self.precision.use_scaler)
 
     # -------------------------------------------------------------- optimizer and schedule
 
@@ -281,25 +274,7 @@ class Trainer:
         return len(self.train_loader)
 
     def _build_optimizer(self, stage: int) -> None:
-        optim = self.config.optim
-        self.backbone.requires_grad_(stage == 2)
-        groups: list[dict[str, Any]] = []
-        if stage == 2:
-            decay, no_decay = [], []
-            for parameter in self.backbone.parameters():
-                (no_decay if parameter.ndim <= 1 else decay).append(parameter)
-            groups += [
-                {"params": decay, "name": "backbone", "base_lr": optim.backbone_lr, "weight_decay": optim.weight_decay},
-                {"params": no_decay, "name": "backbone", "base_lr": optim.backbone_lr, "weight_decay": 0.0},
-            ]
-        head_lr = optim.head_lr if stage == 1 else optim.head_lr_stage2
-        groups.append({"params": list(self.head.parameters()), "name": "head", "base_lr": head_lr, "weight_decay": optim.weight_decay})
-        for group in groups:
-            group["lr"] = group["base_lr"]
-        if optim.optimizer == "adamw":
-            self.optimizer = torch.optim.AdamW(groups)
-        else:
-            self.optimizer = torch.optim.SGD(groups, momentum=optim.momentum)
+        self.optimizer = build_optimizer(self.backbone, self.head, stage, self.config, self.device)
         self.optimizer_stage = stage
 
     def _stage_bounds(self, stage: int) -> tuple[int, int]:
@@ -326,7 +301,7 @@ class Trainer:
 
     def _state(self) -> dict[str, Any]:
         assert self.optimizer is not None
-        return {
+        return to_cpu({
             "format": CHECKPOINT_FORMAT,
             "epoch": self.epoch,
             "stage": self.optimizer_stage,
@@ -334,9 +309,11 @@ class Trainer:
             "backbone": self.backbone.state_dict(),
             "head": self.head.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "optimizer_kind": optimizer_kind(self.optimizer),
             "scaler": self.scaler.state_dict(),
+            "precision": self.precision.label,
             "scheduler": {"stage_step": self.stage_step},
-            "rng": rng_state(),
+            "rng": rng_state(self.device),
             "config": self.config.model_dump(mode="json"),
             "class_names": list(self.class_names),
             "arch": {
@@ -345,61 +322,99 @@ class Trainer:
                 "embedding_dim": self.backbone.embedding_dim,
             },
             "best": {"epoch": self.best_epoch, "score": self.best_score, "stale_epochs": self.stale_epochs},
-        }
+        })
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Continue exactly where ``state`` (a last.pt) left off."""
+        """Continue exactly where ``state`` (a last.pt) left off, at the config's hyper-parameters."""
         self.backbone.load_state_dict(state["backbone"])
         self.head.load_state_dict(state["head"])
+        self.stage1_embeddings = self.frozen_val = None
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
-        self._build_optimizer(int(state["stage"]))
+        stage = int(state["stage"])
+        self._build_optimizer(stage)
         assert self.optimizer is not None
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        saved_kind = state.get("optimizer_kind") or ("sgd" if "momentum" in state["optimizer"]["param_groups"][0] else "adamw")
+        if saved_kind != self.config.optim.optimizer:
+            self.on_event(Notice("warning", f"optim.optimizer changed from {saved_kind} to {self.config.optim.optimizer}: "
+                                            "the new optimizer starts fresh (no saved moments carry over)"))
+        else:
+            try:
+                self.optimizer.load_state_dict(state["optimizer"])
+            except (ValueError, KeyError):
+                self.on_event(Notice("warning", "the saved optimizer state does not fit this version's parameter "
+                                                "groups: the optimizer starts fresh"))
+            apply_hyperparameters(self.optimizer, stage, self.config)  # --set on resume takes effect
+        note = load_scaler_state(self.scaler, state.get("scaler"), state.get("precision"), self.precision.label)
+        if note:
+            self.on_event(Notice("warning", note))
         self.stage_step = int(state["scheduler"]["stage_step"])
         self.best_epoch = state["best"]["epoch"]
         self.best_score = state["best"]["score"]
         self.stale_epochs = int(state["best"]["stale_epochs"])
-        restore_rng_state(state["rng"])
+        restore_rng_state(state["rng"], self.device)
         # Epoch rows past the checkpoint are dropped (they are re-run); events stay as history.
         self.records = [row for row in read_metrics(self.run_dir) if "event" in row or row["epoch"] <= self.epoch]
 
     def _save(self, is_best: bool) -> None:
+        """best.pt and backbone.pt before last.pt: a kill in between never leaves last.pt naming a best
+        epoch that best.pt does not hold (a resume re-runs the epoch and writes all three again)."""
         state = self._state()
-        atomic_torch_save(state, self.run_dir / "last.pt")
         if is_best:
-            with (self.run_dir / "last.pt").open("rb") as last:
-                atomic_write_stream(self.run_dir / "best.pt", lambda stream: shutil.copyfileobj(last, stream))
+            atomic_torch_save(state, self.run_dir / "best.pt")
             # The published EdgeFace layout: loadable with strict=True into the official architecture.
-            atomic_torch_save({key: value.cpu() for key, value in self.backbone.state_dict().items()}, self.run_dir / "backbone.pt")
+            atomic_torch_save(state["backbone"], self.run_dir / "backbone.pt")
+        atomic_torch_save(state, self.run_dir / "last.pt")
 
     # -------------------------------------------------------------- one epoch
 
+    def _uses_stage1_cache(self) -> bool:
+        return self.config.optim.stage1_cache and self.config.data.color_jitter == 0
+
+    def _frozen_embeddings(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every training image's embedding (and its mirror's, when flipping), computed once per stage 1."""
+        if self.stage1_embeddings is None:
+            plain, mirrored = embed_with_mirror(
+                self.forward, self.train_embedding_loader, self.device, self.precision, self.config.data.hflip,
+                self.channels_last,
+            )
+            self.stage1_embeddings = (plain.to(self.device), None if mirrored is None else mirrored.to(self.device))
+        return self.stage1_embeddings
+
+    def _batches(self, stage: int, plan: EpochAugmentation) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]:
+        """(labels, model input or None, frozen embeddings or None) per batch, on the device."""
+        if stage == 1 and self._uses_stage1_cache():
+            plain, mirrored = self._frozen_embeddings()
+            for indices in loader_batches(self.train_loader):
+                index = torch.as_tensor(indices, device=self.device)
+                embeddings = plain[index]
+                if mirrored is not None:
+                    embeddings = torch.where(plan.flip[index].view(-1, 1), mirrored[index], embeddings)
+                yield self.train_labels[index], None, embeddings
+            return
+        for images, labels, _, indices in self.train_loader:
+            inputs = to_model_input(images, self.device, indices, plan, self.channels_last)
+            yield labels.to(self.device, non_blocking=True), inputs, None
+
     def _train_epoch(self, epoch: int, stage: int) -> dict[str, Any]:
         guard = self.config.guard
+        data = self.config.data
         set_loader_epoch(self.train_loader, epoch)
+        plan = plan_epoch(len(self.train_labels), self.config.runtime.seed, epoch, data.hflip, data.color_jitter).to(self.device)
         self.head.train()
         self.backbone.train(stage == 2)
         batches = len(self.train_loader)
         self.on_event(EpochStarted(epoch, stage, batches))
-        loss_sum, correct, seen, skipped_batches, skipped_steps, overflow_steps = 0.0, 0, 0, 0, 0, 0
-        grad_norms: list[float] = []
+        meter = EpochMeter(self.device)
         trainable_backbone = [parameter for parameter in self.backbone.parameters() if parameter.requires_grad]
         started = time.perf_counter()
-        images_total = 0
         assert self.optimizer is not None
-        for batch_index, (images, labels, _) in enumerate(self.train_loader):
+        for batch_index, (labels, inputs, embeddings) in enumerate(self._batches(stage, plan)):
             self._apply_lr(stage)
-            inputs = to_model_input(images, self.device)
-            labels = labels.to(self.device, non_blocking=True)
-            images_total += len(labels)
             with torch.autocast(self.device.type, dtype=self.precision.dtype, enabled=self.precision.dtype is not None):
-                if stage == 1:
-                    with torch.no_grad():
-                        embeddings = self.backbone(inputs)
-                else:
-                    embeddings = self.backbone(inputs)
+                if embeddings is None:
+                    with torch.set_grad_enabled(stage == 2):
+                        embeddings = self.forward(inputs)
                 logits, cosine = self.head(embeddings, labels)
                 loss = nn.functional.cross_entropy(logits, labels)
             if self.global_step in self.pending_nan_steps:
@@ -409,59 +424,49 @@ class Trainer:
             self.global_step += 1
             self.stage_step += 1
             self.optimizer.zero_grad(set_to_none=True)
-            if not torch.isfinite(loss):
-                skipped_batches += 1  # no backward, no step
-            else:
-                self.scaler.scale(loss).backward()
-                self.scaler.unscale_(self.optimizer)
-                head_norm = nn.utils.clip_grad_norm_(self.head.parameters(), guard.max_grad_norm)
-                total_norm = head_norm.float()
-                if trainable_backbone:
-                    backbone_norm = nn.utils.clip_grad_norm_(trainable_backbone, guard.max_grad_norm)
-                    total_norm = torch.sqrt(head_norm.float() ** 2 + backbone_norm.float() ** 2)
-                if torch.isfinite(total_norm):
-                    self.scaler.step(self.optimizer)
-                    grad_norms.append(float(total_norm))
-                    self.scaler.update()
-                else:
-                    self.scaler.update()  # fp16: halves the loss scale
-                    # Under fp16 a few overflows while the GradScaler finds its scale are routine; only
-                    # once the scale has collapsed below 1 are the gradients themselves non-finite.
-                    if self.precision.use_scaler and self.scaler.get_scale() >= 1.0:
-                        overflow_steps += 1
-                    else:
-                        skipped_steps += 1
-                loss_sum += float(loss.detach()) * len(labels)
-                correct += topk_correct(cosine.detach(), labels, 1)
-                seen += len(labels)
-            elapsed = time.perf_counter() - started
-            lr_head, lr_backbone = self._lrs()
-            self.on_event(
-                BatchEnded(
-                    epoch, batch_index + 1, batches,
-                    loss_sum / seen if seen else float("nan"), correct / seen if seen else 0.0,
-                    lr_head, lr_backbone, images_total / elapsed if elapsed > 0 else 0.0,
-                    skipped_batches + skipped_steps,
-                )
-            )
+            # Backward even through a non-finite loss: deciding first would wait for the device.
+            # Its gradients are non-finite too, and the gated step below skips it.
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = nn.utils.clip_grad_norm_(self.head.parameters(), guard.max_grad_norm).float()
+            if trainable_backbone:
+                backbone_norm = nn.utils.clip_grad_norm_(trainable_backbone, guard.max_grad_norm).float()
+                grad_norm = torch.sqrt(grad_norm**2 + backbone_norm**2)
+            verdict = meter.judge(loss, grad_norm, self._overflow_ok(meter))
+            gated_step(self.optimizer, self.scaler, verdict.step_ok)
+            meter.add_batch(loss, cosine, labels, verdict.loss_ok)
+            if batch_index == 0 or (batch_index + 1) % REPORT_EVERY == 0 or batch_index + 1 == batches:
+                self._report_batch(epoch, batch_index + 1, batches, meter, started)
         seconds = time.perf_counter() - started
         lr_head, lr_backbone = self._lrs()
         return {
             "epoch": epoch,
             "stage": stage,
-            "train_loss": loss_sum / seen if seen else float("nan"),
-            "train_acc": correct / seen if seen else 0.0,
-            "skipped_batches": skipped_batches,
-            "skipped_steps": skipped_steps,
-            "overflow_steps": overflow_steps,
-            "grad_norm_mean": float(np.mean(grad_norms)) if grad_norms else None,
-            "grad_norm_max": float(np.max(grad_norms)) if grad_norms else None,
+            **meter.read(),
             "lr_backbone": lr_backbone,
             "lr_head": lr_head,
-            "images_per_s": images_total / seconds if seconds > 0 else 0.0,
+            "images_per_s": meter.images / seconds if seconds > 0 else 0.0,
             "train_seconds": seconds,
             "batches": batches,
         }
+
+    def _overflow_ok(self, meter: EpochMeter) -> torch.Tensor | None:
+        """fp16 only: an overflow is routine while the scale is above the floor and the epoch's allowance lasts."""
+        if not self.precision.use_scaler:
+            return None
+        guard = self.config.guard
+        scale = self.scaler._get_scale_async()  # the device tensor: reading get_scale() would wait for the GPU
+        assert scale is not None
+        return (scale >= guard.fp16_min_scale) & (meter.sums["overflow_steps"] < guard.fp16_overflow_allowance)
+
+    def _report_batch(self, epoch: int, batch: int, batches: int, meter: EpochMeter, started: float) -> None:
+        totals = meter.read()
+        elapsed = time.perf_counter() - started
+        lr_head, lr_backbone = self._lrs()
+        self.on_event(BatchEnded(
+            epoch, batch, batches, totals["train_loss"], totals["train_acc"], lr_head, lr_backbone,
+            meter.images / elapsed if elapsed > 0 else 0.0, totals["skipped_batches"] + totals["skipped_steps"],
+        ))
 
     def _validate_into(self, record: dict[str, Any]) -> None:
         if self.val_loader is None:
@@ -469,19 +474,28 @@ class Trainer:
             return
         guard = self.config.guard
         epoch = record["epoch"]
-        result = validate(self.backbone, self.head, self.val_loader, self.device, self.precision,
+        frozen = self.frozen_val if record["stage"] == 1 else None
+        result = validate(self.forward, self.head, self.val_loader, self.device, self.precision,
                           guard.collapse_similarity, guard.min_similarity_gap,
-                          progress=lambda done, total: self.on_event(ValidationProgress(epoch, done, total)))
+                          progress=lambda done, total: self.on_event(ValidationProgress(epoch, done, total)),
+                          extracted=frozen[0] if frozen else None, stats=frozen[1] if frozen else None,
+                          channels_last=self.channels_last)
+        # In stage 1 the backbone is frozen: later stage-1 epochs re-score the same embeddings.
+        self.frozen_val = (result.extracted, (result.histogram, result.stats)) if record["stage"] == 1 else None
         record.update(
             val_loss=result.loss, val_acc=result.accuracy, val_top5=result.top5,
             val_sim_pos=result.stats.sim_pos_mean, val_sim_neg=result.stats.sim_neg_mean,
-            val_collapsed=result.stats.collapsed,
+            val_collapsed=result.stats.collapsed, val_nonfinite=result.nonfinite,
         )
 
     def _warning_signs(self, record: dict[str, Any]) -> list[str]:
         """The seed's warning signs, checked every epoch."""
         warnings = []
         guard = self.config.guard
+        if record.get("val_nonfinite"):
+            warnings.append(f"{record['val_nonfinite']} val embeddings are NaN or infinite: the model is broken "
+                            "at this epoch, which therefore cannot be the best one")
+            return warnings
         pos, neg = record.get("val_sim_pos"), record.get("val_sim_neg")
         if pos is not None and pos >= guard.collapse_similarity:
             warnings.append(f"same-identity similarity is {pos:.4f}: embeddings may have collapsed")
@@ -499,6 +513,9 @@ class Trainer:
     def _check_guards(self, record: dict[str, Any]) -> None:
         if not math.isfinite(record["train_loss"]):
             raise GuardStop(record["epoch"], f"mean train loss is {record['train_loss']} at epoch {record['epoch']}", "nan_loss")
+        if record["optimizer_steps"] == 0:
+            raise GuardStop(record["epoch"], f"no optimizer step was taken in epoch {record['epoch']}: every step's "
+                                             "gradients were non-finite", "skipped")
         skipped = record["skipped_batches"] + record["skipped_steps"]
         fraction = skipped / max(1, record["batches"])
         if fraction > self.config.guard.max_skip_fraction:
@@ -516,10 +533,13 @@ class Trainer:
         self.on_event(
             RunStarted(
                 self.run_dir, str(self.device), self.precision.label, self.backbone.arch, len(self.class_names),
-                len(self.train_loader.dataset), self.val_images, self.epoch + 1, config.optim.epochs,  # type: ignore[arg-type]
+                len(self.train_labels), self.val_images, self.epoch + 1, config.optim.epochs,
                 config.optim.stage1_epochs, self.steps_per_epoch,
             )
         )
+        if self.epoch < config.optim.stage1_epochs and config.optim.stage1_cache and not self._uses_stage1_cache():
+            self.on_event(Notice("info", "stage 1 runs the frozen backbone every epoch: colour jitter changes each "
+                                         "image every epoch, so its embeddings cannot be computed once"))
         atomic_write_text(self.run_dir / "config.yaml", dump_yaml(config))
         epoch = self.epoch + 1
         while epoch <= self.config.optim.epochs:
@@ -527,6 +547,8 @@ class Trainer:
             if self.optimizer is None or self.optimizer_stage != stage:
                 self._build_optimizer(stage)
                 self.stage_step = 0
+            if stage == 2:
+                self.stage1_embeddings = self.frozen_val = None  # the backbone trains from here on
             try:
                 epoch_started = time.perf_counter()
                 record = self._train_epoch(epoch, stage)
@@ -544,7 +566,7 @@ class Trainer:
             record["seconds"] = time.perf_counter() - epoch_started
             record["troubleshoot_level"] = self.config.troubleshoot_level
             score = record["val_acc"] if record["val_acc"] is not None else record["train_acc"]
-            is_best = self.best_score is None or score > self.best_score
+            is_best = not record.get("val_nonfinite") and (self.best_score is None or score > self.best_score)
             if is_best:
                 self.best_score, self.best_epoch = score, epoch
                 self.stale_epochs = 0
@@ -583,6 +605,16 @@ class Trainer:
             stop_reason=stop.reason, recommended_level=recommended, records=self.records,
         )
 
+    def _rewind_to_start(self) -> None:
+        """Failed in the very first epoch (no last.pt): back to the state a fresh start has."""
+        self.backbone.load_state_dict(self.initial_backbone)
+        self.head.load_state_dict(self.initial_head)
+        self.epoch, self.optimizer, self.global_step, self.stage_step = 0, None, 0, 0
+        self.scaler = self._new_scaler()
+        restore_rng_state(self.initial_rng, self.device)
+        self.stage1_embeddings = self.frozen_val = None
+        self.records = [row for row in self.records if "event" in row]
+
     def _escalate(self, stop: GuardStop) -> bool:
         """--auto-troubleshoot: reload the last good state, apply the next fallback level, go on."""
         from .troubleshoot import AUTO_MAX_LEVEL, apply_level
@@ -595,22 +627,21 @@ class Trainer:
         if new_config.model.arch != self.config.model.arch:
             self._switch_backbone(stop, new_config, changes)  # raises, or returns when it cannot
             return False
+        self.config = new_config
         last = self.run_dir / "last.pt"
         if last.exists():
-            self.load_state(torch.load(last, map_location=self.device, weights_only=True))
-        else:  # failed in the very first epoch: back to the loaded weights
-            self.backbone.load_state_dict(self.initial_backbone)
-            self.head.load_state_dict(self.initial_head)
-            self.epoch, self.optimizer = 0, None
-            self.records = [row for row in self.records if "event" in row]
-        self.config = new_config
+            self.load_state(torch.load(last, map_location="cpu", weights_only=True))
+        else:
+            self._rewind_to_start()
         self.head.set_margin(new_config.arcface.scale, new_config.arcface.margin)
         resume_stage = stage_of(self.epoch + 1, new_config)
         self._build_optimizer(resume_stage)  # fresh optimizer at the lowered learning rates
         # Keep the schedule's position within the stage, as if the failed epoch never ran.
         self.stage_step = (self.epoch + 1 - self._stage_bounds(resume_stage)[0]) * self.steps_per_epoch
-        self._record_escalation(stop, current, current + 1, changes)
+        # config.yaml before the escalation row: a kill in between never resumes at the old level
+        # while the metrics say it escalated.
         atomic_write_text(self.run_dir / "config.yaml", dump_yaml(new_config))
+        self._record_escalation(stop, current, current + 1, changes)
         return True
 
     def _record_escalation(
@@ -640,7 +671,6 @@ class Trainer:
         })
         self._record_escalation(stop, current, 4, changes, new_run=str(new_config.runtime.out))
         raise SwitchBackbone(new_config)
-
 
 
 def level4_run_dir(run_dir: Path) -> Path:

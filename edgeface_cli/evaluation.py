@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .checkpoints import atomic_write_stream, load_backbone, read_checkpoint
 from .config import EdgeFaceConfig
-from .data import IMAGE_EXTENSIONS, Sample, check_image, inference_loader, left_out_note, scan_image_folder
+from .data import IMAGE_EXTENSIONS, ImageSettings, Sample, check_image, inference_loader, left_out_note, scan_image_folder
 from .errors import CheckpointError, DataError
 from .heads import MarginHead
 from .inference import extract, validate
@@ -133,14 +133,14 @@ def read_pairs(pairs_file: Path, root: Path) -> PairList:
     return pairs
 
 
-def _embed_paths(model: EvalModel, paths: list[Path], image_size: int, batch_size: int, workers: int,
+def _embed_paths(model: EvalModel, paths: list[Path], settings: ImageSettings, batch_size: int, workers: int,
                  device: torch.device, precision: Precision, flip: bool) -> torch.Tensor:
     bad = [(path, why) for path in paths if (why := check_image(path))]
     if bad:
         raise DataError(f"unreadable image {bad[0][0]}: {bad[0][1]}")
     samples = [Sample(path, -1, index) for index, path in enumerate(paths)]
-    loader = inference_loader(samples, image_size, batch_size, workers, device)
-    return extract(model.backbone, None, loader, device, precision, flip).embeddings
+    loader = inference_loader(samples, None, settings, batch_size, workers, device)
+    return extract(model.backbone, loader, device, precision, flip).embeddings
 
 
 # ------------------------------------------------------------------ the evaluation
@@ -180,6 +180,10 @@ def evaluate(
         model.head.to(device)
     trained = model.training_config or {}
     size = image_size or trained.get("data", {}).get("image_size") or config.data.image_size
+    # Non-square images are handled as the model was trained; a bare backbone follows the config.
+    settings = ImageSettings.from_config(config.data, size)
+    if "non_square" in trained.get("data", {}):
+        settings = ImageSettings(size, trained["data"]["non_square"], settings.cache, settings.cache_dir)
     guard = trained.get("guard", {})
     collapse_similarity = guard.get("collapse_similarity", config.guard.collapse_similarity)
     min_gap = guard.get("min_similarity_gap", config.guard.min_similarity_gap)
@@ -188,14 +192,24 @@ def evaluate(
     train_scan = None
     class_names = model.class_names
     if model.head is None and config.data.train_dir is not None:
-        train_scan = scan_image_folder(config.data.train_dir, "train", progress=reporter("checking train images"))
+        train_scan = scan_image_folder(config.data.train_dir, "train", progress=reporter("checking train images"),
+                                       settings=settings)
         class_names = train_scan.classes
-    val_scan = scan_image_folder(config.data.val_dir, "val", class_names=class_names, progress=reporter("checking val images"))
+    val_scan = scan_image_folder(config.data.val_dir, "val", class_names=class_names, progress=reporter("checking val images"),
+                                 settings=settings)
+    for scan in (train_scan, val_scan):
+        if scan is not None and scan.cache_note:
+            notes.append(scan.cache_note)
     if val_scan.unreadable:
         notes.append(f"{len(val_scan.unreadable)} unreadable val files skipped")
-    loader = inference_loader(val_scan.samples, size, config.data.batch_size, config.data.workers, device)
+    loader = inference_loader(val_scan.samples, val_scan, settings, config.data.batch_size, config.data.workers, device)
     result = validate(model.backbone, model.head, loader, device, precision, collapse_similarity, min_gap, flip,
                       reporter("embedding val images"))
+    if result.nonfinite:
+        raise CheckpointError(
+            f"{model.source} gives non-finite (NaN or infinite) embeddings for {result.nonfinite} of {result.images} "
+            "val images: the weights are broken (a diverged run?); evaluate an earlier checkpoint"
+        )
     extracted = result.extracted
     left_out = val_scan.unknown_classes
 
@@ -203,8 +217,9 @@ def evaluate(
     if model.head is None:
         if train_scan is not None:
             method = "nearest centroid (train)"
-            gallery_loader = inference_loader(train_scan.samples, size, config.data.batch_size, config.data.workers, device)
-            gallery = extract(model.backbone, None, gallery_loader, device, precision, flip, reporter("embedding train images"))
+            gallery_loader = inference_loader(train_scan.samples, train_scan, settings, config.data.batch_size,
+                                              config.data.workers, device)
+            gallery = extract(model.backbone, gallery_loader, device, precision, flip, reporter("embedding train images"))
             known = extracted.labels >= 0
             scores = nearest_centroid_scores(extracted.embeddings[known], gallery.embeddings, gallery.labels, len(train_scan.classes))
             labels = extracted.labels[known]
@@ -256,7 +271,7 @@ def evaluate(
         unique = sorted(set(pairs.first + pairs.second))
         index_of = {path: index for index, path in enumerate(unique)}
         embedded = F.normalize(
-            _embed_paths(model, unique, size, config.data.batch_size, config.data.workers, device, precision, flip), dim=1
+            _embed_paths(model, unique, settings, config.data.batch_size, config.data.workers, device, precision, flip), dim=1
         )
         first = embedded[[index_of[path] for path in pairs.first]]
         second = embedded[[index_of[path] for path in pairs.second]]

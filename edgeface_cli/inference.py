@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from .heads import MarginHead
 from .metrics import SimilarityHistogram, VerificationStats, all_pairs_histogram, topk_correct, verification_stats
-from .data import to_model_input
+from .augment import to_model_input
 from .runtime import Precision
 
 
@@ -21,21 +21,22 @@ class Extracted:
     embeddings: torch.Tensor  # (N, D) fp32 on CPU, not normalised
     labels: torch.Tensor  # training class index or -1
     identities: torch.Tensor  # identity index within the evaluated folder
-    loss_sum: float  # margin-head loss summed over known-label images
-    correct_top1: int
-    correct_top5: int
-    known: int  # images whose identity exists in training
+
+    @property
+    def nonfinite(self) -> int:
+        """Images whose embedding holds a NaN or an infinity: a broken model, never a healthy one."""
+        return int((~torch.isfinite(self.embeddings).all(dim=1)).sum())
 
 
 @torch.inference_mode()
 def extract(
-    backbone: nn.Module,
-    head: MarginHead | None,
+    backbone: Callable[[torch.Tensor], torch.Tensor] | nn.Module,
     loader: DataLoader,
     device: torch.device,
     precision: Precision,
     flip: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    channels_last: bool = False,
 ) -> Extracted:
     """Embeddings of every image (``flip``: plus its mirror's, as the verification protocol does).
 
@@ -43,30 +44,63 @@ def extract(
     """
     backbone.eval()
     embeddings, labels, identities = [], [], []
-    loss_sum, top1, top5, known = 0.0, 0, 0, 0
-    for images, batch_labels, batch_identities in loader:
-        inputs = to_model_input(images, device)
+    for images, batch_labels, batch_identities, _ in loader:
+        inputs = to_model_input(images, device, channels_last=channels_last)
         with torch.autocast(device_type=device.type, dtype=precision.dtype, enabled=precision.dtype is not None):
             features = backbone(inputs)
             if flip:
                 features = features + backbone(inputs.flip(-1))
-        features = features.float()
-        batch_labels = batch_labels.to(device)
-        mask = batch_labels >= 0
-        if head is not None and bool(mask.any()):
-            logits, cosine = head(features[mask], batch_labels[mask])
-            loss_sum += float(F.cross_entropy(logits, batch_labels[mask], reduction="sum"))
-            top1 += topk_correct(cosine, batch_labels[mask], 1)
-            top5 += topk_correct(cosine, batch_labels[mask], 5)
-        known += int(mask.sum())
-        embeddings.append(features.cpu())
-        labels.append(batch_labels.cpu())
+        embeddings.append(features.float().cpu())
+        labels.append(batch_labels)
         identities.append(batch_identities)
         if progress is not None:
             progress(len(embeddings), len(loader))
-    return Extracted(
-        torch.cat(embeddings), torch.cat(labels), torch.cat(identities), loss_sum, top1, top5, known
-    )
+    return Extracted(torch.cat(embeddings), torch.cat(labels), torch.cat(identities))
+
+
+@torch.no_grad()  # not inference_mode: stage 1 trains the head on these tensors
+def embed_with_mirror(
+    backbone: Callable[[torch.Tensor], torch.Tensor] | nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    precision: Precision,
+    mirror: bool,
+    channels_last: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each image's embedding, and (``mirror``) its horizontally flipped twin's, kept apart, fp32 on the device."""
+    backbone.eval()
+    plain, mirrored = [], []
+    for images, *_ in loader:
+        inputs = to_model_input(images, device, channels_last=channels_last)
+        with torch.autocast(device_type=device.type, dtype=precision.dtype, enabled=precision.dtype is not None):
+            plain.append(backbone(inputs).float())
+            if mirror:
+                mirrored.append(backbone(inputs.flip(-1)).float())
+    return torch.cat(plain), torch.cat(mirrored) if mirror else None
+
+
+@dataclass
+class HeadMetrics:
+    loss_sum: float  # margin-head loss summed over known-label images
+    correct_top1: int
+    correct_top5: int
+    known: int  # images whose identity exists in training
+
+
+@torch.inference_mode()
+def head_metrics(head: MarginHead, extracted: Extracted, device: torch.device, batch_size: int = 4096) -> HeadMetrics:
+    """Margin-head loss and top-1/top-5 on the images whose identity the head knows."""
+    known = extracted.labels >= 0
+    embeddings, labels = extracted.embeddings[known], extracted.labels[known]
+    loss_sum, top1, top5 = 0.0, 0, 0
+    for start in range(0, len(labels), batch_size):
+        features = embeddings[start:start + batch_size].to(device)
+        targets = labels[start:start + batch_size].to(device)
+        logits, cosine = head(features, targets)
+        loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
+        top1 += topk_correct(cosine, targets, 1)
+        top5 += topk_correct(cosine, targets, 5)
+    return HeadMetrics(loss_sum, top1, top5, int(known.sum()))
 
 
 @dataclass
@@ -76,13 +110,14 @@ class Validation:
     top5: float | None
     known: int
     images: int
+    nonfinite: int  # images with a non-finite embedding: no metric of this validation can be trusted
     stats: VerificationStats
     histogram: SimilarityHistogram
     extracted: Extracted
 
 
 def validate(
-    backbone: nn.Module,
+    backbone: Callable[[torch.Tensor], torch.Tensor] | nn.Module,
     head: MarginHead | None,
     loader: DataLoader,
     device: torch.device,
@@ -91,17 +126,30 @@ def validate(
     min_gap: float = 0.01,
     flip: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    extracted: Extracted | None = None,
+    stats: tuple[SimilarityHistogram, VerificationStats] | None = None,
+    channels_last: bool = False,
 ) -> Validation:
-    extracted = extract(backbone, head, loader, device, precision, flip, progress)
-    has_head = head is not None and extracted.known > 0
-    histogram = all_pairs_histogram(extracted.embeddings, extracted.identities)
+    """Embed (unless ``extracted`` is given: a frozen backbone's embeddings do not change), then score.
+
+    ``stats`` (histogram and statistics of the same embeddings) skips the all-pairs pass likewise.
+    """
+    if extracted is None:
+        extracted = extract(backbone, loader, device, precision, flip, progress, channels_last)
+    nonfinite = extracted.nonfinite
+    scored = head_metrics(head, extracted, device) if head is not None and nonfinite == 0 else None
+    has_head = scored is not None and scored.known > 0
+    if stats is None:
+        histogram = all_pairs_histogram(torch.nan_to_num(extracted.embeddings), extracted.identities)
+        stats = histogram, verification_stats(histogram, collapse_similarity, min_gap)
     return Validation(
-        loss=extracted.loss_sum / extracted.known if has_head else None,
-        accuracy=extracted.correct_top1 / extracted.known if has_head else None,
-        top5=extracted.correct_top5 / extracted.known if has_head else None,
-        known=extracted.known,
+        loss=scored.loss_sum / scored.known if has_head and scored else None,
+        accuracy=scored.correct_top1 / scored.known if has_head and scored else None,
+        top5=scored.correct_top5 / scored.known if has_head and scored else None,
+        known=int((extracted.labels >= 0).sum()),
         images=len(extracted.embeddings),
-        stats=verification_stats(histogram, collapse_similarity, min_gap),
-        histogram=histogram,
+        nonfinite=nonfinite,
+        stats=stats[1],
+        histogram=stats[0],
         extracted=extracted,
     )

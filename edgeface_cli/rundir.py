@@ -15,7 +15,7 @@ from .errors import RunDirError
 RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "backbone.pt")
 CSV_FIELDS = (
     "epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "val_sim_pos", "val_sim_neg",
-    "skipped_batches", "skipped_steps", "overflow_steps", "grad_norm_mean", "grad_norm_max", "lr_backbone", "lr_head",
+    "skipped_batches", "skipped_steps", "overflow_steps", "optimizer_steps", "grad_norm_mean", "grad_norm_max", "lr_backbone", "lr_head",
     "images_per_s", "seconds", "troubleshoot_level",
 )
 

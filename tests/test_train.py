@@ -151,7 +151,7 @@ def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(sample_dataset: P
         "optim.backbone_lr=1e-3", "optim.head_lr_stage2=1e-2"])
 
     def ctrl_c_in_epoch_2(event: object) -> None:
-        if isinstance(event, BatchEnded) and event.epoch == 2 and event.batch == 2:
+        if isinstance(event, BatchEnded) and event.epoch == 2 and event.batch == 1:
             raise KeyboardInterrupt
 
     outcome = train(config, ctrl_c_in_epoch_2)

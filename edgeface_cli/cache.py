@@ -1,0 +1,229 @@
+"""The decoded-image cache: every file decoded and resized once into a uint8 memory map.
+
+A cache is one folder ``<cache_dir>/<key>/`` holding ``images.npy`` (N x 3 x S x S, uint8,
+one row per candidate file, read with ``mmap_mode``) and ``meta.json`` (each file's size,
+mtime and scan verdict). The key hashes the dataset root, the file list with each file's
+size and mtime, the image size, the non-square policy and the decoder version, so a changed,
+added or removed file, or another image size, never reads a stale row.
+
+Writes are atomic: a cache is built in a temporary folder and renamed into place only when
+complete, so a killed build leaves nothing that is later trusted. A rebuild of the same
+dataset copies the rows of unchanged files from its predecessor instead of decoding them again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError
+
+# Bump when decoding changes (draft mode, EXIF, crop, resampling): old caches are then never read.
+DECODER_VERSION = 2
+HEADROOM_BYTES = 256 * 2**20  # leave this much free on the disk after the cache
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    relpath: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class FileVerdict:
+    """What the scan learnt about one file: why it is unusable (None = usable), and its shape."""
+
+    problem: str | None
+    non_square: bool = False
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "edgeface"
+
+
+def _digest(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, separators=(",", ":")).encode()).hexdigest()[:32]
+
+
+def cache_key(root: Path, entries: Sequence[FileEntry], image_size: int, non_square: str) -> str:
+    listing = [[entry.relpath, entry.size, entry.mtime_ns] for entry in entries]
+    return _digest([DECODER_VERSION, str(root.resolve()), image_size, non_square, listing])
+
+
+def _lineage(root: Path, image_size: int, non_square: str) -> str:
+    """Names the dataset (not its contents): where the latest cache of this root and size is recorded."""
+    return _digest(["lineage", DECODER_VERSION, str(root.resolve()), image_size, non_square])
+
+
+@dataclass
+class CachedImages:
+    """A finished cache. ``array()`` opens the memory map lazily (worker processes open their own)."""
+
+    directory: Path
+    count: int
+    image_size: int
+    verdicts: list[FileVerdict]
+    entries: list[FileEntry]
+
+    @property
+    def path(self) -> Path:
+        return self.directory / "images.npy"
+
+    def array(self) -> np.ndarray:
+        return np.load(self.path, mmap_mode="r")
+
+
+def _read_meta(directory: Path) -> dict[str, Any] | None:
+    try:
+        meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("decoder") == DECODER_VERSION else None
+
+
+def open_cache(cache_dir: Path, key: str) -> CachedImages | None:
+    """The finished cache for ``key``, or None (never built, or damaged)."""
+    directory = cache_dir / key
+    meta = _read_meta(directory)
+    if meta is None or meta.get("key") != key or not (directory / "images.npy").is_file():
+        return None
+    entries = [FileEntry(*item[:3]) for item in meta["files"]]
+    verdicts = [FileVerdict(item[3], bool(item[4])) for item in meta["files"]]
+    try:
+        array = np.load(directory / "images.npy", mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    if array.shape != (len(entries), 3, meta["image_size"], meta["image_size"]):
+        return None
+    return CachedImages(directory, len(entries), int(meta["image_size"]), verdicts, entries)
+
+
+def required_bytes(count: int, image_size: int) -> int:
+    return count * 3 * image_size * image_size
+
+
+def check_space(cache_dir: Path, count: int, image_size: int) -> str | None:
+    """None when a cache of this size fits on the cache disk (with headroom), else why not."""
+    probe = cache_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError as exc:
+        return f"cannot inspect {cache_dir}: {exc.strerror or exc}"
+    needed = required_bytes(count, image_size)
+    if free < needed + HEADROOM_BYTES:
+        return f"the decoded-image cache needs {needed / 2**30:.2f} GiB but {probe} has {free / 2**30:.2f} GiB free"
+    return None
+
+
+class CacheBuilder:
+    """Fills a new cache in a temporary folder; ``finish`` renames it into place, ``abort`` removes it."""
+
+    def __init__(self, cache_dir: Path, key: str, root: Path, entries: Sequence[FileEntry], image_size: int,
+                 non_square: str) -> None:
+        self.cache_dir = cache_dir
+        self.key = key
+        self.entries = list(entries)
+        self.image_size = image_size
+        self.lineage = _lineage(root, image_size, non_square)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_builds(cache_dir, key)
+        self.tmp = cache_dir / f".build-{key}-{os.getpid()}"
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir()
+        self.array = np.lib.format.open_memmap(
+            self.tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(self.entries), 3, image_size, image_size)
+        )
+        self.predecessor = self._predecessor()
+
+    def _predecessor(self) -> tuple[CachedImages, dict[FileEntry, int]] | None:
+        """The previous cache of the same dataset and size: rows of unchanged files are copied, not decoded."""
+        try:
+            previous_key = (self.cache_dir / "lineage" / self.lineage).read_text(encoding="utf-8").strip()
+        except OSError:
+            return None
+        previous = open_cache(self.cache_dir, previous_key) if previous_key != self.key else None
+        if previous is None or previous.image_size != self.image_size:
+            return None
+        usable = {entry: row for row, entry in enumerate(previous.entries) if previous.verdicts[row].problem is None}
+        return previous, usable
+
+    def reuse(self, index: int) -> FileVerdict | None:
+        """Copy file ``index``'s row from the predecessor when that file is unchanged; its verdict, else None."""
+        if self.predecessor is None:
+            return None
+        previous, usable = self.predecessor
+        row = usable.get(self.entries[index])
+        if row is None:
+            return None
+        self.array[index] = previous.array()[row]
+        return previous.verdicts[row]
+
+    def write(self, index: int, pixels: np.ndarray) -> None:
+        self.array[index] = pixels
+
+    def finish(self, verdicts: Sequence[FileVerdict]) -> CachedImages:
+        self.array.flush()
+        del self.array
+        _fsync(self.tmp / "images.npy")
+        meta = {
+            "decoder": DECODER_VERSION, "key": self.key, "image_size": self.image_size,
+            "files": [[e.relpath, e.size, e.mtime_ns, v.problem, v.non_square] for e, v in zip(self.entries, verdicts)],
+        }
+        (self.tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+        _fsync(self.tmp / "meta.json")
+        final = self.cache_dir / self.key
+        try:
+            os.rename(self.tmp, final)
+        except OSError:  # another process finished the same cache first: keep theirs
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        lineage_dir = self.cache_dir / "lineage"
+        lineage_dir.mkdir(exist_ok=True)
+        tmp_pointer = lineage_dir / f".{self.lineage}.{os.getpid()}"
+        tmp_pointer.write_text(self.key, encoding="utf-8")
+        os.replace(tmp_pointer, lineage_dir / self.lineage)
+        if self.predecessor is not None:  # superseded: free its disk space
+            shutil.rmtree(self.predecessor[0].directory, ignore_errors=True)
+        cached = open_cache(self.cache_dir, self.key)
+        if cached is None:
+            raise DataError(f"the decoded-image cache in {final} could not be read back; set data.cache=off")
+        return cached
+
+    def abort(self) -> None:
+        if hasattr(self, "array"):
+            del self.array
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb") as stream:
+        os.fsync(stream.fileno())
+
+
+def _remove_stale_builds(cache_dir: Path, key: str) -> None:
+    """Temporary folders of killed builds of this key (their process is gone) are removed."""
+    for leftover in cache_dir.glob(f".build-{key}-*"):
+        pid_text = leftover.name.rsplit("-", 1)[-1]
+        if pid_text.isdigit() and not _alive(int(pid_text)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
