@@ -139,6 +139,8 @@ class CacheBuilder:
         self.lineage = _lineage(root, image_size, non_square)
         cache_dir.mkdir(parents=True, exist_ok=True)
         _remove_stale_builds(cache_dir, key)
+        if (cache_dir / key).exists() and open_cache(cache_dir, key) is None:
+            shutil.rmtree(cache_dir / key, ignore_errors=True)  # damaged (finished caches are renamed in whole)
         self.tmp = cache_dir / f".build-{key}-{os.getpid()}"
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir()

@@ -326,7 +326,8 @@ class EpochBatches(Sampler[list[int]]):
         return torch.randperm(self.size, generator=generator)
 
     def __iter__(self) -> Iterator[list[int]]:
-        return (chunk.tolist() for chunk in self.order().split(self.batch_size))
+        order = self.order().numpy()
+        return (order[start:start + self.batch_size].tolist() for start in range(0, self.size, self.batch_size))
 
     def __len__(self) -> int:
         return (self.size + self.batch_size - 1) // self.batch_size

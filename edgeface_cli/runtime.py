@@ -45,9 +45,8 @@ class Precision:
 
     @property
     def label(self) -> str:
-        if self.dtype is None:
-            return "fp32"
-        return "fp16 + GradScaler" if self.use_scaler else "bf16"
+        name = {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
+        return f"{name} + GradScaler" if self.use_scaler else name
 
 
 def resolve_precision(mode: str, device: torch.device) -> Precision:

@@ -1,7 +1,9 @@
 """The fallback ladder from the seed run, and a diagnosis of a finished or failed run.
 
 Levels are cumulative (level 2 applies 1 and 2) and only ever lower a value:
-1 head lr -> 5e-5; 2 max_grad_norm -> 0.5; 3 ArcFace s=16, m=0.2; 4 switch to EdgeFace-S.
+1 lower learning rates: stage 1's head lr -> 5e-5, and stage 2's head and backbone lrs halved
+  (the seed's 1e-4 -> 5e-5 ratio), so a failure in either stage sees a lower rate;
+2 max_grad_norm -> 0.5; 3 ArcFace s=16, m=0.2; 4 switch to EdgeFace-S.
 """
 
 from __future__ import annotations
@@ -20,12 +22,33 @@ MAX_LEVEL = 4
 AUTO_MAX_LEVEL = 4  # level 4 swaps the backbone: --auto-troubleshoot restarts stage 1 in a new run dir
 FALLBACK_ARCH = "edgeface_s_gamma_05"
 
-# (level, dotted field, target value, reason) — reasons from the seed's reasoning.
-LADDER: list[tuple[int, str, float, str]] = [
-    (1, "optim.head_lr", 5e-5, "a gentler head learning rate keeps early updates from exploding with many classes"),
-    (2, "guard.max_grad_norm", 0.5, "tighter clipping caps every step's size before a spike turns into NaN"),
-    (3, "arcface.scale", 16.0, "a smaller logit scale softens the loss and its gradients"),
-    (3, "arcface.margin", 0.2, "a softer margin is easier to satisfy with many similar identities"),
+LEVEL1_STAGE2_FACTOR = 0.5  # the seed's level-1 ratio (head lr 1e-4 -> 5e-5), applied to the stage-2 rates
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """One rung: set ``field`` to at most ``at_most``, or multiply it by ``factor`` (once: only when the
+    config's level is below this rung's, so re-applying a level never lowers the value again)."""
+
+    level: int
+    field: str
+    reason: str
+    at_most: float | None = None
+    factor: float | None = None
+
+
+# Reasons from the seed's reasoning.
+LADDER: list[Fallback] = [
+    Fallback(1, "optim.head_lr", "a gentler head learning rate keeps early updates from exploding with many classes",
+             at_most=5e-5),
+    Fallback(1, "optim.head_lr_stage2", "stage 2 gets the lower rate too: a failure there needs it as much",
+             factor=LEVEL1_STAGE2_FACTOR),
+    Fallback(1, "optim.backbone_lr", "stage 2 gets the lower rate too: a failure there needs it as much",
+             factor=LEVEL1_STAGE2_FACTOR),
+    Fallback(2, "guard.max_grad_norm", "tighter clipping caps every step's size before a spike turns into NaN",
+             at_most=0.5),
+    Fallback(3, "arcface.scale", "a smaller logit scale softens the loss and its gradients", at_most=16.0),
+    Fallback(3, "arcface.margin", "a softer margin is easier to satisfy with many similar identities", at_most=0.2),
 ]
 DATA_CHECKS = (
     "nothing left to escalate: the config is already at level 4. Check the data instead: corrupt or "
@@ -51,17 +74,23 @@ def apply_level(config: EdgeFaceConfig, level: int) -> tuple[EdgeFaceConfig, lis
         raise NothingToEscalate(DATA_CHECKS)
     data = config.model_dump(mode="json")
     changes: list[dict[str, Any]] = []
-    for step_level, dotted, target, reason in LADDER:
-        if step_level > level:
+    for rung in LADDER:
+        if rung.level > level:
             continue
-        before = _get(config, dotted)
-        after = min(before, target)  # a fallback only ever lowers a value
-        section, name = dotted.split(".")
+        before = _get(config, rung.field)
+        if rung.factor is not None:
+            applied = config.troubleshoot_level >= rung.level
+            after = before if applied else before * rung.factor
+            kept = f"already lowered at level {config.troubleshoot_level}: kept"
+        else:
+            assert rung.at_most is not None
+            after = min(before, rung.at_most)  # a fallback only ever lowers a value
+            kept = f"already at or below {rung.at_most:g}: kept"
+        section, name = rung.field.split(".")
         data[section][name] = after
         changes.append({
-            "level": step_level, "field": dotted, "before": before, "after": after,
-            "changed": after != before,
-            "reason": reason if after != before else f"already at or below {target:g}: kept",
+            "level": rung.level, "field": rung.field, "before": before, "after": after,
+            "changed": after != before, "reason": rung.reason if after != before else kept,
         })
     if level >= 4:
         changes += _switch_to_small(config, data)
