@@ -67,6 +67,12 @@ class DataSection(_Section):
     )
     cache_dir: Path | None = Field(None, description="where decoded-image caches live (default ~/.cache/edgeface)")
 
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare on/off as a boolean: `cache: on` means "on", not True.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
     @field_validator("image_size")
     @classmethod
     def _multiple_of_32(cls, value: int) -> int:

@@ -113,3 +113,13 @@ def test_config_show_json_and_init_round_trip(tmp_path: Path) -> None:
     assert build_config(target) == EdgeFaceConfig()
     assert runner.invoke(app, ["config", "init", str(target)]).exit_code == 2  # no silent overwrite
     assert commented_default_yaml() == text
+
+
+def test_cache_on_and_off_survive_yaml_booleans(tmp_path) -> None:
+    assert build_config(None, {}, ["data.cache=on"], search_default_file=False).data.cache == "on"
+    assert build_config(None, {}, ["data.cache=off"], search_default_file=False).data.cache == "off"
+    config_file = tmp_path / "edgeface.yaml"
+    config_file.write_text("data:\n  cache: off\n")
+    assert build_config(config_file).data.cache == "off"
+    with pytest.raises(ConfigError, match="data.cache"):
+        build_config(None, {}, ["data.cache=sometimes"], search_default_file=False)
