@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.install-stamp
 DEMO   := demo
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench gpu-check clean
 
 install: $(STAMP)
 
@@ -31,8 +31,13 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# Every figure beside the naive torchvision ImageFolder loop; writes bench.json (about 6 min on 2 cores).
 bench: install
 	$(BIN)/python benchmarks/bench.py
 
+# On a machine with a CUDA GPU (installs nothing): CUDA tests, bench on the GPU, a 2-epoch CUDA run -> gpu-check/.
+gpu-check:
+	PYTHON=$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) bash benchmarks/gpu_check.sh
+
 clean:
-	rm -rf $(DEMO) .pytest_cache
+	rm -rf $(DEMO) .pytest_cache gpu-check bench.json

@@ -79,14 +79,24 @@ def median(values: list[float]) -> float:
 
 
 def make_jpeg_dataset(root: Path, identities: int, per_identity: int, size: int, seed: int) -> Path:
-    """Generated faces saved as JPEG (quality 90), one folder per identity."""
+    """Generated faces saved as JPEG (quality 90), one folder per identity.
+
+    Faces above 256 px are drawn at 256 px, upscaled and given sensor-like noise: a photo-sized
+    JPEG (what the decoder's time depends on) without drawing every face at full size.
+    """
     staging = root / "png"
-    write_sample_dataset(staging, identities, per_identity, size, seed, val_per_identity=1)
+    write_sample_dataset(staging, identities, per_identity, min(size, 256), seed, val_per_identity=1)
     out = root / "jpeg"
+    noise = np.random.default_rng(seed)
     for source in sorted((staging / "train").rglob("*.png")):
         target = out / source.parent.name / (source.stem + ".jpg")
         target.parent.mkdir(parents=True, exist_ok=True)
-        Image.open(source).convert("RGB").save(target, quality=90)
+        image = Image.open(source).convert("RGB")
+        if size > image.width:
+            pixels = np.asarray(image.resize((size, size), Image.Resampling.BICUBIC), dtype=np.int16)
+            pixels = pixels + noise.integers(-6, 7, pixels.shape, dtype=np.int16)
+            image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+        image.save(target, quality=90)
     shutil.rmtree(staging)
     return out
 
@@ -384,12 +394,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small data, one repeat: a smoke run")
     parser.add_argument("--compile", action="store_true", help="runtime.compile=true for our training runs")
+    parser.add_argument("--images", type=int, default=1024, help="112 px training JPEGs (32 per identity)")
+    parser.add_argument("--large-images", type=int, default=192, help="1024 px JPEGs for the large-photo data path")
     parser.add_argument("--out", type=Path, default=ROOT / "bench.json")
     args = parser.parse_args()
     device = resolve_device(args.device)
     precision = resolve_precision(args.amp, device)
     repeats = 1 if args.quick else args.repeats
-    small_ids, small_per_id, large_count = (8, 8, 16) if args.quick else (32, 32, 192)
+    small_ids, small_per_id, large_count = (8, 8, 16) if args.quick else (max(2, args.images // 32), 32, args.large_images)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="edgeface-bench-") as folder:
         work = Path(folder)

@@ -8,6 +8,8 @@ decodes each file once and every later epoch and run gathers whole batches from 
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -333,25 +335,88 @@ class EpochBatches(Sampler[list[int]]):
         return (self.size + self.batch_size - 1) // self.batch_size
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, pin_memory: bool, seed: int) -> DataLoader:
-    """Batches of (uint8 images, labels, identities, dataset indices) in ``EpochBatches`` order."""
+class PrefetchLoader:
+    """Iterates a loader in one background thread, ``depth`` batches ahead.
+
+    Cached batches need no worker processes: gathering rows from the memory map and pinning them
+    release the GIL, so a thread overlaps them with the training step, while handing batches over
+    from worker processes costs more than the gather itself (2,700 vs 9,700 images/s measured on 2 cores).
+    """
+
+    def __init__(self, loader: DataLoader, depth: int = 2) -> None:
+        self.loader = loader
+        self.depth = depth
+        self.sampler = loader.sampler
+        self.batch_sampler = None
+        self.dataset = loader.dataset
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        handoff: queue.Queue[Any] = queue.Queue(maxsize=self.depth)
+        stop = threading.Event()
+        finished = object()
+
+        def put(item: Any) -> bool:
+            while not stop.is_set():
+                try:
+                    handoff.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            try:
+                for batch in self.loader:
+                    if not put(batch):
+                        return
+                put(finished)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the consuming thread
+                put(exc)
+
+        thread = threading.Thread(target=produce, name="edgeface-prefetch", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = handoff.get()
+                if item is finished:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            thread.join()
+
+
+BatchLoader = DataLoader | PrefetchLoader
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, pin_memory: bool,
+                seed: int) -> BatchLoader:
+    """Batches of (uint8 images, labels, identities, dataset indices) in ``EpochBatches`` order.
+
+    Files decoded per image use ``workers`` processes; cached batches use one prefetch thread.
+    """
     batches = EpochBatches(len(dataset), batch_size, shuffle, seed)  # type: ignore[arg-type]
-    common: dict[str, Any] = {"num_workers": workers, "pin_memory": pin_memory, "persistent_workers": workers > 0}
     if isinstance(dataset, CachedBatches):
-        return DataLoader(dataset, sampler=batches, batch_size=None, **common)
-    return DataLoader(dataset, batch_sampler=batches, **common)
+        return PrefetchLoader(DataLoader(dataset, sampler=batches, batch_size=None, num_workers=0, pin_memory=pin_memory))
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory,
+                      persistent_workers=workers > 0)
 
 
 def inference_loader(samples: Sequence[Sample], scan: ScanResult | None, settings: ImageSettings, batch_size: int,
-                     workers: int, device: torch.device) -> DataLoader:
+                     workers: int, device: torch.device) -> BatchLoader:
     """Unshuffled, unaugmented batches for embedding (validation, eval, galleries, pairs)."""
     return make_loader(face_dataset(samples, scan, settings), batch_size, False, workers, device.type == "cuda", 0)
 
 
-def loader_batches(loader: DataLoader) -> EpochBatches:
+def loader_batches(loader: BatchLoader) -> EpochBatches:
     return loader.sampler if isinstance(loader.sampler, EpochBatches) else loader.batch_sampler  # type: ignore[return-value]
 
 
-def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
+def set_loader_epoch(loader: BatchLoader, epoch: int) -> None:
     """The shuffle order of an epoch; augmentation is chosen per batch on the device (augment.py)."""
     loader_batches(loader).set_epoch(epoch)

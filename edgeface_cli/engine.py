@@ -385,8 +385,8 @@ class Trainer:
         """(labels, model input or None, frozen embeddings or None) per batch, on the device."""
         if stage == 1 and self._uses_stage1_cache():
             plain, mirrored = self._frozen_embeddings()
-            for indices in loader_batches(self.train_loader):
-                index = torch.as_tensor(indices, device=self.device)
+            batches = loader_batches(self.train_loader)  # the image loader's order, moved to the device once
+            for index in batches.order().to(self.device, non_blocking=True).split(batches.batch_size):
                 embeddings = plain[index]
                 if mirrored is not None:
                     embeddings = torch.where(plan.flip[index].view(-1, 1), mirrored[index], embeddings)

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from .heads import MarginHead
 from .metrics import SimilarityHistogram, VerificationStats, all_pairs_histogram, topk_correct, verification_stats
 from .augment import to_model_input
+from .data import BatchLoader
 from .runtime import Precision
 
 
@@ -31,7 +31,7 @@ class Extracted:
 @torch.inference_mode()
 def extract(
     backbone: Callable[[torch.Tensor], torch.Tensor] | nn.Module,
-    loader: DataLoader,
+    loader: BatchLoader,
     device: torch.device,
     precision: Precision,
     flip: bool = False,
@@ -61,7 +61,7 @@ def extract(
 @torch.no_grad()  # not inference_mode: stage 1 trains the head on these tensors
 def embed_with_mirror(
     backbone: Callable[[torch.Tensor], torch.Tensor] | nn.Module,
-    loader: DataLoader,
+    loader: BatchLoader,
     device: torch.device,
     precision: Precision,
     mirror: bool,
@@ -119,7 +119,7 @@ class Validation:
 def validate(
     backbone: Callable[[torch.Tensor], torch.Tensor] | nn.Module,
     head: MarginHead | None,
-    loader: DataLoader,
+    loader: BatchLoader,
     device: torch.device,
     precision: Precision,
     collapse_similarity: float = 0.999,

@@ -17,7 +17,7 @@ import edgeface_cli.data as data_module
 from edgeface_cli.augment import augment_batch, plan_epoch, to_model_input
 from edgeface_cli.cli import app
 from edgeface_cli.data import (
-    CachedBatches, ImageSettings, decode_image, face_dataset, load_image, make_loader, scan_image_folder,
+    CachedBatches, ImageSettings, decode_image, face_dataset, load_image, make_loader, scan_image_folder, set_loader_epoch,
 )
 from edgeface_cli.models import EdgeFace
 
@@ -73,10 +73,24 @@ def test_loader_over_the_cache_matches_the_per_file_loader(sample_dataset: Path,
     cached = make_loader(face_dataset(scan.samples, scan, settings), 8, True, 0, False, seed=3)
     plain = make_loader(face_dataset(scan.samples, None, settings), 8, True, 0, False, seed=3)
     for loader in (cached, plain):
-        loader.batch_sampler.set_epoch(2) if loader.batch_sampler is not None else loader.sampler.set_epoch(2)
+        set_loader_epoch(loader, 2)
     for (a_images, a_labels, _, a_index), (b_images, b_labels, _, b_index) in zip(cached, plain, strict=True):
         assert torch.equal(a_index, b_index) and torch.equal(a_labels, b_labels)
         assert torch.equal(a_images, b_images)
+
+
+def test_prefetching_stops_cleanly_and_passes_errors_on(sample_dataset: Path, tmp_path: Path) -> None:
+    import threading
+
+    settings = cached_settings(tmp_path)
+    scan = scan_image_folder(sample_dataset / "train", settings=settings)
+    loader = make_loader(face_dataset(scan.samples, scan, settings), 4, True, 0, False, seed=0)
+    for _ in zip(range(2), loader):  # the consumer leaves early: the thread must end, not hang
+        pass
+    assert not any(thread.name == "edgeface-prefetch" for thread in threading.enumerate())
+    loader.dataset.rows[:] = 10**9  # a row past the memory map: the thread's error reaches the consumer
+    with pytest.raises(IndexError):
+        list(loader)
 
 
 def test_changed_added_and_removed_files_update_the_cache(sample_dataset: Path, tmp_path: Path,

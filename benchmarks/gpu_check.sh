@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# `make gpu-check`: on a machine with a CUDA GPU, in under 8 minutes, writes gpu-check/summary.json with
+#   1. the CUDA-marked tests (tests/test_cuda.py),
+#   2. `make bench` on the GPU: EdgeFace-XXS, batch 256, fp16 AMP (gpu-check/bench.json),
+#   3. a 2-epoch `edgeface train --device cuda` on generated sample data (gpu-check/train/).
+# It installs nothing: run it where the package is importable (make install, or pip install --no-deps -e .).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+OUT=${GPU_CHECK_OUT:-gpu-check}
+if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  echo "gpu-check: no CUDA GPU is visible to $PY; run it on a machine with one" >&2
+  exit 2
+fi
+rm -rf "$OUT" && mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+started=$(date +%s)
+step() {  # name, limit in seconds, command...
+  local name=$1 limit=$2; shift 2
+  local begin=$(date +%s)
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "$name rc=$rc seconds=$(( $(date +%s) - begin ))" | tee -a "$OUT/steps.txt"
+  tail -n 3 "$OUT/$name.log"
+}
+"$PY" -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))" | tee "$OUT/device.txt"
+step tests 150 "$PY" -m pytest -q -m cuda tests/test_cuda.py
+step bench 270 "$PY" benchmarks/bench.py --device cuda --amp fp16 --batch-size 256 --workers 4 --images 8192 \
+  --large-images 512 --repeats 3 --out "$OUT/bench.json"
+step train 90 bash -c "'$PY' -m edgeface_cli sample-data '$OUT/data' --ids 16 --per-id 32 --val-per-id 4 --size 112 &&
+  '$PY' -m edgeface_cli train --train-dir '$OUT/data/train' --val-dir '$OUT/data/val' --device cuda --out '$OUT/train' \
+  --force --stage1-epochs 1 --epochs 2 --batch-size 64 --quiet"
+"$PY" - "$OUT" "$started" <<'PY'
+import json, sys, time
+from pathlib import Path
+out = Path(sys.argv[1])
+steps = dict(line.split(" ", 1) for line in (out / "steps.txt").read_text().splitlines())
+summary = {"device": (out / "device.txt").read_text().strip(), "steps": steps,
+           "seconds": round(time.time() - int(sys.argv[2]))}
+for name in ("bench.json",):
+    if (out / name).exists():
+        summary["bench"] = json.loads((out / name).read_text())
+metrics = out / "train" / "metrics.jsonl"
+if metrics.exists():
+    summary["train_epochs"] = [json.loads(line) for line in metrics.read_text().splitlines()]
+(out / "summary.json").write_text(json.dumps(summary, indent=2))
+print(f"wrote {out / 'summary.json'} after {summary['seconds']} s")
+PY
+grep -q "rc=[^0]" "$OUT/steps.txt" && exit 1 || exit 0
