@@ -425,7 +425,8 @@ class Trainer:
             self.stage_step += 1
             self.optimizer.zero_grad(set_to_none=True)
             # Backward even through a non-finite loss: deciding first would wait for the device.
-            # Its gradients are non-finite too, and the gated step below skips it.
+            # Its gradients are non-finite too, and the gated step below skips it. (Under DDP the
+            # gradient all-reduce carries a NaN from any rank to all, so every rank skips together.)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
             grad_norm = nn.utils.clip_grad_norm_(self.head.parameters(), guard.max_grad_norm).float()

@@ -279,3 +279,20 @@ def test_resume_inside_a_cached_stage_1_equals_an_uninterrupted_run(sample_datas
     for a, b in zip(first, second):
         for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_sim_pos", "lr_head"):
             assert b[key] == pytest.approx(a[key], abs=1e-5), (a["epoch"], key)
+
+
+def test_a_failing_torch_compile_falls_back_to_eager_with_one_warning(
+    sample_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_compile(module):
+        def compiled(inputs):
+            raise RuntimeError("inductor: no C++ compiler found\nlong backtrace")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    run_dir = tmp_path / "run"
+    result = run_train(sample_dataset, run_dir, "--stage1-epochs", "1", "--epochs", "2", "--set", "runtime.compile=true")
+    assert result.exit_code == 0, result.output
+    text = result.output.replace("\n", " ")
+    assert text.count("torch.compile failed (inductor: no C++ compiler found)") == 1
+    assert "the backbone runs eagerly" in text and (run_dir / "best.pt").is_file()
