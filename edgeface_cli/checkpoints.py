@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import atomic_write_stream
 from .errors import CheckpointError
 from .models import KEY_PREFIX, ZOO, EdgeFace, key_shapes
 
@@ -484,28 +485,5 @@ def load_backbone(
 # ------------------------------------------------------------------ writing
 
 
-def atomic_write_stream(path: Path, write: Any) -> None:
-    """Write through a temp file in the same directory, fsync, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        try:
-            os.unlink(temp_name)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write_stream(path, lambda stream: torch.save(obj, stream))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_stream(path, lambda stream: stream.write(text.encode("utf-8")))

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
-from .models import ZOO, DEFAULT_POS_EMB
+from .zoo import DEFAULT_POS_EMB, ZOO
 
 DEFAULT_CONFIG_FILE = "edgeface.yaml"
 
@@ -54,9 +54,11 @@ class ModelSection(_Section):
 class DataSection(_Section):
     train_dir: Path | None = Field(None, description="training images, one folder per identity")
     val_dir: Path | None = Field(None, description="validation images, one folder per identity")
-    image_size: int = Field(112, ge=32, description="square input size in pixels (EdgeFace: 112); a multiple of 16")
-    batch_size: int = Field(64, gt=0, description="images per batch")
-    workers: int = Field(2, ge=0, description="DataLoader worker processes (0 = load in the main process)")
+    image_size: int = Field(112, ge=32, le=1024, description="square input size in pixels (EdgeFace: 112); a multiple of 16")
+    batch_size: int = Field(64, gt=0, le=16384, description="images per batch")
+    workers: int = Field(
+        2, ge=0, le=128, description="processes decoding files when the cache is off (0 = in the main process)"
+    )
     hflip: bool = Field(True, description="random horizontal flip while training")
     color_jitter: float = Field(0.0, ge=0.0, le=1.0, description="random brightness/contrast strength while training (0 = off)")
     non_square: Literal["center_crop", "stretch"] = Field(
@@ -83,8 +85,8 @@ class DataSection(_Section):
 
 class OptimSection(_Section):
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="adamw or sgd")
-    stage1_epochs: int = Field(5, ge=0, description="epochs training the head alone, backbone frozen")
-    epochs: int = Field(30, gt=0, description="total epochs, stage 1 included")
+    stage1_epochs: int = Field(5, ge=0, le=10000, description="epochs training the head alone, backbone frozen")
+    epochs: int = Field(30, gt=0, le=10000, description="total epochs, stage 1 included")
     head_lr: float = Field(1e-4, gt=0, description="head learning rate in stage 1")
     backbone_lr: float = Field(3e-6, gt=0, description="backbone learning rate in stage 2")
     head_lr_stage2: float = Field(3e-5, gt=0, description="head learning rate in stage 2")
@@ -174,6 +176,11 @@ def read_yaml_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = exc.problem or exc.context or "not valid YAML"
+        raise ConfigError(f"cannot read config file {path}: {what}{where}") from None
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"cannot read config file {path}: {first_line}") from None
@@ -212,8 +219,16 @@ def _nest(path: list[str], value: Any) -> dict[str, Any]:
     return nested
 
 
-def format_validation_error(error: ValidationError) -> str:
-    """One line per problem, each naming the field."""
+def _source_of(sources: dict[str, str], field: str) -> str | None:
+    """Who set ``field`` (or, for a section-level problem, a field inside it): the highest-precedence source."""
+    if field in sources:
+        return sources[field]
+    inside = [source for dotted, source in sources.items() if dotted.startswith(field + ".")]
+    return inside[-1] if inside else None
+
+
+def format_validation_error(error: ValidationError, sources: dict[str, str] | None = None) -> str:
+    """One line per problem, each naming the field and, when known, where its value came from."""
     lines = []
     for problem in error.errors():
         field = ".".join(str(part) for part in problem["loc"]) or "config"
@@ -225,7 +240,8 @@ def format_validation_error(error: ValidationError) -> str:
         given = problem.get("input")
         if problem["type"] != "extra_forbidden" and not isinstance(given, (dict, list)) and given is not None:
             message += f" (got {given!r})"
-        lines.append(f"{field}: {message}")
+        source = _source_of(sources or {}, field)
+        lines.append(f"{field}: {message}" + (f"; set by {source}" if source else ""))
     return "\n".join(lines)
 
 
@@ -240,21 +256,35 @@ def build_config(
     ``flags`` maps dotted names (``model.checkpoint``) to values; None means "not given".
     """
     merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}  # dotted field -> who set it (later sources win)
     if config_file is None and search_default_file and Path(DEFAULT_CONFIG_FILE).is_file():
         config_file = Path(DEFAULT_CONFIG_FILE)
     if config_file is not None:
         merged = read_yaml_file(config_file)
+        sources.update((dotted, str(config_file)) for dotted in _leaf_paths(merged))
     for dotted, value in (flags or {}).items():
         if value is not None:
             merged = _deep_merge(merged, _nest(dotted.split("."), value))
+            sources.pop(dotted, None)
+            sources[dotted] = f"the command-line flag for {dotted}"
     for text in overrides or []:
         path, value = parse_set_override(text)
         merged = _deep_merge(merged, _nest(path, value))
+        dotted = ".".join(path)
+        sources.pop(dotted, None)
+        sources[dotted] = f"--set {text}"
     try:
         return EdgeFaceConfig.model_validate(merged)
     except ValidationError as exc:
-        source = f" (from {config_file})" if config_file else ""
-        raise ConfigError(f"invalid configuration{source}:\n" + format_validation_error(exc)) from None
+        raise ConfigError("invalid configuration:\n" + format_validation_error(exc, sources)) from None
+
+
+def _leaf_paths(data: dict[str, Any], prefix: str = "") -> list[str]:
+    paths: list[str] = []
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        paths += _leaf_paths(value, dotted + ".") if isinstance(value, dict) else [dotted]
+    return paths
 
 
 def config_from_dict(data: dict[str, Any], origin: str) -> EdgeFaceConfig:

@@ -25,6 +25,7 @@ from .cache import (
     CacheBuilder, CachedImages, FileEntry, FileVerdict, cache_key, check_space, default_cache_dir, open_cache,
 )
 from .errors import DataError
+from .preflight import check_image_folder
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -128,10 +129,7 @@ def check_image(path: Path) -> str | None:
 
 
 def _list_candidates(root: Path, role: str) -> tuple[list[Path], list[tuple[str, Path]]]:
-    if not root.exists():
-        raise DataError(f"{role} dir not found: {root}; pass an existing folder with --{role}-dir")
-    if not root.is_dir():
-        raise DataError(f"{role} dir {root} is a file, not a folder of identity folders")
+    check_image_folder(root, role)
     folders = sorted(entry for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
     if not folders:
         raise DataError(f"{role} dir {root} has no identity folders; expected {root}/<identity>/<image>.jpg")

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from .augment import EpochAugmentation, plan_epoch, to_model_input
-from .checkpoints import BackboneLoad, atomic_torch_save, atomic_write_text, load_backbone
+from .atomic import atomic_write_text
+from .checkpoints import BackboneLoad, atomic_torch_save, load_backbone
 from .config import EdgeFaceConfig, dump_yaml
 from .data import (
     ImageSettings, ScanResult, face_dataset, inference_loader, left_out_note, loader_batches, make_loader,

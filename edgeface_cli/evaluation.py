@@ -14,7 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import atomic_write_stream, load_backbone, read_checkpoint
+from .atomic import atomic_write_stream
+from .checkpoints import load_backbone, read_checkpoint
 from .config import EdgeFaceConfig
 from .data import IMAGE_EXTENSIONS, ImageSettings, Sample, check_image, inference_loader, left_out_note, scan_image_folder
 from .errors import CheckpointError, DataError

@@ -8,31 +8,13 @@ whose attribute name lacks ``head`` by a low-rank pair ``linear1``/``linear2``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 
 import timm
 import torch
 from torch import nn
 
-# timm's published EdgeNeXt layout: a positional encoding only in stage 1's XCA block.
-DEFAULT_POS_EMB: tuple[bool, bool, bool, bool] = (False, True, False, False)
-KEY_PREFIX = "model."
-
-
-@dataclass(frozen=True)
-class ZooEntry:
-    timm_name: str
-    gamma: float | None  # low-rank ratio; None = full-rank linears
-    checkpoint_file: str  # the published file name users download
-
-
-ZOO: dict[str, ZooEntry] = {
-    "edgeface_xxs": ZooEntry("edgenext_xx_small", None, "edgeface_xxs.pt"),
-    "edgeface_xs_gamma_06": ZooEntry("edgenext_x_small", 0.6, "edgeface_xs_gamma_06.pt"),
-    "edgeface_s_gamma_05": ZooEntry("edgenext_small", 0.5, "edgeface_s_gamma_05.pt"),
-    "edgeface_base": ZooEntry("edgenext_base", None, "edgeface_base.pt"),
-}
+from .zoo import DEFAULT_POS_EMB, KEY_PREFIX, ZOO, ZooEntry  # noqa: F401 - the zoo's names, re-exported
 
 
 class LowRankLinear(nn.Module):

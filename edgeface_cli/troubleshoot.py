@@ -15,7 +15,7 @@ from typing import Any
 
 from .config import EdgeFaceConfig, config_from_dict, read_yaml_file
 from .errors import ConfigError, EdgeFaceError, RunDirError
-from .models import ZOO
+from .zoo import ZOO
 from .rundir import read_metrics
 
 MAX_LEVEL = 4

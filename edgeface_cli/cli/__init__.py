@@ -1,0 +1,23 @@
+"""The `edgeface` command line: flags -> config -> library call -> Rich output and exit code.
+
+One module per command group; ``common`` holds the app, the consoles and the error handling.
+Exit codes: 0 success; 1 inspect-keys found differences; 2 user error (bad path, config,
+checkpoint or data); 3 training stopped by a guard; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from . import config_cmds, eval, inspect_keys, sample_data, train, troubleshoot  # noqa: F401 - registers the commands
+from .common import EXIT_INTERRUPTED, app, err_console
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(EXIT_INTERRUPTED)

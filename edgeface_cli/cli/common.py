@@ -1,0 +1,85 @@
+"""What every command shares: the Typer app, consoles, exit codes, and turning errors into messages."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from ..errors import EdgeFaceError
+
+app = typer.Typer(
+    help="Fine-tune EdgeFace face-recognition backbones on your own identities.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"edgeface {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Fine-tune EdgeFace face-recognition backbones on your own identities."""
+
+
+config_app = typer.Typer(help="Show or create the shared configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EXIT_DIFFERENCES = 1
+EXIT_USER_ERROR = 2
+EXIT_GUARD_STOP = 3
+EXIT_INTERRUPTED = 130
+
+# Options every command shares.
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (default: ./edgeface.yaml when present).")
+SetOpt = typer.Option(None, "--set", help="Override any field: section.field=value (YAML value). Repeatable.")
+
+
+def fail(message: str, code: int = EXIT_USER_ERROR) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Typed user errors and file-system errors become one message and exit 2, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except EdgeFaceError as exc:
+            fail(str(exc), exc.exit_code)
+        except OSError as exc:  # unwritable output, full disk, a file where a folder should be
+            where = f" {exc.filename}" if exc.filename else ""
+            if isinstance(exc, (FileExistsError, NotADirectoryError)):
+                fail(f"cannot create{where}: a file is in the way of a folder ({exc.strerror}); choose another path")
+            fail(f"cannot access{where}: {exc.strerror or exc}; check the path and its permissions")
+
+    return wrapper
+
+
+def resolve_config(config_file: Optional[Path], overrides: Optional[list[str]], **flags: Any):
+    from ..config import build_config
+
+    return build_config(config_file, flags, overrides or [])
+
+
+def print_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))

@@ -1,0 +1,43 @@
+"""`edgeface config show|init`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import ConfigOpt, SetOpt, config_app, console, fail, print_json, resolve_config, user_errors
+
+
+@config_app.command("show")
+@user_errors
+def config_show(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of YAML."),
+) -> None:
+    """Print the resolved configuration (defaults < file < --set)."""
+    from ..config import dump_yaml
+
+    resolved = resolve_config(config, set_)
+    if as_json:
+        print_json(resolved.to_yaml_dict())
+    else:
+        typer.echo(dump_yaml(resolved), nl=False)
+
+
+@config_app.command("init")
+@user_errors
+def config_init(
+    file: Path = typer.Argument(..., help="Where to write the commented default config."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+) -> None:
+    """Write a commented default config file."""
+    from ..atomic import atomic_write_text
+    from ..config import commented_default_yaml
+
+    if file.exists() and not force:
+        fail(f"{file} already exists; pass --force to overwrite it")
+    atomic_write_text(file, commented_default_yaml())
+    console.print(f"wrote {file}")

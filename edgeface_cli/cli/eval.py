@@ -1,0 +1,96 @@
+"""`edgeface eval`: accuracy, similarity and verification metrics of a checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from .common import ConfigOpt, SetOpt, app, console, err_console, print_json, resolve_config, user_errors
+
+METRIC_ROWS = [
+    ("images", "d", "val images evaluated"),
+    ("identities", "d", "val identities"),
+    ("accuracy", ".2%", "top-1 closed-set accuracy ({method})"),
+    ("top5", ".2%", "top-5 closed-set accuracy"),
+    ("val_loss", ".4f", "margin-head loss on val identities known to training"),
+    ("sim_pos_mean", ".4f", "mean cosine similarity of same-identity pairs"),
+    ("sim_pos_std", ".4f", "its standard deviation"),
+    ("sim_neg_mean", ".4f", "mean cosine similarity of different-identity pairs"),
+    ("sim_neg_std", ".4f", "its standard deviation"),
+    ("sim_gap", ".4f", "same minus different: the larger, the better separated"),
+    ("roc_auc", ".4f", "chance a same pair scores above a different pair (1 = perfect)"),
+    ("eer", ".4f", "error rate where false accepts equal false rejects (0 = perfect)"),
+    ("best_threshold", ".4f", "similarity threshold with the best pair accuracy"),
+    ("best_accuracy", ".2%", "pair accuracy at that threshold"),
+]
+
+
+def _format_metric(value: Any, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+@app.command("eval")
+@user_errors
+def eval_(
+    val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Images to evaluate, one folder per identity."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A run dir (its best.pt), best.pt/last.pt, or a bare backbone."),
+    train_dir: Optional[Path] = typer.Option(None, "--train-dir", help="Gallery for nearest-centroid accuracy when the checkpoint has no head."),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help="LFW pairs.txt or CSV path1,path2,same (paths relative to --val-dir)."),
+    flip: bool = typer.Option(False, "--flip", help="Add the mirrored image's embedding (standard protocol)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Zoo variant of a bare backbone, or 'auto'."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    save_embeddings_to: Optional[Path] = typer.Option(None, "--save-embeddings", help="Write embeddings, labels, paths to an .npz."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write the ROC curve and similarity histograms to a PNG (needs matplotlib)."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Closed-set accuracy, cosine similarity and verification metrics (ROC AUC, EER, TAR@FAR, 10-fold)."""
+    from ..evaluation import evaluate, require_matplotlib, save_embeddings, save_plot
+
+    resolved = resolve_config(
+        config, set_, **{"data.val_dir": val_dir, "data.train_dir": train_dir, "runtime.device": device,
+                         "data.batch_size": batch_size, "model.arch": arch}
+    )
+    if plot is not None:
+        require_matplotlib()  # fail before the slow part
+    explicit_size = resolved.data.image_size if any(item.startswith("data.image_size=") for item in set_ or []) else None
+    from ..render import StepProgress
+
+    with StepProgress(console) as progress:
+        result = evaluate(resolved, checkpoint, pairs, flip, explicit_size, progress=progress.update)
+    if save_embeddings_to is not None:
+        save_embeddings(result, save_embeddings_to)
+    if plot is not None:
+        save_plot(result, plot)
+    metrics = result.metrics
+    if as_json:
+        print_json(metrics)
+    else:
+        table = Table(title=f"eval of {metrics['checkpoint']}")
+        for column in ("metric", "value", "meaning"):
+            table.add_column(column, overflow="fold")
+        for name, spec, meaning in METRIC_ROWS:
+            table.add_row(name, _format_metric(metrics[name], spec), meaning.format(method=metrics["accuracy_method"]))
+        for far, value in metrics["tar_at_far"].items():
+            table.add_row(f"tar@far={far}", _format_metric(value, ".2%"),
+                          "true accepts at that false-accept rate" + (" (too few different pairs)" if value is None else ""))
+        if metrics["pairs"]:
+            folds = metrics["pairs"]
+            table.add_row("pairs 10-fold", f"{folds['folds_accuracy_mean']:.2%} ± {folds['folds_accuracy_std']:.2%}",
+                          f"accuracy over {folds['pairs']} listed pairs, threshold chosen on nine folds")
+            table.add_row("pairs roc_auc", _format_metric(folds["roc_auc"], ".4f"), "ROC AUC on the listed pairs")
+            table.add_row("pairs eer", _format_metric(folds["eer"], ".4f"), "EER on the listed pairs")
+        console.print(table)
+    for note in result.notes:
+        err_console.print(f"note: {escape(note)}", soft_wrap=True)
+    if metrics["collapsed"] and not as_json:
+        err_console.print("warning: embeddings may have collapsed", style="yellow")
+    for written in (save_embeddings_to, plot):
+        if written is not None:
+            err_console.print(f"wrote {written}")

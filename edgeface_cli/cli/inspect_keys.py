@@ -1,0 +1,114 @@
+"""`edgeface inspect-keys`: diff a checkpoint against the architecture, explain, optionally repair."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from .common import EXIT_DIFFERENCES, ConfigOpt, SetOpt, app, console, fail, print_json, resolve_config, user_errors
+
+MAX_TABLE_ROWS = 30
+
+
+def _key_table(report: Any) -> tuple[Table, int]:
+    """Differences grouped by module; long lists are cut (``--json`` has them all)."""
+    from ..checkpoints import group_by_module
+
+    rows: list[tuple[str, str, str]] = []
+    for status, keys in (("missing", report.missing), ("unexpected", report.unexpected)):
+        for module, leaves in group_by_module(keys).items():
+            rows.append((status, module, ", ".join(leaves)))
+    for item in report.mismatched:
+        rows.append(("shape", item.key, f"checkpoint {list(item.checkpoint_shape)} vs model {list(item.model_shape)}"))
+    table = Table(title="Differences by module")
+    for column in ("status", "module", "tensors"):
+        table.add_column(column, overflow="fold")
+    for row in rows[:MAX_TABLE_ROWS]:
+        table.add_row(*(escape(cell) for cell in row))
+    return table, max(0, len(rows) - MAX_TABLE_ROWS)
+
+
+@app.command("inspect-keys")
+@user_errors
+def inspect_keys(
+    edgeface: Optional[Path] = typer.Option(None, "--edgeface", "-e", help="Checkpoint to inspect (else model.checkpoint)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Zoo variant to compare against, or 'auto'."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    write_fixed: Optional[Path] = typer.Option(None, "--write-fixed", help="Write a repaired checkpoint in the architecture's layout."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Diff a checkpoint against the architecture, explain the difference, optionally repair it.
+
+    Exit 0 when everything matches, 1 when anything differs, 2 when the checkpoint cannot be read.
+    """
+    from ..checkpoints import atomic_torch_save, fix_state_dict, inspect_checkpoint
+
+    resolved = resolve_config(
+        config, set_, **{"model.checkpoint": edgeface, "model.arch": arch}
+    )
+    if resolved.model.checkpoint is None:
+        fail("no checkpoint to inspect: pass --edgeface PATH (or set model.checkpoint)")
+    inspection = inspect_checkpoint(
+        resolved.model.checkpoint, resolved.model.arch, resolved.model.use_pos_emb, resolved.model.embedding_dim
+    )
+    checkpoint, model, report, diagnosis = inspection.checkpoint, inspection.model, inspection.report, inspection.diagnosis
+    chosen_arch, layout, embedding_dim = model.arch, model.use_pos_emb, model.embedding_dim
+
+    fixed_info: dict[str, Any] | None = None
+    if write_fixed is not None:
+        fix = fix_state_dict(checkpoint.state_dict, model)
+        atomic_torch_save(fix.state_dict, write_fixed)
+        fixed_info = {
+            "path": str(write_fixed),
+            "initialised": [{"key": key, "init": method} for key, method in fix.initialised],
+            "dropped": fix.dropped,
+        }
+
+    if as_json:
+        print_json(
+            {
+                "checkpoint": str(checkpoint.path),
+                "format": checkpoint.format,
+                "arch": chosen_arch,
+                "use_pos_emb": list(layout),
+                "embedding_dim": embedding_dim,
+                "matched": len(report.matched),
+                "missing": report.missing,
+                "unexpected": report.unexpected,
+                "mismatched": [
+                    {"key": m.key, "checkpoint_shape": list(m.checkpoint_shape), "model_shape": list(m.model_shape)}
+                    for m in report.mismatched
+                ],
+                "diagnosis": diagnosis,
+                "fixed": fixed_info,
+            }
+        )
+    else:
+        console.print(f"checkpoint  {escape(str(checkpoint.path))}  [dim]({escape(checkpoint.format)})[/]", soft_wrap=True)
+        console.print(
+            escape(f"arch        {chosen_arch}  use_pos_emb={list(layout)}  embedding_dim={embedding_dim}"), soft_wrap=True
+        )
+        console.print(
+            f"matched {len(report.matched)}  missing {len(report.missing)}  "
+            f"unexpected {len(report.unexpected)}  shape mismatches {len(report.mismatched)}"
+        )
+        if not report.clean:
+            table, hidden_rows = _key_table(report)
+            console.print(table)
+            if hidden_rows:
+                console.print(f"... {hidden_rows} more modules differ (--json lists every key)")
+        for line in diagnosis:
+            console.print(f"[bold]diagnosis:[/] {escape(line)}", soft_wrap=True)
+        if fixed_info is not None:
+            console.print(f"wrote {write_fixed} in the {chosen_arch} layout")
+            for item in fixed_info["initialised"]:
+                console.print(f"  initialised {item['key']} ({item['init']})")
+            for key in fixed_info["dropped"]:
+                console.print(f"  dropped {key}")
+    if not report.clean:
+        raise typer.Exit(EXIT_DIFFERENCES)

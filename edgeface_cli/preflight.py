@@ -1,0 +1,40 @@
+"""Checks that need no model: run before torch is imported, so a wrong path is answered at once.
+
+Each raises the same typed error the deeper code would, naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import DataError, RunDirError
+
+
+def check_image_folder(root: Path, role: str) -> None:
+    """An existing folder (of identity folders): the scan's first check, shared with preflight."""
+    if not root.exists():
+        raise DataError(f"{role} dir not found: {root}; pass an existing folder with --{role}-dir")
+    if not root.is_dir():
+        raise DataError(f"{role} dir {root} is a file, not a folder of identity folders")
+
+
+def check_writable_folder(folder: Path, what: str) -> None:
+    """``folder`` exists and is writable, or can be created in its nearest existing parent."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise RunDirError(f"cannot create {what} {folder}: {probe} is a file; choose another path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        where = "it" if probe == folder else f"its parent {probe}"
+        raise RunDirError(f"cannot write {what} {folder}: {where} is not writable; choose another path")
+
+
+def check_training_inputs(train_dir: Path | None, val_dir: Path | None, out: Path | None) -> None:
+    if train_dir is None:
+        raise DataError("no training data: pass --train-dir DIR (one folder per identity)")
+    check_image_folder(train_dir, "train")
+    if val_dir is not None:
+        check_image_folder(val_dir, "val")
+    check_writable_folder(out or Path("runs"), "the run directory")
