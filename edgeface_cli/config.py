@@ -294,6 +294,28 @@ def config_from_dict(data: dict[str, Any], origin: str) -> EdgeFaceConfig:
         raise ConfigError(f"invalid configuration in {origin}:\n" + format_validation_error(exc)) from None
 
 
+def default_of(dotted: str) -> Any:
+    """A field's default, for help texts: ``default_of("optim.epochs") == 30``."""
+    section, name = dotted.split(".")
+    return getattr(getattr(EdgeFaceConfig(), section), name)
+
+
+def with_absolute_paths(config: EdgeFaceConfig) -> EdgeFaceConfig:
+    """Data, checkpoint, cache and output paths made absolute: a run's config.yaml works from any folder."""
+
+    def absolute(path: Path | None) -> Path | None:
+        return None if path is None else path.expanduser().absolute()
+
+    return config.model_copy(update={
+        "model": config.model.model_copy(update={"checkpoint": absolute(config.model.checkpoint)}),
+        "data": config.data.model_copy(update={
+            "train_dir": absolute(config.data.train_dir), "val_dir": absolute(config.data.val_dir),
+            "cache_dir": absolute(config.data.cache_dir),
+        }),
+        "runtime": config.runtime.model_copy(update={"out": absolute(config.runtime.out)}),
+    })
+
+
 def dump_yaml(config: EdgeFaceConfig) -> str:
     return yaml.safe_dump(config.to_yaml_dict(), sort_keys=False)
 

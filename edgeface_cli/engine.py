@@ -21,7 +21,7 @@ from torch import nn
 from .augment import EpochAugmentation, plan_epoch, to_model_input
 from .atomic import atomic_write_text
 from .checkpoints import BackboneLoad, atomic_torch_save, load_backbone
-from .config import EdgeFaceConfig, dump_yaml
+from .config import EdgeFaceConfig, dump_yaml, with_absolute_paths
 from .data import (
     ImageSettings, ScanResult, face_dataset, inference_loader, left_out_note, loader_batches, make_loader,
     scan_image_folder, set_loader_epoch, NON_SQUARE_HINT,
@@ -116,7 +116,9 @@ EventHandler = Callable[[Any], None]
 
 @dataclass
 class RunResult:
-    status: str  # "finished" | "guard_stopped" | "interrupted" | "switched" (level 4: a new run follows)
+    # "finished" | "guard_stopped" | "interrupted" | "switched" (level 4: a new run follows)
+    # | "already_complete" (a resume of a run that has all its epochs)
+    status: str
     run_dir: Path
     last_epoch: int  # last completed (and saved) epoch
     best_epoch: int | None
@@ -691,6 +693,7 @@ def train(
     With ``auto_troubleshoot`` a level-4 escalation restarts stage 1 with EdgeFace-S in ``<run>-level4``.
     """
     resolve_precision(config.runtime.amp, resolve_device(config.runtime.device))  # fail before slow work
+    config = with_absolute_paths(config)  # config.yaml then works from any folder (--resume included)
     train_scan, val_scan = scan_datasets(config, on_event)
     result = _train_once(config, train_scan, val_scan, on_event, resume_dir, force, auto_troubleshoot)
     previous: list[Path] = []
@@ -736,9 +739,13 @@ def _train_once(
             "arch": backbone.arch, "use_pos_emb": list(backbone.use_pos_emb), "embedding_dim": backbone.embedding_dim,
         })})
         run_dir = prepare_run_dir(config.runtime.out, force)
+        config = config.model_copy(update={"runtime": config.runtime.model_copy(update={"out": run_dir.absolute()})})
     trainer = Trainer(config, run_dir, train_scan, val_scan, loaded, on_event, auto_troubleshoot)
     if resume_state is not None:
         trainer.load_state(resume_state)
+        if trainer.epoch >= config.optim.epochs:
+            return RunResult("already_complete", run_dir, trainer.epoch, trainer.best_epoch, trainer._best_val_acc(),
+                             records=trainer.records)
         on_event(Notice("info", f"resuming {run_dir} at epoch {trainer.epoch + 1}"))
     try:
         return trainer.run()

@@ -258,6 +258,9 @@ def evaluate(
         "tar_at_far": stats.tar_at_far,
         "best_threshold": stats.best_threshold,
         "best_accuracy": stats.best_accuracy,
+        # Calling every pair "different" (or "same") already scores this: best_accuracy must beat it.
+        "best_accuracy_baseline": (max(stats.pairs_positive, stats.pairs_negative) / (stats.pairs_positive + stats.pairs_negative)
+                                   if stats.pairs_positive + stats.pairs_negative else None),
         "collapsed": stats.collapsed,
         "flip": flip,
         "image_size": size,
@@ -302,6 +305,25 @@ def save_embeddings(result: EvalResult, path: Path) -> None:
         stream, embeddings=result.embeddings, labels=result.labels, identities=result.identities,
         paths=np.array(result.paths or [], dtype=str),
     ))
+
+
+def check_output_file(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise DataError(f"{path} already exists; pass --force to overwrite it")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; pass a file path")
+
+
+def plot_path(path: Path) -> Path:
+    """The file --plot will write: its suffix must be a format matplotlib writes; none means .png."""
+    plt = require_matplotlib()
+    formats = sorted(plt.figure().canvas.get_supported_filetypes())
+    plt.close("all")
+    if not path.suffix:
+        return path.with_suffix(".png")
+    if path.suffix[1:].lower() not in formats:
+        raise DataError(f"--plot {path}: cannot write {path.suffix} files; use one of {', '.join('.' + f for f in formats)}")
+    return path
 
 
 def require_matplotlib() -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
@@ -12,10 +13,42 @@ from .engine import (
     BatchEnded, EpochEnded, EpochStarted, Escalated, Notice, RunStarted, ScanProgress, ValidationProgress,
 )
 
-ROW_FORMAT = "{:>5} {:>5} {:>10} {:>9} {:>10} {:>8} {:>8} {:>8} {:>7} {:>9} {:>8}"
-ROW_HEADER = ROW_FORMAT.format(
-    "epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "sim_pos", "sim_neg", "skipped", "img/s", "seconds"
-)
+@dataclass(frozen=True)
+class RowLayout:
+    """One epoch row: (header, field, format, width) per column."""
+
+    columns: tuple[tuple[str, str, str, int], ...]
+
+    @property
+    def header(self) -> str:
+        return " ".join(f"{name:>{width}}" for name, _, _, width in self.columns)
+
+    def row(self, record: dict[str, Any]) -> str:
+        cells = []
+        for _, field, spec, width in self.columns:
+            value = record["skipped_batches"] + record["skipped_steps"] if field == "skipped" else record.get(field)
+            cells.append(f"{_fmt(value, spec):>{width}}")
+        return " ".join(cells)
+
+
+WIDE = RowLayout((
+    ("epoch", "epoch", "d", 5), ("stage", "stage", "d", 5), ("train_loss", "train_loss", ".4f", 10),
+    ("train_acc", "train_acc", ".2%", 9), ("val_loss", "val_loss", ".4f", 10), ("val_acc", "val_acc", ".2%", 8),
+    ("sim_pos", "val_sim_pos", ".4f", 8), ("sim_neg", "val_sim_neg", ".4f", 8), ("skipped", "skipped", "d", 7),
+    ("img/s", "images_per_s", ".1f", 9), ("seconds", "seconds", ".1f", 8),
+))
+# 80 columns: abbreviated headers, fewer decimals, the same columns.
+COMPACT = RowLayout((
+    ("ep", "epoch", "d", 3), ("st", "stage", "d", 2), ("loss", "train_loss", ".4f", 8), ("acc", "train_acc", ".1%", 6),
+    ("vloss", "val_loss", ".4f", 8), ("vacc", "val_acc", ".1%", 6), ("sim+", "val_sim_pos", ".3f", 6),
+    ("sim-", "val_sim_neg", ".3f", 6), ("skip", "skipped", "d", 4), ("img/s", "images_per_s", ".0f", 6),
+    ("sec", "seconds", ".1f", 6),
+))
+BEST_MARK = "  *best"
+
+
+def layout_for(width: int) -> RowLayout:
+    return WIDE if width >= len(WIDE.header) + len(BEST_MARK) else COMPACT
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -24,19 +57,23 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
-def format_row(record: dict[str, Any]) -> str:
-    return ROW_FORMAT.format(
-        record["epoch"], record["stage"], _fmt(record["train_loss"], ".4f"), _fmt(record["train_acc"], ".2%"),
-        _fmt(record.get("val_loss"), ".4f"), _fmt(record.get("val_acc"), ".2%"), _fmt(record.get("val_sim_pos"), ".4f"),
-        _fmt(record.get("val_sim_neg"), ".4f"), record["skipped_batches"] + record["skipped_steps"],
-        _fmt(record["images_per_s"], ".1f"), _fmt(record["seconds"], ".1f"),
-    )
+def format_row(record: dict[str, Any], width: int = 120) -> str:
+    return layout_for(width).row(record)
+
+
+NARROW = 120  # below this many columns, bars and their statistics are shortened to fit
 
 
 def transient_bar(console: Console, label: str, *extra_columns: Any) -> Progress:
-    """The one progress-bar layout: label, bar, done/total, extras, elapsed; erased when stopped."""
+    """The one progress-bar layout: label, bar, done/total, extras, elapsed; erased when stopped.
+
+    On a narrow terminal the bar is shorter and the elapsed time gives way to the extras, so that
+    the bar and the batch count stay visible in 80 columns.
+    """
+    narrow = console.width < NARROW
+    elapsed = [] if narrow and extra_columns else [TimeElapsedColumn()]
     return Progress(
-        TextColumn(label), BarColumn(), MofNCompleteColumn(), *extra_columns, TimeElapsedColumn(),
+        TextColumn(label), BarColumn(bar_width=12 if narrow else 40), MofNCompleteColumn(), *extra_columns, *elapsed,
         console=console, transient=True,
     )
 
@@ -120,7 +157,7 @@ class TrainRenderer:
         self._print(
             f"{stage1}stage 2 (all): epochs {event.stage1_epochs + 1}-{event.epochs}; starting at epoch {event.start_epoch}"
         )
-        self._print(ROW_HEADER, style="bold")
+        self._print(layout_for(self.console.width).header, style="bold")
 
     def _on_EpochStarted(self, event: EpochStarted) -> None:
         if self.live:
@@ -132,10 +169,13 @@ class TrainRenderer:
     def _on_BatchEnded(self, event: BatchEnded) -> None:
         if self.progress is None:
             return
-        stats = (
-            f"loss {event.loss:.4f} acc {event.accuracy:.1%} lr {event.lr_head:.1e}/{event.lr_backbone:.1e} "
-            f"{event.images_per_s:.0f} img/s skipped {event.skipped}"
-        )
+        if self.console.width < NARROW:
+            stats = f"loss {event.loss:.3f} acc {event.accuracy:.0%}" + (f" skip {event.skipped}" if event.skipped else "")
+        else:
+            stats = (
+                f"loss {event.loss:.4f} acc {event.accuracy:.1%} lr {event.lr_head:.1e}/{event.lr_backbone:.1e} "
+                f"{event.images_per_s:.0f} img/s skipped {event.skipped}"
+            )
         self.progress.update(self.task, completed=event.batch, stats=stats)
 
     def _stop_progress(self) -> None:
@@ -145,7 +185,7 @@ class TrainRenderer:
 
     def _on_EpochEnded(self, event: EpochEnded) -> None:
         self._stop_progress()
-        self._print(format_row(event.record) + ("  *best" if event.is_best else ""))
+        self._print(format_row(event.record, self.console.width) + (BEST_MARK if event.is_best else ""))
 
     def _on_Notice(self, event: Notice) -> None:
         self._stop_progress()

@@ -27,6 +27,11 @@ def prepare_run_dir(out: Path | None, force: bool) -> Path:
         raise RunDirError(f"--out {run_dir} is a file; pass a directory")
     existing = [name for name in RUN_FILES if (run_dir / name).exists()]
     if existing:
+        if not force and "last.pt" not in existing:  # stopped before its first epoch ended: nothing to resume
+            raise RunDirError(
+                f"{run_dir} holds a run that never finished an epoch ({', '.join(existing)}); pass --force to "
+                "start it again, or another --out"
+            )
         if not force:
             raise RunDirError(
                 f"{run_dir} already holds a run ({', '.join(existing)}); pass --force to overwrite it, "

@@ -145,3 +145,41 @@ def test_plot_writes_a_png(trained_run: Path, sample_dataset: Path, tmp_path: Pa
                                  "--plot", str(target)])
     assert result.exit_code == 0, result.output
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_suffix_is_checked_before_any_work_and_a_bare_name_becomes_png(
+    trained_run: Path, sample_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("matplotlib")
+    import edgeface_cli.evaluation as evaluation
+
+    base = ["eval", "--val-dir", str(sample_dataset / "val"), "--checkpoint", str(trained_run)]
+    monkeypatch.setattr(evaluation, "evaluate", lambda *args, **kwargs: pytest.fail("evaluated before the check"))
+    result = runner.invoke(app, [*base, "--plot", str(tmp_path / "out.txt")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "cannot write .txt files" in result.output and ".png" in result.output and ".svg" in result.output
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, [*base, "--plot", "roc"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "roc.png").is_file() and "wrote roc.png" in result.output
+
+
+def test_existing_outputs_need_force(trained_run: Path, sample_dataset: Path, tmp_path: Path) -> None:
+    target = tmp_path / "emb.npz"
+    target.write_bytes(b"keep me")
+    base = ["eval", "--val-dir", str(sample_dataset / "val"), "--checkpoint", str(trained_run), "--save-embeddings", str(target)]
+    result = runner.invoke(app, base)
+    assert result.exit_code == 2 and "--force" in result.output and target.read_bytes() == b"keep me"
+    assert runner.invoke(app, [*base, "--force"]).exit_code == 0
+    assert np.load(target)["embeddings"].shape[1] == 512
+
+
+def test_best_accuracy_comes_with_its_majority_baseline(trained_run: Path, sample_dataset: Path) -> None:
+    code, metrics, output = eval_json("--val-dir", str(sample_dataset / "val"), "--checkpoint", str(trained_run))
+    assert code == 0, output
+    positive, negative = metrics["pairs_positive"], metrics["pairs_negative"]
+    assert metrics["best_accuracy_baseline"] == pytest.approx(max(positive, negative) / (positive + negative))
+    assert metrics["best_accuracy"] >= metrics["best_accuracy_baseline"]  # the threshold may accept nothing
+    table = runner.invoke(app, ["eval", "--val-dir", str(sample_dataset / "val"), "--checkpoint", str(trained_run)])
+    assert "majority" in table.output and f"{metrics['best_accuracy_baseline']:.2%}" in table.output

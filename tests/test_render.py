@@ -52,3 +52,28 @@ def test_plain_rendering_has_no_control_characters_and_quiet_prints_nothing() ->
     for event in events():
         silent(event)
     assert quiet.getvalue() == ""
+
+
+def test_rows_fit_80_and_120_columns_and_the_bar_survives_at_80() -> None:
+    import re
+
+    wide_record = {**RECORD, "train_loss": 12.3456, "val_loss": 23.4567, "val_sim_neg": -0.1234, "epoch": 100,
+                   "skipped_batches": 12, "images_per_s": 12345.6, "seconds": 1234.5}
+    for width in (80, 120):
+        buffer = io.StringIO()
+        renderer = TrainRenderer(Console(file=buffer, force_terminal=False, width=width))
+        renderer(RunStarted(Path("runs/x"), "cpu", "fp32", "edgeface_xxs", 5, 30, 15, 1, 2, 1, 4))
+        renderer(EpochEnded(wide_record, True))
+        lines = buffer.getvalue().splitlines()
+        header = next(line for line in lines if line.lstrip().startswith(("epoch", "ep ")))
+        row = next(line for line in lines if "*best" in line)
+        assert len(header) <= width and len(row) <= width, (width, header, row)
+        assert ("train_loss" in header) == (width == 120)  # full names where they fit
+        assert "12.3456" in row and "23.4567" in row
+    live = io.StringIO()
+    renderer = TrainRenderer(Console(file=live, force_terminal=True, width=80))
+    renderer(EpochStarted(1, 2, 40))
+    renderer(BatchEnded(1, 10, 40, 1.5, 0.5, 1e-4, 3e-6, 100.0, 2))
+    renderer.close()
+    frames = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", live.getvalue()).replace("\r", "\n").splitlines()
+    assert any("━" in frame and "10/40" in frame and "loss 1.500" in frame and len(frame) <= 80 for frame in frames)

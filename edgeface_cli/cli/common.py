@@ -13,9 +13,12 @@ from rich.markup import escape
 
 from ..errors import EdgeFaceError
 
+# rich_markup_mode=None: click's plain help, which shows flags as flags (Typer's rich help labels
+# every boolean flag "<bool>", which then rejects "--json true") and fits 80 columns.
 app = typer.Typer(
     help="Fine-tune EdgeFace face-recognition backbones on your own identities.",
     no_args_is_help=True,
+    rich_markup_mode=None,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
@@ -36,7 +39,7 @@ def _root(
     """Fine-tune EdgeFace face-recognition backbones on your own identities."""
 
 
-config_app = typer.Typer(help="Show or create the shared configuration.", no_args_is_help=True)
+config_app = typer.Typer(help="Show or create the shared configuration.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(config_app, name="config")
 
 console = Console(highlight=False, soft_wrap=True)
@@ -46,6 +49,7 @@ EXIT_DIFFERENCES = 1
 EXIT_USER_ERROR = 2
 EXIT_GUARD_STOP = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # SIGTERM, as shells report it (128 + 15)
 
 # Options every command shares.
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (default: ./edgeface.yaml when present).")

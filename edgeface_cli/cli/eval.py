@@ -25,7 +25,7 @@ METRIC_ROWS = [
     ("roc_auc", ".4f", "chance a same pair scores above a different pair (1 = perfect)"),
     ("eer", ".4f", "error rate where false accepts equal false rejects (0 = perfect)"),
     ("best_threshold", ".4f", "similarity threshold with the best pair accuracy"),
-    ("best_accuracy", ".2%", "pair accuracy at that threshold"),
+    ("best_accuracy", ".2%", "pair accuracy at that threshold (the majority answer for every pair scores {baseline})"),
 ]
 
 
@@ -46,19 +46,25 @@ def eval_(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     save_embeddings_to: Optional[Path] = typer.Option(None, "--save-embeddings", help="Write embeddings, labels, paths to an .npz."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write the ROC curve and similarity histograms to a PNG (needs matplotlib)."),
+    plot: Optional[Path] = typer.Option(
+        None, "--plot", help="Write the ROC curve and similarity histograms (png, pdf, svg, ...; no suffix: .png; needs matplotlib)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing --save-embeddings / --plot files."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """Closed-set accuracy, cosine similarity and verification metrics (ROC AUC, EER, TAR@FAR, 10-fold)."""
-    from ..evaluation import evaluate, require_matplotlib, save_embeddings, save_plot
+    from ..evaluation import check_output_file, evaluate, plot_path, save_embeddings, save_plot
 
     resolved = resolve_config(
         config, set_, **{"data.val_dir": val_dir, "data.train_dir": train_dir, "runtime.device": device,
                          "data.batch_size": batch_size, "model.arch": arch}
     )
+    # Every output is checked before the slow part: a bad suffix or an existing file fails at once.
     if plot is not None:
-        require_matplotlib()  # fail before the slow part
+        plot = plot_path(plot)
+    for output in (save_embeddings_to, plot):
+        if output is not None:
+            check_output_file(output, force)
     explicit_size = resolved.data.image_size if any(item.startswith("data.image_size=") for item in set_ or []) else None
     from ..render import StepProgress
 
@@ -76,7 +82,8 @@ def eval_(
         for column in ("metric", "value", "meaning"):
             table.add_column(column, overflow="fold")
         for name, spec, meaning in METRIC_ROWS:
-            table.add_row(name, _format_metric(metrics[name], spec), meaning.format(method=metrics["accuracy_method"]))
+            table.add_row(name, _format_metric(metrics[name], spec),
+                          meaning.format(method=metrics["accuracy_method"], baseline=_format_metric(metrics["best_accuracy_baseline"], ".2%")))
         for far, value in metrics["tar_at_far"].items():
             table.add_row(f"tar@far={far}", _format_metric(value, ".2%"),
                           "true accepts at that false-accept rate" + (" (too few different pairs)" if value is None else ""))

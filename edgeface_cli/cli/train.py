@@ -2,30 +2,41 @@
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 from rich.markup import escape
 
+from ..config import DEFAULT_CONFIG_FILE, default_of
 from .common import (
-    EXIT_GUARD_STOP, EXIT_INTERRUPTED, ConfigOpt, SetOpt, app, console, err_console, fail, resolve_config, user_errors,
+    EXIT_GUARD_STOP, EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigOpt, SetOpt, app, console, err_console, fail,
+    resolve_config, user_errors,
 )
+
+
+def _default(dotted: str) -> str:
+    return f"[default: {default_of(dotted)} ({dotted})]"
 
 
 @app.command("train")
 @user_errors
 def train(
     edgeface: Optional[Path] = typer.Option(None, "--edgeface", "-e", help="Pretrained backbone checkpoint (omit: random init)."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="Zoo variant (default edgeface_xxs), or 'auto' to detect from --edgeface."),
+    arch: Optional[str] = typer.Option(None, "--arch", help=f"Zoo variant, or 'auto' to detect it from --edgeface. {_default('model.arch')}"),
     train_dir: Optional[Path] = typer.Option(None, "--train-dir", help="Training images, one folder per identity."),
     val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Validation images, one folder per identity."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Total epochs (stage 1 included)."),
-    stage1_epochs: Optional[int] = typer.Option(None, "--stage1-epochs", help="Head-only epochs before the backbone trains."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
+    device: Optional[str] = typer.Option(None, "--device", help=f"auto, cpu, cuda, cuda:N or mps. {_default('runtime.device')}"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help=f"Total epochs (stage 1 included). {_default('optim.epochs')}"),
+    stage1_epochs: Optional[int] = typer.Option(
+        None, "--stage1-epochs", help=f"Head-only epochs before the backbone trains. {_default('optim.stage1_epochs')}"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Images per batch. {_default('data.batch_size')}"),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help=f"Processes decoding images when the cache is off. {_default('data.workers')}"),
+    seed: Optional[int] = typer.Option(None, "--seed", help=f"Random seed. {_default('runtime.seed')}"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<timestamp>)."),
     force: bool = typer.Option(False, "--force", help="Overwrite a run directory that already holds a run."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
@@ -36,7 +47,9 @@ def train(
 ) -> None:
     """Two-stage fine-tuning: head alone on a frozen backbone, then everything, with AMP, clipping and NaN guards.
 
-    Exit 0 when finished, 2 on a user error, 3 when a guard stopped training, 130 when interrupted.
+    Defaults are the stabilised values (head lr 1e-4, backbone lr 3e-6, stage-2 head lr 3e-5, ArcFace s=32
+    m=0.3, clipping at 1.0); `edgeface config show` prints them all. Exit 0 when finished, 2 on a user
+    error, 3 when a guard stopped training, 130 when interrupted (Ctrl-C), 143 when terminated (SIGTERM).
     """
     flags = {
         "model.checkpoint": edgeface, "model.arch": arch,
@@ -51,32 +64,69 @@ def train(
             fail(f"cannot resume {resume}: no config.yaml there; pass the run directory of an earlier `edgeface train`")
         flags["runtime.out"] = resume
         resolved = resolve_config(resume / "config.yaml", set_, **flags)
+        source = resume / "config.yaml"
     else:
         resolved = resolve_config(config, set_, **flags)
+        source = config or (Path(DEFAULT_CONFIG_FILE) if Path(DEFAULT_CONFIG_FILE).is_file() else None)
+    if source is not None and not quiet:
+        console.print(f"config: {source}" + (" (found in this folder)" if config is None and resume is None else ""))
     run_and_report(resolved, resume=resume, force=force, auto_troubleshoot=auto_troubleshoot, quiet=quiet)
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[dict[str, int]]:
+    """SIGTERM (what cluster schedulers send) stops training as Ctrl-C does: last.pt kept, resumable."""
+    received: dict[str, int] = {}
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        received["signal"] = signum
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        yield received
+        return
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_and_report(
     resolved: Any, resume: Optional[Path] = None, force: bool = False, auto_troubleshoot: bool = False, quiet: bool = False
 ) -> None:
     """Run training with live output; turn the outcome into the summary and the exit code."""
+    from ..preflight import check_training_inputs
+
+    # Before torch loads: a wrong path or an unwritable --out is answered at once, not after the scan.
+    check_training_inputs(resolved.data.train_dir, resolved.data.val_dir, resume or resolved.runtime.out)
     from ..engine import train as run_training
     from ..render import TrainRenderer
 
     renderer = TrainRenderer(console, quiet)
-    try:
-        result = run_training(resolved, renderer, resume_dir=resume, force=force, auto_troubleshoot=auto_troubleshoot)
-    finally:
-        renderer.close()
+    with sigterm_as_interrupt() as received:
+        try:
+            result = run_training(resolved, renderer, resume_dir=resume, force=force, auto_troubleshoot=auto_troubleshoot)
+        finally:
+            renderer.close()
     if result.status == "interrupted":
+        what = "terminated (SIGTERM)" if received else "interrupted"
         if result.last_epoch == 0:
-            err_console.print(f"interrupted before the first epoch finished: nothing saved in {result.run_dir} to resume")
+            err_console.print(f"{what} before the first epoch finished: nothing to resume in {result.run_dir}; "
+                              "start again with --force (or another --out)")
         else:
             err_console.print(
-                f"interrupted: {result.run_dir}/last.pt holds epoch {result.last_epoch}; "
+                f"{what}: {result.run_dir}/last.pt holds epoch {result.last_epoch}; "
                 f"continue with: edgeface train --resume {result.run_dir}"
             )
-        raise typer.Exit(EXIT_INTERRUPTED)
+        raise typer.Exit(EXIT_TERMINATED if received else EXIT_INTERRUPTED)
+    if result.status == "already_complete":
+        console.print(
+            f"{result.run_dir} is already complete: {result.last_epoch} of {resolved.optim.epochs} epochs done. "
+            f"To train further: edgeface train --resume {result.run_dir} --set optim.epochs=N (N > {result.last_epoch})"
+        )
+        return
     if result.status == "guard_stopped":
         level = result.recommended_level
         err_console.print(
@@ -90,7 +140,12 @@ def run_and_report(
         raise typer.Exit(EXIT_GUARD_STOP)
     for previous in result.previous_runs:
         console.print(f"the run in {previous} escalated to level 4 and continued with EdgeFace-S in {result.run_dir}")
-    best = f"{result.best_val_acc:.2%}" if result.best_val_acc is not None else "n/a (no --val-dir)"
+    if result.best_val_acc is not None:
+        best = f"{result.best_val_acc:.2%}"
+    elif resolved.data.val_dir is None:
+        best = "n/a: no --val-dir"
+    else:
+        best = "n/a: no val identity is in the training set (similarity metrics were still computed)"
     console.print(
         f"done: {result.last_epoch} epochs; best epoch {result.best_epoch} (val acc {best}). "
         f"Files in {result.run_dir}: best.pt, last.pt, backbone.pt (published layout), metrics.jsonl, metrics.csv",

@@ -25,7 +25,7 @@ def troubleshoot(
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
-    """The seed's escalating fallbacks: 1 lower head lr, 2 tighter clipping, 3 softer ArcFace, 4 EdgeFace-S."""
+    """Escalating fallbacks: 1 lower learning rates, 2 clipping at 0.5, 3 ArcFace s=16 m=0.2, 4 EdgeFace-S."""
     from ..atomic import atomic_write_text
     from ..config import DEFAULT_CONFIG_FILE, dump_yaml
     from ..troubleshoot import apply_level, default_output_path, diagnose_run
