@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import EdgeFaceConfig, config_from_dict, read_yaml_file
+from .config import DEFAULT_CONFIG_FILE, EdgeFaceConfig, config_from_dict, read_yaml_file
 from .errors import ConfigError, EdgeFaceError, RunDirError
 from .zoo import ZOO
 from .rundir import read_metrics
@@ -194,7 +194,33 @@ def diagnose_run(run_dir: Path) -> RunDiagnosis:
     return RunDiagnosis(config, findings, failed, recommended)
 
 
-def default_output_path(config_file: Path | None, level: int) -> Path:
-    if config_file is None:
-        return Path("edgeface.yaml")
-    return config_file.with_name(f"{config_file.stem}.level{level}{config_file.suffix or '.yaml'}")
+def output_path(level: int, config_file: Path | None, from_run: Path | None) -> Path:
+    """Where the new config goes: ``RUN/config.level<N>.yaml`` for a run; ``<config>.level<N>.yaml`` beside an
+    explicit ``--config`` (never overwritten); else ``./edgeface.yaml``, which ``train`` picks up."""
+    if from_run is not None:
+        return from_run / f"config.level{level}.yaml"
+    if config_file is not None:
+        return config_file.with_name(f"{config_file.stem}.level{level}{config_file.suffix or '.yaml'}")
+    return Path(DEFAULT_CONFIG_FILE)
+
+
+def backup_path(path: Path, level: int) -> Path:
+    """Where the previous ``edgeface.yaml`` is kept when escalation updates it in place."""
+    return path.with_name(f"{path.name}.level{level}.bak")
+
+
+def next_run_dir(run_dir: Path, level: int) -> Path:
+    """The run a fallback level trains into, beside the failed one (never over it)."""
+    return run_dir.with_name(f"{run_dir.name}-level{level}")
+
+
+def advice_without_level(diagnosis: RunDiagnosis, run_dir: Path) -> list[str]:
+    """What to try when the run shows no sign a fallback level addresses (e.g. accuracy went flat)."""
+    optim = diagnosis.config.optim
+    return [
+        "the fallback levels address NaN losses, skipped batches and collapsed embeddings; this run shows none",
+        f"train longer: edgeface train --resume {run_dir} --set optim.epochs={optim.epochs * 2}",
+        f"let the backbone adapt faster in stage 2: --set optim.backbone_lr={optim.backbone_lr * 3:g} (now {optim.backbone_lr:g})",
+        "check the data: mislabelled or duplicated images, identities with one or two images, "
+        "val identities missing from training",
+    ]

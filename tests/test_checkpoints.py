@@ -92,8 +92,10 @@ def test_other_variant_is_named(zoo_checkpoints: dict[str, Path]) -> None:
 def test_write_fixed_re_inspects_clean(tmp_path: Path, xxs_checkpoint: Path) -> None:
     fixed = tmp_path / "fixed.pt"
     layout = "model.use_pos_emb=[false,true,true,true]"
+    code, report = inspect("--edgeface", str(xxs_checkpoint), "--set", layout)
+    assert code == 1 and len(report["missing"]) == 4  # differences alone: exit 1
     code, report = inspect("--edgeface", str(xxs_checkpoint), "--set", layout, "--write-fixed", str(fixed))
-    assert code == 1
+    assert code == 0  # a successful repair: exit 0
     initialised = {item["key"]: item["init"] for item in report["fixed"]["initialised"]}
     assert initialised == {
         SEED_KEYS[0]: "xavier_uniform", SEED_KEYS[1]: "zeros", SEED_KEYS[2]: "xavier_uniform", SEED_KEYS[3]: "zeros"
@@ -114,7 +116,7 @@ def test_write_fixed_drops_unexpected_and_fills_norm_weights_with_ones(tmp_path:
     broken = tmp_path / "broken.pt"
     torch.save(state, broken)
     code, report = inspect("--edgeface", str(broken), "--write-fixed", str(tmp_path / "out.pt"))
-    assert code == 1 and report["fixed"]["dropped"] == ["model.extra.weight"]
+    assert code == 0 and report["fixed"]["dropped"] == ["model.extra.weight"]
     assert torch.equal(torch.load(tmp_path / "out.pt", weights_only=True)["model.head.norm.weight"], torch.ones(168))
 
 

@@ -76,11 +76,14 @@ def test_cli_writes_edgeface_yaml_which_train_picks_up(tmp_path: Path, monkeypat
     assert written["optim"]["head_lr"] == 5e-5 and written["guard"]["max_grad_norm"] == 0.5
     assert written["troubleshoot_level"] == 2
     assert build_config().guard.max_grad_norm == 0.5  # what `edgeface train` resolves
-    # Escalating again never overwrites the input silently.
+    # Escalating again updates the file train picks up, keeping the previous one, and says so.
     result = runner.invoke(app, ["troubleshoot", "--level", "3"])
-    assert result.exit_code == 0
-    assert yaml.safe_load((tmp_path / "edgeface.yaml").read_text())["troubleshoot_level"] == 2
-    assert yaml.safe_load((tmp_path / "edgeface.level3.yaml").read_text())["arcface"]["scale"] == 16
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((tmp_path / "edgeface.yaml").read_text())["arcface"]["scale"] == 16
+    assert yaml.safe_load((tmp_path / "edgeface.yaml.level2.bak").read_text())["troubleshoot_level"] == 2
+    flat = result.output.replace("\n", " ")
+    assert "updated edgeface.yaml" in flat and "edgeface.yaml.level2.bak" in flat and "picks it up" in flat
+    assert build_config().troubleshoot_level == 3
     before = (tmp_path / "edgeface.yaml").read_text()
     result = runner.invoke(app, ["troubleshoot", "--level", "1", "--dry-run", "--json", "--out", "x.yaml"])
     assert result.exit_code == 0 and json.loads(result.output)["written"] is None
@@ -195,3 +198,33 @@ def test_from_run_with_run_starts_training_on_the_same_data(sample_dataset: Path
     config = build_config(follow_up / "config.yaml")
     assert config.troubleshoot_level == 1 and config.data.train_dir == sample_dataset / "train"
     assert len((follow_up / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_the_printed_next_command_works_as_printed(sample_dataset: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--train-dir", str(sample_dataset / "train"), "--out", str(run_dir), *FAST,
+                                 "--stage1-epochs", "1", "--epochs", "2", "--set", nan_epoch(2)])
+    assert result.exit_code == 3
+    result = runner.invoke(app, ["troubleshoot", "--from-run", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    printed = result.output.replace("\n", "").split("use it with: ")[1].split()
+    assert printed[:3] == ["edgeface", "train", "--config"]
+    followed = runner.invoke(app, printed[1:] + ["--set", "optim.epochs=1", "--set", "optim.stage1_epochs=1"])
+    assert followed.exit_code == 0, followed.output
+    assert (tmp_path / "run-level1" / "best.pt").is_file()
+
+
+def test_a_flat_run_gets_advice_instead_of_an_error(sample_dataset: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(EdgeFaceConfig().model_dump(mode="json")))
+    rows = [{"epoch": epoch, "stage": 1 if epoch <= 5 else 2, "train_loss": 1.0, "val_acc": 0.5 if epoch == 5 else 0.4,
+             "skipped_batches": 0, "skipped_steps": 0, "val_sim_pos": 0.6} for epoch in range(1, 12)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = runner.invoke(app, ["troubleshoot", "--from-run", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    flat = result.output.replace("\n", " ")
+    assert "val accuracy flat after stage 1" in flat and "no fallback level fits" in flat
+    assert "optim.epochs=60" in flat and "check the data" in flat
+    as_json = json.loads(runner.invoke(app, ["troubleshoot", "--from-run", str(run_dir), "--json"]).output)
+    assert as_json["level"] is None and len(as_json["advice"]) == 4

@@ -30,7 +30,7 @@ def config_show(
 @config_app.command("init")
 @user_errors
 def config_init(
-    file: Path = typer.Argument(..., help="Where to write the commented default config."),
+    file: Path = typer.Argument(..., metavar="FILE", help="Where to write the commented default config."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
 ) -> None:
     """Write a commented default config file."""

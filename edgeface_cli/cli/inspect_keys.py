@@ -38,13 +38,14 @@ def inspect_keys(
     edgeface: Optional[Path] = typer.Option(None, "--edgeface", "-e", help="Checkpoint to inspect (else model.checkpoint)."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Zoo variant to compare against, or 'auto'."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    write_fixed: Optional[Path] = typer.Option(None, "--write-fixed", help="Write a repaired checkpoint in the architecture's layout."),
+    write_fixed: Optional[Path] = typer.Option(None, "--write-fixed", help="Write a repaired checkpoint in the architecture's layout (then exit 0)."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """Diff a checkpoint against the architecture, explain the difference, optionally repair it.
 
-    Exit 0 when everything matches, 1 when anything differs, 2 when the checkpoint cannot be read.
+    Exit 0 when everything matches (or --write-fixed wrote a repaired file), 1 when anything differs,
+    2 when the checkpoint cannot be read.
     """
     from ..checkpoints import atomic_torch_save, fix_state_dict, inspect_checkpoint
 
@@ -110,5 +111,5 @@ def inspect_keys(
                 console.print(f"  initialised {item['key']} ({item['init']})")
             for key in fixed_info["dropped"]:
                 console.print(f"  dropped {key}")
-    if not report.clean:
+    if not report.clean and fixed_info is None:  # a successful repair is a success
         raise typer.Exit(EXIT_DIFFERENCES)

@@ -13,7 +13,7 @@ from .common import app, console, user_errors
 @app.command("sample-data")
 @user_errors
 def sample_data(
-    out: Path = typer.Argument(..., help="Folder to write train/ and val/ into."),
+    out: Path = typer.Argument(..., metavar="OUT", help="Folder to write train/ and val/ into."),
     ids: int = typer.Option(10, "--ids", min=2, help="Number of identities."),
     per_id: int = typer.Option(10, "--per-id", min=1, help="Training images per identity."),
     val_per_id: Optional[int] = typer.Option(None, "--val-per-id", min=1, help="Val images per identity (default per-id/4, at least 2)."),

@@ -25,40 +25,57 @@ def troubleshoot(
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
-    """Escalating fallbacks: 1 lower learning rates, 2 clipping at 0.5, 3 ArcFace s=16 m=0.2, 4 EdgeFace-S."""
+    """Escalating fallbacks: 1 lower learning rates, 2 clipping at 0.5, 3 ArcFace s=16 m=0.2, 4 EdgeFace-S.
+
+    Without --config or --out, ./edgeface.yaml (which `edgeface train` picks up) is written, or updated in
+    place when it exists, the previous version kept as edgeface.yaml.level<N>.bak.
+    """
+    import shutil
+
     from ..atomic import atomic_write_text
     from ..config import DEFAULT_CONFIG_FILE, dump_yaml
-    from ..troubleshoot import apply_level, default_output_path, diagnose_run
+    from ..troubleshoot import advice_without_level, apply_level, backup_path, diagnose_run, next_run_dir, output_path
 
     diagnosis = None
     if from_run is not None:
         diagnosis = diagnose_run(from_run)
         base = resolve_config(from_run / "config.yaml", set_)
-        if level is None:
-            if diagnosis.recommended_level is None:
-                if not as_json:
-                    for finding in diagnosis.findings:
-                        console.print(f"- {escape(finding)}", soft_wrap=True)
-                fail("no fallback level to recommend for this run; pass --level N to apply one anyway")
-            level = diagnosis.recommended_level
+        if level is None and diagnosis.recommended_level is None:
+            advice = advice_without_level(diagnosis, from_run)
+            if as_json:
+                print_json({"level": None, "findings": diagnosis.findings, "recommended_level": None, "advice": advice})
+                return
+            console.print(f"[bold]diagnosis of {escape(str(from_run))}[/]")
+            for finding in diagnosis.findings:
+                console.print(f"- {escape(finding)}", soft_wrap=True)
+            console.print("no fallback level fits this diagnosis; try instead:")
+            for line in advice:
+                console.print(f"- {escape(line)}", soft_wrap=True)
+            return
+        level = level or diagnosis.recommended_level
     else:
         if level is None:
             fail("pass --level N (1-4), or --from-run RUN_DIR to have one recommended")
         base = resolve_config(config, set_)
     assert level is not None
     new_config, changes = apply_level(base, level)
-    # The input is --config, else ./edgeface.yaml when it was picked up: never overwritten silently.
-    input_file = config or (Path(DEFAULT_CONFIG_FILE) if from_run is None and Path(DEFAULT_CONFIG_FILE).is_file() else None)
-    target = out or default_output_path(input_file, level)
-    if from_run is not None and out is None:
-        target = from_run / f"config.level{level}.yaml"
-    if input_file is not None and target.resolve() == input_file.resolve():
-        fail(f"refusing to overwrite the input config {input_file}; pass another --out")
+    if from_run is not None:
+        # A new run directory beside the failed one: `train --config` (and --run) work as printed.
+        new_config = new_config.model_copy(update={"runtime": new_config.runtime.model_copy(
+            update={"out": next_run_dir(from_run, level)})})
+    target = out or output_path(level, config, from_run)
+    if config is not None and target.resolve() == config.resolve():
+        fail(f"refusing to overwrite the input config {config}; pass another --out")
+    in_place = target.resolve() == Path(DEFAULT_CONFIG_FILE).resolve() and target.is_file()
+    backup = backup_path(target, base.troubleshoot_level) if in_place else None
     if not dry_run:
+        if backup is not None:
+            shutil.copy2(target, backup)
         atomic_write_text(target, dump_yaml(new_config))
     if as_json:
         print_json({
             "level": level, "changes": changes, "written": None if dry_run else str(target),
+            "backup": None if dry_run or backup is None else str(backup),
             "findings": diagnosis.findings if diagnosis else None,
             "recommended_level": diagnosis.recommended_level if diagnosis else None,
         })
@@ -78,16 +95,15 @@ def troubleshoot(
         console.print(table)
         if dry_run:
             console.print("dry run: nothing written")
+        elif target.resolve() == Path(DEFAULT_CONFIG_FILE).resolve():
+            kept = f" (the previous one is kept as {backup})" if backup is not None else ""
+            console.print(f"{'updated' if in_place else 'wrote'} {target}{kept}; `edgeface train` in this folder picks it up")
         else:
-            console.print(f"wrote {target}" + ("" if target.name == "edgeface.yaml" and target.parent == Path(".")
-                                               else f"; use it with: edgeface train --config {target}"))
+            console.print(f"wrote {target}; use it with: edgeface train --config {target}")
     missing_small = [c for c in changes if c.get("checkpoint_present") is False]
     if missing_small:
         err_console.print(f"warning: {escape(missing_small[0]['reason'])}", style="yellow", soft_wrap=True)
     if run:
         if dry_run:
             fail("--run and --dry-run contradict each other")
-        if from_run is not None:
-            new_config = new_config.model_copy(update={"runtime": new_config.runtime.model_copy(
-                update={"out": Path(f"{from_run}-level{level}")})})
         run_and_report(new_config)
