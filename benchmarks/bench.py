@@ -167,6 +167,28 @@ def bench_data(label: str, root: Path, size: int, batch_size: int, workers: int,
 # ------------------------------------------------------------------ training
 
 
+def reference_step(backbone: EdgeFace, head: MarginHead, optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler, precision: Any, images: torch.Tensor, labels: torch.Tensor,
+                   skip_nan: bool) -> torch.Tensor | None:
+    """One step as the seed document writes it: ArcFace logits, GradScaler, two clips, AdamW.
+
+    ``skip_nan`` adds its per-batch NaN check (a host sync); None when that skipped the batch.
+    """
+    with torch.autocast(images.device.type, dtype=precision.dtype, enabled=precision.dtype is not None):
+        logits, _ = head(backbone(images), labels)
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+    if skip_nan and (torch.isnan(loss) or torch.isinf(loss)):
+        return None
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(backbone.parameters(), 1.0)
+    torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss
+
+
 def naive_train_epoch(root: Path, size: int, batch_size: int, workers: int, device: torch.device, amp: str,
                       backbone: EdgeFace, head: MarginHead) -> int:
     """The seed document's loop: per-batch .item() for the running loss, two clips, GradScaler."""
@@ -177,18 +199,9 @@ def naive_train_epoch(root: Path, size: int, batch_size: int, workers: int, devi
     count, running = 0, 0.0
     for images, labels in naive_loader(root, size, batch_size, workers, device, True):
         images, labels = images.to(device), labels.to(device)
-        with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.dtype is not None):
-            logits, _ = head(backbone(images), labels)
-            loss = torch.nn.functional.cross_entropy(logits, labels)
-        if torch.isnan(loss) or torch.isinf(loss):
+        loss = reference_step(backbone, head, optimizer, scaler, precision, images, labels, skip_nan=True)
+        if loss is None:
             continue
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(backbone.parameters(), 1.0)
-        torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
-        scaler.step(optimizer)
-        scaler.update()
         running += loss.item()
         count += len(labels)
     return count
@@ -260,16 +273,7 @@ def bench_bare_step(size: int, batch_size: int, device: torch.device, amp: str, 
     labels = torch.randint(0, classes, (batch_size,), device=device)
 
     def step() -> int:
-        with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.dtype is not None):
-            logits, _ = head(backbone(images), labels)
-            loss = torch.nn.functional.cross_entropy(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(backbone.parameters(), 1.0)
-        torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
-        scaler.step(optimizer)
-        scaler.update()
+        reference_step(backbone, head, optimizer, scaler, precision, images, labels, skip_nan=False)
         return batch_size
 
     for _ in range(3):

@@ -4,11 +4,16 @@
 #   2. `make bench` on the GPU: EdgeFace-XXS, batch 256, fp16 AMP (gpu-check/bench.json),
 #   3. a 2-epoch `edgeface train --device cuda` on generated sample data (gpu-check/train/).
 # It installs nothing: run it where the package is importable (make install, or pip install --no-deps -e .).
+# GPU_CHECK_DEVICE=cpu rehearses the same steps on the CPU (a quick bench) to check the script itself.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${GPU_CHECK_OUT:-gpu-check}
-if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+DEVICE=${GPU_CHECK_DEVICE:-cuda}
+BENCH_ARGS=(--device cuda --amp fp16 --batch-size 256 --workers 4 --images 8192 --large-images 512 --repeats 3)
+if [ "$DEVICE" = cpu ]; then
+  BENCH_ARGS=(--device cpu --quick)
+elif ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   echo "gpu-check: no CUDA GPU is visible to $PY; run it on a machine with one" >&2
   exit 2
 fi
@@ -23,12 +28,12 @@ step() {  # name, limit in seconds, command...
   echo "$name rc=$rc seconds=$(( $(date +%s) - begin ))" | tee -a "$OUT/steps.txt"
   tail -n 3 "$OUT/$name.log"
 }
-"$PY" -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))" | tee "$OUT/device.txt"
+"$PY" -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')" \
+  | tee "$OUT/device.txt"
 step tests 150 "$PY" -m pytest -q -m cuda tests/test_cuda.py
-step bench 270 "$PY" benchmarks/bench.py --device cuda --amp fp16 --batch-size 256 --workers 4 --images 8192 \
-  --large-images 512 --repeats 3 --out "$OUT/bench.json"
+step bench 270 "$PY" benchmarks/bench.py "${BENCH_ARGS[@]}" --out "$OUT/bench.json"
 step train 90 bash -c "'$PY' -m edgeface_cli sample-data '$OUT/data' --ids 16 --per-id 32 --val-per-id 4 --size 112 &&
-  '$PY' -m edgeface_cli train --train-dir '$OUT/data/train' --val-dir '$OUT/data/val' --device cuda --out '$OUT/train' \
+  '$PY' -m edgeface_cli train --train-dir '$OUT/data/train' --val-dir '$OUT/data/val' --device $DEVICE --out '$OUT/train' \
   --force --stage1-epochs 1 --epochs 2 --batch-size 64 --quiet"
 "$PY" - "$OUT" "$started" <<'PY'
 import json, sys, time

@@ -199,3 +199,13 @@ def test_sigterm_stops_like_ctrl_c_with_exit_143_and_resumes(sample_dataset: Pat
     assert resumed.exit_code == 0, resumed.output
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == list(range(1, epoch + 2))
+
+
+def test_top_level_help_loads_neither_torch_nor_the_config() -> None:
+    probe = (
+        "import sys\nsys.argv = ['edgeface', '--help']\nfrom edgeface_cli.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('RESULT', 'torch' in sys.modules, 'pydantic' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip().splitlines()[-1] == "RESULT False False", done.stdout + done.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,19 +11,38 @@ from typing import Any, Optional
 
 import typer
 from rich.markup import escape
+from typer.core import TyperCommand
 
-from ..config import DEFAULT_CONFIG_FILE, default_of
 from .common import (
     EXIT_GUARD_STOP, EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigOpt, SetOpt, app, console, err_console, fail,
     resolve_config, user_errors,
 )
 
 
+DEFAULT_FIELD = re.compile(r"\{default:([a-z0-9_]+\.[a-z0-9_]+)\}")
+
+
 def _default(dotted: str) -> str:
-    return f"[default: {default_of(dotted)} ({dotted})]"
+    """A placeholder for a config field's default in a help text (filled in by ``ConfigDefaultsCommand``)."""
+    return "{default:" + dotted + "}"
 
 
-@app.command("train")
+class ConfigDefaultsCommand(TyperCommand):
+    """Shows the config's defaults in --help, reading the config only when help is shown: importing it
+    (pydantic) at start-up would slow every command."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        from ..config import default_of
+
+        for param in self.params:
+            if isinstance(getattr(param, "help", None), str):
+                param.help = DEFAULT_FIELD.sub(
+                    lambda match: f"[default: {default_of(match[1])} ({match[1]})]", param.help
+                )
+        super().format_help(ctx, formatter)
+
+
+@app.command("train", cls=ConfigDefaultsCommand)
 @user_errors
 def train(
     edgeface: Optional[Path] = typer.Option(None, "--edgeface", "-e", help="Pretrained backbone checkpoint (omit: random init)."),
@@ -67,6 +87,8 @@ def train(
         source = resume / "config.yaml"
     else:
         resolved = resolve_config(config, set_, **flags)
+        from ..config import DEFAULT_CONFIG_FILE
+
         source = config or (Path(DEFAULT_CONFIG_FILE) if Path(DEFAULT_CONFIG_FILE).is_file() else None)
     if source is not None and not quiet:
         console.print(f"config: {source}" + (" (found in this folder)" if config is None and resume is None else ""))
