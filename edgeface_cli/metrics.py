@@ -155,8 +155,11 @@ def pair_moments(normalized: torch.Tensor) -> tuple[float, float]:
     return float(pair_sum), float(pair_sq)
 
 
-def all_pairs_histogram(embeddings: torch.Tensor, identities: torch.Tensor, block: int = 1024) -> SimilarityHistogram:
+def all_pairs_histogram(embeddings: torch.Tensor, identities: torch.Tensor, block: int = 256) -> SimilarityHistogram:
     """Every unordered pair (i < j), counted block by block: memory O(block x N), never N x N.
+
+    256-row blocks (20 MB of similarities at N = 20,000) stay in cache through the binning passes:
+    about 20 % faster than 1024 on the bench machine, identical counts.
 
     Embeddings are sorted by identity first, so a row block's same-identity pairs sit in a narrow
     band of columns near the diagonal: only that band is masked, and positives come from the very
