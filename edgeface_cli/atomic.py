@@ -31,11 +31,14 @@ def atomic_write_stream(path: Path, write: Callable[[BinaryIO], object]) -> None
             os.fchmod(stream.fileno(), 0o666 & ~_umask())
             os.fsync(stream.fileno())
         os.replace(temp_name, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(temp_name)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and exc.errno is not None:
+            # Name the file the user asked for, not our temp file; the previous version is intact.
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 

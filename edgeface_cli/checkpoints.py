@@ -59,9 +59,10 @@ def _load_pickle(path: Path) -> Any:
             "(nothing was executed). If you trust its source, load it yourself and re-save "
             "torch.save(obj.state_dict(), 'clean.pt')"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, struct.error, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # noqa: BLE001 - a corrupt pickle fails in many ways (IndexError, KeyError, ...)
         raise CheckpointError(
-            f"cannot read {path}: the file is truncated or corrupt ({_first_line(exc)}); {FIX_HINT}"
+            f"cannot read {path}: the file is truncated or corrupt ({type(exc).__name__}: {_first_line(exc)}); "
+            f"{FIX_HINT}"
         ) from None
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .cache import (
@@ -28,7 +28,6 @@ from .errors import DataError
 from .preflight import check_image_folder
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is unreadable, not silently grey
 NON_SQUARE_HINT = (
     "EdgeFace expects aligned square face crops (112x112); align and crop faces first "
@@ -118,7 +117,7 @@ def _probe(path: Path, settings: ImageSettings) -> tuple[FileVerdict, np.ndarray
         if path.stat().st_size == 0:
             return FileVerdict("empty file (0 bytes)"), None
         pixels, is_non_square = load_image(path, settings.image_size, settings.non_square)
-    except DECODE_ERRORS as exc:
+    except Exception as exc:  # noqa: BLE001 - codecs fail on damaged files in many ways: all mean "unreadable"
         return FileVerdict(f"cannot decode: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}"), None
     return FileVerdict(None, is_non_square), pixels
 

@@ -79,6 +79,15 @@ class PairList:
     same: list[bool]
 
 
+def _inside(root: Path, path: Path, pairs_file: Path, line: int) -> Path:
+    """A listed image, refused when it is absolute or leads out of the --val-dir root (``../``)."""
+    if "\x00" in str(path):
+        raise DataError(f"{pairs_file} line {line}: a path holds a NUL byte; is this a pairs file?")
+    if path.is_absolute() or not (root / path).resolve().is_relative_to(root.resolve()):
+        raise DataError(f"{pairs_file} line {line}: {path} is outside {root}; pairs name images inside --val-dir")
+    return root / path
+
+
 def _lfw_image(root: Path, name: str, number: str) -> Path:
     stem = f"{name}_{int(number):04d}"
     for extension in sorted(IMAGE_EXTENSIONS):
@@ -105,15 +114,21 @@ def read_pairs(pairs_file: Path, root: Path) -> PairList:
                 if row_number == 1:
                     continue  # a header
                 raise DataError(f"{pairs_file} line {row_number}: 'same' must be 1/0 or true/false, not {row[2]!r}")
-            first, second = (Path(cell.strip()) for cell in row[:2])
-            pairs.first.append(first if first.is_absolute() else root / first)
-            pairs.second.append(second if second.is_absolute() else root / second)
+            first, second = (_inside(root, Path(cell.strip()), pairs_file, row_number) for cell in row[:2])
+            pairs.first.append(first)
+            pairs.second.append(second)
             pairs.same.append(flag in {"1", "true"})
     else:
         for line_number, line in enumerate(text.splitlines(), 1):
             tokens = line.split()
             if not tokens or all(token.isdigit() for token in tokens):
                 continue  # blank line or the "10 300" header
+            numbers = tokens[1:] if len(tokens) == 3 else tokens[1::2]
+            if len(tokens) in (3, 4) and not all(number.isdigit() for number in numbers):
+                raise DataError(f"{pairs_file} line {line_number}: image numbers must be digits, not {' '.join(numbers)!r}")
+            if len(tokens) in (3, 4):
+                for name in tokens[::2] if len(tokens) == 4 else tokens[:1]:
+                    _inside(root, Path(name), pairs_file, line_number)
             if len(tokens) == 3:
                 name, first, second = tokens
                 pairs.first.append(_lfw_image(root, name, first))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 from pathlib import Path
@@ -74,6 +75,12 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             where = f" {exc.filename}" if exc.filename else ""
             if isinstance(exc, (FileExistsError, NotADirectoryError)):
                 fail(f"cannot create{where}: a file is in the way of a folder ({exc.strerror}); choose another path")
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                fail(f"cannot write{where}: the disk is full; free some space (or choose another path). Files "
+                     "are replaced only once fully written, so the previous version is intact")
+            if exc.errno == errno.EROFS:
+                fail(f"cannot write{where}: the file system is read-only; choose another path. The previous "
+                     "version of the file is intact")
             fail(f"cannot access{where}: {exc.strerror or exc}; check the path and its permissions")
 
     return wrapper

@@ -1,0 +1,173 @@
+"""Hostile and broken input, generated: `python -m tests.fuzzing KIND FOLDER` prints one JSON summary.
+
+Run in a subprocess by tests/test_reliability.py, so that a crash inside a native reader (zip, pickle,
+image codecs) fails the test instead of killing the test run. Every case must end in a typed edgeface
+error (what the CLI turns into one line and exit 2), a reported skip, or success: never another exception.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+SEED = 20261125
+
+
+def mutations(data: bytes, rng: random.Random, count: int) -> Iterator[bytes]:
+    """Bit flips, overwritten runs, truncations, duplications, insertions and pure noise."""
+    for index in range(count):
+        kind = index % 6
+        mutable = bytearray(data)
+        if kind == 0:
+            for _ in range(rng.randint(1, 16)):
+                position = rng.randrange(len(mutable))
+                mutable[position] ^= 1 << rng.randrange(8)
+        elif kind == 1:
+            start = rng.randrange(len(mutable))
+            length = rng.randint(1, 256)
+            mutable[start:start + length] = bytes(rng.randrange(256) for _ in range(min(length, len(mutable) - start)))
+        elif kind == 2:
+            mutable = mutable[: rng.randrange(1, len(mutable))]
+        elif kind == 3:
+            start = rng.randrange(len(mutable))
+            mutable = mutable[:start] + mutable[start:start + rng.randint(1, 512)] + mutable[start:]
+        elif kind == 4:
+            start = rng.randrange(len(mutable))
+            mutable[start:start] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))
+        else:
+            mutable = bytearray(rng.randbytes(rng.randint(1, 4096)))
+        yield bytes(mutable)
+
+
+def checkpoint_seeds(folder: Path) -> dict[str, bytes]:
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.LayerNorm(4))
+    state = {f"model.{key}": value for key, value in module.state_dict().items()}
+    seeds: dict[str, bytes] = {}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    seeds["pt"] = buffer.getvalue()
+    buffer = io.BytesIO()
+    torch.save({"state_dict": state, "epoch": 3}, buffer, _use_new_zipfile_serialization=False)
+    seeds["legacy"] = buffer.getvalue()
+    save_file(state, str(folder / "seed.safetensors"))
+    seeds["safetensors"] = (folder / "seed.safetensors").read_bytes()
+    scripted = torch.jit.script(module)
+    scripted.save(str(folder / "seed.ts"))
+    seeds["torchscript"] = (folder / "seed.ts").read_bytes()
+    return seeds
+
+
+def run_checkpoints(folder: Path, per_seed: int) -> Iterator[tuple[str, Callable[[], object]]]:
+    from edgeface_cli.checkpoints import read_checkpoint
+
+    rng = random.Random(SEED)
+    for name, data in checkpoint_seeds(folder).items():
+        for number, mutated in enumerate(mutations(data, rng, per_seed)):
+            path = folder / f"{name}-{number}.bin"
+            path.write_bytes(mutated)
+            yield f"{name}-{number}", lambda path=path: read_checkpoint(path)
+
+
+YAML_SEEDS = [
+    "optim:\n  head_lr: 1.0e-4\n  epochs: 30\ndata:\n  image_size: 112\n  cache: auto\n",
+    "model:\n  arch: edgeface_xxs\n  use_pos_emb: [false, true, false, false]\nguard:\n  max_grad_norm: 1.0\n",
+    "a: &a [1, 1]\nb: &b [*a, *a]\nc: &c [*b, *b]\nd: [*c, *c]\noptim: {epochs: *a}\n",
+]
+
+
+def run_configs(folder: Path, per_seed: int) -> Iterator[tuple[str, Callable[[], object]]]:
+    from edgeface_cli.config import build_config
+
+    rng = random.Random(SEED + 1)
+    for seed_number, text in enumerate(YAML_SEEDS):
+        for number, mutated in enumerate(mutations(text.encode(), rng, per_seed)):
+            path = folder / f"config-{seed_number}-{number}.yaml"
+            path.write_bytes(mutated)
+            yield f"config-{seed_number}-{number}", lambda path=path: build_config(path, search_default_file=False)
+
+
+def run_images(folder: Path, per_seed: int) -> Iterator[tuple[str, Callable[[], object]]]:
+    """Mutated JPEG/PNG/WebP/BMP files in an identity folder: each is decoded or reported unreadable."""
+    from PIL import Image
+
+    from edgeface_cli.data import ImageSettings, scan_image_folder
+
+    rng = random.Random(SEED + 2)
+    image = Image.new("RGB", (40, 48), (120, 60, 30))
+    for x in range(40):
+        image.putpixel((x, x % 48), (x * 6, 255 - x * 6, 90))
+    for suffix, format_name in ((".jpg", "JPEG"), (".png", "PNG"), (".webp", "WEBP"), (".bmp", "BMP")):
+        buffer = io.BytesIO()
+        image.save(buffer, format=format_name)
+        root = folder / f"images{suffix.strip('.')}"
+        for number, mutated in enumerate(mutations(buffer.getvalue(), rng, per_seed)):
+            identity = root / "someone"
+            identity.mkdir(parents=True, exist_ok=True)
+            (identity / f"{number}{suffix}").write_bytes(mutated)
+        (root / "other").mkdir(parents=True, exist_ok=True)
+        image.save(root / "other" / f"good{suffix}", format=format_name)
+
+        def scan(root: Path = root, per_seed: int = per_seed) -> object:
+            result = scan_image_folder(root, settings=ImageSettings(image_size=32, cache="off"))
+            assert len(result.samples) + len(result.unreadable) == per_seed + 1
+            return result
+
+        yield f"images{suffix}", scan
+
+
+def run_pairs(folder: Path, per_seed: int) -> Iterator[tuple[str, Callable[[], object]]]:
+    from edgeface_cli.evaluation import read_pairs
+
+    root = folder / "pairs-root"
+    (root / "alice").mkdir(parents=True, exist_ok=True)
+    (root / "alice" / "alice_0001.jpg").write_bytes(b"x")
+    (root / "alice" / "alice_0002.jpg").write_bytes(b"x")
+    (folder / "outside.jpg").write_bytes(b"x")
+    seeds = {
+        ".txt": "10 300\nalice 1 2\nalice 1 bob 2\n",
+        ".csv": "path1,path2,same\nalice/alice_0001.jpg,alice/alice_0002.jpg,1\n../outside.jpg,alice/alice_0001.jpg,0\n",
+    }
+    rng = random.Random(SEED + 3)
+    for suffix, text in seeds.items():
+        for number, mutated in enumerate(mutations(text.encode(), rng, per_seed)):
+            path = folder / f"pairs-{number}{suffix}"
+            path.write_bytes(mutated)
+            yield f"pairs{suffix}-{number}", lambda path=path: read_pairs(path, root)
+
+
+RUNNERS = {"checkpoints": run_checkpoints, "configs": run_configs, "images": run_images, "pairs": run_pairs}
+
+
+def main() -> None:
+    from edgeface_cli.errors import EdgeFaceError
+
+    kind, folder, per_seed = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+    folder.mkdir(parents=True, exist_ok=True)
+    outcomes = {"ok": 0, "refused": 0}
+    failures: list[str] = []
+    slowest = 0.0
+    for name, case in RUNNERS[kind](folder, per_seed):
+        started = time.perf_counter()
+        try:
+            case()
+            outcomes["ok"] += 1
+        except EdgeFaceError:
+            outcomes["refused"] += 1
+        except Exception:  # noqa: BLE001 - exactly what the fuzz test looks for
+            failures.append(f"{name}: {traceback.format_exc(limit=3).strip().splitlines()[-1]}")
+        slowest = max(slowest, time.perf_counter() - started)
+    print(json.dumps({"kind": kind, **outcomes, "failures": failures, "slowest_case_s": slowest}))
+
+
+if __name__ == "__main__":
+    main()
