@@ -141,6 +141,7 @@ class RuntimeSection(_Section):
 
 class DebugSection(_Section):
     inject_nan_at: list[int] = Field(default_factory=list, description="global steps whose loss is replaced by NaN (tests the guards)")
+    inject_nan_rank: int | None = Field(None, ge=0, description="under torchrun: inject only on this rank (none = every rank)")
 
 
 class EdgeFaceConfig(_Section):

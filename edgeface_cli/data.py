@@ -305,14 +305,18 @@ def face_dataset(samples: Sequence[Sample], scan: ScanResult | None, settings: I
 class EpochBatches(Sampler[list[int]]):
     """Index batches, shuffled by a generator seeded with (seed, epoch): reproducible after a resume.
 
-    The stage-1 embedding cache walks the same batches as the image loader.
+    Under data-parallel training every rank draws the same order and takes every ``world``-th index
+    (padded by wrapping around, as DistributedSampler does), so all ranks run the same number of
+    batches. The stage-1 embedding cache walks the same batches as the image loader.
     """
 
-    def __init__(self, size: int, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+    def __init__(self, size: int, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1) -> None:
         self.size = size
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
+        self.rank = rank
+        self.world = world
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -324,12 +328,21 @@ class EpochBatches(Sampler[list[int]]):
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         return torch.randperm(self.size, generator=generator)
 
+    def shard(self) -> torch.Tensor:
+        """This rank's indices of the epoch, in order (the whole order for a single process)."""
+        order = self.order()
+        if self.world == 1:
+            return order
+        padded = order.repeat(-(-self.world // self.size) + 1)[: -(-self.size // self.world) * self.world]
+        return padded[self.rank::self.world]
+
     def __iter__(self) -> Iterator[list[int]]:
-        order = self.order().numpy()
-        return (order[start:start + self.batch_size].tolist() for start in range(0, self.size, self.batch_size))
+        shard = self.shard().numpy()
+        return (shard[start:start + self.batch_size].tolist() for start in range(0, len(shard), self.batch_size))
 
     def __len__(self) -> int:
-        return (self.size + self.batch_size - 1) // self.batch_size
+        per_rank = -(-self.size // self.world)
+        return (per_rank + self.batch_size - 1) // self.batch_size
 
 
 class PrefetchLoader:
@@ -392,12 +405,12 @@ BatchLoader = DataLoader | PrefetchLoader
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, pin_memory: bool,
-                seed: int) -> BatchLoader:
+                seed: int, rank: int = 0, world: int = 1) -> BatchLoader:
     """Batches of (uint8 images, labels, identities, dataset indices) in ``EpochBatches`` order.
 
     Files decoded per image use ``workers`` processes; cached batches use one prefetch thread.
     """
-    batches = EpochBatches(len(dataset), batch_size, shuffle, seed)  # type: ignore[arg-type]
+    batches = EpochBatches(len(dataset), batch_size, shuffle, seed, rank, world)  # type: ignore[arg-type]
     if isinstance(dataset, CachedBatches):
         return PrefetchLoader(DataLoader(dataset, sampler=batches, batch_size=None, num_workers=0, pin_memory=pin_memory))
     return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory,

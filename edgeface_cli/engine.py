@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from .augment import EpochAugmentation, plan_epoch, to_model_input
 from .atomic import atomic_write_text
 from .checkpoints import BackboneLoad, atomic_torch_save, load_backbone
 from .config import EdgeFaceConfig, dump_yaml, with_absolute_paths
+from .distributed import SINGLE, Distributed
 from .data import (
     ImageSettings, ScanResult, face_dataset, inference_loader, left_out_note, loader_batches, make_loader,
     scan_image_folder, set_loader_epoch, NON_SQUARE_HINT,
@@ -54,6 +56,8 @@ class RunStarted:
     epochs: int
     stage1_epochs: int
     steps_per_epoch: int
+    world_size: int = 1
+    backend: str | None = None
 
 
 @dataclass
@@ -203,6 +207,24 @@ def report_scan(scan: ScanResult, role: str, on_event: EventHandler) -> None:
 # ------------------------------------------------------------------ the trainer
 
 
+class TrainStep(nn.Module):
+    """Backbone (unless frozen embeddings are given) and margin head: the module DDP wraps, so the
+    gradients of whatever trains in this stage are averaged across ranks during backward."""
+
+    def __init__(self, backbone: nn.Module, head: MarginHead, forward: BackboneForward) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.backbone_forward = forward
+
+    def forward(self, labels: torch.Tensor, inputs: torch.Tensor | None, embeddings: torch.Tensor | None,
+                backbone_trains: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if embeddings is None:
+            with torch.set_grad_enabled(backbone_trains):
+                embeddings = self.backbone_forward(inputs)
+        return self.head(embeddings, labels)
+
+
 class Trainer:
     def __init__(
         self,
@@ -213,12 +235,14 @@ class Trainer:
         loaded: BackboneLoad,
         on_event: EventHandler,
         auto_troubleshoot: bool = False,
+        distributed: Distributed = SINGLE,
     ) -> None:
         self.config = config
         self.run_dir = run_dir
-        self.on_event = on_event
+        self.distributed = distributed
+        self.on_event = on_event if distributed.is_main else (lambda event: None)
         self.auto_troubleshoot = auto_troubleshoot
-        self.device = resolve_device(config.runtime.device)
+        self.device = distributed.device(resolve_device(config.runtime.device))
         self.precision: Precision = resolve_precision(config.runtime.amp, self.device)
         self.channels_last = prepare_device(self.device)
         self.class_names = train_scan.classes
@@ -236,19 +260,22 @@ class Trainer:
         self.train_labels = torch.tensor([sample.label for sample in train_scan.samples], device=self.device)
         self.train_loader = make_loader(
             face_dataset(train_scan.samples, train_scan, settings), data.batch_size, True, data.workers, pin, config.runtime.seed,
+            distributed.rank, distributed.world_size,
         )
         # Stage 1 embeds the training set once in this order (no augmentation, no shuffle).
         self.train_embedding_loader = inference_loader(
             train_scan.samples, train_scan, settings, data.batch_size, data.workers, self.device
         )
+        # Rank 0 validates on the whole val set and shares the result; the others wait for it.
         self.val_loader = (
             inference_loader(val_scan.samples, val_scan, settings, data.batch_size, data.workers, self.device)
-            if val_scan is not None
+            if val_scan is not None and distributed.is_main
             else None
         )
         self.val_images = len(val_scan.samples) if val_scan is not None else 0
         self.scaler = self._new_scaler()
         self.optimizer: torch.optim.Optimizer | None = None
+        self.step_module: nn.Module = TrainStep(self.backbone, self.head, self.forward)
         self.optimizer_stage = 0
         self.stage_step = 0
         self.global_step = 0
@@ -279,6 +306,16 @@ class Trainer:
     def _build_optimizer(self, stage: int) -> None:
         self.optimizer = build_optimizer(self.backbone, self.head, stage, self.config, self.device)
         self.optimizer_stage = stage
+        step = TrainStep(self.backbone, self.head, self.forward)
+        if self.distributed.enabled:
+            # Wrapped anew per stage: DDP averages the gradients of the parameters that train now.
+            from torch.nn.parallel import DistributedDataParallel
+
+            # DDP warns that the depthwise convolutions' size-1 dimensions have other gradient strides
+            # than its buckets: harmless ("not an error"), and not something a user can act on.
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            step = DistributedDataParallel(step, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.step_module = step
 
     def _stage_bounds(self, stage: int) -> tuple[int, int]:
         first = 1 if stage == 1 else self.config.optim.stage1_epochs + 1
@@ -362,6 +399,8 @@ class Trainer:
     def _save(self, is_best: bool) -> None:
         """best.pt and backbone.pt before last.pt: a kill in between never leaves last.pt naming a best
         epoch that best.pt does not hold (a resume re-runs the epoch and writes all three again)."""
+        if not self.distributed.is_main:
+            return
         state = self._state()
         if is_best:
             atomic_torch_save(state, self.run_dir / "best.pt")
@@ -388,8 +427,8 @@ class Trainer:
         """(labels, model input or None, frozen embeddings or None) per batch, on the device."""
         if stage == 1 and self._uses_stage1_cache():
             plain, mirrored = self._frozen_embeddings()
-            batches = loader_batches(self.train_loader)  # the image loader's order, moved to the device once
-            for index in batches.order().to(self.device, non_blocking=True).split(batches.batch_size):
+            batches = loader_batches(self.train_loader)  # the image loader's order (this rank's share), on the device once
+            for index in batches.shard().to(self.device, non_blocking=True).split(batches.batch_size):
                 embeddings = plain[index]
                 if mirrored is not None:
                     embeddings = torch.where(plan.flip[index].view(-1, 1), mirrored[index], embeddings)
@@ -408,19 +447,16 @@ class Trainer:
         self.backbone.train(stage == 2)
         batches = len(self.train_loader)
         self.on_event(EpochStarted(epoch, stage, batches))
-        meter = EpochMeter(self.device)
+        meter = EpochMeter(self.device, self.distributed)
         trainable_backbone = [parameter for parameter in self.backbone.parameters() if parameter.requires_grad]
         started = time.perf_counter()
         assert self.optimizer is not None
         for batch_index, (labels, inputs, embeddings) in enumerate(self._batches(stage, plan)):
             self._apply_lr(stage)
             with torch.autocast(self.device.type, dtype=self.precision.dtype, enabled=self.precision.dtype is not None):
-                if embeddings is None:
-                    with torch.set_grad_enabled(stage == 2):
-                        embeddings = self.forward(inputs)
-                logits, cosine = self.head(embeddings, labels)
+                logits, cosine = self.step_module(labels, inputs, embeddings, stage == 2)
                 loss = nn.functional.cross_entropy(logits, labels)
-            if self.global_step in self.pending_nan_steps:
+            if self.global_step in self.pending_nan_steps and self.config.debug.inject_nan_rank in (None, self.distributed.rank):
                 # Each injected step fires once: after an escalation rewinds the step count, it is spent.
                 self.pending_nan_steps.discard(self.global_step)
                 loss = loss * float("nan")
@@ -473,6 +509,15 @@ class Trainer:
         ))
 
     def _validate_into(self, record: dict[str, Any]) -> None:
+        if self.distributed.enabled:
+            # Rank 0 validates; every rank then holds the same record, so all take the same decisions.
+            if self.distributed.is_main:
+                self._validate_locally(record)
+            record.update(self.distributed.broadcast(record))
+            return
+        self._validate_locally(record)
+
+    def _validate_locally(self, record: dict[str, Any]) -> None:
         if self.val_loader is None:
             record.update(val_loss=None, val_acc=None, val_top5=None, val_sim_pos=None, val_sim_neg=None)
             return
@@ -521,11 +566,12 @@ class Trainer:
             raise GuardStop(record["epoch"], f"no optimizer step was taken in epoch {record['epoch']}: every step's "
                                              "gradients were non-finite", "skipped")
         skipped = record["skipped_batches"] + record["skipped_steps"]
-        fraction = skipped / max(1, record["batches"])
+        batches = record["batches"] * self.distributed.world_size  # the counts are summed over ranks
+        fraction = skipped / max(1, batches)
         if fraction > self.config.guard.max_skip_fraction:
             raise GuardStop(
                 record["epoch"],
-                f"{skipped} of {record['batches']} batches skipped at epoch {record['epoch']} "
+                f"{skipped} of {batches} batches skipped at epoch {record['epoch']} "
                 f"({fraction:.0%} > guard.max_skip_fraction {self.config.guard.max_skip_fraction:.0%})",
                 "skipped",
             )
@@ -538,13 +584,13 @@ class Trainer:
             RunStarted(
                 self.run_dir, str(self.device), self.precision.label, self.backbone.arch, len(self.class_names),
                 len(self.train_labels), self.val_images, self.epoch + 1, config.optim.epochs,
-                config.optim.stage1_epochs, self.steps_per_epoch,
+                config.optim.stage1_epochs, self.steps_per_epoch, self.distributed.world_size, self.distributed.backend,
             )
         )
         if self.epoch < config.optim.stage1_epochs and config.optim.stage1_cache and not self._uses_stage1_cache():
             self.on_event(Notice("info", "stage 1 runs the frozen backbone every epoch: colour jitter changes each "
                                          "image every epoch, so its embeddings cannot be computed once"))
-        atomic_write_text(self.run_dir / "config.yaml", dump_yaml(config))
+        self._write_config(config)
         epoch = self.epoch + 1
         while epoch <= self.config.optim.epochs:
             stage = stage_of(epoch, self.config)
@@ -581,7 +627,7 @@ class Trainer:
             self.epoch = epoch
             self.records.append(record)
             # Metrics first: a kill between the two leaves a row that resume drops, never a lost row.
-            write_metrics(self.run_dir, self.records)
+            self._write_metrics()
             self._save(is_best)
             self.on_event(EpochEnded(record, is_best))
             for warning in record["warnings"]:
@@ -591,6 +637,14 @@ class Trainer:
             "finished", self.run_dir, self.epoch, self.best_epoch,
             self._best_val_acc(), records=self.records,
         )
+
+    def _write_config(self, config: EdgeFaceConfig) -> None:
+        if self.distributed.is_main:  # one set of files, whatever the number of ranks
+            atomic_write_text(self.run_dir / "config.yaml", dump_yaml(config))
+
+    def _write_metrics(self) -> None:
+        if self.distributed.is_main:
+            write_metrics(self.run_dir, self.records)
 
     def _best_val_acc(self) -> float | None:
         for record in self.records:
@@ -603,7 +657,7 @@ class Trainer:
         self.records.append(
             {"event": "guard_stop", "kind": stop.kind, "epoch": stop.epoch, "reason": stop.reason, "troubleshoot_level": self.config.troubleshoot_level}
         )
-        write_metrics(self.run_dir, self.records)
+        self._write_metrics()
         return RunResult(
             "guard_stopped", self.run_dir, self.epoch, self.best_epoch, self._best_val_acc(),
             stop_reason=stop.reason, recommended_level=recommended, records=self.records,
@@ -644,7 +698,7 @@ class Trainer:
         self.stage_step = (self.epoch + 1 - self._stage_bounds(resume_stage)[0]) * self.steps_per_epoch
         # config.yaml before the escalation row: a kill in between never resumes at the old level
         # while the metrics say it escalated.
-        atomic_write_text(self.run_dir / "config.yaml", dump_yaml(new_config))
+        self._write_config(new_config)
         self._record_escalation(stop, current, current + 1, changes)
         return True
 
@@ -655,7 +709,7 @@ class Trainer:
             "event": "escalation", "epoch": stop.epoch, "reason": stop.reason, "kind": stop.kind,
             "from_level": from_level, "to_level": to_level, "changes": changes, **extra,
         })
-        write_metrics(self.run_dir, self.records)
+        self._write_metrics()
         self.on_event(Escalated(stop.epoch, from_level, to_level, changes))
 
     def _switch_backbone(self, stop: GuardStop, new_config: EdgeFaceConfig, changes: list[dict[str, Any]]) -> None:
@@ -687,21 +741,30 @@ def train(
     resume_dir: Path | None = None,
     force: bool = False,
     auto_troubleshoot: bool = False,
+    distributed: Distributed = SINGLE,
 ) -> RunResult:
     """Scan data, load the backbone, and run (or resume) the two-stage fine-tuning.
 
     With ``auto_troubleshoot`` a level-4 escalation restarts stage 1 with EdgeFace-S in ``<run>-level4``.
+    Under torchrun (``distributed``) only rank 0 reports events and writes files.
     """
     resolve_precision(config.runtime.amp, resolve_device(config.runtime.device))  # fail before slow work
     config = with_absolute_paths(config)  # config.yaml then works from any folder (--resume included)
-    train_scan, val_scan = scan_datasets(config, on_event)
-    result = _train_once(config, train_scan, val_scan, on_event, resume_dir, force, auto_troubleshoot)
+    if not distributed.is_main:
+        on_event = lambda event: None  # noqa: E731 - rank 0 speaks for all
+        distributed.barrier()  # rank 0 scans first and builds the decoded-image cache; the others then read it
+    try:
+        train_scan, val_scan = scan_datasets(config, on_event)
+    finally:
+        if distributed.is_main:
+            distributed.barrier()  # also on failure: the others then hit the same error instead of waiting
+    result = _train_once(config, train_scan, val_scan, on_event, resume_dir, force, auto_troubleshoot, distributed)
     previous: list[Path] = []
     while result.status == "switched" and result.next_config is not None:
         previous.append(result.run_dir)
         next_config = result.next_config
         on_event(Notice("info", f"restarting stage 1 with {next_config.model.arch} in {next_config.runtime.out}"))
-        result = _train_once(next_config, train_scan, val_scan, on_event, None, force, auto_troubleshoot)
+        result = _train_once(next_config, train_scan, val_scan, on_event, None, force, auto_troubleshoot, distributed)
     result.previous_runs = previous
     return result
 
@@ -714,6 +777,7 @@ def _train_once(
     resume_dir: Path | None,
     force: bool,
     auto_troubleshoot: bool,
+    distributed: Distributed = SINGLE,
 ) -> RunResult:
     seed_everything(config.runtime.seed)
     resume_state = None
@@ -738,9 +802,9 @@ def _train_once(
         config = config.model_copy(update={"model": config.model.model_copy(update={
             "arch": backbone.arch, "use_pos_emb": list(backbone.use_pos_emb), "embedding_dim": backbone.embedding_dim,
         })})
-        run_dir = prepare_run_dir(config.runtime.out, force)
+        run_dir = _shared_run_dir(config.runtime.out, force, distributed)
         config = config.model_copy(update={"runtime": config.runtime.model_copy(update={"out": run_dir.absolute()})})
-    trainer = Trainer(config, run_dir, train_scan, val_scan, loaded, on_event, auto_troubleshoot)
+    trainer = Trainer(config, run_dir, train_scan, val_scan, loaded, on_event, auto_troubleshoot, distributed)
     if resume_state is not None:
         trainer.load_state(resume_state)
         if trainer.epoch >= config.optim.epochs:
@@ -753,6 +817,22 @@ def _train_once(
         return RunResult(
             "interrupted", run_dir, trainer.epoch, trainer.best_epoch, trainer._best_val_acc(), records=trainer.records
         )
+
+
+def _shared_run_dir(out: Path | None, force: bool, distributed: Distributed) -> Path:
+    """Rank 0 prepares the run directory (its default name is a timestamp) and tells the others."""
+    if not distributed.enabled:
+        return prepare_run_dir(out, force)
+    outcome: tuple[str, str] | None = None
+    if distributed.is_main:
+        try:
+            outcome = ("ok", str(prepare_run_dir(out, force)))
+        except RunDirError as exc:
+            outcome = ("error", str(exc))
+    kind, value = distributed.broadcast(outcome)
+    if kind == "error":
+        raise RunDirError(value)
+    return Path(value)
 
 
 def report_backbone(loaded: BackboneLoad, on_event: EventHandler) -> None:

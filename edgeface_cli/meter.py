@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from .distributed import SINGLE, Distributed
+
 
 @dataclass
 class StepVerdict:
@@ -23,10 +25,16 @@ class EpochMeter:
     FIELDS = ("loss_sum", "correct", "seen", "skipped_batches", "skipped_steps", "overflow_steps",
               "optimizer_steps", "norm_sum", "norm_max")
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, distributed: Distributed = SINGLE) -> None:
         dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
         self.sums = {name: torch.zeros((), device=device, dtype=dtype) for name in self.FIELDS}
-        self.images = 0  # known on the host: batch sizes never need the device
+        self.distributed = distributed
+        self.local_images = 0  # known on the host: batch sizes never need the device
+
+    @property
+    def images(self) -> int:
+        """Images of all ranks (their shards are padded to equal length)."""
+        return self.local_images * self.distributed.world_size
 
     def judge(
         self,
@@ -56,7 +64,7 @@ class EpochMeter:
 
     def add_batch(self, loss: torch.Tensor, cosine: torch.Tensor, labels: torch.Tensor, loss_ok: torch.Tensor) -> None:
         count = len(labels)
-        self.images += count
+        self.local_images += count
         sums = self.sums
         dtype = sums["loss_sum"].dtype
         sums["loss_sum"] += torch.where(loss_ok, loss.detach().to(dtype) * count, torch.zeros((), device=loss.device, dtype=dtype))
@@ -65,9 +73,15 @@ class EpochMeter:
         sums["seen"] += loss_ok * count
 
     def read(self) -> dict[str, Any]:
-        """The sums as numbers (one transfer from the device)."""
-        values = torch.stack(list(self.sums.values())).tolist()
-        totals = dict(zip(self.FIELDS, values))
+        """The sums of every rank as numbers (one transfer from the device; a collective under DDP,
+        so every rank reads at the same batches)."""
+        stacked = torch.stack(list(self.sums.values()))
+        if self.distributed.enabled:
+            largest = self.FIELDS.index("norm_max")
+            norm_max = self.distributed.max_(stacked[largest:largest + 1].clone())
+            self.distributed.sum_(stacked)
+            stacked[largest] = norm_max[0]
+        totals = dict(zip(self.FIELDS, stacked.tolist()))
         seen, steps = int(totals["seen"]), int(totals["optimizer_steps"])
         return {
             "train_loss": totals["loss_sum"] / seen if seen else float("nan"),

@@ -149,6 +149,9 @@ class TrainRenderer:
         self._step_bar(f"epoch {event.epoch} validation", event.done, event.total)
 
     def _on_RunStarted(self, event: RunStarted) -> None:
+        if event.world_size > 1:
+            self._print(f"data-parallel: {event.world_size} processes ({event.backend}), each training on its "
+                        "share of every epoch; the figures below cover all of them")
         self._print(
             f"run {event.run_dir}: {event.arch} on {event.device} ({event.precision}), {event.classes} identities, "
             f"{event.train_images} train / {event.val_images} val images, {event.steps_per_epoch} batches per epoch"

@@ -123,15 +123,24 @@ def run_and_report(
 
     # Before torch loads: a wrong path or an unwritable --out is answered at once, not after the scan.
     check_training_inputs(resolved.data.train_dir, resolved.data.val_dir, resume or resolved.runtime.out)
+    from ..distributed import from_environment, shutdown
     from ..engine import train as run_training
     from ..render import TrainRenderer
 
+    distributed = from_environment(resolved.runtime.device)  # torchrun: join its process group
+    if not distributed.is_main:
+        quiet = True  # rank 0 reports for all; the others only show errors
     renderer = TrainRenderer(console, quiet)
     with sigterm_as_interrupt() as received:
         try:
-            result = run_training(resolved, renderer, resume_dir=resume, force=force, auto_troubleshoot=auto_troubleshoot)
+            result = run_training(resolved, renderer, resume_dir=resume, force=force, auto_troubleshoot=auto_troubleshoot,
+                                  distributed=distributed)
         finally:
             renderer.close()
+            shutdown(distributed)
+    if not distributed.is_main:  # rank 0 reports; the others end with the same code, silently
+        codes = {"interrupted": EXIT_TERMINATED if received else EXIT_INTERRUPTED, "guard_stopped": EXIT_GUARD_STOP}
+        raise typer.Exit(codes.get(result.status, 0))
     if result.status == "interrupted":
         what = "terminated (SIGTERM)" if received else "interrupted"
         if result.last_epoch == 0:

@@ -1,0 +1,86 @@
+"""Data-parallel training under torchrun: the process group, and the few collectives the engine needs.
+
+A single process (no ``WORLD_SIZE`` above 1 in the environment) sets nothing up and every helper is a
+no-op, so the engine calls them unconditionally. Under ``torchrun --nproc-per-node N`` each rank trains
+on its share of every epoch; NCCL on CUDA, Gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as torch_dist
+
+# A rank that dies leaves the others blocked in a collective: they give up after this long.
+COLLECTIVE_TIMEOUT = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def device(self, device: torch.device) -> torch.device:
+        """``cuda`` under torchrun means this rank's own GPU (LOCAL_RANK)."""
+        if self.enabled and device.type == "cuda":
+            return torch.device("cuda", self.local_rank)
+        return device
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch_dist.barrier()
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (any picklable object)."""
+        if not self.enabled:
+            return value
+        box = [value]
+        torch_dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
+        return tensor
+
+    def max_(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.MAX)
+        return tensor
+
+
+SINGLE = Distributed()
+
+
+def from_environment(device_spec: str) -> Distributed:
+    """Join the process group torchrun describes (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``); else a single process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return SINGLE
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    wants_cuda = device_spec.startswith("cuda") or (device_spec == "auto" and torch.cuda.is_available())
+    backend = "nccl" if wants_cuda else "gloo"
+    if wants_cuda:
+        torch.cuda.set_device(local_rank)
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
+    return Distributed(rank, world_size, local_rank, backend)
+
+
+def shutdown(context: Distributed) -> None:
+    if context.enabled and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
