@@ -7,11 +7,9 @@ arbitrary Python globals is refused, never executed.
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 import struct
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -24,7 +22,8 @@ from torch import nn
 
 from .atomic import atomic_write_stream
 from .errors import CheckpointError
-from .models import KEY_PREFIX, ZOO, EdgeFace, key_shapes
+from .models import EdgeFace, key_shapes
+from .zoo import KEY_PREFIX, ZOO
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "backbone")
 DATA_PARALLEL_PREFIXES = ("module.", "_orig_mod.")

@@ -14,7 +14,7 @@ import timm
 import torch
 from torch import nn
 
-from .zoo import DEFAULT_POS_EMB, KEY_PREFIX, ZOO, ZooEntry  # noqa: F401 - the zoo's names, re-exported
+from .zoo import DEFAULT_POS_EMB, ZOO
 
 
 class LowRankLinear(nn.Module):
