@@ -110,21 +110,28 @@ def test_kill_9_at_random_moments_then_resume_finishes_intact(sample_dataset: Pa
     # (a kill between mkstemp and rename can leave one; it is never read: only whole files are renamed in)
 
 
-def test_sigint_exits_130_and_the_run_resumes(sample_dataset: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("signal_number", "code", "said"), [
+    (signal.SIGINT, 130, "interrupted"),
+    (signal.SIGTERM, 143, "terminated (SIGTERM)"),  # what cluster schedulers send: handled like Ctrl-C
+])
+def test_a_signal_stops_the_run_resumably(signal_number: int, code: int, said: str, sample_dataset: Path,
+                                          tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     process = subprocess.Popen(train_command(sample_dataset, run_dir, "--stage1-epochs", "0", "--epochs", "200"),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")})
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while not (run_dir / "last.pt").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signal_number)
     output, _ = process.communicate(timeout=60)
-    assert process.returncode == 130, output
-    assert "interrupted" in output and f"--resume {run_dir}" in output.replace("\n", "")
+    assert process.returncode == code, output
+    assert said in output and f"--resume {run_dir}" in output.replace("\n", "")
     epoch = torch.load(run_dir / "last.pt", weights_only=True)["epoch"]
+    assert epoch >= 1
     resumed = runner.invoke(app, ["train", "--resume", str(run_dir), "--set", f"optim.epochs={epoch + 1}"])
     assert resumed.exit_code == 0, resumed.output
+    assert [row["epoch"] for row in rows_of(run_dir)] == list(range(1, epoch + 2))
 
 
 @pytest.mark.parametrize(("code", "message"), [(errno.ENOSPC, "the disk is full"), (errno.EROFS, "read-only")])
