@@ -182,7 +182,7 @@ def read_yaml_file(path: Path) -> dict[str, Any]:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         what = exc.problem or exc.context or "not valid YAML"
         raise ConfigError(f"cannot read config file {path}: {what}{where}") from None
-    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - YAMLError, bad encodings, impossible dates ("2026-13-45"), ...
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"cannot read config file {path}: {first_line}") from None
     if data is None:

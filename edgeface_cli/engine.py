@@ -34,7 +34,7 @@ from .inference import Extracted, embed_with_mirror, validate
 from .meter import EpochMeter
 from .metrics import SimilarityHistogram, VerificationStats
 from .optim import apply_hyperparameters, build_optimizer, gated_step, lr_factor, optimizer_kind
-from .rundir import prepare_run_dir, read_metrics, write_metrics
+from .rundir import prepare_run_dir, read_metrics, remove_stale_temp_files, write_metrics
 from .runtime import BackboneForward, Precision, prepare_device, resolve_device, resolve_precision
 from .training_state import load_scaler_state, restore_rng_state, rng_state, seed_everything, to_cpu
 
@@ -785,6 +785,8 @@ def _train_once(
         last = resume_dir / "last.pt"
         if not last.exists():
             raise RunDirError(f"cannot resume {resume_dir}: no last.pt there (did its first epoch finish?)")
+        if distributed.is_main:
+            remove_stale_temp_files(resume_dir)
         resume_state = torch.load(last, map_location="cpu", weights_only=True)
         if resume_state.get("class_names") != train_scan.classes:
             raise RunDirError(f"cannot resume {resume_dir}: the training identities differ from the run's")

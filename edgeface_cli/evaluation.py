@@ -104,7 +104,11 @@ def read_pairs(pairs_file: Path, root: Path) -> PairList:
     text = pairs_file.read_text(encoding="utf-8", errors="replace")
     pairs = PairList([], [], [])
     if pairs_file.suffix.lower() == ".csv":
-        for row_number, row in enumerate(csv.reader(text.splitlines()), 1):
+        try:
+            rows = list(csv.reader(text.splitlines()))
+        except csv.Error as exc:
+            raise DataError(f"{pairs_file} is not a valid CSV file ({exc}); expected path1,path2,same") from None
+        for row_number, row in enumerate(rows, 1):
             if not row or not "".join(row).strip():
                 continue
             if len(row) != 3:

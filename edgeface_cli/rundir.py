@@ -40,7 +40,17 @@ def prepare_run_dir(out: Path | None, force: bool) -> Path:
         for name in existing:
             (run_dir / name).unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(run_dir)
     return run_dir
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Temp files of writes killed before their rename (``.last.pt.XXXX.tmp``): never read, but as large
+    as a checkpoint each, so a resume clears them. Only this run's own file names are touched."""
+    stale = [path for name in RUN_FILES for path in run_dir.glob(f".{name}.*.tmp")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

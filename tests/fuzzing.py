@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import sys
 import time
@@ -16,7 +17,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-SEED = 20261125
+SEED = int(os.environ.get("EDGEFACE_FUZZ_SEED", "20261125"))  # other seeds explore other mutations
 
 
 def mutations(data: bytes, rng: random.Random, count: int) -> Iterator[bytes]:

@@ -106,8 +106,22 @@ def test_kill_9_at_random_moments_then_resume_finishes_intact(sample_dataset: Pa
         assert state["epoch"] >= 1
     assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == 7
     torch.load(run_dir / "backbone.pt", weights_only=True)
-    assert not list(run_dir.glob(".*.tmp"))  # killed writes leave no temp files behind... or are cleaned
-    # (a kill between mkstemp and rename can leave one; it is never read: only whole files are renamed in)
+    # A kill between a write's temp file and its rename leaves the temp file (never read: only whole
+    # files are renamed in); the resume clears such leftovers.
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_resume_clears_temp_files_of_killed_writes(sample_dataset: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    assert runner.invoke(app, ["train", "--train-dir", str(sample_dataset / "train"), "--out", str(run_dir), *FAST,
+                               "--stage1-epochs", "1", "--epochs", "1"]).exit_code == 0
+    leftovers = [run_dir / ".last.pt.abc123.tmp", run_dir / ".metrics.jsonl.xyz.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half a file")
+    unrelated = run_dir / ".notes.txt.tmp"
+    unrelated.write_text("mine")
+    assert runner.invoke(app, ["train", "--resume", str(run_dir), "--set", "optim.epochs=2"]).exit_code == 0
+    assert not any(path.exists() for path in leftovers) and unrelated.exists()
 
 
 @pytest.mark.parametrize(("signal_number", "code", "said"), [
