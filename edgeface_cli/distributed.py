@@ -52,6 +52,20 @@ class Distributed:
         torch_dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def interleave(self, local: torch.Tensor, total: int) -> torch.Tensor:
+        """The ``total`` rows of which this rank computed rows ``rank::world_size``, from every rank, in order."""
+        if not self.enabled:
+            return local
+        per_rank = -(-total // self.world_size)
+        padded = local.new_zeros((per_rank, *local.shape[1:]))
+        padded[: len(local)] = local
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        torch_dist.all_gather(parts, padded)
+        full = local.new_empty((total, *local.shape[1:]))
+        for rank, part in enumerate(parts):
+            full[rank::self.world_size] = part[: len(range(rank, total, self.world_size))]
+        return full
+
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.enabled:
             torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)

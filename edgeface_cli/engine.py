@@ -262,9 +262,11 @@ class Trainer:
             face_dataset(train_scan.samples, train_scan, settings), data.batch_size, True, data.workers, pin, config.runtime.seed,
             distributed.rank, distributed.world_size,
         )
-        # Stage 1 embeds the training set once in this order (no augmentation, no shuffle).
+        # Stage 1 embeds the training set once (no augmentation, no shuffle); under DDP each rank embeds
+        # every world_size-th image and the ranks exchange the results.
         self.train_embedding_loader = inference_loader(
-            train_scan.samples, train_scan, settings, data.batch_size, data.workers, self.device
+            train_scan.samples[distributed.rank::distributed.world_size], train_scan, settings, data.batch_size,
+            data.workers, self.device,
         )
         # Rank 0 validates on the whole val set and shares the result; the others wait for it.
         self.val_loader = (
@@ -420,7 +422,11 @@ class Trainer:
                 self.forward, self.train_embedding_loader, self.device, self.precision, self.config.data.hflip,
                 self.channels_last,
             )
-            self.stage1_embeddings = (plain.to(self.device), None if mirrored is None else mirrored.to(self.device))
+            total = len(self.train_labels)
+            self.stage1_embeddings = (
+                self.distributed.interleave(plain.to(self.device), total),
+                None if mirrored is None else self.distributed.interleave(mirrored.to(self.device), total),
+            )
         return self.stage1_embeddings
 
     def _batches(self, stage: int, plan: EpochAugmentation) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]:

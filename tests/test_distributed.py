@@ -102,3 +102,16 @@ def test_metrics_are_reduced_across_ranks(world: int) -> None:
     assert totals["optimizer_steps"] == 2 and totals["train_loss"] == pytest.approx(2.0)
     assert totals["train_acc"] == pytest.approx(2 / 3) and meter.images == 6
     assert totals["grad_norm_max"] == pytest.approx(0.5)
+
+
+def test_stage_1_embeddings_shared_between_ranks_equal_the_uncached_path(sample_dataset: Path, tmp_path: Path) -> None:
+    """Each rank embeds every second image and the ranks exchange them: the same as running the frozen
+    backbone every stage-1 epoch."""
+    common = ["train", "--train-dir", str(sample_dataset / "train"), *FAST, "--set", "data.batch_size=4",
+              "--stage1-epochs", "2", "--epochs", "2", "--set", "optim.head_lr=0.05"]
+    for name, cache in (("cached", "true"), ("uncached", "false")):
+        done = torchrun(tmp_path, *common, "--out", str(tmp_path / name), "--set", f"optim.stage1_cache={cache}")
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    for cached, uncached in zip(rows_of(tmp_path / "cached"), rows_of(tmp_path / "uncached"), strict=True):
+        assert cached["train_loss"] == pytest.approx(uncached["train_loss"], abs=1e-5)
+        assert cached["train_acc"] == pytest.approx(uncached["train_acc"], abs=1e-6)
