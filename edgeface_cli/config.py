@@ -137,11 +137,17 @@ class RuntimeSection(_Section):
     seed: int = Field(0, description="random seed; CPU runs are repeatable")
     out: Path | None = Field(None, description="run directory (default runs/<timestamp>)")
     compile: bool = Field(False, description="run the backbone through torch.compile (falls back to eager, with a message, if it fails)")
+    collective_timeout_s: int = Field(
+        600, ge=10, description="under torchrun: how long a rank waits in a collective for one that died or hangs"
+    )
 
 
 class DebugSection(_Section):
     inject_nan_at: list[int] = Field(default_factory=list, description="global steps whose loss is replaced by NaN (tests the guards)")
     inject_nan_rank: int | None = Field(None, ge=0, description="under torchrun: inject only on this rank (none = every rank)")
+    crash_rank_at_step: list[int] = Field(
+        default_factory=list, description="[rank, step]: that process dies abruptly at that global step (tests that the others stop)"
+    )
 
 
 class EdgeFaceConfig(_Section):

@@ -15,8 +15,6 @@ from typing import Any
 import torch
 import torch.distributed as torch_dist
 
-# A rank that dies leaves the others blocked in a collective: they give up after this long.
-COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -80,8 +78,12 @@ class Distributed:
 SINGLE = Distributed()
 
 
-def from_environment(device_spec: str) -> Distributed:
-    """Join the process group torchrun describes (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``); else a single process."""
+def from_environment(device_spec: str, timeout_s: int = 600) -> Distributed:
+    """Join the process group torchrun describes (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``); else a single process.
+
+    A rank that dies is noticed by torchrun, which stops the others; a rank that hangs leaves the others
+    blocked in a collective, which they give up after ``timeout_s`` (``runtime.collective_timeout_s``).
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return SINGLE
@@ -91,7 +93,7 @@ def from_environment(device_spec: str) -> Distributed:
     if wants_cuda:
         torch.cuda.set_device(local_rank)
     if not torch_dist.is_initialized():
-        torch_dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
+        torch_dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     return Distributed(rank, world_size, local_rank, backend)
 
 

@@ -9,6 +9,7 @@ of its batches were skipped. Progress goes out as events; this module never prin
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -462,6 +463,8 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.precision.dtype, enabled=self.precision.dtype is not None):
                 logits, cosine = self.step_module(labels, inputs, embeddings, stage == 2)
                 loss = nn.functional.cross_entropy(logits, labels)
+            if self.config.debug.crash_rank_at_step == [self.distributed.rank, self.global_step]:
+                os._exit(17)  # a hard crash, as a killed or failed process: no cleanup, no message
             if self.global_step in self.pending_nan_steps and self.config.debug.inject_nan_rank in (None, self.distributed.rank):
                 # Each injected step fires once: after an escalation rewinds the step count, it is spent.
                 self.pending_nan_steps.discard(self.global_step)

@@ -115,3 +115,16 @@ def test_stage_1_embeddings_shared_between_ranks_equal_the_uncached_path(sample_
     for cached, uncached in zip(rows_of(tmp_path / "cached"), rows_of(tmp_path / "uncached"), strict=True):
         assert cached["train_loss"] == pytest.approx(uncached["train_loss"], abs=1e-5)
         assert cached["train_acc"] == pytest.approx(uncached["train_acc"], abs=1e-6)
+
+
+def test_a_rank_that_dies_stops_the_others_instead_of_hanging(sample_dataset: Path, tmp_path: Path) -> None:
+    import time
+
+    started = time.monotonic()
+    done = torchrun(tmp_path, "train", "--train-dir", str(sample_dataset / "train"), *FAST, "--set", "data.batch_size=4",
+                    "--out", str(tmp_path / "run"), "--stage1-epochs", "1", "--epochs", "3",
+                    "--set", "debug.crash_rank_at_step=[1,5]", "--set", "runtime.collective_timeout_s=30", timeout=150)
+    assert done.returncode != 0
+    assert "exitcode  : 17" in done.stdout + done.stderr  # torchrun names the rank that died
+    assert time.monotonic() - started < 120  # the survivor was stopped, not left waiting
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1  # epoch 1 kept, resumable

@@ -127,7 +127,7 @@ def run_and_report(
     from ..engine import train as run_training
     from ..render import TrainRenderer
 
-    distributed = from_environment(resolved.runtime.device)  # torchrun: join its process group
+    distributed = from_environment(resolved.runtime.device, resolved.runtime.collective_timeout_s)  # torchrun
     if not distributed.is_main:
         quiet = True  # rank 0 reports for all; the others only show errors
     renderer = TrainRenderer(console, quiet)
