@@ -12,7 +12,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,9 @@ from .atomic import atomic_write_text
 from .checkpoints import BackboneLoad, atomic_torch_save, load_backbone
 from .config import EdgeFaceConfig, dump_yaml, with_absolute_paths
 from .distributed import SINGLE, Distributed
+from .events import (
+    BatchEnded, EpochEnded, EpochStarted, Escalated, EventHandler, Notice, RunStarted, ScanProgress, ValidationProgress,
+)
 from .data import (
     ImageSettings, ScanResult, face_dataset, inference_loader, left_out_note, loader_batches, make_loader,
     scan_image_folder, set_loader_epoch, NON_SQUARE_HINT,
@@ -40,84 +43,6 @@ from .runtime import BackboneForward, Precision, prepare_device, resolve_device,
 from .training_state import load_scaler_state, restore_rng_state, rng_state, seed_everything, to_cpu
 
 CHECKPOINT_FORMAT = "edgeface-train/1"
-
-# ------------------------------------------------------------------ events
-
-
-@dataclass
-class RunStarted:
-    run_dir: Path
-    device: str
-    precision: str
-    arch: str
-    classes: int
-    train_images: int
-    val_images: int
-    start_epoch: int
-    epochs: int
-    stage1_epochs: int
-    steps_per_epoch: int
-    world_size: int = 1
-    backend: str | None = None
-
-
-@dataclass
-class ScanProgress:
-    role: str  # "train" | "val"
-    done: int
-    total: int
-
-
-@dataclass
-class ValidationProgress:
-    epoch: int
-    done: int  # batches
-    total: int
-
-
-@dataclass
-class EpochStarted:
-    epoch: int
-    stage: int
-    batches: int
-
-
-@dataclass
-class BatchEnded:
-    epoch: int
-    batch: int
-    batches: int
-    loss: float
-    accuracy: float
-    lr_head: float
-    lr_backbone: float
-    images_per_s: float
-    skipped: int
-
-
-@dataclass
-class EpochEnded:
-    record: dict[str, Any]
-    is_best: bool
-
-
-@dataclass
-class Notice:
-    level: str  # "info" | "warning"
-    text: str
-
-
-@dataclass
-class Escalated:
-    epoch: int
-    from_level: int
-    to_level: int
-    changes: list[dict[str, Any]]
-
-
-Event = ScanProgress | ValidationProgress | RunStarted | EpochStarted | BatchEnded | EpochEnded | Notice | Escalated
-EventHandler = Callable[[Any], None]
-
 
 @dataclass
 class RunResult:

@@ -256,7 +256,8 @@ def test_cached_stage_1_equals_the_uncached_head_and_costs_two_passes(
 
 def test_resume_inside_a_cached_stage_1_equals_an_uninterrupted_run(sample_dataset: Path, tmp_path: Path) -> None:
     from edgeface_cli.config import build_config
-    from edgeface_cli.engine import BatchEnded, train
+    from edgeface_cli.engine import train
+    from edgeface_cli.events import BatchEnded
 
     overrides = ["data.image_size=32", "data.batch_size=8", "data.workers=0", "optim.warmup_epochs=0", "optim.head_lr=0.05"]
     flags = {"data.train_dir": sample_dataset / "train", "data.val_dir": sample_dataset / "val", "runtime.device": "cpu",

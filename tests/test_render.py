@@ -5,7 +5,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from edgeface_cli.engine import BatchEnded, EpochEnded, EpochStarted, Escalated, Notice, RunStarted, ScanProgress, ValidationProgress
+from edgeface_cli.events import BatchEnded, EpochEnded, EpochStarted, Escalated, Notice, RunStarted, ScanProgress, ValidationProgress
 from edgeface_cli.render import TrainRenderer
 
 RECORD = {

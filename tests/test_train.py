@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from edgeface_cli.cli import app
 from edgeface_cli.config import build_config
 from edgeface_cli.data import scan_image_folder
-from edgeface_cli.engine import BatchEnded, train
+from edgeface_cli.engine import train
+from edgeface_cli.events import BatchEnded
 from edgeface_cli.models import EdgeFace
 
 from .conftest import FAST, SEED_KEYS
