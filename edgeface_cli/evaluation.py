@@ -326,13 +326,6 @@ def save_embeddings(result: EvalResult, path: Path) -> None:
     ))
 
 
-def check_output_file(path: Path, force: bool) -> None:
-    if path.exists() and not force:
-        raise DataError(f"{path} already exists; pass --force to overwrite it")
-    if path.is_dir():
-        raise DataError(f"{path} is a folder; pass a file path")
-
-
 def plot_path(path: Path) -> Path:
     """The file --plot will write: its suffix must be a format matplotlib writes; none means .png."""
     plt = require_matplotlib()

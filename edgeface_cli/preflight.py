@@ -31,6 +31,14 @@ def check_writable_folder(folder: Path, what: str) -> None:
         raise RunDirError(f"cannot write {what} {folder}: {where} is not writable; choose another path")
 
 
+def check_output_file(path: Path, force: bool) -> None:
+    """An output file is never overwritten without --force (every command that writes one asks the same)."""
+    if path.exists() and not force:
+        raise DataError(f"{path} already exists; pass --force to overwrite it")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; pass a file path")
+
+
 def check_training_inputs(train_dir: Path | None, val_dir: Path | None, out: Path | None) -> None:
     if train_dir is None:
         raise DataError("no training data: pass --train-dir DIR (one folder per identity)")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import ConfigOpt, SetOpt, config_app, console, fail, print_json, resolve_config, user_errors
+from .common import ConfigOpt, SetOpt, config_app, console, print_json, resolve_config, user_errors
 
 
 @config_app.command("show")
@@ -36,8 +36,8 @@ def config_init(
     """Write a commented default config file."""
     from ..atomic import atomic_write_text
     from ..config import commented_default_yaml
+    from ..preflight import check_output_file
 
-    if file.exists() and not force:
-        fail(f"{file} already exists; pass --force to overwrite it")
+    check_output_file(file, force)
     atomic_write_text(file, commented_default_yaml())
     console.print(f"wrote {file}")

@@ -53,7 +53,8 @@ def eval_(
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """Closed-set accuracy, cosine similarity and verification metrics (ROC AUC, EER, TAR@FAR, 10-fold)."""
-    from ..evaluation import check_output_file, evaluate, plot_path, save_embeddings, save_plot
+    from ..evaluation import evaluate, plot_path, save_embeddings, save_plot
+    from ..preflight import check_output_file
 
     resolved = resolve_config(
         config, set_, **{"data.val_dir": val_dir, "data.train_dir": train_dir, "runtime.device": device,
