@@ -382,6 +382,7 @@ class Trainer:
         meter = EpochMeter(self.device, self.distributed)
         trainable_backbone = [parameter for parameter in self.backbone.parameters() if parameter.requires_grad]
         started = time.perf_counter()
+        totals: dict[str, Any] | None = None  # the latest read of the meter: the last batch's is the epoch's
         assert self.optimizer is not None
         for batch_index, (labels, inputs, embeddings) in enumerate(self._batches(stage, plan)):
             self._apply_lr(stage)
@@ -410,13 +411,13 @@ class Trainer:
             gated_step(self.optimizer, self.scaler, verdict.step_ok)
             meter.add_batch(loss, cosine, labels, verdict.loss_ok)
             if batch_index == 0 or (batch_index + 1) % REPORT_EVERY == 0 or batch_index + 1 == batches:
-                self._report_batch(epoch, batch_index + 1, batches, meter, started)
+                totals = self._report_batch(epoch, batch_index + 1, batches, meter, started)
         seconds = time.perf_counter() - started
         lr_head, lr_backbone = self._lrs()
         return {
             "epoch": epoch,
             "stage": stage,
-            **meter.read(),
+            **(totals if totals is not None else meter.read()),
             "lr_backbone": lr_backbone,
             "lr_head": lr_head,
             "images_per_s": meter.images / seconds if seconds > 0 else 0.0,
@@ -433,7 +434,7 @@ class Trainer:
         assert scale is not None
         return (scale >= guard.fp16_min_scale) & (meter.sums["overflow_steps"] < guard.fp16_overflow_allowance)
 
-    def _report_batch(self, epoch: int, batch: int, batches: int, meter: EpochMeter, started: float) -> None:
+    def _report_batch(self, epoch: int, batch: int, batches: int, meter: EpochMeter, started: float) -> dict[str, Any]:
         totals = meter.read()
         elapsed = time.perf_counter() - started
         lr_head, lr_backbone = self._lrs()
@@ -441,6 +442,7 @@ class Trainer:
             epoch, batch, batches, totals["train_loss"], totals["train_acc"], lr_head, lr_backbone,
             meter.images / elapsed if elapsed > 0 else 0.0, totals["skipped_batches"] + totals["skipped_steps"],
         ))
+        return totals
 
     def _validate_into(self, record: dict[str, Any]) -> None:
         if self.distributed.enabled:
