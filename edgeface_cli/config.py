@@ -22,6 +22,11 @@ from .zoo import DEFAULT_POS_EMB, ZOO
 DEFAULT_CONFIG_FILE = "edgeface.yaml"
 
 
+def on_off_from_yaml(value: Any) -> Any:
+    """YAML 1.1 reads a bare on/off (and true/false) as a boolean: `cache: on` means "on", not True."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -69,11 +74,7 @@ class DataSection(_Section):
     )
     cache_dir: Path | None = Field(None, description="where decoded-image caches live (default ~/.cache/edgeface)")
 
-    @field_validator("cache", mode="before")
-    @classmethod
-    def _yaml_on_off(cls, value: Any) -> Any:
-        # YAML 1.1 reads a bare on/off as a boolean: `cache: on` means "on", not True.
-        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+    _yaml_on_off = field_validator("cache", mode="before")(on_off_from_yaml)
 
     @field_validator("image_size")
     @classmethod
@@ -110,6 +111,11 @@ class ArcFaceSection(_Section):
     kind: Literal["arcface", "cosface"] = Field("arcface", description="margin head: arcface (angular) or cosface (additive cosine)")
     scale: float = Field(32.0, gt=0, description="logit scale s")
     margin: float = Field(0.3, ge=0, description="margin m (radians for arcface)")
+    sharded: Literal["auto", "on", "off"] = Field(
+        "auto", description="split the class centres across data-parallel ranks (auto = on under torchrun from 100,000 identities)"
+    )
+
+    _yaml_on_off = field_validator("sharded", mode="before")(on_off_from_yaml)
 
     @field_validator("margin")
     @classmethod

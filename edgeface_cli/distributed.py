@@ -64,6 +64,16 @@ class Distributed:
             full[rank::self.world_size] = part[: len(range(rank, total, self.world_size))]
         return full
 
+    def concat(self, local: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        """Every rank's ``local`` rows (rank r holds ``sizes[r]`` of them), concatenated in rank order."""
+        if not self.enabled:
+            return local
+        padded = local.new_zeros((max(sizes), *local.shape[1:]))
+        padded[: len(local)] = local
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        torch_dist.all_gather(parts, padded)
+        return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.enabled:
             torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
@@ -97,6 +107,9 @@ def from_environment(device_spec: str, timeout_s: int = 600) -> Distributed:
     return Distributed(rank, world_size, local_rank, backend)
 
 
-def shutdown(context: Distributed) -> None:
+def shutdown(context: Distributed, together: bool = False) -> None:
+    """Leave the process group; ``together``: first wait until every rank has got here."""
     if context.enabled and torch_dist.is_initialized():
+        if together:
+            torch_dist.barrier()
         torch_dist.destroy_process_group()

@@ -34,10 +34,11 @@ from .data import (
 )
 from .errors import DataError, RunDirError
 from .heads import MarginHead
+from .sharded_head import ShardedMarginHead, head_parameter_names, map_head_state, sharding_decision
 from .inference import Extracted, embed_with_mirror, validate
 from .meter import EpochMeter
 from .metrics import SimilarityHistogram, VerificationStats
-from .optim import apply_hyperparameters, build_optimizer, gated_step, lr_factor, optimizer_kind
+from .optim import HEAD, apply_hyperparameters, build_optimizer, gated_step, lr_factor, optimizer_kind
 from .rundir import prepare_run_dir, read_metrics, remove_stale_temp_files, write_metrics
 from .runtime import BackboneForward, Precision, prepare_device, resolve_device, resolve_precision
 from .training_state import load_scaler_state, restore_rng_state, rng_state, seed_everything, to_cpu
@@ -145,10 +146,11 @@ class TrainStep(nn.Module):
 
     def forward(self, labels: torch.Tensor, inputs: torch.Tensor | None, embeddings: torch.Tensor | None,
                 backbone_trains: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean margin loss, per-image correctness)."""
         if embeddings is None:
             with torch.set_grad_enabled(backbone_trains):
                 embeddings = self.backbone_forward(inputs)
-        return self.head(embeddings, labels)
+        return self.head.loss_and_correct(embeddings, labels)
 
 
 class Trainer:
@@ -177,9 +179,7 @@ class Trainer:
             self.backbone.to(memory_format=torch.channels_last)
         self.forward = BackboneForward(self.backbone, config.runtime.compile,
                                        lambda text: self.on_event(Notice("warning", text)))
-        self.head = MarginHead(
-            len(self.class_names), self.backbone.embedding_dim, config.arcface.kind, config.arcface.scale, config.arcface.margin
-        ).to(self.device)
+        self.head = self._build_head(config)
         pin = self.device.type == "cuda"
         data = config.data
         settings = train_scan.settings
@@ -222,6 +222,19 @@ class Trainer:
             self.initial_head = {key: value.detach().clone() for key, value in self.head.state_dict().items()}
             self.initial_rng = rng_state(self.device)
 
+    def _build_head(self, config: EdgeFaceConfig) -> MarginHead:
+        arcface, classes = config.arcface, len(self.class_names)
+        sharded, note = sharding_decision(arcface.sharded, classes, self.distributed)
+        if note:
+            self.on_event(Notice("warning", note))
+        if not sharded:
+            return MarginHead(classes, self.backbone.embedding_dim, arcface.kind, arcface.scale, arcface.margin).to(self.device)
+        world = self.distributed.world_size
+        self.on_event(Notice("info", f"margin head sharded across {world} ranks: about {classes // world:,} of {classes:,} "
+                                     "identities each"))
+        return ShardedMarginHead(classes, self.backbone.embedding_dim, arcface.kind, arcface.scale, arcface.margin,
+                                 self.distributed).to(self.device)
+
     def _new_scaler(self) -> torch.amp.GradScaler:
         return torch.amp.GradScaler(self.device.type, enabled=self.precision.use_scaler)
 
@@ -242,7 +255,12 @@ class Trainer:
             # DDP warns that the depthwise convolutions' size-1 dimensions have other gradient strides
             # than its buckets: harmless ("not an error"), and not something a user can act on.
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-            step = DistributedDataParallel(step, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            # A sharded head's blocks differ per rank: DDP must not average them (nor, in stage 1, is
+            # anything left for it to do).
+            private = head_parameter_names(step, self.head) if isinstance(self.head, ShardedMarginHead) else []
+            if any(parameter.requires_grad for name, parameter in step.named_parameters() if name not in private):
+                DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step, private)
+                step = DistributedDataParallel(step, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.step_module = step
 
     def _stage_bounds(self, stage: int) -> tuple[int, int]:
@@ -268,15 +286,20 @@ class Trainer:
     # -------------------------------------------------------------- checkpoints
 
     def _state(self) -> dict[str, Any]:
+        """Everything a resume needs. A collective when the head is sharded: every rank calls it."""
         assert self.optimizer is not None
+        head = self.head.full_state_dict()
+        optimizer = map_head_state(self.optimizer.state_dict(), HEAD, self.head.full_rows)
+        if not self.distributed.is_main:
+            return {}
         return to_cpu({
             "format": CHECKPOINT_FORMAT,
             "epoch": self.epoch,
             "stage": self.optimizer_stage,
             "global_step": self.global_step,
             "backbone": self.backbone.state_dict(),
-            "head": self.head.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "head": head,
+            "optimizer": optimizer,
             "optimizer_kind": optimizer_kind(self.optimizer),
             "scaler": self.scaler.state_dict(),
             "precision": self.precision.label,
@@ -295,7 +318,7 @@ class Trainer:
     def load_state(self, state: dict[str, Any]) -> None:
         """Continue exactly where ``state`` (a last.pt) left off, at the config's hyper-parameters."""
         self.backbone.load_state_dict(state["backbone"])
-        self.head.load_state_dict(state["head"])
+        self.head.load_full_state_dict(state["head"])
         self.stage1_embeddings = self.frozen_val = None
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
@@ -308,7 +331,7 @@ class Trainer:
                                             "the new optimizer starts fresh (no saved moments carry over)"))
         else:
             try:
-                self.optimizer.load_state_dict(state["optimizer"])
+                self.optimizer.load_state_dict(map_head_state(state["optimizer"], HEAD, self.head.local_rows))
             except (ValueError, KeyError):
                 self.on_event(Notice("warning", "the saved optimizer state does not fit this version's parameter "
                                                 "groups: the optimizer starts fresh"))
@@ -327,9 +350,9 @@ class Trainer:
     def _save(self, is_best: bool) -> None:
         """best.pt and backbone.pt before last.pt: a kill in between never leaves last.pt naming a best
         epoch that best.pt does not hold (a resume re-runs the epoch and writes all three again)."""
+        state = self._state()
         if not self.distributed.is_main:
             return
-        state = self._state()
         if is_best:
             atomic_torch_save(state, self.run_dir / "best.pt")
             # The published EdgeFace layout: loadable with strict=True into the official architecture.
@@ -387,8 +410,7 @@ class Trainer:
         for batch_index, (labels, inputs, embeddings) in enumerate(self._batches(stage, plan)):
             self._apply_lr(stage)
             with torch.autocast(self.device.type, dtype=self.precision.dtype, enabled=self.precision.dtype is not None):
-                logits, cosine = self.step_module(labels, inputs, embeddings, stage == 2)
-                loss = nn.functional.cross_entropy(logits, labels)
+                loss, correct = self.step_module(labels, inputs, embeddings, stage == 2)
             if self.config.debug.crash_rank_at_step == [self.distributed.rank, self.global_step]:
                 os._exit(17)  # a hard crash, as a killed or failed process: no cleanup, no message
             if self.global_step in self.pending_nan_steps and self.config.debug.inject_nan_rank in (None, self.distributed.rank):
@@ -403,13 +425,13 @@ class Trainer:
             # gradient all-reduce carries a NaN from any rank to all, so every rank skips together.)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
-            grad_norm = nn.utils.clip_grad_norm_(self.head.parameters(), guard.max_grad_norm).float()
+            grad_norm = self.head.clip_grad_norm_(guard.max_grad_norm).float()
             if trainable_backbone:
                 backbone_norm = nn.utils.clip_grad_norm_(trainable_backbone, guard.max_grad_norm).float()
                 grad_norm = torch.sqrt(grad_norm**2 + backbone_norm**2)
             verdict = meter.judge(loss, grad_norm, self._overflow_ok(meter))
             gated_step(self.optimizer, self.scaler, verdict.step_ok)
-            meter.add_batch(loss, cosine, labels, verdict.loss_ok)
+            meter.add_batch(loss, correct, verdict.loss_ok)
             if batch_index == 0 or (batch_index + 1) % REPORT_EVERY == 0 or batch_index + 1 == batches:
                 totals = self._report_batch(epoch, batch_index + 1, batches, meter, started)
         seconds = time.perf_counter() - started
@@ -447,20 +469,21 @@ class Trainer:
     def _validate_into(self, record: dict[str, Any]) -> None:
         if self.distributed.enabled:
             # Rank 0 validates; every rank then holds the same record, so all take the same decisions.
+            head = self.head.gathered() if self.val_images else self.head  # a collective when sharded
             if self.distributed.is_main:
-                self._validate_locally(record)
+                self._validate_locally(record, head)
             record.update(self.distributed.broadcast(record))
             return
-        self._validate_locally(record)
+        self._validate_locally(record, self.head)
 
-    def _validate_locally(self, record: dict[str, Any]) -> None:
+    def _validate_locally(self, record: dict[str, Any], head: MarginHead) -> None:
         if self.val_loader is None:
             record.update(val_loss=None, val_acc=None, val_top5=None, val_sim_pos=None, val_sim_neg=None)
             return
         guard = self.config.guard
         epoch = record["epoch"]
         frozen = self.frozen_val if record["stage"] == 1 else None
-        result = validate(self.forward, self.head, self.val_loader, self.device, self.precision,
+        result = validate(self.forward, head, self.val_loader, self.device, self.precision,
                           guard.collapse_similarity, guard.min_similarity_gap,
                           progress=lambda done, total: self.on_event(ValidationProgress(epoch, done, total)),
                           extracted=frozen[0] if frozen else None, stats=frozen[1] if frozen else None,

@@ -60,6 +60,7 @@ def load_eval_model(checkpoint: Path, config: EdgeFaceConfig) -> EvalModel:
         head = MarginHead(
             len(extras["class_names"]), spec["embedding_dim"], arcface.get("kind", "arcface"),
             arcface.get("scale", 32.0), arcface.get("margin", 0.3),
+            weight=torch.empty(len(extras["class_names"]), spec["embedding_dim"]),  # replaced by the saved one below
         )
         head.load_state_dict(extras["head"])
         return EvalModel(backbone, head, list(extras["class_names"]), checkpoint, extras.get("config"))

@@ -62,14 +62,15 @@ class EpochMeter:
         torch.maximum(sums["norm_max"], norm, out=sums["norm_max"])
         return StepVerdict(step_ok, loss_ok)
 
-    def add_batch(self, loss: torch.Tensor, cosine: torch.Tensor, labels: torch.Tensor, loss_ok: torch.Tensor) -> None:
-        count = len(labels)
+    def add_batch(self, loss: torch.Tensor, correct: torch.Tensor, loss_ok: torch.Tensor) -> None:
+        """``correct``: per image of this rank's batch, whether the nearest class centre is its label's."""
+        count = len(correct)
         self.local_images += count
         sums = self.sums
         dtype = sums["loss_sum"].dtype
         sums["loss_sum"] += torch.where(loss_ok, loss.detach().to(dtype) * count, torch.zeros((), device=loss.device, dtype=dtype))
-        correct = (cosine.detach().argmax(dim=1) == labels).sum()
-        sums["correct"] += torch.where(loss_ok, correct, torch.zeros_like(correct))
+        hits = correct.sum()
+        sums["correct"] += torch.where(loss_ok, hits, torch.zeros_like(hits))
         sums["seen"] += loss_ok * count
 
     def read(self) -> dict[str, Any]:

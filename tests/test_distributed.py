@@ -97,7 +97,7 @@ def test_metrics_are_reduced_across_ranks(world: int) -> None:
 
     meter = EpochMeter(torch.device("cpu"), FakeTwoRanks(0, world, 0, "gloo"))
     verdict = meter.judge(torch.tensor(2.0), torch.tensor(0.5), None)
-    meter.add_batch(torch.tensor(2.0), torch.eye(3), torch.tensor([0, 1, 0]), verdict.loss_ok)
+    meter.add_batch(torch.tensor(2.0), torch.tensor([True, True, False]), verdict.loss_ok)
     totals = meter.read()
     assert totals["optimizer_steps"] == 2 and totals["train_loss"] == pytest.approx(2.0)
     assert totals["train_acc"] == pytest.approx(2 / 3) and meter.images == 6
@@ -128,3 +128,61 @@ def test_a_rank_that_dies_stops_the_others_instead_of_hanging(sample_dataset: Pa
     assert "exitcode  : 17" in done.stdout + done.stderr  # torchrun names the rank that died
     assert time.monotonic() - started < 120  # the survivor was stopped, not left waiting
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1  # epoch 1 kept, resumable
+
+
+@pytest.mark.parametrize("kind", ["arcface", "cosface"])
+def test_sharded_head_equals_the_whole_head(tmp_path: Path, kind: str) -> None:
+    from edgeface_cli.heads import MarginHead
+
+    from .sharded_check import CLASSES, EMBEDDING, problem
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "tests.sharded_check", str(tmp_path), kind]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
+    # The reference: one process, the whole batch, the whole head.
+    backbone, weight, inputs, labels = problem()
+    head = MarginHead(CLASSES, EMBEDDING, kind, 16.0, 0.4, weight=weight.clone())
+    loss, correct = head.loss_and_correct(backbone(inputs), labels)
+    loss.backward()
+    norm = head.weight.grad.norm()
+    assert [rank["rows"] for rank in ranks] == [(0, 3), (3, 7)]
+    for rank in ranks:
+        assert torch.allclose(rank["loss"], loss, atol=1e-6)  # every rank holds the global batch's loss
+        assert torch.allclose(rank["norm"], norm, atol=1e-6)  # clipping sees the whole head's norm
+        # DDP-averaged backbone gradient = the whole batch's gradient
+        assert torch.allclose(rank["backbone_grad"], backbone.weight.grad, atol=1e-6)
+        assert torch.equal(rank["gathered"], weight)
+    assert torch.allclose(torch.cat([rank["head_grad"] for rank in ranks]), head.weight.grad, atol=1e-6)
+    assert torch.equal(torch.cat([rank["correct"] for rank in ranks]), correct)
+    assert 0 < int(correct.sum()) < len(correct)  # the case distinguishes right from wrong
+
+
+def test_a_sharded_run_trains_as_the_unsharded_one_and_resumes_on_one_process(sample_dataset: Path, tmp_path: Path) -> None:
+    common = ["--train-dir", str(sample_dataset / "train"), "--val-dir", str(sample_dataset / "val"), *FAST,
+              "--set", "data.batch_size=4", "--stage1-epochs", "1", "--epochs", "2"]
+    runs = {}
+    for mode in ("on", "off"):
+        runs[mode] = tmp_path / mode
+        done = torchrun(tmp_path, "train", *common, "--out", str(runs[mode]), "--set", f"arcface.sharded={mode}")
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert ("margin head sharded across 2 ranks" in done.stdout) == (mode == "on")
+    sharded, whole = rows_of(runs["on"]), rows_of(runs["off"])
+    for sharded_row, whole_row in zip(sharded, whole, strict=True):  # both stages: frozen and full backbone
+        for key in ("train_loss", "train_acc", "grad_norm_mean", "val_loss", "val_acc", "val_sim_pos"):
+            assert sharded_row[key] == pytest.approx(whole_row[key], rel=1e-5), key
+    saved = {mode: torch.load(path / "last.pt", weights_only=True) for mode, path in runs.items()}
+    assert saved["on"]["head"]["weight"].shape == (5, 512)  # gathered: every identity's centre
+    assert torch.allclose(saved["on"]["head"]["weight"], saved["off"]["head"]["weight"], atol=1e-6)
+    head_moments = saved["on"]["optimizer"]["state"][max(saved["on"]["optimizer"]["state"])]
+    assert head_moments["exp_avg"].shape == (5, 512)
+    # The gathered checkpoint resumes on another number of ranks: here, one.
+    from typer.testing import CliRunner
+
+    from edgeface_cli.cli import app
+
+    resumed = CliRunner().invoke(app, ["train", "--resume", str(runs["on"]), "--set", "optim.epochs=3"])
+    assert resumed.exit_code == 0, resumed.output
+    assert [row["epoch"] for row in rows_of(runs["on"])] == [1, 2, 3]

@@ -132,12 +132,15 @@ def run_and_report(
         quiet = True  # rank 0 reports for all; the others only show errors
     renderer = TrainRenderer(console, quiet)
     with sigterm_as_interrupt() as received:
+        result = None
         try:
             result = run_training(resolved, renderer, resume_dir=resume, force=force, auto_troubleshoot=auto_troubleshoot,
                                   distributed=distributed)
         finally:
             renderer.close()
-            shutdown(distributed)
+            # Ranks that finished or stopped together also leave together: one exiting early while another
+            # is still tearing down its connections makes torchrun report an abort instead of the result.
+            shutdown(distributed, together=result is not None and result.status != "interrupted")
     if not distributed.is_main:  # rank 0 reports; the others end with the same code, silently
         codes = {"interrupted": EXIT_TERMINATED if received else EXIT_INTERRUPTED, "guard_stopped": EXIT_GUARD_STOP}
         raise typer.Exit(codes.get(result.status, 0))

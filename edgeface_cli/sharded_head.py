@@ -1,0 +1,164 @@
+"""The margin head split across data-parallel ranks (insightface's Partial FC, without sampling).
+
+Each of N ranks holds a contiguous block of about C/N class centres, so a head far larger than one
+GPU's memory trains. Per step the ranks all-gather the batch's embeddings and labels; each computes
+the logits of its own centres for the whole global batch, and the softmax is combined across ranks
+(all-reduce of the row maxima, of the exponential sums and of the target logits). The loss is the
+mean over the global batch: the same number the unsharded head gives. Checkpoints hold the whole
+head (gathered), so a run resumes on any number of ranks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .distributed import Distributed
+from .heads import MarginHead, margin_logit
+
+# `arcface.sharded: auto` shards from this many identities: below it, the whole head fits everywhere
+# and sharding would only add collectives.
+AUTO_SHARD_CLASSES = 100_000
+
+
+def shard_bounds(num_classes: int, world_size: int, rank: int) -> tuple[int, int]:
+    """Rank ``rank``'s block of classes [start, end): sizes differ by at most one."""
+    return num_classes * rank // world_size, num_classes * (rank + 1) // world_size
+
+
+def sharding_decision(setting: Literal["auto", "on", "off"], num_classes: int, distributed: Distributed) -> tuple[bool, str | None]:
+    """(shard the head?, a note for the user when the setting cannot take effect)."""
+    if setting == "off" or (setting == "auto" and (not distributed.enabled or num_classes < AUTO_SHARD_CLASSES)):
+        return False, None
+    if not distributed.enabled:
+        return False, "arcface.sharded=on has no effect in a single process: the whole head is on this device"
+    if num_classes < distributed.world_size:
+        return False, f"{num_classes} identities cannot be split across {distributed.world_size} ranks: the head is not sharded"
+    return True, None
+
+
+class _GatherBatch(torch.autograd.Function):
+    """Every rank's embeddings (batches are equal-sized on every rank), in rank order.
+
+    Backward sums the ranks' contributions to this rank's rows (each rank's centres contribute to every
+    embedding's gradient) and multiplies by the world size: DDP then averages the backbone's gradients
+    across ranks, and the product is exactly the gradient of the global-batch loss, as unsharded.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, local: torch.Tensor, distributed: Distributed) -> torch.Tensor:
+        ctx.distributed = distributed
+        ctx.batch = len(local)
+        return distributed.concat(local.contiguous(), [len(local)] * distributed.world_size)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        distributed: Distributed = ctx.distributed
+        summed = distributed.sum_(grad.contiguous().clone())
+        start = distributed.rank * ctx.batch
+        return summed[start:start + ctx.batch] * distributed.world_size, None
+
+
+class _ShardedCrossEntropy(torch.autograd.Function):
+    """Mean softmax cross-entropy over the global batch, from each rank's columns of the logits."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, local_labels: torch.Tensor, owned: torch.Tensor,
+                distributed: Distributed) -> torch.Tensor:
+        row_max = distributed.max_(logits.max(dim=1).values)
+        exponentials = (logits - row_max[:, None]).exp()
+        total = distributed.sum_(exponentials.sum(dim=1))
+        target = logits.gather(1, local_labels[:, None]).squeeze(1)
+        target = distributed.sum_(torch.where(owned, target, torch.zeros_like(target)))
+        ctx.save_for_backward(exponentials / total[:, None], local_labels, owned)
+        return (row_max + total.log() - target).mean()
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        probabilities, local_labels, owned = ctx.saved_tensors
+        grad = probabilities.scatter_add(1, local_labels[:, None], -owned.to(probabilities.dtype)[:, None])
+        return grad * (grad_loss / len(grad)), None, None, None
+
+
+class ShardedMarginHead(MarginHead):
+    """This rank's block of class centres; the trainer's interface of ``MarginHead``, across ranks."""
+
+    def __init__(self, num_classes: int, embedding_dim: int, kind: str, scale: float, margin: float,
+                 distributed: Distributed) -> None:
+        self.start, self.end = shard_bounds(num_classes, distributed.world_size, distributed.rank)
+        # Each block starts as the same rows of the unsharded head would: one run, sharded or not.
+        super().__init__(num_classes, embedding_dim, kind, scale, margin, rows=(self.start, self.end))
+        self.distributed = distributed
+
+    @property
+    def shard_sizes(self) -> list[int]:
+        world = self.distributed.world_size
+        return [end - start for start, end in (shard_bounds(self.num_classes, world, rank) for rank in range(world))]
+
+    def loss_and_correct(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        distributed = self.distributed
+        batch = len(labels)
+        everyone = _GatherBatch.apply(embeddings, distributed)
+        all_labels = distributed.concat(labels, [batch] * distributed.world_size)
+        owned = (all_labels >= self.start) & (all_labels < self.end)
+        local_labels = (all_labels - self.start).clamp(0, self.end - self.start - 1)
+        cosine = self.cosine(everyone)
+        with torch.autocast(device_type=cosine.device.type, enabled=False):
+            target = cosine.gather(1, local_labels[:, None])
+            shifted = torch.where(owned[:, None], margin_logit(target, self.kind, self.margin), target)
+            logits = cosine.scatter(1, local_labels[:, None], shifted) * self.scale
+            loss = _ShardedCrossEntropy.apply(logits, local_labels, owned, distributed)
+            with torch.no_grad():
+                best = distributed.max_(cosine.max(dim=1).values)
+                target_cosine = distributed.sum_(torch.where(owned, target.squeeze(1), torch.zeros_like(best)))
+        mine = slice(distributed.rank * batch, (distributed.rank + 1) * batch)
+        return loss, (target_cosine >= best)[mine]
+
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        """Clip by the norm of the whole head's gradient (all blocks), as the unsharded head would."""
+        grads = [parameter.grad for parameter in self.parameters() if parameter.grad is not None]
+        squares = sum((grad.float().pow(2).sum() for grad in grads), torch.zeros((), device=self.weight.device))
+        total = self.distributed.sum_(squares).sqrt()
+        coefficient = (max_norm / (total + 1e-6)).clamp(max=1.0)
+        for grad in grads:
+            grad.mul_(coefficient.to(grad.dtype))
+        return total
+
+    def full_rows(self, local: torch.Tensor) -> torch.Tensor:
+        """A per-class tensor of this block (the centres, an optimizer moment) made whole: a collective."""
+        return self.distributed.concat(local.detach().contiguous(), self.shard_sizes)
+
+    def local_rows(self, full: torch.Tensor) -> torch.Tensor:
+        if len(full) != self.num_classes:
+            raise ValueError(f"the saved head has {len(full)} identities, this run {self.num_classes}")
+        return full[self.start:self.end]
+
+    def full_state_dict(self) -> dict[str, Any]:
+        return {"weight": self.full_rows(self.weight)}
+
+    def load_full_state_dict(self, state: dict[str, Any]) -> None:
+        self.load_state_dict({"weight": self.local_rows(state["weight"])})
+
+    def gathered(self) -> MarginHead:
+        return MarginHead(self.num_classes, self.weight.shape[1], self.kind, self.scale, self.margin,
+                          weight=self.full_rows(self.weight))
+
+
+def map_head_state(optimizer_state: dict[str, Any], group: str, rows: Any) -> dict[str, Any]:
+    """The optimizer state with every per-class tensor (moments of the ``group`` parameters) mapped by
+    ``rows``: gathered whole for a checkpoint, or cut to this rank's block on resume."""
+    ids = {index for entry in optimizer_state["param_groups"] if entry.get("name") == group for index in entry["params"]}
+    state = {
+        index: {key: rows(value) if isinstance(value, torch.Tensor) and value.dim() > 0 else value
+                for key, value in values.items()} if index in ids else values
+        for index, values in optimizer_state["state"].items()
+    }
+    return {**optimizer_state, "state": state}
+
+
+def head_parameter_names(module: nn.Module, head: nn.Module) -> list[str]:
+    """``module``'s names for ``head``'s parameters: what DDP must leave alone (each rank owns its block)."""
+    owned = {id(parameter) for parameter in head.parameters()}
+    return [name for name, parameter in module.named_parameters() if id(parameter) in owned]
