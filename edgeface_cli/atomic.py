@@ -44,3 +44,27 @@ def atomic_write_stream(path: Path, write: Callable[[BinaryIO], object]) -> None
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_stream(path, lambda stream: stream.write(text.encode("utf-8")))
+
+
+def atomic_write_file(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(temp_path)`` (a library that writes to a path itself), then rename over ``path``.
+
+    ``write`` may check what it wrote and raise: the temp file is then removed and ``path`` untouched.
+    The temp name keeps ``path``'s suffix, for writers that choose the format by it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(handle)
+    try:
+        write(Path(temp_name))
+        with open(temp_name, "rb+") as stream:
+            os.fchmod(stream.fileno(), 0o666 & ~_umask())
+            os.fsync(stream.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        try:
+            os.unlink(temp_name)
+        except FileNotFoundError:
+            pass
+        raise

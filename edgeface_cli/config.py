@@ -137,6 +137,16 @@ class GuardSection(_Section):
     fp16_min_scale: float = Field(256.0, gt=0, description="fp16: an overflow with the loss scale below this counts as skipped")
 
 
+class EvalSection(_Section):
+    threshold: float | None = Field(
+        None, ge=-1, le=1,
+        description="similarity threshold of verify and identify when the run has no eval.json (from edgeface eval)",
+    )
+    far_targets: list[float] = Field(
+        [0.01, 0.1], description="false-alarm rates at which identify --probe-dir reports the detection-and-identification rate"
+    )
+
+
 class RuntimeSection(_Section):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     amp: Literal["auto", "fp16", "bf16", "off"] = Field("auto", description="auto = fp16 with GradScaler on CUDA, fp32 on CPU")
@@ -162,6 +172,7 @@ class EdgeFaceConfig(_Section):
     optim: OptimSection = Field(default_factory=OptimSection)
     arcface: ArcFaceSection = Field(default_factory=ArcFaceSection)
     guard: GuardSection = Field(default_factory=GuardSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
     runtime: RuntimeSection = Field(default_factory=RuntimeSection)
     debug: DebugSection = Field(default_factory=DebugSection)
     troubleshoot_level: int = Field(0, ge=0, le=4, description="fallback level applied by `edgeface troubleshoot`")

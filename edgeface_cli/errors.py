@@ -27,3 +27,15 @@ class DeviceError(EdgeFaceError):
 
 class RunDirError(EdgeFaceError):
     pass
+
+
+class MissingExtraError(EdgeFaceError):
+    """An optional dependency group is not installed: the message names the pip command."""
+
+    def __init__(self, what: str, extra: str, module: str) -> None:
+        super().__init__(f"{what} needs the optional extra '{extra}' ({module} is not installed): "
+                         f"pip install 'edgeface-cli[{extra}]' (from a checkout: pip install -e '.[{extra}]')")
+
+
+class ParityError(EdgeFaceError):
+    """An exported model computes other embeddings than the PyTorch model it came from."""

@@ -18,7 +18,7 @@ from .atomic import atomic_write_stream
 from .checkpoints import load_backbone, read_checkpoint
 from .config import EdgeFaceConfig
 from .data import IMAGE_EXTENSIONS, ImageSettings, Sample, check_image, inference_loader, left_out_note, scan_image_folder
-from .errors import CheckpointError, DataError
+from .errors import CheckpointError, DataError, MissingExtraError
 from .heads import MarginHead
 from .inference import extract, validate
 from .metrics import (
@@ -68,6 +68,16 @@ def load_eval_model(checkpoint: Path, config: EdgeFaceConfig) -> EvalModel:
         checkpoint, config.model.arch, config.model.use_pos_emb, config.model.embedding_dim, allow_missing=False
     )
     return EvalModel(result.backbone, None, None, checkpoint, None)
+
+
+def model_image_settings(trained: dict[str, Any] | None, config: EdgeFaceConfig, image_size: int | None = None) -> ImageSettings:
+    """How to feed a model: at the size (and non-square handling) it was trained with, when its run says;
+    else the config's. An explicit ``image_size`` wins."""
+    data = (trained or {}).get("data", {})
+    settings = ImageSettings.from_config(config.data, image_size or data.get("image_size") or config.data.image_size)
+    if "non_square" in data:
+        settings = ImageSettings(settings.image_size, data["non_square"], settings.cache, settings.cache_dir)
+    return settings
 
 
 # ------------------------------------------------------------------ pairs files
@@ -200,11 +210,8 @@ def evaluate(
     if model.head is not None:
         model.head.to(device)
     trained = model.training_config or {}
-    size = image_size or trained.get("data", {}).get("image_size") or config.data.image_size
-    # Non-square images are handled as the model was trained; a bare backbone follows the config.
-    settings = ImageSettings.from_config(config.data, size)
-    if "non_square" in trained.get("data", {}):
-        settings = ImageSettings(size, trained["data"]["non_square"], settings.cache, settings.cache_dir)
+    settings = model_image_settings(trained, config, image_size)
+    size = settings.image_size
     guard = trained.get("guard", {})
     collapse_similarity = guard.get("collapse_similarity", config.guard.collapse_similarity)
     min_gap = guard.get("min_similarity_gap", config.guard.min_similarity_gap)
@@ -347,7 +354,7 @@ def require_matplotlib() -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise DataError("--plot needs matplotlib: pip install 'edgeface-cli[plots]' (or pip install matplotlib)") from None
+        raise MissingExtraError("--plot", "plots", "matplotlib") from None
     return plt
 
 

@@ -14,7 +14,8 @@ from .errors import DataError, RunDirError
 def check_image_folder(root: Path, role: str) -> None:
     """An existing folder (of identity folders): the scan's first check, shared with preflight."""
     if not root.exists():
-        raise DataError(f"{role} dir not found: {root}; pass an existing folder with --{role}-dir")
+        flag = f" with --{role}-dir" if role in ("train", "val") else ""
+        raise DataError(f"{role} dir not found: {root}; pass an existing folder{flag}")
     if not root.is_dir():
         raise DataError(f"{role} dir {root} is a file, not a folder of identity folders")
 

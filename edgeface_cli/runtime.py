@@ -49,9 +49,12 @@ class Precision:
         return f"{name} + GradScaler" if self.use_scaler else name
 
 
+FP32 = Precision(None, False)
+
+
 def resolve_precision(mode: str, device: torch.device) -> Precision:
     if mode == "off" or (mode == "auto" and device.type != "cuda"):
-        return Precision(None, False)
+        return FP32
     if mode in ("auto", "fp16"):
         if device.type != "cuda":
             raise DeviceError(f"runtime.amp=fp16 needs a CUDA device (running on {device}); use bf16 or off")

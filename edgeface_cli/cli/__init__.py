@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from . import config_cmds, eval, inspect_keys, sample_data, train, troubleshoot  # noqa: F401 - registers the commands
+from . import config_cmds, eval, export, inspect_keys, recognize, sample_data, train, troubleshoot  # noqa: F401 - registers the commands
 from .common import EXIT_INTERRUPTED, app, err_console
 
 __all__ = ["app", "main"]

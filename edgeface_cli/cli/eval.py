@@ -71,6 +71,10 @@ def eval_(
 
     with StepProgress(console) as progress:
         result = evaluate(resolved, checkpoint, pairs, flip, explicit_size, progress=progress.update)
+    from ..rundir import run_dir_of, write_eval_result
+
+    run_dir = run_dir_of(checkpoint)
+    stored = write_eval_result(run_dir, result.metrics, resolved.data.val_dir) if run_dir is not None else None
     if save_embeddings_to is not None:
         save_embeddings(result, save_embeddings_to)
     if plot is not None:
@@ -102,3 +106,5 @@ def eval_(
     for written in (save_embeddings_to, plot):
         if written is not None:
             err_console.print(f"wrote {written}")
+    if stored is not None:
+        err_console.print(f"wrote {stored} (verify and identify use its best threshold by default)")

@@ -1,0 +1,107 @@
+"""`edgeface export`: a trained backbone as ONNX, pt2, TorchScript or safetensors, checked for parity."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+
+from .common import ConfigOpt, SetOpt, app, console, err_console, print_json, resolve_config, user_errors
+
+
+@app.command("export")
+@user_errors
+def export(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A run dir (its best.pt), best.pt/last.pt, or a bare backbone."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx, pt2 (torch.export), torchscript (deprecated) or safetensors."),
+    out: Optional[Path] = typer.Option(None, "--out", help="The file to write (default: edgeface.<format suffix> here)."),
+    opset: int = typer.Option(18, "--opset", min=13, help="ONNX opset."),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Any batch size (default: batch 1)."),
+    int8: bool = typer.Option(False, "--int8", help="Also write an int8 ONNX model (static quantisation) beside --out."),
+    calibration_dir: Optional[Path] = typer.Option(
+        None, "--calibration-dir", help="Images for parity checks and int8 calibration (default: the run's val/train data)."),
+    int8_min_cosine: float = typer.Option(0.99, "--int8-min-cosine", min=0.0, max=1.0, help="Parity the int8 model must reach."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Write the backbone for deployment and check it computes the same embeddings as PyTorch.
+
+    Input: N×3×S×S RGB in [-1, 1] (pixel / 127.5 - 1), S from the run; output: the raw embedding (compare
+    L2-normalised outputs by cosine). A sidecar <file>.json records how to feed it and the parity found.
+    """
+    from ..errors import DataError
+    from ..preflight import check_output_file
+
+    if fmt not in ("onnx", "pt2", "torchscript", "safetensors"):
+        raise DataError(f"--format {fmt}: use onnx, pt2, torchscript or safetensors")
+    from ..export import CALIBRATION_IMAGES, PARITY_IMAGES, SUFFIXES
+
+    out = out or Path(f"edgeface{SUFFIXES[fmt]}")
+    if calibration_dir is not None and not calibration_dir.is_dir():
+        raise DataError(f"--calibration-dir {calibration_dir} is not a folder of images")
+    for path in (out, out.with_name(f"{out.stem}.int8{out.suffix}") if int8 else None):
+        if path is not None:
+            check_output_file(path, force)
+    if int8 and fmt != "onnx":
+        raise DataError("--int8 quantises ONNX models: pass --format onnx")
+    resolved = resolve_config(config, set_, **{"runtime.device": "cpu"})
+    from ..embedder import load_embedder, resolve_threshold
+    from ..export import export_backbone, reference_images
+    from ..rundir import run_dir_of
+
+    embedder = load_embedder(checkpoint, resolved)
+    if embedder.kind != "pytorch":
+        raise DataError(f"{checkpoint} is already an exported {embedder.kind} model; export from the run or checkpoint")
+    run_dir = run_dir_of(checkpoint)
+    folders = [calibration_dir] if calibration_dir is not None else []
+    if run_dir is not None:
+        import yaml
+
+        data = (yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}).get("data", {})
+        folders += [Path(data[key]) for key in ("val_dir", "train_dir") if data.get(key)]
+    try:
+        threshold: tuple[float, str] | None = resolve_threshold(None, embedder, resolved)
+    except DataError:
+        threshold = None  # not evaluated yet: verify will then ask for one
+    with console.status("exporting", spinner="dots") if console.is_terminal else nullcontext() as status:
+        images, source = reference_images(folders, embedder.settings, PARITY_IMAGES)
+        calibration = reference_images(folders, embedder.settings, CALIBRATION_IMAGES) if int8 else None
+        result = export_backbone(
+            embedder.backbone, embedder.settings, fmt, out, images, source, embedder.source, opset, dynamic_batch,
+            calibration, int8_min_cosine, threshold,
+            progress=(lambda text: status.update(text)) if status is not None else None,
+        )
+    report = {
+        "file": str(result.path), "format": fmt, "bytes": result.size_bytes, "sidecar": str(result.sidecar),
+        "parity_min_cosine": result.parity.min_cosine, "parity_mean_cosine": result.parity.mean_cosine,
+        "parity_images": result.parity.source, "image_size": embedder.settings.image_size,
+        "int8": None if result.int8 is None else {
+            "file": str(result.int8.path), "bytes": result.int8.size_bytes, "fp32_bytes": result.int8.fp32_size_bytes,
+            "parity_min_cosine": result.int8.parity.min_cosine, "parity_mean_cosine": result.int8.parity.mean_cosine,
+            "calibration_images": result.int8.calibration_images,
+        },
+    }
+    if as_json:
+        print_json(report)
+    else:
+        console.print(f"wrote {escape(str(result.path))} ({fmt}, {result.size_bytes / 2**20:.1f} MiB; input 1×3×"
+                      f"{embedder.settings.image_size}×{embedder.settings.image_size}"
+                      f"{' with any batch' if dynamic_batch else ''}) and {escape(result.sidecar.name)}")
+        console.print(f"parity with PyTorch: min cosine {result.parity.min_cosine:.6f}, mean {result.parity.mean_cosine:.6f} "
+                      f"on {escape(result.parity.source)}")
+        if result.int8 is not None:
+            console.print(f"int8: {escape(str(result.int8.path))}, {result.int8.size_bytes / 2**20:.1f} MiB "
+                          f"({result.int8.size_bytes / result.int8.fp32_size_bytes:.0%} of fp32); min cosine "
+                          f"{result.int8.parity.min_cosine:.4f}, mean {result.int8.parity.mean_cosine:.4f} "
+                          f"(calibrated on {result.int8.calibration_images} images)")
+    for note in result.notes:
+        err_console.print(f"note: {escape(note)}", soft_wrap=True)
+    if threshold is None:
+        err_console.print("note: the run has no eval.json yet: run edgeface eval on it so that verify and identify "
+                          "know its threshold", soft_wrap=True)
+

@@ -1,0 +1,223 @@
+"""`edgeface embed`, `verify`, `enroll` and `identify`: a trained (or exported) model put to use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from .common import ConfigOpt, SetOpt, app, console, err_console, print_json, resolve_config, user_errors
+
+ModelOpt = typer.Option(..., "--checkpoint", help="A run dir, a checkpoint, a bare backbone, or an exported .onnx/.pt2 file.")
+FlipOpt = typer.Option(False, "--flip", help="Add the mirrored image's embedding.")
+DeviceOpt = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps (exported ONNX/pt2 models run on the CPU).")
+BatchOpt = typer.Option(None, "--batch-size", help="Images per batch.")
+
+
+def _embedder(checkpoint: Path, config: Optional[Path], set_: Optional[list[str]], device: Optional[str],
+              batch_size: Optional[int]) -> tuple[Any, Any]:
+    from ..embedder import load_embedder
+
+    resolved = resolve_config(config, set_, **{"runtime.device": device, "data.batch_size": batch_size})
+    return resolved, load_embedder(checkpoint, resolved)
+
+
+def _embed(embedder: Any, resolved: Any, inputs: list[Path], flip: bool) -> Any:
+    from ..embedder import embed_inputs
+    from ..render import StepProgress
+
+    with StepProgress(err_console) as progress:
+        embedded = embed_inputs(embedder, inputs, resolved.data.batch_size, resolved.data.workers, flip, progress.update)
+    for path, why in embedded.unreadable[:10]:
+        err_console.print(f"skipped unreadable {escape(str(path))}: {escape(why)}", soft_wrap=True)
+    if len(embedded.unreadable) > 10:
+        err_console.print(f"... and {len(embedded.unreadable) - 10} more unreadable files skipped")
+    return embedded
+
+
+@app.command("embed")
+@user_errors
+def embed(
+    inputs: list[Path] = typer.Argument(..., help="Image files, folders of images, or one folder of identity folders."),
+    checkpoint: Path = ModelOpt,
+    out: Path = typer.Option(..., "--out", help="The .npz to write: embeddings, paths (and labels, identities)."),
+    flip: bool = FlipOpt,
+    force: bool = typer.Option(False, "--force", help="Overwrite --out."),
+    device: Optional[str] = DeviceOpt,
+    batch_size: Optional[int] = BatchOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """L2-normalised embeddings of images, with their paths (and identities for an identity-folder tree)."""
+    from ..atomic import atomic_write_stream
+    from ..preflight import check_output_file
+
+    check_output_file(out, force)
+    resolved, embedder = _embedder(checkpoint, config, set_, device, batch_size)
+    embedded = _embed(embedder, resolved, inputs, flip)
+    atomic_write_stream(out, embedded.save)
+    what = f" of {len(embedded.identities)} identities" if embedded.identities is not None else ""
+    console.print(f"wrote {escape(str(out))}: {len(embedded.paths)} embeddings{what}, {embedded.vectors.shape[1]}-d, "
+                  f"L2-normalised ({embedder.kind} model {escape(str(embedder.source))})")
+
+
+@app.command("verify")
+@user_errors
+def verify(
+    first: Path = typer.Argument(..., help="One face image."),
+    second: Path = typer.Argument(..., help="The other face image."),
+    checkpoint: Path = ModelOpt,
+    threshold: Optional[float] = typer.Option(
+        None, "--threshold", min=-1.0, max=1.0, help="Same identity at or above this similarity (default: the run's last eval)."),
+    flip: bool = FlipOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    device: Optional[str] = DeviceOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """1:1 verification: the cosine similarity of two faces, and whether they are the same person."""
+    from ..embedder import embed_files, resolve_threshold
+    from ..errors import DataError
+
+    for path in (first, second):
+        if not path.is_file():
+            raise DataError(f"image not found: {path}")
+    resolved, embedder = _embedder(checkpoint, config, set_, device, None)
+    value, source = resolve_threshold(threshold, embedder, resolved)
+    embedded = embed_files(embedder, [first, second], 2, 0, flip)
+    if embedded.unreadable:
+        path, why = embedded.unreadable[0]
+        raise DataError(f"cannot read {path}: {why}")
+    vectors = embedded.vectors if len(embedded.vectors) == 2 else embedded.vectors[[0, 0]]  # the same file twice
+    similarity = float(vectors[0] @ vectors[1])
+    same = similarity >= value
+    if as_json:
+        print_json({"first": str(first), "second": str(second), "similarity": similarity, "same": same,
+                    "threshold": value, "threshold_source": source, "model": str(embedder.source)})
+        return
+    console.print(f"similarity {similarity:.4f} -> {'SAME person' if same else 'DIFFERENT people'} "
+                  f"(threshold {value:.4f}, from {escape(source)})")
+
+
+@app.command("enroll")
+@user_errors
+def enroll(
+    gallery_dir: Path = typer.Argument(..., help="One folder per identity: GALLERY_DIR/<identity>/<image>."),
+    checkpoint: Path = ModelOpt,
+    out: Path = typer.Option(..., "--out", help="The gallery file to write (.npz)."),
+    flip: bool = FlipOpt,
+    force: bool = typer.Option(False, "--force", help="Overwrite --out."),
+    device: Optional[str] = DeviceOpt,
+    batch_size: Optional[int] = BatchOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Enroll identities for identify: each identity's mean embedding, plus every image's."""
+    from ..embedder import embed_tree, resolve_threshold
+    from ..errors import DataError
+    from ..gallery import build_gallery, save_gallery
+    from ..preflight import check_image_folder, check_output_file
+    from ..render import StepProgress
+
+    check_image_folder(gallery_dir, "gallery")
+    check_output_file(out, force)
+    resolved, embedder = _embedder(checkpoint, config, set_, device, batch_size)
+    try:
+        threshold: tuple[float, str] | None = resolve_threshold(None, embedder, resolved)
+    except DataError:
+        threshold = None
+    with StepProgress(err_console) as progress:
+        embedded = embed_tree(embedder, gallery_dir, resolved.data.batch_size, resolved.data.workers, flip, progress.update)
+    gallery = build_gallery(embedded, str(embedder.source.resolve()), embedder.settings.image_size, flip, threshold)
+    save_gallery(gallery, out)
+    console.print(f"wrote {escape(str(out))}: {len(gallery.identities)} identities, {len(gallery.paths)} images "
+                  f"({escape(str(embedder.source))})")
+    if embedded.unreadable:
+        err_console.print(f"{len(embedded.unreadable)} unreadable files skipped (first: {escape(str(embedded.unreadable[0][0]))})")
+
+
+@app.command("identify")
+@user_errors
+def identify(
+    probes: Optional[list[Path]] = typer.Argument(None, help="Probe images or folders of images."),
+    gallery_file: Path = typer.Option(..., "--gallery", help="A gallery written by edgeface enroll."),
+    probe_dir: Optional[Path] = typer.Option(
+        None, "--probe-dir", help="Labelled probes (one folder per identity): report open-set metrics."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="The model (default: the one that enrolled the gallery)."),
+    top_k: int = typer.Option(5, "--top-k", min=1, help="Matches shown per probe."),
+    threshold: Optional[float] = typer.Option(
+        None, "--threshold", min=-1.0, max=1.0, help="Below this similarity a probe is unknown (default: the run's last eval)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    device: Optional[str] = DeviceOpt,
+    batch_size: Optional[int] = BatchOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """1:N identification against an enrolled gallery: the best matches, or "unknown" below the threshold."""
+    from ..embedder import embed_tree, resolve_threshold
+    from ..errors import DataError
+    from ..gallery import identify as match, load_gallery, open_set_metrics
+
+    if not probes and probe_dir is None:
+        raise DataError("name probe images or folders, or pass --probe-dir DIR (one folder per identity)")
+    gallery = load_gallery(gallery_file)
+    model = checkpoint or Path(gallery.model)
+    resolved, embedder = _embedder(model, config, set_, device, batch_size)
+    if embedder.settings.image_size != gallery.image_size:
+        raise DataError(f"the gallery was enrolled at {gallery.image_size} px, {model} embeds at "
+                        f"{embedder.settings.image_size} px: identify with the model that enrolled it")
+    value, source = resolve_threshold(threshold, embedder, resolved, gallery.threshold)
+    report: dict[str, Any] = {"gallery": str(gallery_file), "model": str(embedder.source), "threshold": value,
+                              "threshold_source": source}
+    results = []
+    if probes:
+        embedded = _embed(embedder, resolved, probes, gallery.flip)
+        results = match(gallery, embedded.vectors, embedded.paths, top_k, value)
+        report["probes"] = [{"probe": item.probe, "answer": item.answer,
+                             "matches": [{"identity": m.identity, "similarity": m.similarity} for m in item.matches]}
+                            for item in results]
+    if probe_dir is not None:
+        from ..render import StepProgress
+
+        with StepProgress(err_console) as progress:
+            labelled = embed_tree(embedder, probe_dir, resolved.data.batch_size, resolved.data.workers, gallery.flip,
+                                  progress.update)
+        assert labelled.identities is not None and labelled.labels is not None
+        names = [labelled.identities[label] for label in labelled.labels]
+        report["open_set"] = open_set_metrics(gallery, labelled.vectors, names, value, resolved.eval.far_targets)
+    if as_json:
+        print_json(report)
+        return
+    if results:
+        table = Table(title=f"identify against {gallery_file} ({len(gallery.identities)} identities)")
+        for column in ("probe", "answer", f"top {top_k} (similarity)"):
+            table.add_column(column, overflow="fold")
+        for item in results:
+            table.add_row(escape(item.probe), escape(item.answer) if item.answer else "unknown",
+                          ", ".join(f"{escape(m.identity)} {m.similarity:.3f}" for m in item.matches))
+        console.print(table)
+    if "open_set" in report:
+        _print_open_set(report["open_set"])
+    console.print(f"threshold {value:.4f}, from {escape(source)}")
+
+
+def _print_open_set(metrics: dict[str, Any]) -> None:
+    def percent(value: Optional[float]) -> str:
+        return "n/a" if value is None else f"{value:.2%}"
+
+    table = Table(title=f"open-set identification: {metrics['probes']} probes ({metrics['enrolled_probes']} enrolled, "
+                        f"{metrics['non_enrolled_probes']} not)")
+    for column in ("metric", "value", "meaning"):
+        table.add_column(column, overflow="fold")
+    table.add_row("rank-1", percent(metrics["rank1"]), "enrolled probes whose best match is their identity")
+    table.add_row("rank-5", percent(metrics["rank5"]), "... among the five best")
+    table.add_row("dir@threshold", percent(metrics["dir_at_threshold"]), "enrolled probes ranked first and above the threshold")
+    table.add_row("far@threshold", percent(metrics["far_at_threshold"]), "non-enrolled probes wrongly accepted")
+    for far, entry in metrics["dir_at_far"].items():
+        table.add_row(f"dir@far={far}", "n/a" if entry is None else percent(entry["dir"]),
+                      "needs enrolled and non-enrolled probes" if entry is None
+                      else f"detection-and-identification rate at threshold {entry['threshold']:.4f}")
+    console.print(table)

@@ -1,0 +1,238 @@
+"""Any trained model as an embedding function, and the embeddings of images through the decoded-image path.
+
+A model is a training run (its best.pt), a checkpoint or bare backbone in any format ``inspect-keys``
+reads, or a file written by ``edgeface export``: ONNX runs on onnxruntime, a pt2 archive as the exported
+program; safetensors and TorchScript exports load into the PyTorch model. The sidecar JSON that
+``export`` writes beside the file says the image size and the run it came from.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import EdgeFaceConfig
+from .data import IMAGE_EXTENSIONS, ImageSettings, Sample, check_image, inference_loader, scan_image_folder
+from .errors import CheckpointError, DataError, MissingExtraError
+from .evaluation import load_eval_model, model_image_settings
+from .inference import extract
+from .rundir import read_eval_threshold, run_dir_of
+from .runtime import FP32, Precision, resolve_device, resolve_precision
+
+PROGRAM_SUFFIXES = {".onnx": "onnx", ".pt2": "pt2"}  # run as exported; other files load into the PyTorch model
+
+
+def sidecar_path(model_file: Path) -> Path:
+    """``model.onnx`` -> ``model.onnx.json``: what a deployment needs to feed the model."""
+    return model_file.with_name(model_file.name + ".json")
+
+
+def read_sidecar(model_file: Path) -> dict[str, Any] | None:
+    path = sidecar_path(model_file)
+    if not path.is_file():
+        return None
+    try:
+        sidecar = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise CheckpointError(f"{path} is not valid JSON; re-export the model to rewrite it") from None
+    if not isinstance(sidecar, dict):
+        raise CheckpointError(f"{path} is not an export description; re-export the model to rewrite it")
+    return sidecar
+
+
+def require_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingExtraError("running an ONNX model", "export", "onnxruntime") from None
+    return onnxruntime
+
+
+class OnnxBackbone(nn.Module):
+    """An ONNX file on onnxruntime (CPU), callable like the PyTorch backbone."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        onnxruntime = require_onnxruntime()
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for every kind of bad file
+            raise CheckpointError(f"{path} is not a loadable ONNX model: {str(exc).splitlines()[0][:200]}") from None
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        batch = model_input.shape[0]
+        self.fixed_batch = batch if isinstance(batch, int) else None  # exported without --dynamic-batch
+        side = model_input.shape[-1]
+        self.image_size = side if isinstance(side, int) else None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        array = images.detach().float().cpu().contiguous().numpy()
+        step = self.fixed_batch or len(array)
+        outputs = [self.session.run(None, {self.input_name: array[start:start + step]})[0]
+                   for start in range(0, len(array), step)]
+        return torch.from_numpy(np.concatenate(outputs))
+
+
+def load_program(path: Path, kind: str) -> nn.Module:
+    """An exported program, runnable: ``onnx`` (onnxruntime), ``pt2`` (torch.export), ``torchscript``."""
+    if kind == "onnx":
+        return OnnxBackbone(path)
+    try:
+        if kind == "pt2":
+            return torch.export.load(path).module()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation: export says it once
+            return torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - a damaged archive fails in many ways: all mean "cannot load"
+        raise CheckpointError(f"{path} is not a loadable {kind} model: {str(exc).splitlines()[0][:200]}") from None
+
+
+@dataclass
+class Embedder:
+    backbone: nn.Module
+    source: Path
+    kind: str  # pytorch | onnx | pt2
+    settings: ImageSettings
+    device: torch.device
+    precision: Precision
+    run_dir: Path | None  # the training run behind the model, when known
+    sidecar: dict[str, Any] | None = None
+
+
+def load_embedder(path: Path, config: EdgeFaceConfig, image_size: int | None = None) -> Embedder:
+    """A run directory, a checkpoint, a bare backbone or an exported file, ready to embed images."""
+    if not path.exists():
+        raise CheckpointError(f"model not found: {path}; pass a run directory, a checkpoint or an exported model")
+    sidecar = read_sidecar(path) if path.is_file() else None
+    source_run = Path(sidecar["source_checkpoint"]) if sidecar and sidecar.get("source_checkpoint") else None
+    run_dir = run_dir_of(path) or (run_dir_of(source_run) if source_run is not None and source_run.exists() else None)
+    kind = PROGRAM_SUFFIXES.get(path.suffix.lower()) if path.is_file() else None
+    exported_size = sidecar.get("image_size") if sidecar else None
+    if kind is not None:
+        backbone = load_program(path, kind)
+        size = image_size or exported_size or getattr(backbone, "image_size", None) or config.data.image_size
+        settings = ImageSettings.from_config(config.data, size)
+        if sidecar and sidecar.get("non_square"):
+            settings = ImageSettings(size, sidecar["non_square"], settings.cache, settings.cache_dir)
+        return Embedder(backbone.eval() if hasattr(backbone, "eval") else backbone, path, kind, settings,
+                        torch.device("cpu"), FP32, run_dir, sidecar)
+    if sidecar and sidecar.get("arch"):  # a safetensors or TorchScript export: its architecture is known
+        config = config.model_copy(update={"model": config.model.model_copy(update={"arch": sidecar["arch"]})})
+    device = resolve_device(config.runtime.device)
+    model = load_eval_model(path, config)
+    settings = model_image_settings(model.training_config, config, image_size or exported_size)
+    return Embedder(model.backbone.to(device).eval(), model.source, "pytorch", settings, device,
+                    resolve_precision(config.runtime.amp, device), run_dir, sidecar)
+
+
+# ------------------------------------------------------------------ images in, embeddings out
+
+
+@dataclass
+class Embeddings:
+    vectors: np.ndarray  # (N, D) float32, L2-normalised
+    paths: list[str]
+    labels: np.ndarray | None = None  # identity index per image, for an identity-folder tree
+    identities: list[str] | None = None  # identity names
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+
+    def save(self, stream: Any) -> None:
+        arrays: dict[str, np.ndarray] = {"embeddings": self.vectors, "paths": np.array(self.paths, dtype=str)}
+        if self.labels is not None and self.identities is not None:
+            arrays["labels"] = self.labels
+            arrays["identities"] = np.array(self.identities, dtype=str)
+        np.savez(stream, **arrays)
+
+
+def is_identity_tree(folder: Path) -> bool:
+    """A folder of identity folders (``root/<identity>/<image>``) rather than a folder of images."""
+    return folder.is_dir() and any(entry.is_dir() and not entry.name.startswith(".") for entry in folder.iterdir())
+
+
+def list_images(inputs: list[Path]) -> list[Path]:
+    """The image files named, and those inside named folders (recursively), in a stable order."""
+    files: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            found = sorted(path for path in item.rglob("*") if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise DataError(f"{item} holds no images (jpg, jpeg, png, bmp, webp)")
+            files += found
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise DataError(f"not found: {item}")
+    return files
+
+
+def _normalised(embeddings: torch.Tensor) -> np.ndarray:
+    return F.normalize(embeddings.float(), dim=1).numpy().astype(np.float32)
+
+
+def embed_tree(embedder: Embedder, root: Path, batch_size: int, workers: int = 0, flip: bool = False,
+               progress: Callable[[str, int, int], None] | None = None) -> Embeddings:
+    """Every image of an identity-folder tree (the same scan and decoded-image cache as ``train``)."""
+    report = (lambda what: (lambda done, total: progress(what, done, total))) if progress else (lambda what: None)
+    scan = scan_image_folder(root, "image", progress=report("checking images"), settings=embedder.settings)
+    loader = inference_loader(scan.samples, scan, embedder.settings, batch_size, workers, embedder.device)
+    extracted = extract(embedder.backbone, loader, embedder.device, embedder.precision, flip, report("embedding"))
+    return Embeddings(_normalised(extracted.embeddings), [str(sample.path) for sample in scan.samples],
+                      extracted.identities.numpy(), scan.classes, scan.unreadable)
+
+
+def embed_files(embedder: Embedder, files: list[Path], batch_size: int, workers: int = 0, flip: bool = False,
+                progress: Callable[[str, int, int], None] | None = None) -> Embeddings:
+    """Loose image files; unreadable ones are listed and left out."""
+    problems = [(path, why) for path in files if (why := check_image(path))]
+    bad = {path for path, _ in problems}
+    readable = [path for path in files if path not in bad]
+    if not readable:
+        raise DataError(f"no readable image among {len(files)} file(s): {problems[0][0]}: {problems[0][1]}")
+    samples = [Sample(path, -1, index) for index, path in enumerate(readable)]
+    loader = inference_loader(samples, None, embedder.settings, batch_size, workers, embedder.device)
+    reporter = (lambda done, total: progress("embedding", done, total)) if progress else None
+    extracted = extract(embedder.backbone, loader, embedder.device, embedder.precision, flip, reporter)
+    return Embeddings(_normalised(extracted.embeddings), [str(path) for path in readable], unreadable=problems)
+
+
+def embed_inputs(embedder: Embedder, inputs: list[Path], batch_size: int, workers: int = 0, flip: bool = False,
+                 progress: Callable[[str, int, int], None] | None = None) -> Embeddings:
+    """One folder of identity folders -> labelled embeddings; else files and folders of images."""
+    if len(inputs) == 1 and is_identity_tree(inputs[0]):
+        return embed_tree(embedder, inputs[0], batch_size, workers, flip, progress)
+    return embed_files(embedder, list_images(inputs), batch_size, workers, flip, progress)
+
+
+# ------------------------------------------------------------------ the decision threshold
+
+
+def resolve_threshold(explicit: float | None, embedder: Embedder, config: EdgeFaceConfig,
+                      stored: tuple[float, str] | None = None) -> tuple[float, str]:
+    """(threshold, where it comes from): --threshold, the run's last eval, one stored with a gallery
+    or an export, or ``eval.threshold`` in the config."""
+    if explicit is not None:
+        return explicit, "--threshold"
+    if embedder.run_dir is not None:
+        found = read_eval_threshold(embedder.run_dir)
+        if found is not None:
+            return found
+    if stored is not None:
+        return stored
+    if embedder.sidecar and isinstance(embedder.sidecar.get("threshold"), dict):
+        entry = embedder.sidecar["threshold"]
+        return float(entry["value"]), f"{entry.get('source', 'the export')} (recorded at export)"
+    if config.eval.threshold is not None:
+        return config.eval.threshold, "eval.threshold in the config"
+    raise DataError(
+        f"no similarity threshold for {embedder.source}: run `edgeface eval --checkpoint RUN --val-dir DIR` once "
+        "(it stores the best threshold in the run), or pass --threshold T, or set eval.threshold"
+    )

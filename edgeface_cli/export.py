@@ -1,0 +1,286 @@
+"""`edgeface export`: the backbone as a deployable file, kept only after it computes the same embeddings.
+
+Formats: ONNX (torch.onnx's exporter, run back on onnxruntime), ``pt2`` (a ``torch.export`` archive),
+TorchScript (deprecated by PyTorch: for older C++ deployments only) and safetensors (the weights in the
+published key layout). Every file is written under a temporary name, run on real images against the
+PyTorch model, and renamed into place only when the smallest cosine similarity between the two
+outputs reaches the bar; a sidecar JSON beside it says how to feed it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import __version__
+from .atomic import atomic_write_file, atomic_write_text
+from .augment import normalize
+from .checkpoints import load_backbone
+from .data import ImageSettings, check_image, decode_image
+from .embedder import list_images, load_program, sidecar_path
+from .errors import DataError, MissingExtraError, ParityError
+from .models import EdgeFace
+
+FORMATS = ("onnx", "pt2", "torchscript", "safetensors")
+SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".ts", "safetensors": ".safetensors"}
+MIN_COSINE = 0.9999  # fp32 exports: anything lower is a broken export, not rounding
+MIN_COSINE_INT8 = 0.99
+PARITY_IMAGES = 32
+CALIBRATION_IMAGES = 64
+INPUT_NAME, OUTPUT_NAME = "images", "embeddings"
+DEFAULT_OPSET = 18
+
+
+@dataclass
+class Parity:
+    min_cosine: float
+    mean_cosine: float
+    images: int
+    source: str  # where the images came from
+
+
+@dataclass
+class Int8Result:
+    path: Path
+    parity: Parity
+    size_bytes: int
+    fp32_size_bytes: int
+    calibration_images: int
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    parity: Parity
+    size_bytes: int
+    sidecar: Path
+    int8: Int8Result | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------ images to check against
+
+
+def generated_faces(count: int, size: int, seed: int = 0) -> torch.Tensor:
+    """Synthetic faces (uint8, N×3×S×S) for when no real images are at hand."""
+    from .sample_data import random_identity, render_face
+
+    rng = random.Random(seed)
+    faces = [np.asarray(render_face(random_identity(rng), size, rng), dtype=np.uint8).transpose(2, 0, 1) for _ in range(count)]
+    return torch.from_numpy(np.stack(faces))
+
+
+def reference_images(folders: list[Path], settings: ImageSettings, count: int) -> tuple[torch.Tensor, str]:
+    """Up to ``count`` readable images spread evenly over the first folder that has any (uint8, N×3×S×S);
+    generated faces when none has."""
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        try:
+            files = list_images([folder])
+        except DataError:
+            continue
+        picks = [files[int(index)] for index in np.linspace(0, len(files) - 1, min(count * 2, len(files)))]
+        readable = [path for path in dict.fromkeys(picks) if check_image(path) is None][:count]
+        if readable:
+            pixels = torch.stack([decode_image(path, settings.image_size, settings.non_square) for path in readable])
+            return pixels, f"{len(readable)} images from {folder}"
+    return generated_faces(count, settings.image_size), f"{count} generated faces (no image folder at hand)"
+
+
+# ------------------------------------------------------------------ writing and checking
+
+
+def exportable(backbone: nn.Module) -> nn.Module:
+    """What goes into the file: the backbone itself (input in [-1, 1], output the raw embedding)."""
+    return backbone
+
+
+def _require(module: str, what: str) -> None:
+    try:
+        __import__(module)
+    except ImportError:
+        raise MissingExtraError(what, "export", module) from None
+
+
+def _batch_dimension(dynamic_batch: bool) -> dict[str, Any] | None:
+    return {INPUT_NAME: {0: torch.export.Dim("batch", min=1)}} if dynamic_batch else None
+
+
+def write_program(module: nn.Module, fmt: str, path: Path, example: torch.Tensor, opset: int, dynamic_batch: bool) -> None:
+    """``module`` as a ``fmt`` file at ``path`` (``example``: one input batch, shapes as exported)."""
+    if fmt == "onnx":
+        for name in ("onnx", "onnxscript"):
+            _require(name, "ONNX export")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (example,), str(path), dynamo=True, external_data=False, verbose=False,
+                              opset_version=opset, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_shapes=_batch_dimension(dynamic_batch))
+    elif fmt == "pt2":
+        program = torch.export.export(module, (example,), dynamic_shapes=_batch_dimension(dynamic_batch))
+        torch.export.save(program, path)
+    elif fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # PyTorch deprecates TorchScript: we say so ourselves
+            torch.jit.trace(module, example).save(str(path))
+    elif fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        state = {key: value.detach().contiguous() for key, value in module.state_dict().items()}
+        save_file(state, str(path), metadata={"format": "pt", "producer": f"edgeface-cli {__version__}"})
+    else:
+        raise DataError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def load_export(path: Path, fmt: str, like: EdgeFace) -> nn.Module:
+    """The written file, runnable: the program itself, or the weights loaded into ``like``'s architecture."""
+    if fmt == "safetensors":
+        return load_backbone(path, like.arch, like.use_pos_emb, like.embedding_dim, allow_missing=False).backbone.eval()
+    return load_program(path, fmt)
+
+
+@torch.no_grad()
+def parity(candidate: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, reference: torch.Tensor,
+           source: str, fixed_batch: int | None) -> Parity:
+    """Cosine similarity between ``candidate``'s and the reference embeddings of the same inputs."""
+    step = fixed_batch or len(inputs)
+    outputs = torch.cat([torch.as_tensor(candidate(inputs[start:start + step])).float()
+                         for start in range(0, len(inputs), step)])
+    cosine = F.cosine_similarity(torch.nan_to_num(outputs, nan=0.0), reference, dim=1)
+    return Parity(float(cosine.min()), float(cosine.mean()), len(inputs), source)
+
+
+def _require_parity(result: Parity, bar: float, what: str, path: Path) -> None:
+    if not result.min_cosine >= bar:
+        hint = ("int8 loses too much for this model: calibrate on more, real images (--calibration-dir), "
+                "or lower --int8-min-cosine if the loss is acceptable" if what.startswith("the int8")
+                else "this is a bug in the export path; please report it with the command used")
+        raise ParityError(
+            f"{what} {path.name} disagrees with PyTorch: min cosine {result.min_cosine:.6f} over {result.images} images "
+            f"(needs {bar}); the file was not kept. {hint[0].upper() + hint[1:]}"
+        )
+
+
+def quantize_int8(fp32_path: Path, out: Path, calibration: torch.Tensor) -> None:
+    """Static int8 quantisation (onnxruntime; QDQ, per-channel weights) calibrated on ``calibration`` (model inputs)."""
+    _require("onnxruntime", "--int8")
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{INPUT_NAME: calibration[index:index + 1].numpy()} for index in range(len(calibration))])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    import logging
+
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # onnxruntime logs a warning per 1-d weight it leaves alone
+    try:
+        quantize_static(str(fp32_path), str(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                        op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+    finally:
+        logging.getLogger().setLevel(quiet)
+
+
+def describe(backbone: EdgeFace, settings: ImageSettings, fmt: str, path: Path, source: Path, checked: Parity,
+             dynamic_batch: bool, opset: int | None, threshold: tuple[float, str] | None, quantized: bool = False) -> dict[str, Any]:
+    """The sidecar: everything a deployment needs to feed the file and trust its output."""
+    return {
+        "format": fmt,
+        "file": path.name,
+        "int8": quantized,
+        "arch": backbone.arch,
+        "embedding_dim": backbone.embedding_dim,
+        "image_size": settings.image_size,
+        "non_square": settings.non_square,
+        "input": {"name": INPUT_NAME, "layout": "NCHW", "channels": "RGB", "dtype": "float32",
+                  "shape": ["batch" if dynamic_batch else 1, 3, settings.image_size, settings.image_size],
+                  "normalization": "pixel / 127.5 - 1 (range [-1, 1]; mean 0.5, std 0.5 on [0, 1])"},
+        "output": {"name": OUTPUT_NAME, "dim": backbone.embedding_dim, "l2_normalized": False,
+                   "compare_with": "cosine similarity of the L2-normalised outputs"},
+        "source_checkpoint": str(source.resolve()),
+        "parity": {**asdict(checked), "reference": "the PyTorch model in fp32"},
+        "threshold": {"value": threshold[0], "source": threshold[1]} if threshold else None,
+        "opset": opset,
+        "exported_by": f"edgeface-cli {__version__}, torch {torch.__version__}",
+    }
+
+
+def export_backbone(
+    backbone: EdgeFace,
+    settings: ImageSettings,
+    fmt: str,
+    out: Path,
+    images: torch.Tensor,
+    images_source: str,
+    source: Path,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = False,
+    int8_calibration: tuple[torch.Tensor, str] | None = None,
+    int8_min_cosine: float = MIN_COSINE_INT8,
+    threshold: tuple[float, str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Write ``backbone`` as ``fmt`` to ``out``, check it on ``images`` (uint8), write the sidecar; and,
+    with ``int8_calibration`` (ONNX only), an int8 copy beside it, checked likewise."""
+    if fmt not in FORMATS:
+        raise DataError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if int8_calibration is not None and fmt != "onnx":
+        raise DataError("--int8 quantises ONNX models: pass --format onnx")
+    say = progress or (lambda text: None)
+    backbone = backbone.cpu().eval()
+    inputs = normalize(images)
+    with torch.no_grad():
+        reference = backbone(inputs)
+    fixed_batch = None if dynamic_batch or fmt in ("torchscript", "safetensors") else 1
+    checked: list[Parity] = []
+
+    def write_and_check(path: Path) -> None:
+        say(f"writing {fmt}")
+        write_program(exportable(backbone), fmt, path, inputs[:1] if fixed_batch else inputs[:2], opset, dynamic_batch)
+        say("checking parity")
+        checked.append(parity(load_export(path, fmt, backbone), inputs, reference, images_source, fixed_batch))
+        _require_parity(checked[-1], MIN_COSINE, "the export", out)
+
+    atomic_write_file(out, write_and_check)
+    notes = []
+    if fmt == "torchscript":
+        notes.append("TorchScript is deprecated in PyTorch: kept for older C++ deployments only; prefer onnx or pt2")
+    opset_used = opset if fmt == "onnx" else None
+    sidecar = sidecar_path(out)
+    atomic_write_text(sidecar, json.dumps(
+        describe(backbone, settings, fmt, out, source, checked[0], dynamic_batch, opset_used, threshold), indent=2) + "\n")
+    result = ExportResult(out, fmt, checked[0], out.stat().st_size, sidecar, notes=notes)
+    if int8_calibration is not None:
+        calibration, calibration_source = int8_calibration
+        int8_path = out.with_name(f"{out.stem}.int8{out.suffix}")
+        int8_checked: list[Parity] = []
+
+        def quantize_and_check(path: Path) -> None:
+            say("quantising to int8")
+            quantize_int8(out, path, normalize(calibration))
+            say("checking int8 parity")
+            int8_checked.append(parity(load_program(path, "onnx"), inputs, reference, images_source, fixed_batch))
+            _require_parity(int8_checked[-1], int8_min_cosine, "the int8 model", int8_path)
+
+        atomic_write_file(int8_path, quantize_and_check)
+        atomic_write_text(sidecar_path(int8_path), json.dumps(
+            {**describe(backbone, settings, fmt, int8_path, source, int8_checked[0], dynamic_batch, opset_used, threshold,
+                        quantized=True), "calibration": calibration_source}, indent=2) + "\n")
+        result.int8 = Int8Result(int8_path, int8_checked[0], int8_path.stat().st_size, result.size_bytes, len(calibration))
+    return result

@@ -1,0 +1,163 @@
+"""1:N recognition: a gallery of enrolled identities (``enroll``), probes matched against it
+(``identify``), and the open-set metrics of a labelled probe set.
+
+A probe is compared with each identity's mean embedding (the L2-normalised mean of its enrolled
+images); below the threshold it is "unknown". Open-set metrics follow the usual protocol: rank-1
+accuracy over probes whose identity is enrolled, and the detection-and-identification rate (DIR: found,
+ranked first, and above the threshold) at the threshold where a given share of non-enrolled probes
+would be falsely accepted (the false-alarm rate, FAR).
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_write_stream
+from .embedder import Embeddings
+from .errors import DataError
+
+GALLERY_FORMAT = 1
+
+
+@dataclass
+class Gallery:
+    identities: list[str]
+    centroids: np.ndarray  # (K, D) L2-normalised mean embedding per identity
+    embeddings: np.ndarray  # (N, D) every enrolled image
+    labels: np.ndarray  # (N,) index into identities
+    paths: list[str]
+    model: str  # the model that embedded the gallery: probes must use the same
+    image_size: int
+    flip: bool
+    threshold: tuple[float, str] | None  # the model's threshold when enrolled, and its source
+
+
+def build_gallery(embedded: Embeddings, model: str, image_size: int, flip: bool,
+                  threshold: tuple[float, str] | None) -> Gallery:
+    if embedded.labels is None or embedded.identities is None:
+        raise DataError("enroll needs one folder per identity: GALLERY_DIR/<identity>/<image>")
+    dim = embedded.vectors.shape[1]
+    sums = np.zeros((len(embedded.identities), dim), dtype=np.float64)
+    np.add.at(sums, embedded.labels, embedded.vectors)
+    centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    return Gallery(list(embedded.identities), centroids.astype(np.float32), embedded.vectors, embedded.labels.astype(np.int64),
+                   embedded.paths, model, image_size, flip, threshold)
+
+
+def save_gallery(gallery: Gallery, path: Path) -> None:
+    meta = {"format": GALLERY_FORMAT, "model": gallery.model, "image_size": gallery.image_size, "flip": gallery.flip,
+            "threshold": list(gallery.threshold) if gallery.threshold else None}
+    atomic_write_stream(path, lambda stream: np.savez(
+        stream, identities=np.array(gallery.identities, dtype=str), centroids=gallery.centroids,
+        embeddings=gallery.embeddings, labels=gallery.labels, paths=np.array(gallery.paths, dtype=str),
+        meta=np.array(json.dumps(meta)),
+    ))
+
+
+def load_gallery(path: Path) -> Gallery:
+    if not path.is_file():
+        raise DataError(f"gallery not found: {path}; write one with edgeface enroll GALLERY_DIR --checkpoint ... --out {path}")
+    try:
+        with np.load(path, allow_pickle=False) as arrays:  # strings are unicode arrays: nothing is unpickled
+            meta = json.loads(str(arrays["meta"]))
+            if meta.get("format") != GALLERY_FORMAT:
+                raise ValueError("format")
+            threshold = meta.get("threshold")
+            gallery = Gallery(
+                [str(name) for name in arrays["identities"]], arrays["centroids"].astype(np.float32),
+                arrays["embeddings"].astype(np.float32), arrays["labels"].astype(np.int64),
+                [str(item) for item in arrays["paths"]], str(meta["model"]), int(meta["image_size"]), bool(meta["flip"]),
+                (float(threshold[0]), str(threshold[1])) if threshold else None,
+            )
+    except (OSError, ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile, EOFError):
+        raise DataError(f"{path} is not a gallery written by edgeface enroll (or it is damaged); enroll again") from None
+    if gallery.centroids.ndim != 2 or len(gallery.centroids) != len(gallery.identities):
+        raise DataError(f"{path} is damaged (identities and centroids disagree); enroll again")
+    return gallery
+
+
+# ------------------------------------------------------------------ matching
+
+
+@dataclass
+class Match:
+    identity: str
+    similarity: float
+
+
+@dataclass
+class Identification:
+    probe: str
+    matches: list[Match]  # best first
+    answer: str | None  # the best match at or above the threshold; None = unknown
+
+
+def similarities(gallery: Gallery, probes: np.ndarray) -> np.ndarray:
+    """(probes × identities) cosine similarity of each probe to each identity's mean embedding."""
+    if probes.shape[1] != gallery.centroids.shape[1]:
+        raise DataError(f"the probes' embeddings have {probes.shape[1]} dimensions, the gallery's {gallery.centroids.shape[1]}: "
+                        "identify with the model that enrolled the gallery")
+    return probes @ gallery.centroids.T
+
+
+def identify(gallery: Gallery, probes: np.ndarray, paths: list[str], top_k: int, threshold: float) -> list[Identification]:
+    scores = similarities(gallery, probes)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+    results = []
+    for row, probe in enumerate(paths):
+        matches = [Match(gallery.identities[index], float(scores[row, index])) for index in order[row]]
+        answer = matches[0].identity if matches and matches[0].similarity >= threshold else None
+        results.append(Identification(probe, matches, answer))
+    return results
+
+
+def _threshold_at_far(unknown_best: np.ndarray, far: float) -> float:
+    """The lowest threshold at which at most ``far`` of the non-enrolled probes are accepted."""
+    ranked = np.sort(unknown_best)[::-1]
+    allowed = int(np.floor(far * len(ranked) + 1e-9))
+    if allowed >= len(ranked):
+        return float(ranked[-1])
+    return float(np.nextafter(ranked[allowed], np.inf))  # just above the first probe that must be rejected
+
+
+def open_set_metrics(gallery: Gallery, probes: np.ndarray, probe_identities: list[str], threshold: float,
+                     far_targets: list[float]) -> dict[str, Any]:
+    """Rank-1/rank-5 over enrolled-identity probes; DIR at each FAR target and at ``threshold``."""
+    scores = similarities(gallery, probes)
+    index_of = {name: index for index, name in enumerate(gallery.identities)}
+    truth = np.array([index_of.get(name, -1) for name in probe_identities])
+    known = truth >= 0
+    best = scores.max(axis=1)
+    ranked = np.argsort(-scores, axis=1, kind="stable")
+    first = ranked[:, 0]
+    found = known & (first == truth)
+    in_top5 = known & (ranked[:, :5] == truth[:, None]).any(axis=1)
+    unknown_best = best[~known]
+    metrics: dict[str, Any] = {
+        "probes": len(probe_identities),
+        "enrolled_probes": int(known.sum()),
+        "non_enrolled_probes": int((~known).sum()),
+        "rank1": float(found[known].mean()) if known.any() else None,
+        "rank5": float(in_top5[known].mean()) if known.any() else None,
+        "threshold": threshold,
+        "dir_at_threshold": float((found & (best >= threshold))[known].mean()) if known.any() else None,
+        "far_at_threshold": float((unknown_best >= threshold).mean()) if len(unknown_best) else None,
+        "dir_at_far": {},
+    }
+    for far in far_targets:
+        if not len(unknown_best) or not known.any():
+            metrics["dir_at_far"][str(far)] = None
+            continue
+        at = _threshold_at_far(unknown_best, far)
+        metrics["dir_at_far"][str(far)] = {
+            "dir": float((found & (best >= at))[known].mean()),
+            "threshold": at,
+            "far": float((unknown_best >= at).mean()),
+        }
+    return metrics
