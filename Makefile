@@ -22,11 +22,21 @@ demo: install
 	$(BIN)/edgeface sample-data $(DEMO)/data --ids 8 --per-id 16 --val-per-id 4 --size 64 --seed 0
 	$(BIN)/edgeface train --train-dir $(DEMO)/data/train --val-dir $(DEMO)/data/val \
 		--device cpu --out $(DEMO)/run --force --stage1-epochs 1 --epochs 8 --batch-size 16 \
-		--set data.image_size=64 --set optim.warmup_epochs=0 \
+		--set data.image_size=64 --set optim.warmup_epochs=1 \
 		--set optim.head_lr=3e-3 --set optim.backbone_lr=3e-3 --set optim.head_lr_stage2=3e-3 \
 		--set arcface.scale=16 --set arcface.margin=0.1
 	$(BIN)/edgeface eval --val-dir $(DEMO)/data/val --checkpoint $(DEMO)/run
-	@echo "demo run written to $(DEMO)/run (best.pt, last.pt, backbone.pt, metrics.jsonl, metrics.csv)"
+	@# Deploy: ONNX when the export extra is installed (make install includes it), else safetensors.
+	if $(BIN)/python -c "import onnxruntime, onnxscript" 2>/dev/null; then \
+		$(BIN)/edgeface export --checkpoint $(DEMO)/run --format onnx --out $(DEMO)/edgeface.onnx --force; \
+	else \
+		$(BIN)/edgeface export --checkpoint $(DEMO)/run --format safetensors --out $(DEMO)/edgeface.safetensors --force; \
+	fi
+	$(BIN)/edgeface verify $(DEMO)/data/val/id_000/0000.png $(DEMO)/data/val/id_000/0001.png --checkpoint $(DEMO)/run
+	$(BIN)/edgeface enroll $(DEMO)/data/train --checkpoint $(DEMO)/run --out $(DEMO)/gallery.npz --force
+	$(BIN)/edgeface identify $(DEMO)/data/val/id_003/0002.png --gallery $(DEMO)/gallery.npz --top-k 3
+	@echo "demo run written to $(DEMO)/run (best.pt, last.pt, backbone.pt, metrics.jsonl, metrics.csv, eval.json);"
+	@echo "exported model, gallery.npz in $(DEMO)/"
 
 test: install
 	$(BIN)/python -m pytest -q

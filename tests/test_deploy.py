@@ -1,0 +1,248 @@
+"""From a trained run to a deployed model: export with parity, embed, verify, enroll and identify."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from edgeface_cli import export as export_module
+from edgeface_cli.cli import app
+from edgeface_cli.gallery import Gallery, open_set_metrics
+from edgeface_cli.sample_data import write_sample_dataset
+
+runner = CliRunner()
+
+# Enrolled: the first four identities; the last two are never enrolled (open-set probes).
+ENROLLED = ["id_000", "id_001", "id_002", "id_003"]
+STRANGERS = ["id_004", "id_005"]
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def invoke_json(*args: str) -> dict:
+    code, output = invoke(*args, "--json")
+    assert code == 0, output
+    return json.loads(output[output.index("{"):output.rindex("}") + 1])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("deploy-data")
+    write_sample_dataset(root, identities=6, per_identity=10, size=32, seed=3, val_per_identity=4)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_dir(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model good enough to recognise the sample identities (about 95% val accuracy), then evaluated."""
+    run = tmp_path_factory.mktemp("deploy-run") / "run"
+    code, output = invoke(
+        "train", "--train-dir", str(data / "train"), "--val-dir", str(data / "val"), "--device", "cpu", "--out", str(run),
+        "--stage1-epochs", "1", "--epochs", "6", "--batch-size", "8", "--set", "data.image_size=32", "--set", "data.workers=0",
+        "--set", "optim.warmup_epochs=0", "--set", "optim.head_lr=3e-3", "--set", "optim.backbone_lr=3e-3",
+        "--set", "optim.head_lr_stage2=3e-3", "--set", "arcface.scale=16", "--set", "arcface.margin=0.1",
+    )
+    assert code == 0, output
+    code, output = invoke("eval", "--val-dir", str(data / "val"), "--checkpoint", str(run))
+    assert code == 0 and (run / "eval.json").is_file(), output
+    return run
+
+
+@pytest.fixture(scope="module")
+def onnx_export(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    report = invoke_json("export", "--checkpoint", str(run_dir), "--format", "onnx", "--out", str(out), "--int8")
+    return out, report
+
+
+# ------------------------------------------------------------------ export
+
+
+def test_onnx_export_matches_pytorch_and_describes_itself(onnx_export: tuple[Path, dict], run_dir: Path, data: Path) -> None:
+    out, report = onnx_export
+    assert out.is_file() and report["parity_min_cosine"] >= 0.9999
+    assert "from " + str(data / "val") in report["parity_images"]  # real images of the run, not generated ones
+    sidecar = json.loads((out.parent / "model.onnx.json").read_text())
+    assert sidecar["image_size"] == 32 and sidecar["embedding_dim"] == 512 and sidecar["arch"] == "edgeface_xxs"
+    assert sidecar["input"]["shape"] == [1, 3, 32, 32] and "127.5" in sidecar["input"]["normalization"]
+    assert sidecar["source_checkpoint"] == str((run_dir / "best.pt").resolve())
+    assert sidecar["threshold"]["value"] == json.loads((run_dir / "eval.json").read_text())["best_threshold"]
+    assert not list(out.parent.glob(".*tmp*"))  # no temp files left behind
+
+
+def test_int8_export_is_smaller_and_close(onnx_export: tuple[Path, dict]) -> None:
+    out, report = onnx_export
+    int8 = report["int8"]
+    assert Path(int8["file"]) == out.with_name("model.int8.onnx") and Path(int8["file"]).is_file()
+    assert int8["bytes"] < 0.5 * int8["fp32_bytes"] == 0.5 * out.stat().st_size
+    assert 0.99 <= int8["parity_min_cosine"] < 1.0  # quantised: close, but not the same numbers
+    assert json.loads(Path(int8["file"] + ".json").read_text())["int8"] is True
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "torchscript"])
+def test_pt2_and_torchscript_exports_match_pytorch(fmt: str, run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / f"model.{fmt}"
+    report = invoke_json("export", "--checkpoint", str(run_dir), "--format", fmt, "--out", str(out), "--dynamic-batch")
+    assert out.is_file() and report["parity_min_cosine"] >= 0.9999
+    if fmt == "pt2":  # the exported program itself runs, at another batch size than it was traced with
+        program = torch.export.load(out).module()
+        assert program(torch.zeros(3, 3, 32, 32)).shape == (3, 512)
+
+
+def test_safetensors_export_round_trips_to_backbone_pt(run_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    out = tmp_path / "model.safetensors"
+    invoke_json("export", "--checkpoint", str(run_dir), "--format", "safetensors", "--out", str(out))
+    exported = load_file(out)
+    published = torch.load(run_dir / "backbone.pt", weights_only=True)
+    assert exported.keys() == published.keys()
+    assert all(torch.equal(exported[key], published[key]) for key in published)
+
+
+def test_a_broken_export_is_caught_and_not_kept(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class ExpectsZeroToOne(torch.nn.Module):  # the classic mistake: inputs normalised to [0, 1] in the graph
+        def __init__(self, backbone: torch.nn.Module) -> None:
+            super().__init__()
+            self.backbone = backbone
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.backbone(images * 0.5 + 0.5)
+
+    monkeypatch.setattr(export_module, "exportable", ExpectsZeroToOne)
+    out = tmp_path / "model.ts"
+    code, output = invoke("export", "--checkpoint", str(run_dir), "--format", "torchscript", "--out", str(out))
+    assert code == 2 and "disagrees with PyTorch" in output and "was not kept" in output
+    assert list(tmp_path.iterdir()) == []  # neither the file, its sidecar nor a temp file
+
+
+def test_a_missing_export_extra_names_the_pip_command(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      onnx_export: tuple[Path, dict]) -> None:
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # import fails as if not installed
+    code, output = invoke("export", "--checkpoint", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "m.onnx"))
+    assert code == 2 and "pip install 'edgeface-cli[export]'" in " ".join(output.split())
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    code, output = invoke("embed", str(tmp_path), "--checkpoint", str(onnx_export[0]), "--out", str(tmp_path / "e.npz"))
+    assert code == 2 and "[export]" in output and "Traceback" not in output
+
+
+# ------------------------------------------------------------------ embed
+
+
+def test_embed_gives_unit_vectors_and_onnx_agrees_with_pytorch(run_dir: Path, data: Path, tmp_path: Path,
+                                                               onnx_export: tuple[Path, dict]) -> None:
+    arrays = {}
+    for name, model in (("pytorch", run_dir), ("onnx", onnx_export[0])):
+        out = tmp_path / f"{name}.npz"
+        code, output = invoke("embed", str(data / "val"), "--checkpoint", str(model), "--out", str(out))
+        assert code == 0, output
+        arrays[name] = np.load(out)
+    pytorch, onnx = arrays["pytorch"], arrays["onnx"]
+    assert pytorch["embeddings"].shape == onnx["embeddings"].shape == (24, 512)
+    assert np.allclose(np.linalg.norm(pytorch["embeddings"], axis=1), 1.0, atol=1e-5)
+    assert list(pytorch["identities"]) == [f"id_{index:03d}" for index in range(6)] and len(set(pytorch["labels"])) == 6
+    assert list(pytorch["paths"]) == list(onnx["paths"])
+    assert (pytorch["embeddings"] * onnx["embeddings"]).sum(axis=1).min() >= 0.9999
+    # Loose files: no identities, in the order named.
+    files = [data / "val" / "id_001" / "0000.png", data / "val" / "id_000" / "0001.png"]
+    out = tmp_path / "files.npz"
+    assert invoke("embed", *map(str, files), "--checkpoint", str(run_dir), "--out", str(out))[0] == 0
+    loose = np.load(out)
+    assert "identities" not in loose.files and list(loose["paths"]) == list(map(str, files))
+
+
+# ------------------------------------------------------------------ verify
+
+
+def test_verify_an_image_with_itself_and_says_where_the_threshold_comes_from(run_dir: Path, data: Path) -> None:
+    image = str(data / "val" / "id_000" / "0000.png")
+    same = invoke_json("verify", image, image, "--checkpoint", str(run_dir))
+    assert same["similarity"] == pytest.approx(1.0, abs=1e-5) and same["same"] is True
+    assert str(run_dir / "eval.json") in same["threshold_source"]
+    assert same["threshold"] == json.loads((run_dir / "eval.json").read_text())["best_threshold"]
+    other = str(data / "val" / "id_003" / "0000.png")
+    explicit = invoke_json("verify", image, other, "--checkpoint", str(run_dir), "--threshold", "0.99")
+    assert explicit["threshold_source"] == "--threshold" and explicit["same"] is False
+
+
+def test_verify_without_any_threshold_asks_for_one(run_dir: Path, data: Path, tmp_path: Path) -> None:
+    unevaluated = tmp_path / "run"
+    unevaluated.mkdir()
+    for name in ("best.pt", "config.yaml", "metrics.jsonl"):
+        shutil.copy(run_dir / name, unevaluated / name)
+    image = str(data / "val" / "id_000" / "0000.png")
+    code, output = invoke("verify", image, image, "--checkpoint", str(unevaluated))
+    assert code == 2 and "edgeface eval" in output and "--threshold" in output
+    configured = invoke_json("verify", image, image, "--checkpoint", str(unevaluated), "--set", "eval.threshold=0.5")
+    assert configured["threshold_source"] == "eval.threshold in the config" and configured["threshold"] == 0.5
+
+
+# ------------------------------------------------------------------ enroll and identify
+
+
+@pytest.fixture(scope="module")
+def gallery_file(run_dir: Path, data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("gallery")
+    for name in ENROLLED:
+        shutil.copytree(data / "train" / name, folder / "people" / name)
+    out = folder / "gallery.npz"
+    code, output = invoke("enroll", str(folder / "people"), "--checkpoint", str(run_dir), "--out", str(out))
+    assert code == 0, output
+    return out
+
+
+def test_identify_finds_enrolled_people_and_calls_strangers_unknown(gallery_file: Path, data: Path) -> None:
+    enrolled = [data / "val" / name / "0000.png" for name in ENROLLED]
+    strangers = [data / "val" / name / "0000.png" for name in STRANGERS]
+    report = invoke_json("identify", *map(str, enrolled + strangers), "--gallery", str(gallery_file), "--top-k", "3")
+    answers = {Path(item["probe"]).parent.name: item for item in report["probes"]}
+    for name in ENROLLED:  # held-out images (val) of enrolled people: ranked first
+        assert answers[name]["matches"][0]["identity"] == name
+        assert len(answers[name]["matches"]) == 3
+    for name in STRANGERS:  # never enrolled: below the eval threshold
+        assert answers[name]["answer"] is None
+    assert "eval.json" in report["threshold_source"]
+
+
+def test_identify_reports_open_set_metrics_on_a_labelled_probe_set(gallery_file: Path, data: Path) -> None:
+    metrics = invoke_json("identify", "--probe-dir", str(data / "val"), "--gallery", str(gallery_file))["open_set"]
+    assert metrics["enrolled_probes"] == 16 and metrics["non_enrolled_probes"] == 8
+    assert metrics["rank1"] >= 0.75 and set(metrics["dir_at_far"]) == {"0.01", "0.1"}
+    for entry in metrics["dir_at_far"].values():
+        assert entry["far"] <= 0.1 and 0.0 <= entry["dir"] <= metrics["rank1"]
+
+
+def test_a_file_that_is_not_a_gallery_is_refused(tmp_path: Path, data: Path) -> None:
+    fake = tmp_path / "gallery.npz"
+    fake.write_bytes(b"PK\x03\x04 not really")
+    code, output = invoke("identify", str(data / "val"), "--gallery", str(fake))
+    assert code == 2 and "not a gallery" in output
+
+
+def test_open_set_metrics_by_hand() -> None:
+    # Two enrolled identities on the axes; probes: two of A (one weak), one of B, two strangers.
+    gallery = Gallery(["A", "B"], np.eye(2, dtype=np.float32), np.eye(2, dtype=np.float32), np.array([0, 1]), ["a", "b"],
+                      "model", 32, False, None)
+    def unit(x: float, y: float) -> list[float]:
+        return [x / np.hypot(x, y), y / np.hypot(x, y)]
+    probes = np.array([unit(1, 0.1), unit(1, 0.9), unit(0.2, 1), unit(1, 1.2), unit(1.5, 1)], dtype=np.float32)
+    names = ["A", "A", "B", "X", "Y"]
+    metrics = open_set_metrics(gallery, probes, names, threshold=0.8, far_targets=[0.0, 0.5])
+    best = (probes @ np.eye(2)).max(axis=1)
+    assert metrics["rank1"] == 1.0 and metrics["non_enrolled_probes"] == 2
+    # FAR 0: above both strangers' best scores (0.768, 0.832): only the probes scoring above 0.832 count.
+    zero = metrics["dir_at_far"]["0.0"]
+    assert zero["far"] == 0.0 and zero["dir"] == pytest.approx(float((best[:3] > best[3:].max()).mean()))
+    half = metrics["dir_at_far"]["0.5"]  # one stranger may pass: the threshold drops to just above the lower one
+    assert half["far"] == 0.5 and half["dir"] == pytest.approx(float((best[:3] > best[3:].min()).mean()))
+    assert metrics["far_at_threshold"] == 0.5 and metrics["dir_at_threshold"] == pytest.approx(float((best[:3] >= 0.8).mean()))
