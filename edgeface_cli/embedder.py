@@ -236,3 +236,11 @@ def resolve_threshold(explicit: float | None, embedder: Embedder, config: EdgeFa
         f"no similarity threshold for {embedder.source}: run `edgeface eval --checkpoint RUN --val-dir DIR` once "
         "(it stores the best threshold in the run), or pass --threshold T, or set eval.threshold"
     )
+
+
+def known_threshold(embedder: Embedder, config: EdgeFaceConfig) -> tuple[float, str] | None:
+    """The model's threshold when one is recorded anywhere (to store with an export or a gallery), else None."""
+    try:
+        return resolve_threshold(None, embedder, config)
+    except DataError:
+        return None

@@ -50,7 +50,7 @@ def export(
     if int8 and fmt != "onnx":
         raise DataError("--int8 quantises ONNX models: pass --format onnx")
     resolved = resolve_config(config, set_, **{"runtime.device": "cpu"})
-    from ..embedder import load_embedder, resolve_threshold
+    from ..embedder import known_threshold, load_embedder
     from ..export import export_backbone, reference_images
     from ..rundir import run_dir_of
 
@@ -64,10 +64,7 @@ def export(
 
         data = (yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}).get("data", {})
         folders += [Path(data[key]) for key in ("val_dir", "train_dir") if data.get(key)]
-    try:
-        threshold: tuple[float, str] | None = resolve_threshold(None, embedder, resolved)
-    except DataError:
-        threshold = None  # not evaluated yet: verify will then ask for one
+    threshold = known_threshold(embedder, resolved)  # None before the run's first eval
     with console.status("exporting", spinner="dots") if console.is_terminal else nullcontext() as status:
         images, source = reference_images(folders, embedder.settings, PARITY_IMAGES)
         calibration = reference_images(folders, embedder.settings, CALIBRATION_IMAGES) if int8 else None

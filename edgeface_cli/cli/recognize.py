@@ -116,8 +116,7 @@ def enroll(
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """Enroll identities for identify: each identity's mean embedding, plus every image's."""
-    from ..embedder import embed_tree, resolve_threshold
-    from ..errors import DataError
+    from ..embedder import embed_tree, known_threshold
     from ..gallery import build_gallery, save_gallery
     from ..preflight import check_image_folder, check_output_file
     from ..render import StepProgress
@@ -125,10 +124,7 @@ def enroll(
     check_image_folder(gallery_dir, "gallery")
     check_output_file(out, force)
     resolved, embedder = _embedder(checkpoint, config, set_, device, batch_size)
-    try:
-        threshold: tuple[float, str] | None = resolve_threshold(None, embedder, resolved)
-    except DataError:
-        threshold = None
+    threshold = known_threshold(embedder, resolved)  # None before the run's first eval
     with StepProgress(err_console) as progress:
         embedded = embed_tree(embedder, gallery_dir, resolved.data.batch_size, resolved.data.workers, flip, progress.update)
     gallery = build_gallery(embedded, str(embedder.source.resolve()), embedder.settings.image_size, flip, threshold)
