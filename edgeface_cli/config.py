@@ -73,6 +73,12 @@ class DataSection(_Section):
         "auto", description="decoded-image cache: decode and resize each file once (auto = on unless the disk is too full)"
     )
     cache_dir: Path | None = Field(None, description="where decoded-image caches live (default ~/.cache/edgeface)")
+    min_images_per_identity: int = Field(
+        2, ge=1, description="check-data: val identities with fewer images are flagged (train: a warning below 5)"
+    )
+    near_duplicate_distance: int = Field(
+        4, ge=0, le=32, description="check-data: perceptual hashes (64 bits) this many bits apart or closer are near duplicates"
+    )
 
     _yaml_on_off = field_validator("cache", mode="before")(on_off_from_yaml)
 

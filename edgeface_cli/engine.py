@@ -117,6 +117,8 @@ def report_scan(scan: ScanResult, role: str, on_event: EventHandler) -> None:
         listed = "; ".join(f"{path} ({why})" for path, why in scan.unreadable[:10])
         more = f"; ... {len(scan.unreadable) - 10} more" if len(scan.unreadable) > 10 else ""
         on_event(Notice("warning", f"{len(scan.unreadable)} unreadable {role} files skipped: {listed}{more}"))
+        on_event(Notice("info", f"for a full report on the data (duplicates, leakage, label noise): "
+                                f"edgeface check-data --{role}-dir {scan.root}"))
     if scan.empty_classes:
         on_event(
             Notice("warning", f"{len(scan.empty_classes)} empty {role} identity folders skipped: {', '.join(scan.empty_classes[:10])}")

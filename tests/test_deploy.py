@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 from edgeface_cli import export as export_module
 from edgeface_cli.cli import app
 from edgeface_cli.gallery import Gallery, open_set_metrics
-from edgeface_cli.sample_data import write_sample_dataset
 
 runner = CliRunner()
 
@@ -36,26 +35,16 @@ def invoke_json(*args: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("deploy-data")
-    write_sample_dataset(root, identities=6, per_identity=10, size=32, seed=3, val_per_identity=4)
-    return root
+def data(recognition_data: Path) -> Path:
+    return recognition_data
 
 
 @pytest.fixture(scope="module")
-def run_dir(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model good enough to recognise the sample identities (about 95% val accuracy), then evaluated."""
-    run = tmp_path_factory.mktemp("deploy-run") / "run"
-    code, output = invoke(
-        "train", "--train-dir", str(data / "train"), "--val-dir", str(data / "val"), "--device", "cpu", "--out", str(run),
-        "--stage1-epochs", "1", "--epochs", "6", "--batch-size", "8", "--set", "data.image_size=32", "--set", "data.workers=0",
-        "--set", "optim.warmup_epochs=0", "--set", "optim.head_lr=3e-3", "--set", "optim.backbone_lr=3e-3",
-        "--set", "optim.head_lr_stage2=3e-3", "--set", "arcface.scale=16", "--set", "arcface.margin=0.1",
-    )
-    assert code == 0, output
-    code, output = invoke("eval", "--val-dir", str(data / "val"), "--checkpoint", str(run))
-    assert code == 0 and (run / "eval.json").is_file(), output
-    return run
+def run_dir(recognition_run: Path, data: Path) -> Path:
+    """The recognising model, evaluated (eval stores its threshold in the run)."""
+    code, output = invoke("eval", "--val-dir", str(data / "val"), "--checkpoint", str(recognition_run))
+    assert code == 0 and (recognition_run / "eval.json").is_file(), output
+    return recognition_run
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The `edgeface` command line: flags -> config -> library call -> Rich output and exit code.
 
 One module per command group; ``common`` holds the app, the consoles and the error handling.
-Exit codes: 0 success; 1 inspect-keys found differences; 2 user error (bad path, config,
+Exit codes: 0 success; 1 inspect-keys found differences, check-data found problems; 2 user error (bad path, config,
 checkpoint or data); 3 training stopped by a guard; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
 """
 
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import sys
 
-from . import config_cmds, eval, export, inspect_keys, recognize, sample_data, train, troubleshoot  # noqa: F401 - registers the commands
+from . import (  # noqa: F401 - registers the commands
+    check_data, config_cmds, eval, export, inspect_keys, plot, recognize, sample_data, train, troubleshoot,
+)
 from .common import EXIT_INTERRUPTED, app, err_console
 
 __all__ = ["app", "main"]

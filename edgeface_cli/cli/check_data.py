@@ -1,0 +1,117 @@
+"""`edgeface check-data`: a dataset's problems, before any GPU time is spent on them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from .common import EXIT_DIFFERENCES, ConfigOpt, SetOpt, app, console, err_console, print_json, resolve_config, user_errors
+
+SHOWN = 5  # files listed per finding on the terminal (--json and --out have up to 20)
+STYLE = {"problem": "bold red", "warning": "yellow", "info": "dim"}
+
+
+def _describe(item: dict[str, Any]) -> str:
+    if "first" in item:
+        how = "identical files" if item["identical_files"] else f"{item['hamming_distance']} bits apart"
+        return f"{item['first']}  ==  {item['second']}  ({how})"
+    if "nearest_identity" in item:
+        return (f"{item['file']}: filed as {item['identity']} (similarity {item['own_similarity']:.3f}), "
+                f"nearer {item['nearest_identity']} ({item['nearest_similarity']:.3f})")
+    if "mean_similarity" in item:
+        return f"{item['identity']}: mean similarity {item['mean_similarity']:.3f} over {item['images']} images"
+    return ", ".join(f"{value}" if key in ("file", "identity") else f"{key} {value}" for key, value in item.items())
+
+
+@app.command("check-data")
+@user_errors
+def check_data(
+    train_dir: Optional[Path] = typer.Option(None, "--train-dir", help="Training images, one folder per identity."),
+    val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Validation images: also checked for leakage."),
+    checkpoint: Optional[Path] = typer.Option(
+        None, "--checkpoint", help="A run or model: also find images closer to another identity than to their own."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the report as JSON to this file."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out."),
+    device: Optional[str] = typer.Option(None, "--device", help="For --checkpoint: auto, cpu, cuda, cuda:N or mps."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Unreadable files, duplicates across identities and splits, small identities, sizes, label noise.
+
+    Exit 0: nothing serious; 1: problems found (duplicates across identities or train/val, unreadable
+    files, likely mislabels); 2: user error.
+    """
+    from ..errors import DataError
+    from ..preflight import check_image_folder, check_output_file
+
+    resolved = resolve_config(config, set_, **{"data.train_dir": train_dir, "data.val_dir": val_dir, "runtime.device": device})
+    if resolved.data.train_dir is None:
+        raise DataError("nothing to check: pass --train-dir DIR (one folder per identity)")
+    check_image_folder(resolved.data.train_dir, "train")
+    if resolved.data.val_dir is not None:
+        check_image_folder(resolved.data.val_dir, "val")
+    if out is not None:
+        check_output_file(out, force)
+    from ..doctor import check_data as run_checks
+    from ..render import StepProgress
+
+    embed = None
+    if checkpoint is not None:
+        from ..embedder import embed_tree, load_embedder
+
+        embedder = load_embedder(checkpoint, resolved)
+        embed = lambda folder: embed_tree(embedder, folder, resolved.data.batch_size, resolved.data.workers)  # noqa: E731
+    with StepProgress(err_console) as progress:
+        report = run_checks(resolved, embed, progress.update)
+    result = report.to_dict()
+    if out is not None:
+        import json
+
+        from ..atomic import atomic_write_text
+
+        atomic_write_text(out, json.dumps(result, indent=2, default=str) + "\n")
+    if as_json:
+        print_json(result)
+    else:
+        _print_report(report, resolved.data.train_dir, resolved.data.val_dir)
+        if out is not None:
+            err_console.print(f"wrote {escape(str(out))}")
+    if report.has_problems:
+        raise typer.Exit(EXIT_DIFFERENCES)
+
+
+def _print_report(report: Any, train_dir: Path, val_dir: Optional[Path]) -> None:
+    stats = report.stats
+    table = Table(title=f"check-data: {train_dir}" + (f" + {val_dir}" if val_dir else ""))
+    for column in ("split", "images", "identities", "per identity min / median / max", "imbalance"):
+        table.add_column(column)
+    for split in ("train", "val"):
+        if split in stats:
+            entry = stats[split]
+            table.add_row(split, str(entry["images"]), str(entry["identities"]),
+                          f"{entry['per_identity_min']} / {entry['per_identity_median']:g} / {entry['per_identity_max']}",
+                          f"{entry['imbalance_ratio']:.1f}×")
+    console.print(table)
+    if not report.findings:
+        console.print("no problems found")
+        return
+    findings = Table(title="findings")
+    for column in ("severity", "check", "count", "what to do"):
+        findings.add_column(column, overflow="fold")
+    for finding in report.findings:
+        findings.add_row(f"[{STYLE[finding.severity]}]{finding.severity}[/]", escape(finding.check), str(finding.count),
+                         escape(finding.advice))
+    console.print(findings)
+    for finding in report.findings:
+        console.print(f"[{STYLE[finding.severity]}]{escape(finding.check)}[/]: {escape(finding.summary)}")
+        for item in finding.items[:SHOWN]:
+            console.print(f"  {escape(_describe(item))}")
+        if finding.count > SHOWN:
+            console.print(f"  ... {finding.count - SHOWN} more (--json or --out lists up to 20)")
+    problems = sum(finding.severity == "problem" for finding in report.findings)
+    console.print(f"{problems} problem(s), {len(report.findings) - problems} warning(s)/note(s)")

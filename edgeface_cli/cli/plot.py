@@ -1,0 +1,29 @@
+"""`edgeface plot`: training runs as one picture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from .common import app, console, user_errors
+
+
+@app.command("plot")
+@user_errors
+def plot(
+    runs: list[Path] = typer.Argument(..., help="Run directories (several are overlaid, e.g. a failed run and its re-run)."),
+    out: Path = typer.Option(Path("curves.png"), "--out", help="The picture (png, pdf, svg, ...; needs matplotlib)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out."),
+) -> None:
+    """Loss, accuracy, similarity, learning rates and skipped batches per epoch; stages, escalations and guard stops marked."""
+    from ..evaluation import plot_path
+    from ..plots import plot_runs
+    from ..preflight import check_output_file
+
+    out = plot_path(out)
+    check_output_file(out, force)
+    summary = plot_runs(runs, out)
+    console.print(f"wrote {escape(str(out))}: {summary.runs} run(s), {summary.epochs} epochs, "
+                  f"{summary.escalations} escalation(s), {summary.guard_stops} guard stop(s)")

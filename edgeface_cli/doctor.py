@@ -1,0 +1,324 @@
+"""`edgeface check-data`: what is wrong with a dataset, found before training.
+
+Every check reads the same scan as ``train`` (and its decoded-image cache): unreadable files, empty
+identities, exact duplicates (file content hash) and near duplicates (imagehash's perceptual hash of
+the decoded pixels), split into within one identity (harmless), across identities (label noise) and
+across train and val (leakage); identity sizes, image sizes, grayscale share, val identities unknown to
+training; and, given a model, images closer to another identity than to their own.
+
+Near duplicates are found without comparing all pairs: two 64-bit hashes within Hamming distance d agree
+exactly on at least one of d + 1 bands of bits (pigeonhole), so only images sharing a band value are
+compared, vectorised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .config import EdgeFaceConfig
+from .data import ImageSettings, ScanResult, inference_loader, scan_image_folder
+from .embedder import Embeddings
+
+PROBLEM, WARNING, INFO = "problem", "warning", "info"
+TRAIN_FEW_IMAGES = 5  # fewer than this per training identity: a warning
+LISTED = 20  # items kept per finding (the count covers all)
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class Finding:
+    check: str
+    severity: str  # problem | warning | info
+    summary: str
+    advice: str = ""
+    count: int = 0
+    items: list[dict[str, Any]] = field(default_factory=list)  # the files involved (the first LISTED)
+
+
+@dataclass
+class DataReport:
+    findings: list[Finding]
+    stats: dict[str, Any]
+
+    @property
+    def has_problems(self) -> bool:
+        return any(finding.severity == PROBLEM for finding in self.findings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"problems": self.has_problems, "stats": self.stats, "findings": [asdict(item) for item in self.findings]}
+
+
+@dataclass
+class Entry:
+    path: Path
+    split: str  # train | val
+    identity: str
+
+
+# ------------------------------------------------------------------ hashing
+
+
+def content_hash(path: Path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def perceptual_hashes(scan: ScanResult, settings: ImageSettings, batch_size: int, workers: int,
+                      progress: Callable[[int, int], None] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(64-bit pHash per image as uint64, grayscale flag per image), from the decoded pixels."""
+    import imagehash
+    import torch
+
+    loader = inference_loader(scan.samples, scan, settings, batch_size, workers, torch.device("cpu"))
+    hashes, gray = [], []
+    for batch_index, (images, *_) in enumerate(loader):
+        pixels = images.numpy()
+        gray.append((pixels.max(axis=1) - pixels.min(axis=1) <= 2).mean(axis=(1, 2)) > 0.99)
+        for image in pixels:
+            bits = imagehash.phash(Image.fromarray(image.transpose(1, 2, 0))).hash.reshape(-1)
+            hashes.append(np.packbits(bits).view(">u8")[0])
+        if progress is not None:
+            progress(batch_index + 1, len(loader))
+    return np.array(hashes, dtype=np.uint64), np.concatenate(gray) if gray else np.zeros(0, bool)
+
+
+def _popcount(values: np.ndarray) -> np.ndarray:
+    return np.unpackbits(values.astype(">u8").view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+
+
+def near_pairs(hashes: np.ndarray, distance: int) -> list[tuple[int, int, int]]:
+    """(i, j, Hamming distance) of every pair within ``distance`` bits, i < j, by band bucketing."""
+    if distance <= 0 or len(hashes) < 2:
+        return []
+    bands = min(distance + 1, 64)
+    edges = np.linspace(0, 64, bands + 1).astype(int)
+    found: set[tuple[int, int]] = set()
+    for low, high in zip(edges[:-1], edges[1:]):
+        keys = (hashes >> np.uint64(64 - high)) & np.uint64((1 << (high - low)) - 1)
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+        ends = np.r_[starts[1:], len(order)]
+        for start, end in zip(starts, ends):
+            if end - start < 2:
+                continue
+            members = np.sort(order[start:end])
+            left, right = np.triu_indices(len(members), 1)
+            close = _popcount(hashes[members[left]] ^ hashes[members[right]]) <= distance
+            found.update(zip(members[left][close].tolist(), members[right][close].tolist()))
+    if not found:
+        return []
+    pairs = np.array(sorted(found))
+    distances = _popcount(hashes[pairs[:, 0]] ^ hashes[pairs[:, 1]])
+    return [(int(i), int(j), int(d)) for (i, j), d in zip(pairs, distances)]
+
+
+# ------------------------------------------------------------------ the checks
+
+
+def _duplicate_findings(images: list[Entry], exact: list[tuple[int, int]], near: list[tuple[int, int, int]]) -> list[Finding]:
+    kinds: dict[str, list[dict[str, Any]]] = {"within": [], "across": [], "leak": []}
+    pairs = [(i, j, 0, True) for i, j in exact] + [(i, j, distance, False) for i, j, distance in near]
+    for i, j, distance, identical in pairs:
+        first, second = images[i], images[j]
+        kind = "leak" if first.split != second.split else ("within" if first.identity == second.identity else "across")
+        kinds[kind].append({"first": str(first.path), "second": str(second.path), "hamming_distance": distance,
+                            "identical_files": identical})
+    findings = []
+    if kinds["across"]:
+        findings.append(Finding(
+            "duplicates across identities", PROBLEM,
+            f"{len(kinds['across'])} pairs of (near-)identical images are filed under two identities",
+            "likely label noise: keep each photo under its one true identity (ArcFace punishes contradictions hard)",
+            len(kinds["across"]), kinds["across"][:LISTED]))
+    if kinds["leak"]:
+        findings.append(Finding(
+            "train/val leakage", PROBLEM,
+            f"{len(kinds['leak'])} val images are (near-)copies of training images",
+            "remove them from val (or from train): val accuracy on copies of training images is inflated",
+            len(kinds["leak"]), kinds["leak"][:LISTED]))
+    if kinds["within"]:
+        findings.append(Finding(
+            "duplicates within an identity", INFO,
+            f"{len(kinds['within'])} pairs of (near-)identical images within one identity",
+            "harmless, but they add nothing: remove them to save time", len(kinds["within"]), kinds["within"][:LISTED]))
+    return findings
+
+
+def _count_findings(train: ScanResult, val: ScanResult | None, config: EdgeFaceConfig) -> tuple[list[Finding], dict[str, Any]]:
+    findings = []
+    stats: dict[str, Any] = {}
+    minimum = config.data.min_images_per_identity
+    for scan, split in ((train, "train"), (val, "val")):
+        if scan is None:
+            continue
+        counts = np.bincount([sample.identity for sample in scan.samples], minlength=len(scan.classes))
+        stats[split] = {"images": int(counts.sum()), "identities": len(scan.classes), "per_identity_min": int(counts.min()),
+                        "per_identity_median": float(np.median(counts)), "per_identity_max": int(counts.max()),
+                        "imbalance_ratio": float(counts.max() / counts.min())}
+        few_below = TRAIN_FEW_IMAGES if split == "train" else minimum
+        few = [{"identity": name, "images": int(count)} for name, count in zip(scan.classes, counts) if count < few_below]
+        if few:
+            findings.append(Finding(
+                f"small {split} identities", WARNING,
+                f"{len(few)} {split} identities have fewer than {few_below} images",
+                "an identity needs several images to learn (train) or to form same-identity pairs (val, at least 2): "
+                "add images or merge/remove the identity", len(few), few[:LISTED]))
+        if scan.unreadable:
+            findings.append(Finding(
+                f"unreadable {split} files", PROBLEM, f"{len(scan.unreadable)} {split} files cannot be decoded",
+                "training skips them; replace or delete them", len(scan.unreadable),
+                [{"file": str(path), "why": why} for path, why in scan.unreadable[:LISTED]]))
+        if scan.empty_classes:
+            findings.append(Finding(
+                f"empty {split} identities", WARNING, f"{len(scan.empty_classes)} {split} identity folders have no readable image",
+                "remove the folders, or add images", len(scan.empty_classes),
+                [{"identity": name} for name in scan.empty_classes[:LISTED]]))
+    if val is not None:
+        unknown = sorted(set(val.classes) - set(train.classes))
+        if unknown:
+            findings.append(Finding(
+                "val identities absent from training", INFO, f"{len(unknown)} val identities are not in train",
+                "they count for similarity and verification only, not for closed-set accuracy (open-set evaluation)",
+                len(unknown), [{"identity": name} for name in unknown[:LISTED]]))
+    return findings, stats
+
+
+def _size_findings(images: list[Entry], settings: ImageSettings) -> tuple[list[Finding], dict[str, Any]]:
+    sizes = []
+    for image in images:
+        try:
+            with Image.open(image.path) as opened:  # the header only: no decode
+                sizes.append(opened.size)
+        except Exception:  # noqa: BLE001 - decodable in the scan, so this cannot fail for a readable file in practice
+            sizes.append((0, 0))
+    array = np.array(sizes, dtype=float).reshape(-1, 2)
+    shortest = array.min(axis=1)
+    ratio = array.max(axis=1) / np.maximum(shortest, 1)
+    target = settings.image_size
+    small = shortest < target
+    non_square = ratio > 1.02
+    large = shortest > 4 * target
+    stats = {"min_side_median": float(np.median(shortest)) if len(shortest) else None,
+             "upscaled_share": float(small.mean()) if len(small) else 0.0,
+             "non_square_share": float(non_square.mean()) if len(non_square) else 0.0,
+             "aspect_ratio_max": float(ratio.max()) if len(ratio) else None}
+    findings = []
+    if small.any():
+        findings.append(Finding(
+            "small images", WARNING, f"{small.mean():.0%} of images are smaller than the training size ({target} px) and get upscaled",
+            "upscaled faces are blurry: collect larger crops, or train at a smaller data.image_size", int(small.sum()),
+            [{"file": str(images[i].path), "size": sizes[i]} for i in np.flatnonzero(small)[:LISTED]]))
+    if non_square.any():
+        findings.append(Finding(
+            "non-square images", WARNING, f"{non_square.mean():.0%} of images are not square "
+                                          f"(handled by data.non_square: center crop or stretch)",
+            "EdgeFace expects square face crops: crop them square yourself", int(non_square.sum()),
+            [{"file": str(images[i].path), "size": sizes[i]} for i in np.flatnonzero(non_square)[:LISTED]]))
+    if len(ratio) and (large.mean() > 0.2 or ratio.max() / max(ratio.min(), 1) > 1.5):
+        findings.append(Finding(
+            "not aligned face crops?", WARNING,
+            "the images look like photos rather than aligned face crops (large sizes or mixed aspect ratios)",
+            "detect and align faces first (5-point alignment to 112×112, as EdgeFace was trained), then train",
+            int((large | non_square).sum())))
+    return findings, stats
+
+
+def _label_noise_findings(vectors: np.ndarray, labels: np.ndarray, names: list[str], paths: list[str]) -> list[Finding]:
+    """Images nearer another identity's centre than their own (leave-one-out), and identities whose images disagree."""
+    count = len(names)
+    sums = np.zeros((count, vectors.shape[1]))
+    np.add.at(sums, labels, vectors)
+    sizes = np.bincount(labels, minlength=count)
+    centres = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    own_sum = sums[labels] - vectors  # the own centre without the image itself
+    own = np.where(sizes[labels] > 1, (own_sum * vectors).sum(1) / np.maximum(np.linalg.norm(own_sum, axis=1), 1e-12), np.nan)
+    others = vectors @ centres.T
+    others[np.arange(len(labels)), labels] = -np.inf
+    nearest = others.argmax(axis=1)
+    nearest_similarity = others.max(axis=1)
+    suspect = np.flatnonzero(nearest_similarity > np.nan_to_num(own, nan=np.inf))
+    suspect = suspect[np.argsort(-(nearest_similarity[suspect] - own[suspect]))]
+    findings = []
+    if len(suspect):
+        findings.append(Finding(
+            "possible mislabels", PROBLEM,
+            f"{len(suspect)} images are closer to another identity's centre than to their own",
+            "look at each: a wrong folder, a mixed-up identity, or a bad crop", len(suspect),
+            [{"file": paths[i], "identity": names[labels[i]], "own_similarity": float(own[i]),
+              "nearest_identity": names[nearest[i]], "nearest_similarity": float(nearest_similarity[i])} for i in suspect[:LISTED]]))
+    # Mean pairwise similarity within each identity: (|sum|^2 - n) / (n (n - 1)).
+    valid = sizes > 1
+    agreement = np.full(count, np.nan)
+    agreement[valid] = ((sums[valid] ** 2).sum(1) - sizes[valid]) / (sizes[valid] * (sizes[valid] - 1))
+    if valid.sum() >= 3:
+        values = agreement[valid]
+        cutoff = float(np.median(values) - 3 * np.median(np.abs(values - np.median(values))) * 1.4826)
+        loose = [int(i) for i in np.argsort(agreement) if valid[i] and agreement[i] < cutoff]
+        if loose:
+            findings.append(Finding(
+                "identities whose images disagree", WARNING,
+                f"{len(loose)} identities have unusually low similarity between their own images (below {cutoff:.3f})",
+                "two people in one folder, or very mixed image quality: look through these folders", len(loose),
+                [{"identity": names[i], "mean_similarity": float(agreement[i]), "images": int(sizes[i])} for i in loose[:LISTED]]))
+    return findings
+
+
+def check_data(config: EdgeFaceConfig, embed: Callable[[Path], Embeddings] | None = None,
+               progress: Progress | None = None) -> DataReport:
+    """Every check on ``config.data.train_dir`` (and ``val_dir``); ``embed(folder)`` (a model's embeddings
+    of an identity-folder tree) enables the model-based checks on the training images."""
+    report = (lambda what: (lambda done, total: progress(what, done, total))) if progress else (lambda what: None)
+    data = config.data
+    settings = ImageSettings.from_config(data)
+    assert data.train_dir is not None
+    train = scan_image_folder(data.train_dir, "train", progress=report("scanning train images"), settings=settings)
+    val = (scan_image_folder(data.val_dir, "val", progress=report("scanning val images"), settings=settings)
+           if data.val_dir is not None else None)
+    images = [Entry(sample.path, "train", train.classes[sample.identity]) for sample in train.samples]
+    if val is not None:
+        images += [Entry(sample.path, "val", val.classes[sample.identity]) for sample in val.samples]
+    findings, stats = _count_findings(train, val, config)
+    # Exact duplicates: equal file contents.
+    by_content: dict[str, list[int]] = defaultdict(list)
+    for index, image in enumerate(images):
+        by_content[content_hash(image.path)].append(index)
+        if progress is not None and (index + 1) % 1000 == 0:
+            progress("hashing files", index + 1, len(images))
+    exact = [(group[0], other) for group in by_content.values() if len(group) > 1 for other in group[1:]]
+    exact_set = set(exact)
+    hashes, gray = perceptual_hashes(train, settings, data.batch_size, data.workers, report("perceptual hashes (train)"))
+    if val is not None:
+        val_hashes, val_gray = perceptual_hashes(val, settings, data.batch_size, data.workers, report("perceptual hashes (val)"))
+        hashes, gray = np.concatenate([hashes, val_hashes]), np.concatenate([gray, val_gray])
+    same_content = {index for group in by_content.values() if len(group) > 1 for index in group[1:]}
+    near = [(i, j, d) for i, j, d in near_pairs(hashes, data.near_duplicate_distance)
+            if (i, j) not in exact_set and not (i in same_content and j in same_content)]
+    findings += _duplicate_findings(images, exact, near)
+    size_findings, size_stats = _size_findings(images, settings)
+    findings += size_findings
+    stats.update(size_stats, grayscale_share=float(gray.mean()) if len(gray) else 0.0,
+                 exact_duplicate_pairs=len(exact), near_duplicate_pairs=len(near))
+    if len(gray) and gray.mean() > 0:
+        findings.append(Finding(
+            "grayscale images", INFO if gray.mean() < 0.5 else WARNING, f"{gray.mean():.0%} of images are grayscale",
+            "fine in moderation; if most images are grayscale, so should be the ones the model will see",
+            int(gray.sum()), [{"file": str(images[i].path)} for i in np.flatnonzero(gray)[:LISTED]]))
+    if embed is not None:
+        embedded = embed(data.train_dir)
+        assert embedded.labels is not None and embedded.identities is not None
+        findings += _label_noise_findings(embedded.vectors, embedded.labels, embedded.identities, embedded.paths)
+    order = {PROBLEM: 0, WARNING: 1, INFO: 2}
+    return DataReport(sorted(findings, key=lambda finding: order[finding.severity]), stats)

@@ -1,0 +1,109 @@
+"""`edgeface plot`: training runs as one picture (matplotlib, the optional ``plots`` extra).
+
+Panels: loss, accuracy, same/different-identity similarity (with the guard's collapse line), learning
+rates, skipped batches per epoch. Stage boundaries are dotted lines, escalations and guard stops marked;
+several runs share the axes, one colour each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .atomic import atomic_write_file
+from .errors import RunDirError
+from .evaluation import require_matplotlib
+from .rundir import read_metrics
+
+
+@dataclass
+class PlotSummary:
+    runs: int
+    epochs: int  # epoch rows drawn, all runs together
+    stage_boundaries: int
+    escalations: int
+    guard_stops: int
+
+
+def _collapse_line(run_dir: Path) -> float:
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+        return float(config.get("guard", {}).get("collapse_similarity", 0.999))
+    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
+        return 0.999
+
+
+def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    points = [(row["epoch"], row[key]) for row in rows if row.get(key) is not None]
+    return [epoch for epoch, _ in points], [value for _, value in points]
+
+
+def plot_runs(run_dirs: list[Path], out: Path) -> PlotSummary:
+    plt = require_matplotlib()
+    runs = []
+    for run_dir in run_dirs:
+        rows = read_metrics(run_dir) if run_dir.is_dir() else None
+        if not rows:
+            raise RunDirError(f"{run_dir} is not a training run with metrics (no metrics.jsonl); pass run directories")
+        runs.append((run_dir, [row for row in rows if "event" not in row], [row for row in rows if "event" in row]))
+    figure, axes = plt.subplots(2, 3, figsize=(16, 8.5))
+    loss, accuracy, similarity, rates, skipped, legend_axis = axes.reshape(-1)
+    summary = PlotSummary(len(runs), 0, 0, 0, 0)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    width = 0.8 / len(runs)
+    for index, (run_dir, epochs, events) in enumerate(runs):
+        colour = colours[index % len(colours)]
+        name = run_dir.name if len({path.name for path in run_dirs}) == len(run_dirs) else str(run_dir)
+        summary.epochs += len(epochs)
+        for axis, key, style, label in ((loss, "train_loss", "-", "train"), (loss, "val_loss", "--", "val"),
+                                        (accuracy, "train_acc", "-", "train"), (accuracy, "val_acc", "--", "val"),
+                                        (similarity, "val_sim_pos", "-", "same identity"),
+                                        (similarity, "val_sim_neg", "--", "different identities"),
+                                        (rates, "lr_head", "-", "head"), (rates, "lr_backbone", "--", "backbone")):
+            xs, ys = _series(epochs, key)
+            if key == "lr_backbone":
+                xs, ys = [x for x, y in zip(xs, ys) if y > 0], [y for y in ys if y > 0]  # frozen in stage 1
+            if xs:
+                axis.plot(xs, ys, style, color=colour, marker=".", label=f"{name}: {label}")
+        xs = [row["epoch"] for row in epochs]
+        skips = [row.get("skipped_batches", 0) + row.get("skipped_steps", 0) for row in epochs]
+        skipped.bar([x - 0.4 + width * (index + 0.5) for x in xs], skips, width=width, color=colour, label=name)
+        similarity.axhline(_collapse_line(run_dir), color=colour, linestyle=":", linewidth=1,
+                           label=f"{name}: collapse line")
+        for before, after in zip(epochs, epochs[1:]):
+            if before.get("stage") != after.get("stage"):
+                summary.stage_boundaries += 1
+                for axis in (loss, accuracy, similarity, rates, skipped):
+                    axis.axvline(before["epoch"] + 0.5, color=colour, linestyle=":", alpha=0.6)
+        for event in events:
+            kind = event["event"]
+            if kind not in ("escalation", "guard_stop"):
+                continue
+            escalation = kind == "escalation"
+            summary.escalations += escalation
+            summary.guard_stops += not escalation
+            label = (f"level {event.get('from_level')}→{event.get('to_level')}" if escalation else "guard stop")
+            for axis in (loss, accuracy, similarity, rates, skipped):
+                axis.axvline(event["epoch"], color=colour, linestyle="-" if escalation else "--", linewidth=2, alpha=0.5)
+            loss.annotate(label, (event["epoch"], 1), xycoords=("data", "axes fraction"), rotation=90, va="top",
+                          ha="right", fontsize=8, color=colour)
+    loss.set(title="loss", xlabel="epoch")
+    accuracy.set(title="accuracy", xlabel="epoch", ylim=(0, 1.02))
+    similarity.set(title="val similarity (dotted: the guard's collapse line)", xlabel="epoch")
+    rates.set(title="learning rate", xlabel="epoch", yscale="log")
+    skipped.set(title="skipped batches and steps", xlabel="epoch")
+    for axis in (loss, accuracy, similarity, rates, skipped):
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
+    legend_axis.axis("off")
+    legend_axis.text(0, 1, "dotted vertical: stage 1 → 2\nsolid vertical: escalation (troubleshoot level)\n"
+                           "dashed vertical: guard stop\n\n" + "\n".join(str(path) for path in run_dirs),
+                     va="top", fontsize=9, transform=legend_axis.transAxes)
+    figure.suptitle("edgeface runs: " + ", ".join(path.name for path in run_dirs))
+    figure.tight_layout()
+    atomic_write_file(out, lambda path: figure.savefig(path, dpi=90, format=out.suffix[1:].lower()))
+    plt.close(figure)
+    return summary
