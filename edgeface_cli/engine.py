@@ -70,11 +70,12 @@ class SwitchBackbone(Exception):
 
 
 class GuardStop(Exception):
-    def __init__(self, epoch: int, reason: str, kind: str) -> None:
+    def __init__(self, epoch: int, reason: str, kind: str, skipped: int | None = None) -> None:
         super().__init__(reason)
         self.epoch = epoch
         self.reason = reason
         self.kind = kind  # "nan_loss" | "skipped"
+        self.skipped = skipped  # the failed epoch's skipped batches and steps (its row is not kept)
 
 
 # ------------------------------------------------------------------ helpers
@@ -521,12 +522,13 @@ class Trainer:
         return warnings
 
     def _check_guards(self, record: dict[str, Any]) -> None:
+        skipped = record["skipped_batches"] + record["skipped_steps"]
         if not math.isfinite(record["train_loss"]):
-            raise GuardStop(record["epoch"], f"mean train loss is {record['train_loss']} at epoch {record['epoch']}", "nan_loss")
+            raise GuardStop(record["epoch"], f"mean train loss is {record['train_loss']} at epoch {record['epoch']}", "nan_loss",
+                            skipped)
         if record["optimizer_steps"] == 0:
             raise GuardStop(record["epoch"], f"no optimizer step was taken in epoch {record['epoch']}: every step's "
-                                             "gradients were non-finite", "skipped")
-        skipped = record["skipped_batches"] + record["skipped_steps"]
+                                             "gradients were non-finite", "skipped", skipped)
         batches = record["batches"] * self.distributed.world_size  # the counts are summed over ranks
         fraction = skipped / max(1, batches)
         if fraction > self.config.guard.max_skip_fraction:
@@ -534,7 +536,7 @@ class Trainer:
                 record["epoch"],
                 f"{skipped} of {batches} batches skipped at epoch {record['epoch']} "
                 f"({fraction:.0%} > guard.max_skip_fraction {self.config.guard.max_skip_fraction:.0%})",
-                "skipped",
+                "skipped", skipped,
             )
 
     # -------------------------------------------------------------- the run
@@ -616,7 +618,8 @@ class Trainer:
     def _stopped(self, stop: GuardStop) -> RunResult:
         recommended = min(4, self.config.troubleshoot_level + 1)
         self.records.append(
-            {"event": "guard_stop", "kind": stop.kind, "epoch": stop.epoch, "reason": stop.reason, "troubleshoot_level": self.config.troubleshoot_level}
+            {"event": "guard_stop", "kind": stop.kind, "epoch": stop.epoch, "reason": stop.reason,
+             "skipped": stop.skipped, "troubleshoot_level": self.config.troubleshoot_level}
         )
         self._write_metrics()
         return RunResult(
@@ -667,7 +670,7 @@ class Trainer:
         self, stop: GuardStop, from_level: int, to_level: int, changes: list[dict[str, Any]], **extra: Any
     ) -> None:
         self.records.append({
-            "event": "escalation", "epoch": stop.epoch, "reason": stop.reason, "kind": stop.kind,
+            "event": "escalation", "epoch": stop.epoch, "reason": stop.reason, "kind": stop.kind, "skipped": stop.skipped,
             "from_level": from_level, "to_level": to_level, "changes": changes, **extra,
         })
         self._write_metrics()

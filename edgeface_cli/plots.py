@@ -88,13 +88,15 @@ def plot_runs(run_dirs: list[Path], out: Path) -> PlotSummary:
             label = (f"level {event.get('from_level')}→{event.get('to_level')}" if escalation else "guard stop")
             for axis in (loss, accuracy, similarity, rates, skipped):
                 axis.axvline(event["epoch"], color=colour, linestyle="-" if escalation else "--", linewidth=2, alpha=0.5)
+            if event.get("skipped") is not None:  # the failed epoch itself has no row: mark its skips
+                skipped.scatter([event["epoch"]], [event["skipped"]], marker="x", s=60, color=colour, zorder=3)
             loss.annotate(label, (event["epoch"], 1), xycoords=("data", "axes fraction"), rotation=90, va="top",
                           ha="right", fontsize=8, color=colour)
     loss.set(title="loss", xlabel="epoch")
     accuracy.set(title="accuracy", xlabel="epoch", ylim=(0, 1.02))
     similarity.set(title="val similarity (dotted: the guard's collapse line)", xlabel="epoch")
     rates.set(title="learning rate", xlabel="epoch", yscale="log")
-    skipped.set(title="skipped batches and steps", xlabel="epoch")
+    skipped.set(title="skipped batches and steps (x: a failed epoch)", xlabel="epoch")
     for axis in (loss, accuracy, similarity, rates, skipped):
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=7)

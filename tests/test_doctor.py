@@ -127,6 +127,8 @@ def test_plot_one_run_and_two_overlaid(troubled_runs: tuple[Path, Path], tmp_pat
     result = runner.invoke(app, ["plot", str(escalated), str(stopped), "--out", str(two)])
     assert result.exit_code == 0, result.output
     assert "2 run(s)" in result.output and "1 escalation(s), 1 guard stop(s)" in result.output
+    events = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines() if '"event"' in line]
+    assert events[-1]["event"] == "guard_stop" and events[-1]["skipped"] == 4  # the failed epoch's skips, drawn as an x
     assert two.read_text().count("<svg") == 1
     result = runner.invoke(app, ["plot", str(tmp_path), "--out", str(tmp_path / "x.png")])
     assert result.exit_code == 2 and "not a training run" in result.output
