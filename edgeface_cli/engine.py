@@ -34,7 +34,7 @@ from .data import (
 )
 from .errors import DataError, RunDirError
 from .heads import MarginHead
-from .sharded_head import ShardedMarginHead, head_parameter_names, map_head_state, sharding_decision
+from .sharded_head import ShardedMarginHead, build_head, head_parameter_names, map_head_state
 from .inference import Extracted, embed_with_mirror, validate
 from .meter import EpochMeter
 from .metrics import SimilarityHistogram, VerificationStats
@@ -182,7 +182,10 @@ class Trainer:
             self.backbone.to(memory_format=torch.channels_last)
         self.forward = BackboneForward(self.backbone, config.runtime.compile,
                                        lambda text: self.on_event(Notice("warning", text)))
-        self.head = self._build_head(config)
+        self.head, head_notes = build_head(config.arcface, len(self.class_names), self.backbone.embedding_dim, distributed)
+        self.head.to(self.device)
+        for level, text in head_notes:
+            self.on_event(Notice(level, text))
         pin = self.device.type == "cuda"
         data = config.data
         settings = train_scan.settings
@@ -224,19 +227,6 @@ class Trainer:
             self.initial_backbone = {key: value.detach().clone() for key, value in self.backbone.state_dict().items()}
             self.initial_head = {key: value.detach().clone() for key, value in self.head.state_dict().items()}
             self.initial_rng = rng_state(self.device)
-
-    def _build_head(self, config: EdgeFaceConfig) -> MarginHead:
-        arcface, classes = config.arcface, len(self.class_names)
-        sharded, note = sharding_decision(arcface.sharded, classes, self.distributed)
-        if note:
-            self.on_event(Notice("warning", note))
-        if not sharded:
-            return MarginHead(classes, self.backbone.embedding_dim, arcface.kind, arcface.scale, arcface.margin).to(self.device)
-        world = self.distributed.world_size
-        self.on_event(Notice("info", f"margin head sharded across {world} ranks: about {classes // world:,} of {classes:,} "
-                                     "identities each"))
-        return ShardedMarginHead(classes, self.backbone.embedding_dim, arcface.kind, arcface.scale, arcface.margin,
-                                 self.distributed).to(self.device)
 
     def _new_scaler(self) -> torch.amp.GradScaler:
         return torch.amp.GradScaler(self.device.type, enabled=self.precision.use_scaler)

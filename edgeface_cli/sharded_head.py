@@ -162,3 +162,17 @@ def head_parameter_names(module: nn.Module, head: nn.Module) -> list[str]:
     """``module``'s names for ``head``'s parameters: what DDP must leave alone (each rank owns its block)."""
     owned = {id(parameter) for parameter in head.parameters()}
     return [name for name, parameter in module.named_parameters() if id(parameter) in owned]
+
+
+def build_head(arcface: Any, num_classes: int, embedding_dim: int,
+               distributed: Distributed) -> tuple[MarginHead, list[tuple[str, str]]]:
+    """The training run's margin head, whole or sharded as ``arcface.sharded`` and the world decide;
+    with (level, text) notes for the user."""
+    sharded, note = sharding_decision(arcface.sharded, num_classes, distributed)
+    notes = [("warning", note)] if note else []
+    if not sharded:
+        return MarginHead(num_classes, embedding_dim, arcface.kind, arcface.scale, arcface.margin), notes
+    world = distributed.world_size
+    notes.append(("info", f"margin head sharded across {world} ranks: about {num_classes // world:,} of "
+                          f"{num_classes:,} identities each"))
+    return ShardedMarginHead(num_classes, embedding_dim, arcface.kind, arcface.scale, arcface.margin, distributed), notes

@@ -13,6 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import edgeface_cli.engine as engine
+import edgeface_cli.sharded_head as sharded_head
 from edgeface_cli.cli import app
 from edgeface_cli.config import EdgeFaceConfig, build_config
 from edgeface_cli.data import load_image, scan_image_folder
@@ -162,7 +163,7 @@ def test_persistent_fp16_overflow_stops_instead_of_finishing(
             self.weight.register_hook(lambda grad: torch.full_like(grad, float("inf")))
 
     monkeypatch.setattr(engine, "resolve_precision", lambda mode, device: FP16_ON_CPU)
-    monkeypatch.setattr(engine, "MarginHead", InfiniteGradientHead)
+    monkeypatch.setattr(sharded_head, "MarginHead", InfiniteGradientHead)  # where the trainer's head is built
     run_dir = tmp_path / "run"
     result = run_train(sample_dataset, run_dir, "--stage1-epochs", "0", "--epochs", "2",
                        "--set", "guard.fp16_min_scale=16384")
