@@ -27,6 +27,7 @@ from .evaluation import load_eval_model, model_image_settings
 from .inference import extract
 from .rundir import read_eval_threshold, run_dir_of
 from .runtime import FP32, Precision, resolve_device, resolve_precision
+from .zoo import ZOO
 
 PROGRAM_SUFFIXES = {".onnx": "onnx", ".pt2": "pt2"}  # run as exported; other files load into the PyTorch model
 
@@ -46,6 +47,19 @@ def read_sidecar(model_file: Path) -> dict[str, Any] | None:
         raise CheckpointError(f"{path} is not valid JSON; re-export the model to rewrite it") from None
     if not isinstance(sidecar, dict):
         raise CheckpointError(f"{path} is not an export description; re-export the model to rewrite it")
+    threshold = sidecar.get("threshold")
+    checks = {
+        "image_size": isinstance(sidecar.get("image_size"), int) and 16 <= sidecar["image_size"] <= 4096,
+        "arch": sidecar.get("arch") is None or sidecar.get("arch") in ZOO,
+        "non_square": sidecar.get("non_square") in (None, "center_crop", "stretch"),
+        "source_checkpoint": sidecar.get("source_checkpoint") is None
+                             or (isinstance(sidecar["source_checkpoint"], str) and "\x00" not in sidecar["source_checkpoint"]),
+        "threshold": threshold is None or (isinstance(threshold, dict) and isinstance(threshold.get("value"), (int, float))
+                                           and isinstance(threshold.get("source", ""), str)),
+    }
+    damaged = [name for name, valid in checks.items() if not valid]
+    if damaged:
+        raise CheckpointError(f"{path} is damaged ({', '.join(damaged)}); re-export the model to rewrite it")
     return sidecar
 
 
@@ -77,8 +91,12 @@ class OnnxBackbone(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         array = images.detach().float().cpu().contiguous().numpy()
         step = self.fixed_batch or len(array)
-        outputs = [self.session.run(None, {self.input_name: array[start:start + step]})[0]
-                   for start in range(0, len(array), step)]
+        try:
+            outputs = [self.session.run(None, {self.input_name: array[start:start + step]})[0]
+                       for start in range(0, len(array), step)]
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types: the model does not fit the input
+            raise CheckpointError(f"the ONNX model cannot embed {tuple(array.shape)} images: "
+                                  f"{str(exc).splitlines()[0][:200]}; was it exported by edgeface export?") from None
         return torch.from_numpy(np.concatenate(outputs))
 
 

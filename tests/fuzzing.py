@@ -146,7 +146,57 @@ def run_pairs(folder: Path, per_seed: int) -> Iterator[tuple[str, Callable[[], o
             yield f"pairs{suffix}-{number}", lambda path=path: read_pairs(path, root)
 
 
-RUNNERS = {"checkpoints": run_checkpoints, "configs": run_configs, "images": run_images, "pairs": run_pairs}
+def deploy_seeds(folder: Path) -> dict[str, bytes]:
+    """A gallery, an export sidecar and a small ONNX model (built directly: exporting one takes seconds)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgeface_cli.gallery import Gallery, save_gallery
+
+    vectors = np.eye(4, 8, dtype=np.float32)
+    save_gallery(Gallery(["a", "b", "c", "d"], vectors, vectors, np.arange(4), ["1", "2", "3", "4"], "model.pt", 32, False,
+                         (0.5, "eval")), folder / "seed.npz")
+    weight = helper.make_tensor("weight", TensorProto.FLOAT, [3, 8], np.ones(24, dtype=np.float32).tolist())
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["images"], ["pooled"], axes=[2, 3], keepdims=0),
+         helper.make_node("MatMul", ["pooled", "weight"], ["embeddings"])],
+        "fuzz", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, [1, 8])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    sidecar = {"format": "onnx", "arch": "edgeface_xxs", "image_size": 32, "non_square": "center_crop",
+               "source_checkpoint": str(folder / "run" / "best.pt"), "threshold": {"value": 0.4, "source": "eval"}}
+    return {"gallery": (folder / "seed.npz").read_bytes(), "onnx": model.SerializeToString(),
+            "sidecar": json.dumps(sidecar).encode()}
+
+
+def run_deploy(folder: Path, per_seed: int) -> Iterator[tuple[str, Callable[[], object]]]:
+    """Mutated galleries (identify), export sidecars and ONNX models (embed): refused or read, never a crash."""
+    import torch
+
+    from edgeface_cli.config import EdgeFaceConfig
+    from edgeface_cli.embedder import OnnxBackbone, load_embedder, read_sidecar
+    from edgeface_cli.gallery import load_gallery
+
+    rng = random.Random(SEED + 4)
+    seeds = deploy_seeds(folder)
+    for number, mutated in enumerate(mutations(seeds["gallery"], rng, per_seed)):
+        path = folder / f"gallery-{number}.npz"
+        path.write_bytes(mutated)
+        yield f"gallery-{number}", lambda path=path: load_gallery(path)
+    for number, mutated in enumerate(mutations(seeds["sidecar"], rng, per_seed)):
+        model = folder / f"sidecar-{number}.onnx"
+        model.write_bytes(seeds["onnx"])
+        (folder / f"sidecar-{number}.onnx.json").write_bytes(mutated)
+        yield f"sidecar-{number}", lambda model=model: (read_sidecar(model), load_embedder(model, EdgeFaceConfig()))
+    for number, mutated in enumerate(mutations(seeds["onnx"], rng, per_seed)):
+        path = folder / f"model-{number}.onnx"
+        path.write_bytes(mutated)
+        yield f"onnx-{number}", lambda path=path: OnnxBackbone(path)(torch.zeros(2, 3, 32, 32))
+
+
+RUNNERS = {"checkpoints": run_checkpoints, "configs": run_configs, "images": run_images, "pairs": run_pairs,
+           "deploy": run_deploy}
 
 
 def main() -> None:

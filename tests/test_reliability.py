@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize(("kind", "per_seed", "least_cases"), [
-    ("checkpoints", 40, 160), ("configs", 40, 120), ("images", 40, 4), ("pairs", 40, 80),
+    ("checkpoints", 40, 160), ("configs", 40, 120), ("images", 40, 4), ("pairs", 40, 80), ("deploy", 40, 120),
 ])
 def test_fuzzed_input_is_refused_cleanly(kind: str, per_seed: int, least_cases: int, tmp_path: Path) -> None:
     """Random and mutated bytes: a typed error (exit 2 in the CLI) or a reported skip; never a traceback,
