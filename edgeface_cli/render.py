@@ -79,12 +79,15 @@ def transient_bar(console: Console, label: str, *extra_columns: Any) -> Progress
 
 
 class StepProgress:
-    """One bar per named step (eval: image checks, embedding), on a terminal only."""
+    """One bar per named step (image checks, embedding) on a terminal; elsewhere a plain line at each
+    quarter of a step, on stderr (stdout may carry --json)."""
 
     def __init__(self, console: Console) -> None:
         self.enabled = console.is_terminal
         self.progress = transient_bar(console, "{task.description}")
         self.tasks: dict[str, Any] = {}
+        self.plain = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.quarters: dict[str, int] = {}
 
     def __enter__(self) -> "StepProgress":
         if self.enabled:
@@ -97,6 +100,10 @@ class StepProgress:
 
     def update(self, what: str, done: int, total: int) -> None:
         if not self.enabled:
+            quarter = done * 4 // max(total, 1)
+            if quarter > self.quarters.get(what, 0):
+                self.quarters[what] = quarter
+                self.plain.print(f"{what}: {done}/{total}", markup=False)
             return
         if what not in self.tasks:
             self.tasks[what] = self.progress.add_task(what, total=total)
