@@ -74,6 +74,20 @@ class Distributed:
         torch_dist.all_gather(parts, padded)
         return torch.cat([part[:size] for part, size in zip(parts, sizes)])
 
+    def concat_on_main(self, local: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        """As ``concat``, but only rank 0 receives the whole (the others get ``local`` back): rank 0 alone
+        validates and writes checkpoints, and the others need not hold a copy."""
+        if not self.enabled:
+            return local
+        padded = local.new_zeros((max(sizes), *local.shape[1:]))
+        padded[: len(local)] = local
+        if not self.is_main:
+            torch_dist.gather(padded, None, dst=0)
+            return local
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        torch_dist.gather(padded, parts, dst=0)
+        return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.enabled:
             torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)

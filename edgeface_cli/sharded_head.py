@@ -5,7 +5,7 @@ GPU's memory trains. Per step the ranks all-gather the batch's embeddings and la
 the logits of its own centres for the whole global batch, and the softmax is combined across ranks
 (all-reduce of the row maxima, of the exponential sums and of the target logits). The loss is the
 mean over the global batch: the same number the unsharded head gives. Checkpoints hold the whole
-head (gathered), so a run resumes on any number of ranks.
+head (gathered on rank 0, which writes them), so a run resumes on any number of ranks.
 """
 
 from __future__ import annotations
@@ -127,8 +127,9 @@ class ShardedMarginHead(MarginHead):
         return total
 
     def full_rows(self, local: torch.Tensor) -> torch.Tensor:
-        """A per-class tensor of this block (the centres, an optimizer moment) made whole: a collective."""
-        return self.distributed.concat(local.detach().contiguous(), self.shard_sizes)
+        """A per-class tensor of this block (the centres, an optimizer moment) made whole on rank 0, which
+        validates and saves; the other ranks get their block back. A collective: every rank calls it."""
+        return self.distributed.concat_on_main(local.detach().contiguous(), self.shard_sizes)
 
     def local_rows(self, full: torch.Tensor) -> torch.Tensor:
         if len(full) != self.num_classes:
@@ -142,6 +143,10 @@ class ShardedMarginHead(MarginHead):
         self.load_state_dict({"weight": self.local_rows(state["weight"])})
 
     def gathered(self) -> MarginHead:
+        """The whole head on rank 0 (for validation); this block elsewhere. A collective."""
+        if not self.distributed.is_main:
+            self.full_rows(self.weight)
+            return self
         return MarginHead(self.num_classes, self.weight.shape[1], self.kind, self.scale, self.margin,
                           weight=self.full_rows(self.weight))
 

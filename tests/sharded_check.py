@@ -55,7 +55,7 @@ def main(out: Path, kind: str) -> None:
     norm = head.clip_grad_norm_(1e9)
     torch.save({
         "loss": loss.detach(), "correct": correct, "norm": norm, "rows": (head.start, head.end),
-        "backbone_grad": backbone.weight.grad, "head_grad": head.weight.grad, "gathered": head.gathered().weight.detach(),
+        "backbone_grad": backbone.weight.grad, "head_grad": head.weight.grad, "gathered": head.gathered().weight.detach(),  # whole on rank 0 only
     }, out / f"rank{context.rank}.pt")
     dist_setup.shutdown(context)
 

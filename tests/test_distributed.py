@@ -154,8 +154,9 @@ def test_sharded_head_equals_the_whole_head(tmp_path: Path, kind: str) -> None:
         assert torch.allclose(rank["norm"], norm, atol=1e-6)  # clipping sees the whole head's norm
         # DDP-averaged backbone gradient = the whole batch's gradient
         assert torch.allclose(rank["backbone_grad"], backbone.weight.grad, atol=1e-6)
-        assert torch.equal(rank["gathered"], weight)
     assert torch.allclose(torch.cat([rank["head_grad"] for rank in ranks]), head.weight.grad, atol=1e-6)
+    assert torch.equal(ranks[0]["gathered"], weight)  # rank 0 validates and saves: it alone gets the whole head
+    assert torch.equal(ranks[1]["gathered"], weight[3:])
     assert torch.equal(torch.cat([rank["correct"] for rank in ranks]), correct)
     assert 0 < int(correct.sum()) < len(correct)  # the case distinguishes right from wrong
 
