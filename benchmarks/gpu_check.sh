@@ -2,7 +2,8 @@
 # `make gpu-check`: on a machine with a CUDA GPU, in under 8 minutes, writes gpu-check/summary.json with
 #   1. the CUDA-marked tests (tests/test_cuda.py),
 #   2. `make bench` on the GPU: EdgeFace-XXS, batch 256, fp16 AMP (gpu-check/bench.json),
-#   3. a 2-epoch `edgeface train --device cuda` on generated sample data (gpu-check/train/).
+#   3. a 2-epoch `edgeface train --device cuda` on generated sample data (gpu-check/train/),
+#   4. deploy on that run: eval, a pt2 export with its parity check, embed and verify on the GPU (gpu-check/deploy/).
 # It installs nothing: run it where the package is importable (make install, or pip install --no-deps -e .).
 # GPU_CHECK_DEVICE=cpu rehearses the same steps on the CPU (a quick bench) to check the script itself.
 set -uo pipefail
@@ -31,10 +32,16 @@ step() {  # name, limit in seconds, command...
 "$PY" -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')" \
   | tee "$OUT/device.txt"
 step tests 150 "$PY" -m pytest -q -m cuda tests/test_cuda.py
-step bench 270 "$PY" benchmarks/bench.py "${BENCH_ARGS[@]}" --out "$OUT/bench.json"
+step bench 240 "$PY" benchmarks/bench.py "${BENCH_ARGS[@]}" --out "$OUT/bench.json"
 step train 90 bash -c "'$PY' -m edgeface_cli sample-data '$OUT/data' --ids 16 --per-id 32 --val-per-id 4 --size 112 &&
   '$PY' -m edgeface_cli train --train-dir '$OUT/data/train' --val-dir '$OUT/data/val' --device $DEVICE --out '$OUT/train' \
   --force --stage1-epochs 1 --epochs 2 --batch-size 64 --quiet"
+# pt2, not onnx: ONNX export needs onnxscript, which the GPU image may lack (the export extra).
+step deploy 90 bash -c "'$PY' -m edgeface_cli eval --val-dir '$OUT/data/val' --checkpoint '$OUT/train' --device $DEVICE &&
+  '$PY' -m edgeface_cli export --checkpoint '$OUT/train' --format pt2 --out '$OUT/deploy/edgeface.pt2' --json &&
+  '$PY' -m edgeface_cli embed '$OUT/data/val' --checkpoint '$OUT/train' --device $DEVICE --out '$OUT/deploy/val.npz' &&
+  '$PY' -m edgeface_cli verify '$OUT/data/val/id_000/0000.png' '$OUT/data/val/id_000/0001.png' --checkpoint '$OUT/train' \
+  --device $DEVICE --json"
 "$PY" - "$OUT" "$started" <<'PY'
 import json, sys, time
 from pathlib import Path
