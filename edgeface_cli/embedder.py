@@ -100,13 +100,32 @@ class OnnxBackbone(nn.Module):
         return torch.from_numpy(np.concatenate(outputs))
 
 
+class ExportedProgram(nn.Module):
+    """A ``torch.export`` archive (pt2), callable like the backbone; a batch-1 export runs image by image."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        program = torch.export.load(path)
+        inputs = [node for node in program.graph.nodes
+                  if node.op == "placeholder" and node.name in program.graph_signature.user_inputs]
+        shape = inputs[0].meta["val"].shape
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None  # a SymInt when exported with any batch
+        self.image_size = shape[-1] if isinstance(shape[-1], int) else None
+        # Not registered as a child module: an exported module refuses train()/eval(), which would reach it.
+        self.__dict__["program"] = program.module()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        step = self.fixed_batch or len(images)
+        return torch.cat([self.program(images[start:start + step]) for start in range(0, len(images), step)])
+
+
 def load_program(path: Path, kind: str) -> nn.Module:
     """An exported program, runnable: ``onnx`` (onnxruntime), ``pt2`` (torch.export), ``torchscript``."""
     if kind == "onnx":
         return OnnxBackbone(path)
     try:
         if kind == "pt2":
-            return torch.export.load(path).module()
+            return ExportedProgram(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation: export says it once
             return torch.jit.load(str(path), map_location="cpu")
@@ -141,7 +160,7 @@ def load_embedder(path: Path, config: EdgeFaceConfig, image_size: int | None = N
         settings = ImageSettings.from_config(config.data, size)
         if sidecar and sidecar.get("non_square"):
             settings = ImageSettings(size, sidecar["non_square"], settings.cache, settings.cache_dir)
-        return Embedder(backbone.eval() if hasattr(backbone, "eval") else backbone, path, kind, settings,
+        return Embedder(backbone.eval(), path, kind, settings,
                         torch.device("cpu"), FP32, run_dir, sidecar)
     if sidecar and sidecar.get("arch"):  # a safetensors or TorchScript export: its architecture is known
         config = config.model_copy(update={"model": config.model.model_copy(update={"arch": sidecar["arch"]})})
