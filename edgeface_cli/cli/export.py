@@ -59,11 +59,11 @@ def export(
         raise DataError(f"{checkpoint} is already an exported {embedder.kind} model; export from the run or checkpoint")
     run_dir = run_dir_of(checkpoint)
     folders = [calibration_dir] if calibration_dir is not None else []
-    if run_dir is not None:
-        import yaml
+    if run_dir is not None:  # the run's own images, when they are still there
+        from ..config import build_config
 
-        data = (yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}).get("data", {})
-        folders += [Path(data[key]) for key in ("val_dir", "train_dir") if data.get(key)]
+        trained = build_config(run_dir / "config.yaml", search_default_file=False).data
+        folders += [folder for folder in (trained.val_dir, trained.train_dir) if folder is not None]
     threshold = known_threshold(embedder, resolved)  # None before the run's first eval
     with console.status("exporting", spinner="dots") if console.is_terminal else nullcontext() as status:
         images, source = reference_images(folders, embedder.settings, PARITY_IMAGES)
