@@ -16,6 +16,16 @@ import torch
 import torch.distributed as torch_dist
 
 
+def _padded(local: torch.Tensor, rows: int) -> torch.Tensor:
+    padded = local.new_zeros((rows, *local.shape[1:]))
+    padded[: len(local)] = local
+    return padded
+
+
+def _joined(parts: list[torch.Tensor], sizes: list[int]) -> torch.Tensor:
+    """The ranks' padded parts, trimmed to their real sizes and concatenated in rank order."""
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+
 
 @dataclass(frozen=True)
 class Distributed:
@@ -54,11 +64,7 @@ class Distributed:
         """The ``total`` rows of which this rank computed rows ``rank::world_size``, from every rank, in order."""
         if not self.enabled:
             return local
-        per_rank = -(-total // self.world_size)
-        padded = local.new_zeros((per_rank, *local.shape[1:]))
-        padded[: len(local)] = local
-        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
-        torch_dist.all_gather(parts, padded)
+        parts = self._all_gather_padded(local, -(-total // self.world_size))
         full = local.new_empty((total, *local.shape[1:]))
         for rank, part in enumerate(parts):
             full[rank::self.world_size] = part[: len(range(rank, total, self.world_size))]
@@ -68,25 +74,27 @@ class Distributed:
         """Every rank's ``local`` rows (rank r holds ``sizes[r]`` of them), concatenated in rank order."""
         if not self.enabled:
             return local
-        padded = local.new_zeros((max(sizes), *local.shape[1:]))
-        padded[: len(local)] = local
-        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
-        torch_dist.all_gather(parts, padded)
-        return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+        return _joined(self._all_gather_padded(local, max(sizes)), sizes)
 
     def concat_on_main(self, local: torch.Tensor, sizes: list[int]) -> torch.Tensor:
         """As ``concat``, but only rank 0 receives the whole (the others get ``local`` back): rank 0 alone
         validates and writes checkpoints, and the others need not hold a copy."""
         if not self.enabled:
             return local
-        padded = local.new_zeros((max(sizes), *local.shape[1:]))
-        padded[: len(local)] = local
+        padded = _padded(local, max(sizes))
         if not self.is_main:
             torch_dist.gather(padded, None, dst=0)
             return local
         parts = [torch.empty_like(padded) for _ in range(self.world_size)]
         torch_dist.gather(padded, parts, dst=0)
-        return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+        return _joined(parts, sizes)
+
+    def _all_gather_padded(self, local: torch.Tensor, rows: int) -> list[torch.Tensor]:
+        """Every rank's ``local``, zero-padded to ``rows`` rows (collectives need equal shapes)."""
+        padded = _padded(local, rows)
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        torch_dist.all_gather(parts, padded)
+        return parts
 
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.enabled:
