@@ -127,6 +127,11 @@ def check_image(path: Path) -> str | None:
     return _probe(path, ImageSettings(image_size=32))[0].problem
 
 
+def unreadable_images(files: Sequence[Path]) -> list[tuple[Path, str]]:
+    """(file, why) for each of ``files`` that does not decode fully."""
+    return [(path, why) for path in files if (why := check_image(path))]
+
+
 def _list_candidates(root: Path, role: str) -> tuple[list[Path], list[tuple[str, Path]]]:
     check_image_folder(root, role)
     folders = sorted(entry for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))

@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import EdgeFaceConfig
-from .data import IMAGE_EXTENSIONS, ImageSettings, Sample, check_image, inference_loader, scan_image_folder
+from .data import IMAGE_EXTENSIONS, ImageSettings, inference_loader, scan_image_folder, unreadable_images
 from .errors import CheckpointError, DataError, MissingExtraError
 from .evaluation import load_eval_model, model_image_settings
-from .inference import extract
+from .inference import extract, extract_files
 from .rundir import read_eval_threshold, run_dir_of
 from .runtime import FP32, Precision, resolve_device, resolve_precision
 from .zoo import ZOO
@@ -229,15 +229,14 @@ def embed_tree(embedder: Embedder, root: Path, batch_size: int, workers: int = 0
 def embed_files(embedder: Embedder, files: list[Path], batch_size: int, workers: int = 0, flip: bool = False,
                 progress: Callable[[str, int, int], None] | None = None) -> Embeddings:
     """Loose image files; unreadable ones are listed and left out."""
-    problems = [(path, why) for path in files if (why := check_image(path))]
+    problems = unreadable_images(files)
     bad = {path for path, _ in problems}
     readable = [path for path in files if path not in bad]
     if not readable:
         raise DataError(f"no readable image among {len(files)} file(s): {problems[0][0]}: {problems[0][1]}")
-    samples = [Sample(path, -1, index) for index, path in enumerate(readable)]
-    loader = inference_loader(samples, None, embedder.settings, batch_size, workers, embedder.device)
     reporter = (lambda done, total: progress("embedding", done, total)) if progress else None
-    extracted = extract(embedder.backbone, loader, embedder.device, embedder.precision, flip, reporter)
+    extracted = extract_files(embedder.backbone, readable, embedder.settings, batch_size, workers, embedder.device,
+                              embedder.precision, flip, reporter)
     return Embeddings(_normalised(extracted.embeddings), [str(path) for path in readable], unreadable=problems)
 
 

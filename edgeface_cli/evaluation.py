@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from .atomic import atomic_write_stream
 from .checkpoints import load_backbone, read_checkpoint
 from .config import EdgeFaceConfig
-from .data import IMAGE_EXTENSIONS, ImageSettings, Sample, check_image, inference_loader, left_out_note, scan_image_folder
+from .data import IMAGE_EXTENSIONS, ImageSettings, inference_loader, left_out_note, scan_image_folder, unreadable_images
 from .errors import CheckpointError, DataError, MissingExtraError
 from .heads import MarginHead
-from .inference import extract, validate
+from .inference import extract, extract_files, validate
 from .metrics import (
     kfold_accuracy,
     leave_one_out_centroid_scores,
@@ -166,12 +166,10 @@ def read_pairs(pairs_file: Path, root: Path) -> PairList:
 
 def _embed_paths(model: EvalModel, paths: list[Path], settings: ImageSettings, batch_size: int, workers: int,
                  device: torch.device, precision: Precision, flip: bool) -> torch.Tensor:
-    bad = [(path, why) for path in paths if (why := check_image(path))]
+    bad = unreadable_images(paths)
     if bad:
         raise DataError(f"unreadable image {bad[0][0]}: {bad[0][1]}")
-    samples = [Sample(path, -1, index) for index, path in enumerate(paths)]
-    loader = inference_loader(samples, None, settings, batch_size, workers, device)
-    return extract(model.backbone, loader, device, precision, flip).embeddings
+    return extract_files(model.backbone, paths, settings, batch_size, workers, device, precision, flip).embeddings
 
 
 # ------------------------------------------------------------------ the evaluation

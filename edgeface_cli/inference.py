@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,7 @@ from torch import nn
 from .heads import MarginHead
 from .metrics import SimilarityHistogram, VerificationStats, all_pairs_histogram, topk_correct, verification_stats
 from .augment import to_model_input
-from .data import BatchLoader
+from .data import BatchLoader, ImageSettings, Sample, inference_loader
 from .runtime import Precision
 
 
@@ -56,6 +57,24 @@ def extract(
         if progress is not None:
             progress(len(embeddings), len(loader))
     return Extracted(torch.cat(embeddings), torch.cat(labels), torch.cat(identities))
+
+
+def extract_files(
+    backbone: Callable[[torch.Tensor], torch.Tensor] | nn.Module,
+    files: list[Path],
+    settings: ImageSettings,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    precision: Precision,
+    flip: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Extracted:
+    """Embeddings of loose image files, in order, decoded as they are read (no scan, no cache); the
+    caller has checked that they are readable."""
+    samples = [Sample(path, -1, index) for index, path in enumerate(files)]
+    loader = inference_loader(samples, None, settings, batch_size, workers, device)
+    return extract(backbone, loader, device, precision, flip, progress)
 
 
 @torch.no_grad()  # not inference_mode: stage 1 trains the head on these tensors
