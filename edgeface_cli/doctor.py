@@ -26,13 +26,11 @@ from PIL import Image
 from .config import EdgeFaceConfig
 from .data import ImageSettings, ScanResult, inference_loader, scan_image_folder
 from .embedder import Embeddings
+from .events import StepCallback, step_reporter
 
 PROBLEM, WARNING, INFO = "problem", "warning", "info"
 TRAIN_FEW_IMAGES = 5  # fewer than this per training identity: a warning
 LISTED = 20  # items kept per finding (the count covers all)
-
-Progress = Callable[[str, int, int], None]
-
 
 @dataclass
 class Finding:
@@ -277,15 +275,15 @@ def _label_noise_findings(vectors: np.ndarray, labels: np.ndarray, names: list[s
 
 
 def check_data(config: EdgeFaceConfig, embed: Callable[[Path], Embeddings] | None = None,
-               progress: Progress | None = None) -> DataReport:
+               progress: StepCallback | None = None) -> DataReport:
     """Every check on ``config.data.train_dir`` (and ``val_dir``); ``embed(folder)`` (a model's embeddings
     of an identity-folder tree) enables the model-based checks on the training images."""
-    report = (lambda what: (lambda done, total: progress(what, done, total))) if progress else (lambda what: None)
     data = config.data
     settings = ImageSettings.from_config(data)
     assert data.train_dir is not None
-    train = scan_image_folder(data.train_dir, "train", progress=report("scanning train images"), settings=settings)
-    val = (scan_image_folder(data.val_dir, "val", progress=report("scanning val images"), settings=settings)
+    train = scan_image_folder(data.train_dir, "train", settings=settings,
+                              progress=step_reporter(progress, "scanning train images"))
+    val = (scan_image_folder(data.val_dir, "val", settings=settings, progress=step_reporter(progress, "scanning val images"))
            if data.val_dir is not None else None)
     images = [Entry(sample.path, "train", train.classes[sample.identity]) for sample in train.samples]
     if val is not None:
@@ -299,9 +297,11 @@ def check_data(config: EdgeFaceConfig, embed: Callable[[Path], Embeddings] | Non
             progress("hashing files", index + 1, len(images))
     exact = [(group[0], other) for group in by_content.values() if len(group) > 1 for other in group[1:]]
     exact_set = set(exact)
-    hashes, gray = perceptual_hashes(train, settings, data.batch_size, data.workers, report("perceptual hashes (train)"))
+    hashes, gray = perceptual_hashes(train, settings, data.batch_size, data.workers,
+                                     step_reporter(progress, "perceptual hashes (train)"))
     if val is not None:
-        val_hashes, val_gray = perceptual_hashes(val, settings, data.batch_size, data.workers, report("perceptual hashes (val)"))
+        val_hashes, val_gray = perceptual_hashes(val, settings, data.batch_size, data.workers,
+                                                 step_reporter(progress, "perceptual hashes (val)"))
         hashes, gray = np.concatenate([hashes, val_hashes]), np.concatenate([gray, val_gray])
     same_content = {index for group in by_content.values() if len(group) > 1 for index in group[1:]}
     near = [(i, j, d) for i, j, d in near_pairs(hashes, data.near_duplicate_distance)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from torch import nn
 from .config import EdgeFaceConfig
 from .data import IMAGE_EXTENSIONS, ImageSettings, inference_loader, scan_image_folder, unreadable_images
 from .errors import CheckpointError, DataError, MissingExtraError
+from .events import StepCallback, step_reporter
 from .evaluation import load_eval_model, model_image_settings
 from .inference import extract, extract_files
 from .rundir import read_eval_threshold, run_dir_of
@@ -216,32 +216,31 @@ def _normalised(embeddings: torch.Tensor) -> np.ndarray:
 
 
 def embed_tree(embedder: Embedder, root: Path, batch_size: int, workers: int = 0, flip: bool = False,
-               progress: Callable[[str, int, int], None] | None = None) -> Embeddings:
+               progress: StepCallback | None = None) -> Embeddings:
     """Every image of an identity-folder tree (the same scan and decoded-image cache as ``train``)."""
-    report = (lambda what: (lambda done, total: progress(what, done, total))) if progress else (lambda what: None)
-    scan = scan_image_folder(root, "image", progress=report("checking images"), settings=embedder.settings)
+    scan = scan_image_folder(root, "image", progress=step_reporter(progress, "checking images"), settings=embedder.settings)
     loader = inference_loader(scan.samples, scan, embedder.settings, batch_size, workers, embedder.device)
-    extracted = extract(embedder.backbone, loader, embedder.device, embedder.precision, flip, report("embedding"))
+    extracted = extract(embedder.backbone, loader, embedder.device, embedder.precision, flip,
+                        step_reporter(progress, "embedding"))
     return Embeddings(_normalised(extracted.embeddings), [str(sample.path) for sample in scan.samples],
                       extracted.identities.numpy(), scan.classes, scan.unreadable)
 
 
 def embed_files(embedder: Embedder, files: list[Path], batch_size: int, workers: int = 0, flip: bool = False,
-                progress: Callable[[str, int, int], None] | None = None) -> Embeddings:
+                progress: StepCallback | None = None) -> Embeddings:
     """Loose image files; unreadable ones are listed and left out."""
     problems = unreadable_images(files)
     bad = {path for path, _ in problems}
     readable = [path for path in files if path not in bad]
     if not readable:
         raise DataError(f"no readable image among {len(files)} file(s): {problems[0][0]}: {problems[0][1]}")
-    reporter = (lambda done, total: progress("embedding", done, total)) if progress else None
     extracted = extract_files(embedder.backbone, readable, embedder.settings, batch_size, workers, embedder.device,
-                              embedder.precision, flip, reporter)
+                              embedder.precision, flip, step_reporter(progress, "embedding"))
     return Embeddings(_normalised(extracted.embeddings), [str(path) for path in readable], unreadable=problems)
 
 
 def embed_inputs(embedder: Embedder, inputs: list[Path], batch_size: int, workers: int = 0, flip: bool = False,
-                 progress: Callable[[str, int, int], None] | None = None) -> Embeddings:
+                 progress: StepCallback | None = None) -> Embeddings:
     """One folder of identity folders -> labelled embeddings; else files and folders of images."""
     if len(inputs) == 1 and is_identity_tree(inputs[0]):
         return embed_tree(embedder, inputs[0], batch_size, workers, flip, progress)

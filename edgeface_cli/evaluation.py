@@ -5,7 +5,6 @@ all-pairs similarity/verification and the LFW-style pairs protocol.
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from .atomic import atomic_write_stream
 from .checkpoints import load_backbone, read_checkpoint
 from .config import EdgeFaceConfig
 from .data import IMAGE_EXTENSIONS, ImageSettings, inference_loader, left_out_note, scan_image_folder, unreadable_images
+from .events import StepCallback, step_reporter
 from .errors import CheckpointError, DataError, MissingExtraError
 from .heads import MarginHead
 from .inference import extract, extract_files, validate
@@ -193,12 +193,9 @@ def evaluate(
     pairs_file: Path | None = None,
     flip: bool = False,
     image_size: int | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: StepCallback | None = None,
 ) -> EvalResult:
     """``progress(what, done, total)`` reports image checks and embedding batches as they go."""
-    def reporter(what: str) -> Callable[[int, int], None] | None:
-        return None if progress is None else (lambda done, total: progress(what, done, total))
-
     if config.data.val_dir is None:
         raise DataError("no validation data: pass --val-dir DIR (one folder per identity)")
     device = resolve_device(config.runtime.device)
@@ -218,11 +215,11 @@ def evaluate(
     train_scan = None
     class_names = model.class_names
     if model.head is None and config.data.train_dir is not None:
-        train_scan = scan_image_folder(config.data.train_dir, "train", progress=reporter("checking train images"),
-                                       settings=settings)
+        train_scan = scan_image_folder(config.data.train_dir, "train", settings=settings,
+                                       progress=step_reporter(progress, "checking train images"))
         class_names = train_scan.classes
-    val_scan = scan_image_folder(config.data.val_dir, "val", class_names=class_names, progress=reporter("checking val images"),
-                                 settings=settings)
+    val_scan = scan_image_folder(config.data.val_dir, "val", class_names=class_names, settings=settings,
+                                 progress=step_reporter(progress, "checking val images"))
     for scan in (train_scan, val_scan):
         if scan is not None and scan.cache_note:
             notes.append(scan.cache_note)
@@ -230,7 +227,7 @@ def evaluate(
         notes.append(f"{len(val_scan.unreadable)} unreadable val files skipped")
     loader = inference_loader(val_scan.samples, val_scan, settings, config.data.batch_size, config.data.workers, device)
     result = validate(model.backbone, model.head, loader, device, precision, collapse_similarity, min_gap, flip,
-                      reporter("embedding val images"))
+                      step_reporter(progress, "embedding val images"))
     if result.nonfinite:
         raise CheckpointError(
             f"{model.source} gives non-finite (NaN or infinite) embeddings for {result.nonfinite} of {result.images} "
@@ -245,7 +242,8 @@ def evaluate(
             method = "nearest centroid (train)"
             gallery_loader = inference_loader(train_scan.samples, train_scan, settings, config.data.batch_size,
                                               config.data.workers, device)
-            gallery = extract(model.backbone, gallery_loader, device, precision, flip, reporter("embedding train images"))
+            gallery = extract(model.backbone, gallery_loader, device, precision, flip,
+                              step_reporter(progress, "embedding train images"))
             known = extracted.labels >= 0
             scores = nearest_centroid_scores(extracted.embeddings[known], gallery.embeddings, gallery.labels, len(train_scan.classes))
             labels = extracted.labels[known]

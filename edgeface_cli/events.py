@@ -84,3 +84,13 @@ class Escalated:
 
 Event = ScanProgress | ValidationProgress | RunStarted | EpochStarted | BatchEnded | EpochEnded | Notice | Escalated
 EventHandler = Callable[[Any], None]
+
+
+# Long library work other than training (eval, embed, check-data) reports named steps.
+StepCallback = Callable[[str, int, int], None]  # (what, done, total)
+
+
+def step_reporter(progress: StepCallback | None, what: str) -> Callable[[int, int], None] | None:
+    """``progress`` bound to one named step, as the ``progress(done, total)`` callback that scans and
+    extraction take; None without a ``progress``."""
+    return None if progress is None else (lambda done, total: progress(what, done, total))
