@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from .config import EdgeFaceConfig
 from .data import ImageSettings, ScanResult, inference_loader, scan_image_folder
 from .embedder import Embeddings
+from .metrics import leave_one_out_centroid_scores
 from .events import StepCallback, step_reporter
 
 PROBLEM, WARNING, INFO = "problem", "warning", "info"
@@ -40,6 +42,11 @@ class Finding:
     advice: str = ""
     count: int = 0
     items: list[dict[str, Any]] = field(default_factory=list)  # the files involved (the first LISTED)
+
+    @classmethod
+    def listing(cls, check: str, severity: str, summary: str, advice: str, items: list[dict[str, Any]]) -> "Finding":
+        """A finding about all of ``items``, keeping the first LISTED of them."""
+        return cls(check, severity, summary, advice, len(items), items[:LISTED])
 
 
 @dataclass
@@ -77,7 +84,6 @@ def perceptual_hashes(scan: ScanResult, settings: ImageSettings, batch_size: int
                       progress: Callable[[int, int], None] | None) -> tuple[np.ndarray, np.ndarray]:
     """(64-bit pHash per image as uint64, grayscale flag per image), from the decoded pixels."""
     import imagehash
-    import torch
 
     loader = inference_loader(scan.samples, scan, settings, batch_size, workers, torch.device("cpu"))
     hashes, gray = [], []
@@ -126,6 +132,17 @@ def near_pairs(hashes: np.ndarray, distance: int) -> list[tuple[int, int, int]]:
 # ------------------------------------------------------------------ the checks
 
 
+DUPLICATE_KINDS = {  # kind of duplicate pair: (check, severity, summary, advice)
+    "across": ("duplicates across identities", PROBLEM,
+               "{count} pairs of (near-)identical images are filed under two identities",
+               "likely label noise: keep each photo under its one true identity (ArcFace punishes contradictions hard)"),
+    "leak": ("train/val leakage", PROBLEM, "{count} val images are (near-)copies of training images",
+             "remove them from val (or from train): val accuracy on copies of training images is inflated"),
+    "within": ("duplicates within an identity", INFO, "{count} pairs of (near-)identical images within one identity",
+               "harmless, but they add nothing: remove them to save time"),
+}
+
+
 def _duplicate_findings(images: list[Entry], exact: list[tuple[int, int]], near: list[tuple[int, int, int]]) -> list[Finding]:
     kinds: dict[str, list[dict[str, Any]]] = {"within": [], "across": [], "leak": []}
     pairs = [(i, j, 0, True) for i, j in exact] + [(i, j, distance, False) for i, j, distance in near]
@@ -134,25 +151,8 @@ def _duplicate_findings(images: list[Entry], exact: list[tuple[int, int]], near:
         kind = "leak" if first.split != second.split else ("within" if first.identity == second.identity else "across")
         kinds[kind].append({"first": str(first.path), "second": str(second.path), "hamming_distance": distance,
                             "identical_files": identical})
-    findings = []
-    if kinds["across"]:
-        findings.append(Finding(
-            "duplicates across identities", PROBLEM,
-            f"{len(kinds['across'])} pairs of (near-)identical images are filed under two identities",
-            "likely label noise: keep each photo under its one true identity (ArcFace punishes contradictions hard)",
-            len(kinds["across"]), kinds["across"][:LISTED]))
-    if kinds["leak"]:
-        findings.append(Finding(
-            "train/val leakage", PROBLEM,
-            f"{len(kinds['leak'])} val images are (near-)copies of training images",
-            "remove them from val (or from train): val accuracy on copies of training images is inflated",
-            len(kinds["leak"]), kinds["leak"][:LISTED]))
-    if kinds["within"]:
-        findings.append(Finding(
-            "duplicates within an identity", INFO,
-            f"{len(kinds['within'])} pairs of (near-)identical images within one identity",
-            "harmless, but they add nothing: remove them to save time", len(kinds["within"]), kinds["within"][:LISTED]))
-    return findings
+    return [Finding.listing(check, severity, summary.format(count=len(kinds[kind])), advice, kinds[kind])
+            for kind, (check, severity, summary, advice) in DUPLICATE_KINDS.items() if kinds[kind]]
 
 
 def _count_findings(train: ScanResult, val: ScanResult | None, config: EdgeFaceConfig) -> tuple[list[Finding], dict[str, Any]]:
@@ -169,11 +169,11 @@ def _count_findings(train: ScanResult, val: ScanResult | None, config: EdgeFaceC
         few_below = TRAIN_FEW_IMAGES if split == "train" else minimum
         few = [{"identity": name, "images": int(count)} for name, count in zip(scan.classes, counts) if count < few_below]
         if few:
-            findings.append(Finding(
+            findings.append(Finding.listing(
                 f"small {split} identities", WARNING,
                 f"{len(few)} {split} identities have fewer than {few_below} images",
                 "an identity needs several images to learn (train) or to form same-identity pairs (val, at least 2): "
-                "add images or merge/remove the identity", len(few), few[:LISTED]))
+                "add images or merge/remove the identity", few))
         if scan.unreadable:
             findings.append(Finding(
                 f"unreadable {split} files", PROBLEM, f"{len(scan.unreadable)} {split} files cannot be decoded",
@@ -237,17 +237,16 @@ def _size_findings(images: list[Entry], settings: ImageSettings) -> tuple[list[F
 def _label_noise_findings(vectors: np.ndarray, labels: np.ndarray, names: list[str], paths: list[str]) -> list[Finding]:
     """Images nearer another identity's centre than their own (leave-one-out), and identities whose images disagree."""
     count = len(names)
-    sums = np.zeros((count, vectors.shape[1]))
-    np.add.at(sums, labels, vectors)
     sizes = np.bincount(labels, minlength=count)
-    centres = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-    own_sum = sums[labels] - vectors  # the own centre without the image itself
-    own = np.where(sizes[labels] > 1, (own_sum * vectors).sum(1) / np.maximum(np.linalg.norm(own_sum, axis=1), 1e-12), np.nan)
-    others = vectors @ centres.T
-    others[np.arange(len(labels)), labels] = -np.inf
-    nearest = others.argmax(axis=1)
-    nearest_similarity = others.max(axis=1)
-    suspect = np.flatnonzero(nearest_similarity > np.nan_to_num(own, nan=np.inf))
+    rows = np.arange(len(labels))
+    # Each image against every centre, its own centre computed without it (eval's nearest-centroid scores).
+    scores = leave_one_out_centroid_scores(torch.from_numpy(vectors), torch.from_numpy(labels), count).numpy()
+    own = scores[rows, labels]
+    scores[rows, labels] = -np.inf
+    nearest = scores.argmax(axis=1)
+    nearest_similarity = scores.max(axis=1)
+    # An identity with one image has no centre left without it: never a suspect by this test.
+    suspect = np.flatnonzero((sizes[labels] > 1) & (nearest_similarity > own))
     suspect = suspect[np.argsort(-(nearest_similarity[suspect] - own[suspect]))]
     findings = []
     if len(suspect):
@@ -257,6 +256,8 @@ def _label_noise_findings(vectors: np.ndarray, labels: np.ndarray, names: list[s
             "look at each: a wrong folder, a mixed-up identity, or a bad crop", len(suspect),
             [{"file": paths[i], "identity": names[labels[i]], "own_similarity": float(own[i]),
               "nearest_identity": names[nearest[i]], "nearest_similarity": float(nearest_similarity[i])} for i in suspect[:LISTED]]))
+    sums = np.zeros((count, vectors.shape[1]))
+    np.add.at(sums, labels, vectors)
     # Mean pairwise similarity within each identity: (|sum|^2 - n) / (n (n - 1)).
     valid = sizes > 1
     agreement = np.full(count, np.nan)
