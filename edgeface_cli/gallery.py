@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .atomic import atomic_write_stream
 from .embedder import Embeddings
 from .errors import DataError
+from .metrics import class_centroids
 
 GALLERY_FORMAT = 1
 
@@ -41,11 +43,9 @@ def build_gallery(embedded: Embeddings, model: str, image_size: int, flip: bool,
                   threshold: tuple[float, str] | None) -> Gallery:
     if embedded.labels is None or embedded.identities is None:
         raise DataError("enroll needs one folder per identity: GALLERY_DIR/<identity>/<image>")
-    dim = embedded.vectors.shape[1]
-    sums = np.zeros((len(embedded.identities), dim), dtype=np.float64)
-    np.add.at(sums, embedded.labels, embedded.vectors)
-    centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-    return Gallery(list(embedded.identities), centroids.astype(np.float32), embedded.vectors, embedded.labels.astype(np.int64),
+    labels = torch.from_numpy(embedded.labels.astype(np.int64))
+    centroids = class_centroids(torch.from_numpy(embedded.vectors), labels, len(embedded.identities)).numpy()
+    return Gallery(list(embedded.identities), centroids, embedded.vectors, embedded.labels.astype(np.int64),
                    embedded.paths, model, image_size, flip, threshold)
 
 

@@ -207,13 +207,18 @@ def topk_correct(scores: torch.Tensor, labels: torch.Tensor, k: int) -> int:
     return int((top == labels.view(-1, 1)).any(dim=1).sum())
 
 
+def class_centroids(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Each class's centre: the L2-normalised mean of its L2-normalised embeddings."""
+    normalized = F.normalize(embeddings.float(), dim=1)
+    sums = torch.zeros(num_classes, normalized.shape[1]).index_add_(0, labels, normalized)
+    return F.normalize(sums, dim=1)
+
+
 def nearest_centroid_scores(
     queries: torch.Tensor, gallery: torch.Tensor, gallery_labels: torch.Tensor, num_classes: int
 ) -> torch.Tensor:
     """Cosine similarity of each query to each class's mean (normalised) gallery embedding."""
-    gallery = F.normalize(gallery.float(), dim=1)
-    centroids = torch.zeros(num_classes, gallery.shape[1]).index_add_(0, gallery_labels, gallery)
-    return F.normalize(queries.float(), dim=1) @ F.normalize(centroids, dim=1).t()
+    return F.normalize(queries.float(), dim=1) @ class_centroids(gallery, gallery_labels, num_classes).t()
 
 
 def leave_one_out_centroid_scores(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
