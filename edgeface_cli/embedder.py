@@ -21,7 +21,7 @@ from torch import nn
 
 from .config import EdgeFaceConfig
 from .data import IMAGE_EXTENSIONS, ImageSettings, inference_loader, scan_image_folder, unreadable_images
-from .errors import CheckpointError, DataError, MissingExtraError
+from .errors import CheckpointError, DataError, import_extra
 from .events import StepCallback, step_reporter
 from .evaluation import load_eval_model, model_image_settings
 from .inference import extract, extract_files
@@ -63,20 +63,12 @@ def read_sidecar(model_file: Path) -> dict[str, Any] | None:
     return sidecar
 
 
-def require_onnxruntime() -> Any:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise MissingExtraError("running an ONNX model", "export", "onnxruntime") from None
-    return onnxruntime
-
-
 class OnnxBackbone(nn.Module):
     """An ONNX file on onnxruntime (CPU), callable like the PyTorch backbone."""
 
     def __init__(self, path: Path) -> None:
         super().__init__()
-        onnxruntime = require_onnxruntime()
+        onnxruntime = import_extra("onnxruntime", "running an ONNX model", "export")
         try:
             self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for every kind of bad file

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 
 class EdgeFaceError(Exception):
     """A problem the user can fix (bad path, bad config, unreadable file). Exit code 2."""
@@ -35,6 +38,14 @@ class MissingExtraError(EdgeFaceError):
     def __init__(self, what: str, extra: str, module: str) -> None:
         super().__init__(f"{what} needs the optional extra '{extra}' ({module} is not installed): "
                          f"pip install 'edgeface-cli[{extra}]' (from a checkout: pip install -e '.[{extra}]')")
+
+
+def import_extra(module: str, what: str, extra: str) -> Any:
+    """``module``, imported; or, when the optional extra that provides it is missing, the error naming its pip command."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(what, extra, module) from None
 
 
 class ParityError(EdgeFaceError):

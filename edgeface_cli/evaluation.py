@@ -18,7 +18,7 @@ from .checkpoints import load_backbone, read_checkpoint
 from .config import EdgeFaceConfig
 from .data import IMAGE_EXTENSIONS, ImageSettings, inference_loader, left_out_note, scan_image_folder, unreadable_images
 from .events import StepCallback, step_reporter
-from .errors import CheckpointError, DataError, MissingExtraError
+from .errors import CheckpointError, DataError, import_extra
 from .heads import MarginHead
 from .inference import extract, extract_files, validate
 from .metrics import (
@@ -344,13 +344,9 @@ def plot_path(path: Path) -> Path:
 
 def require_matplotlib() -> Any:
     """pyplot on the file-only Agg backend; a clear error when the optional extra is missing."""
-    try:
-        import matplotlib
+    import_extra("matplotlib", "--plot", "plots").use("Agg")
+    import matplotlib.pyplot as plt
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise MissingExtraError("--plot", "plots", "matplotlib") from None
     return plt
 
 

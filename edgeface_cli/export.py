@@ -28,7 +28,7 @@ from .augment import normalize
 from .checkpoints import load_backbone
 from .data import ImageSettings, check_image, decode_image
 from .embedder import list_images, load_program, sidecar_path
-from .errors import DataError, MissingExtraError, ParityError
+from .errors import DataError, ParityError, import_extra
 from .models import EdgeFace
 
 FORMATS = ("onnx", "pt2", "torchscript", "safetensors")
@@ -102,16 +102,22 @@ def reference_images(folders: list[Path], settings: ImageSettings, count: int) -
 # ------------------------------------------------------------------ writing and checking
 
 
+def check_request(fmt: str, int8: bool) -> None:
+    """A format this module writes, and int8 only for ONNX (checked before any model is loaded)."""
+    if fmt not in FORMATS:
+        raise DataError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
+    if int8 and fmt != "onnx":
+        raise DataError("--int8 quantises ONNX models: pass --format onnx")
+
+
+def int8_path(out: Path) -> Path:
+    """Where ``--int8`` writes the quantised model: beside the fp32 one (``model.onnx`` -> ``model.int8.onnx``)."""
+    return out.with_name(f"{out.stem}.int8{out.suffix}")
+
+
 def exportable(backbone: nn.Module) -> nn.Module:
     """What goes into the file: the backbone itself (input in [-1, 1], output the raw embedding)."""
     return backbone
-
-
-def _require(module: str, what: str) -> None:
-    try:
-        __import__(module)
-    except ImportError:
-        raise MissingExtraError(what, "export", module) from None
 
 
 def _batch_dimension(dynamic_batch: bool) -> dict[str, Any] | None:
@@ -122,7 +128,7 @@ def write_program(module: nn.Module, fmt: str, path: Path, example: torch.Tensor
     """``module`` as a ``fmt`` file at ``path`` (``example``: one input batch, shapes as exported)."""
     if fmt == "onnx":
         for name in ("onnx", "onnxscript"):
-            _require(name, "ONNX export")
+            import_extra(name, "ONNX export", "export")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, (example,), str(path), dynamo=True, external_data=False, verbose=False,
@@ -162,20 +168,22 @@ def parity(candidate: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tens
     return Parity(float(cosine.min()), float(cosine.mean()), len(inputs), source)
 
 
-def _require_parity(result: Parity, bar: float, what: str, path: Path) -> None:
+EXPORT_HINT = "This is a bug in the export path; please report it with the command used"
+INT8_HINT = ("Int8 loses too much for this model: calibrate on more, real images (--calibration-dir), "
+             "or lower --int8-min-cosine if the loss is acceptable")
+
+
+def _require_parity(result: Parity, bar: float, what: str, path: Path, hint: str) -> None:
     if not result.min_cosine >= bar:
-        hint = ("int8 loses too much for this model: calibrate on more, real images (--calibration-dir), "
-                "or lower --int8-min-cosine if the loss is acceptable" if what.startswith("the int8")
-                else "this is a bug in the export path; please report it with the command used")
         raise ParityError(
             f"{what} {path.name} disagrees with PyTorch: min cosine {result.min_cosine:.6f} over {result.images} images "
-            f"(needs {bar}); the file was not kept. {hint[0].upper() + hint[1:]}"
+            f"(needs {bar}); the file was not kept. {hint}"
         )
 
 
 def quantize_int8(fp32_path: Path, out: Path, calibration: torch.Tensor) -> None:
     """Static int8 quantisation (onnxruntime; QDQ, per-channel weights) calibrated on ``calibration`` (model inputs)."""
-    _require("onnxruntime", "--int8")
+    import_extra("onnxruntime", "--int8", "export")
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Batches(CalibrationDataReader):
@@ -238,49 +246,49 @@ def export_backbone(
 ) -> ExportResult:
     """Write ``backbone`` as ``fmt`` to ``out``, check it on ``images`` (uint8), write the sidecar; and,
     with ``int8_calibration`` (ONNX only), an int8 copy beside it, checked likewise."""
-    if fmt not in FORMATS:
-        raise DataError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
-    if int8_calibration is not None and fmt != "onnx":
-        raise DataError("--int8 quantises ONNX models: pass --format onnx")
+    check_request(fmt, int8_calibration is not None)
     say = progress or (lambda text: None)
     backbone = backbone.cpu().eval()
     inputs = normalize(images)
     with torch.no_grad():
         reference = backbone(inputs)
     fixed_batch = None if dynamic_batch or fmt in ("torchscript", "safetensors") else 1
-    checked: list[Parity] = []
 
-    def write_and_check(path: Path) -> None:
-        say(f"writing {fmt}")
-        write_program(exportable(backbone), fmt, path, inputs[:1] if fixed_batch else inputs[:2], opset, dynamic_batch)
-        say("checking parity")
-        checked.append(parity(load_export(path, fmt, backbone), inputs, reference, images_source, fixed_batch))
-        _require_parity(checked[-1], MIN_COSINE, "the export", out)
+    def write_checked(path: Path, write: Callable[[Path], object], load: Callable[[Path], nn.Module], bar: float,
+                      what: str, hint: str) -> Parity:
+        """``write`` to a temp file, run it against the reference, keep it as ``path`` only when close enough."""
+        checked: list[Parity] = []
 
-    atomic_write_file(out, write_and_check)
+        def write_and_check(temp: Path) -> None:
+            say(f"writing {what}")
+            write(temp)
+            say(f"checking the parity of {what}")
+            checked.append(parity(load(temp), inputs, reference, images_source, fixed_batch))
+            _require_parity(checked[0], bar, what, path, hint)
+
+        atomic_write_file(path, write_and_check)
+        return checked[0]
+
+    example = inputs[:1] if fixed_batch else inputs[:2]
+    exported = write_checked(
+        out, lambda temp: write_program(exportable(backbone), fmt, temp, example, opset, dynamic_batch),
+        lambda temp: load_export(temp, fmt, backbone), MIN_COSINE, "the export", EXPORT_HINT)
     notes = []
     if fmt == "torchscript":
         notes.append("TorchScript is deprecated in PyTorch: kept for older C++ deployments only; prefer onnx or pt2")
     opset_used = opset if fmt == "onnx" else None
     sidecar = sidecar_path(out)
     atomic_write_text(sidecar, json.dumps(
-        describe(backbone, settings, fmt, out, source, checked[0], dynamic_batch, opset_used, threshold), indent=2) + "\n")
-    result = ExportResult(out, fmt, checked[0], out.stat().st_size, sidecar, notes=notes)
+        describe(backbone, settings, fmt, out, source, exported, dynamic_batch, opset_used, threshold), indent=2) + "\n")
+    result = ExportResult(out, fmt, exported, out.stat().st_size, sidecar, notes=notes)
     if int8_calibration is not None:
         calibration, calibration_source = int8_calibration
-        int8_path = out.with_name(f"{out.stem}.int8{out.suffix}")
-        int8_checked: list[Parity] = []
-
-        def quantize_and_check(path: Path) -> None:
-            say("quantising to int8")
-            quantize_int8(out, path, normalize(calibration))
-            say("checking int8 parity")
-            int8_checked.append(parity(load_program(path, "onnx"), inputs, reference, images_source, fixed_batch))
-            _require_parity(int8_checked[-1], int8_min_cosine, "the int8 model", int8_path)
-
-        atomic_write_file(int8_path, quantize_and_check)
-        atomic_write_text(sidecar_path(int8_path), json.dumps(
-            {**describe(backbone, settings, fmt, int8_path, source, int8_checked[0], dynamic_batch, opset_used, threshold,
+        quantized_path = int8_path(out)
+        quantized = write_checked(
+            quantized_path, lambda temp: quantize_int8(out, temp, normalize(calibration)),
+            lambda temp: load_program(temp, "onnx"), int8_min_cosine, "the int8 model", INT8_HINT)
+        atomic_write_text(sidecar_path(quantized_path), json.dumps(
+            {**describe(backbone, settings, fmt, quantized_path, source, quantized, dynamic_batch, opset_used, threshold,
                         quantized=True), "calibration": calibration_source}, indent=2) + "\n")
-        result.int8 = Int8Result(int8_path, int8_checked[0], int8_path.stat().st_size, result.size_bytes, len(calibration))
+        result.int8 = Int8Result(quantized_path, quantized, quantized_path.stat().st_size, result.size_bytes, len(calibration))
     return result

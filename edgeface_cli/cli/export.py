@@ -37,18 +37,15 @@ def export(
     from ..errors import DataError
     from ..preflight import check_output_file
 
-    if fmt not in ("onnx", "pt2", "torchscript", "safetensors"):
-        raise DataError(f"--format {fmt}: use onnx, pt2, torchscript or safetensors")
-    from ..export import CALIBRATION_IMAGES, PARITY_IMAGES, SUFFIXES
+    from ..export import CALIBRATION_IMAGES, PARITY_IMAGES, SUFFIXES, check_request, int8_path
 
+    check_request(fmt, int8)
     out = out or Path(f"edgeface{SUFFIXES[fmt]}")
     if calibration_dir is not None and not calibration_dir.is_dir():
         raise DataError(f"--calibration-dir {calibration_dir} is not a folder of images")
-    for path in (out, out.with_name(f"{out.stem}.int8{out.suffix}") if int8 else None):
+    for path in (out, int8_path(out) if int8 else None):
         if path is not None:
             check_output_file(path, force)
-    if int8 and fmt != "onnx":
-        raise DataError("--int8 quantises ONNX models: pass --format onnx")
     resolved = resolve_config(config, set_, **{"runtime.device": "cpu"})
     from ..embedder import known_threshold, load_embedder
     from ..export import export_backbone, reference_images
