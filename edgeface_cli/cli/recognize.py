@@ -25,12 +25,16 @@ def _embedder(checkpoint: Path, config: Optional[Path], set_: Optional[list[str]
     return resolved, load_embedder(checkpoint, resolved)
 
 
-def _embed(embedder: Any, resolved: Any, inputs: list[Path], flip: bool) -> Any:
-    from ..embedder import embed_inputs
+def _embed(embedder: Any, resolved: Any, inputs: list[Path], flip: bool, tree: bool = False) -> Any:
+    """Embeddings of ``inputs`` (``tree``: the one folder of identity folders there) with progress, saying
+    which files were skipped as unreadable."""
+    from ..embedder import embed_inputs, embed_tree
     from ..render import StepProgress
 
+    data = resolved.data
     with StepProgress(err_console) as progress:
-        embedded = embed_inputs(embedder, inputs, resolved.data.batch_size, resolved.data.workers, flip, progress.update)
+        embedded = (embed_tree(embedder, inputs[0], data.batch_size, data.workers, flip, progress.update) if tree
+                    else embed_inputs(embedder, inputs, data.batch_size, data.workers, flip, progress.update))
     for path, why in embedded.unreadable[:10]:
         err_console.print(f"skipped unreadable {escape(str(path))}: {escape(why)}", soft_wrap=True)
     if len(embedded.unreadable) > 10:
@@ -116,23 +120,19 @@ def enroll(
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """Enroll identities for identify: each identity's mean embedding, plus every image's."""
-    from ..embedder import embed_tree, known_threshold
+    from ..embedder import known_threshold
     from ..gallery import build_gallery, save_gallery
     from ..preflight import check_image_folder, check_output_file
-    from ..render import StepProgress
 
     check_image_folder(gallery_dir, "gallery")
     check_output_file(out, force)
     resolved, embedder = _embedder(checkpoint, config, set_, device, batch_size)
     threshold = known_threshold(embedder, resolved)  # None before the run's first eval
-    with StepProgress(err_console) as progress:
-        embedded = embed_tree(embedder, gallery_dir, resolved.data.batch_size, resolved.data.workers, flip, progress.update)
+    embedded = _embed(embedder, resolved, [gallery_dir], flip, tree=True)
     gallery = build_gallery(embedded, str(embedder.source.resolve()), embedder.settings.image_size, flip, threshold)
     save_gallery(gallery, out)
     console.print(f"wrote {escape(str(out))}: {len(gallery.identities)} identities, {len(gallery.paths)} images "
                   f"({escape(str(embedder.source))})")
-    if embedded.unreadable:
-        err_console.print(f"{len(embedded.unreadable)} unreadable files skipped (first: {escape(str(embedded.unreadable[0][0]))})")
 
 
 @app.command("identify")
@@ -153,7 +153,7 @@ def identify(
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """1:N identification against an enrolled gallery: the best matches, or "unknown" below the threshold."""
-    from ..embedder import embed_tree, resolve_threshold
+    from ..embedder import resolve_threshold
     from ..errors import DataError
     from ..gallery import identify as match, load_gallery, open_set_metrics
 
@@ -176,11 +176,7 @@ def identify(
                              "matches": [{"identity": m.identity, "similarity": m.similarity} for m in item.matches]}
                             for item in results]
     if probe_dir is not None:
-        from ..render import StepProgress
-
-        with StepProgress(err_console) as progress:
-            labelled = embed_tree(embedder, probe_dir, resolved.data.batch_size, resolved.data.workers, gallery.flip,
-                                  progress.update)
+        labelled = _embed(embedder, resolved, [probe_dir], gallery.flip, tree=True)
         assert labelled.identities is not None and labelled.labels is not None
         names = [labelled.identities[label] for label in labelled.labels]
         report["open_set"] = open_set_metrics(gallery, labelled.vectors, names, value, resolved.eval.far_targets)
