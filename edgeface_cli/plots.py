@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .atomic import atomic_write_file
-from .errors import RunDirError
+from .config import build_config, default_of
+from .errors import EdgeFaceError, RunDirError
 from .evaluation import require_matplotlib
 from .rundir import read_metrics
 
@@ -29,11 +28,12 @@ class PlotSummary:
 
 
 def _collapse_line(run_dir: Path) -> float:
+    """The run's guard.collapse_similarity; the default when its config.yaml is missing or unreadable
+    (a picture of the metrics should not fail over the config)."""
     try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-        return float(config.get("guard", {}).get("collapse_similarity", 0.999))
-    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
-        return 0.999
+        return build_config(run_dir / "config.yaml", search_default_file=False).guard.collapse_similarity
+    except EdgeFaceError:
+        return default_of("guard.collapse_similarity")
 
 
 def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
