@@ -12,7 +12,9 @@ from typing import Any
 from .atomic import atomic_write_text
 from .errors import RunDirError
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "backbone.pt")
+EVAL_RESULT = "eval.json"  # the last `eval` of the run: its threshold is verify's and identify's default
+# eval.json included: a run overwritten with --force must not keep the old model's threshold.
+RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "backbone.pt", EVAL_RESULT)
 CSV_FIELDS = (
     "epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "val_sim_pos", "val_sim_neg",
     "skipped_batches", "skipped_steps", "overflow_steps", "optimizer_steps", "grad_norm_mean", "grad_norm_max", "lr_backbone", "lr_head",
@@ -82,8 +84,6 @@ def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
 
 
 # ------------------------------------------------------------------ the last evaluation, for verify/identify
-
-EVAL_RESULT = "eval.json"
 
 
 def run_dir_of(checkpoint: Path) -> Path | None:

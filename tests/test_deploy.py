@@ -180,6 +180,17 @@ def test_verify_without_any_threshold_asks_for_one(run_dir: Path, data: Path, tm
     assert configured["threshold_source"] == "eval.threshold in the config" and configured["threshold"] == 0.5
 
 
+def test_a_run_overwritten_with_force_loses_the_old_threshold(tmp_path: Path) -> None:
+    from edgeface_cli.rundir import prepare_run_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("last.pt", "eval.json"):
+        (run / name).write_text("old")
+    prepare_run_dir(run, force=True)
+    assert not (run / "eval.json").exists()  # the new model gets its threshold from its own eval
+
+
 # ------------------------------------------------------------------ enroll and identify
 
 
