@@ -39,7 +39,7 @@ from .inference import Extracted, embed_with_mirror, validate
 from .meter import EpochMeter
 from .metrics import SimilarityHistogram, VerificationStats
 from .optim import HEAD, apply_hyperparameters, build_optimizer, gated_step, lr_factor, optimizer_kind
-from .rundir import prepare_run_dir, read_metrics, remove_stale_temp_files, write_metrics
+from .rundir import EVAL_RESULT, prepare_run_dir, read_metrics, remove_stale_temp_files, write_metrics
 from .runtime import BackboneForward, Precision, prepare_device, resolve_device, resolve_precision
 from .training_state import load_scaler_state, restore_rng_state, rng_state, seed_everything, to_cpu
 
@@ -350,6 +350,8 @@ class Trainer:
             atomic_torch_save(state, self.run_dir / "best.pt")
             # The published EdgeFace layout: loadable with strict=True into the official architecture.
             atomic_torch_save(state["backbone"], self.run_dir / "backbone.pt")
+            # The last eval measured the model best.pt held until now: its threshold no longer applies.
+            (self.run_dir / EVAL_RESULT).unlink(missing_ok=True)
         atomic_torch_save(state, self.run_dir / "last.pt")
 
     # -------------------------------------------------------------- one epoch

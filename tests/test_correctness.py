@@ -152,6 +152,22 @@ def test_best_pt_is_written_before_last_pt(sample_dataset: Path, tmp_path: Path,
     assert best["epoch"] == torch.load(run_dir / "last.pt", weights_only=True)["best"]["epoch"] == 2
 
 
+def test_a_new_best_checkpoint_retires_the_last_eval(sample_dataset: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    original_validate = engine.Trainer._validate_into
+
+    def every_epoch_is_better(self, record):
+        original_validate(self, record)
+        record["val_acc"] = record["epoch"] / 10
+
+    monkeypatch.setattr(engine.Trainer, "_validate_into", every_epoch_is_better)
+    run_dir = tmp_path / "run"
+    assert run_train(sample_dataset, run_dir, "--stage1-epochs", "0", "--epochs", "1").exit_code == 0
+    (run_dir / "eval.json").write_text('{"best_threshold": 0.5}')
+    assert runner.invoke(app, ["train", "--resume", str(run_dir), "--set", "optim.epochs=2"]).exit_code == 0
+    assert not (run_dir / "eval.json").exists()  # verify must not use the previous best model's threshold
+
+
 # 5 ---------------------------------------------------------------- fp16 overflows reach the guard
 
 def test_persistent_fp16_overflow_stops_instead_of_finishing(
