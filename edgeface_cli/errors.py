@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+import sys
 from typing import Any
 
 
@@ -43,9 +43,10 @@ class MissingExtraError(EdgeFaceError):
 def import_extra(module: str, what: str, extra: str) -> Any:
     """``module``, imported; or, when the optional extra that provides it is missing, the error naming its pip command."""
     try:
-        return importlib.import_module(module)
+        __import__(module)  # the import statement's own hook, so an environment that hides a module is respected
     except ImportError:
         raise MissingExtraError(what, extra, module) from None
+    return sys.modules[module]
 
 
 class ParityError(EdgeFaceError):

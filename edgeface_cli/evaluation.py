@@ -345,9 +345,7 @@ def plot_path(path: Path) -> Path:
 def require_matplotlib() -> Any:
     """pyplot on the file-only Agg backend; a clear error when the optional extra is missing."""
     import_extra("matplotlib", "--plot", "plots").use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return import_extra("matplotlib.pyplot", "--plot", "plots")
 
 
 def save_plot(result: EvalResult, path: Path) -> None:
