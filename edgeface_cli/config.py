@@ -69,6 +69,10 @@ class DataSection(_Section):
     non_square: Literal["center_crop", "stretch"] = Field(
         "center_crop", description="non-square images: center_crop keeps face proportions, stretch squashes them to a square"
     )
+    align: Literal["off", "best", "largest"] = Field(
+        "off", description="raw photos: detect faces (MTCNN) and align the best or largest one to 112x112 "
+                           "as the official EdgeFace pipeline does (off = the images are aligned crops already)"
+    )
     cache: Literal["auto", "on", "off"] = Field(
         "auto", description="decoded-image cache: decode and resize each file once (auto = on unless the disk is too full)"
     )

@@ -24,14 +24,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .cache import (
     CacheBuilder, CachedImages, FileEntry, FileVerdict, cache_key, check_space, default_cache_dir, open_cache,
 )
+from .alignment.photos import NO_FACE, NoFaceError
 from .errors import DataError
-from .preflight import check_image_folder
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+from .preflight import IMAGE_EXTENSIONS, check_image_folder
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is unreadable, not silently grey
 NON_SQUARE_HINT = (
-    "EdgeFace expects aligned square face crops (112x112); align and crop faces first "
-    "(data.non_square={mode} is applied meanwhile)"
+    "EdgeFace expects aligned square face crops (112x112); align the photos first with edgeface align IN OUT "
+    "(or --set data.align=best) (data.non_square={mode} is applied meanwhile)"
 )
 
 
@@ -51,10 +50,16 @@ class ImageSettings:
     non_square: str = "center_crop"  # or "stretch"
     cache: str = "off"  # auto | on | off
     cache_dir: Path | None = None
+    align: str = "off"  # or the face to align in raw photos: best | largest
 
     @classmethod
     def from_config(cls, data: Any, image_size: int | None = None) -> "ImageSettings":
-        return cls(image_size or data.image_size, data.non_square, data.cache, data.cache_dir)
+        return cls(image_size or data.image_size, data.non_square, data.cache, data.cache_dir, data.align)
+
+    @property
+    def recipe(self) -> str:
+        """How file pixels become model pixels (besides the size): part of every cache key."""
+        return self.non_square if self.align == "off" else f"mtcnn-arcface-{self.align}"
 
 
 @dataclass
@@ -81,13 +86,22 @@ def left_out_note(count: int) -> str:
     return f"{count} val identities are not in training: left out of accuracy, used for similarity"
 
 
-def load_image(path: Path, image_size: int, non_square: str = "center_crop") -> tuple[np.ndarray, bool]:
+def load_image(path: Path, image_size: int, non_square: str = "center_crop", align: str = "off") -> tuple[np.ndarray, bool]:
     """Any supported file -> (uint8 RGB pixels (3, S, S), whether the source was non-square).
 
     EXIF orientation is applied; grayscale, palette and RGBA become RGB. A JPEG at least twice
     the target size is decoded in draft mode (the decoder scales by 1/2, 1/4 or 1/8 itself), which
     is several times faster on large photos and stays within about one grey level of a full decode.
+    ``align`` (best | largest): the file is a raw photo; its face is detected and aligned at full
+    resolution (no draft mode: the official crops come from the full image), NoFaceError without one.
     """
+    if align != "off":
+        from .alignment.photos import aligned_face, read_photo
+
+        rgb = aligned_face(read_photo(path), align)  # type: ignore[arg-type]
+        if rgb.size != (image_size, image_size):
+            rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
+        return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).copy(), False
     with Image.open(path) as image:
         if image.format == "JPEG" and min(image.size) >= 2 * image_size:
             image.draft("RGB", (image_size, image_size))
@@ -104,9 +118,9 @@ def load_image(path: Path, image_size: int, non_square: str = "center_crop") -> 
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).copy(), is_non_square
 
 
-def decode_image(path: Path, image_size: int, non_square: str = "center_crop") -> torch.Tensor:
+def decode_image(path: Path, image_size: int, non_square: str = "center_crop", align: str = "off") -> torch.Tensor:
     """uint8 RGB tensor (3, S, S) of one file."""
-    return torch.from_numpy(load_image(path, image_size, non_square)[0])
+    return torch.from_numpy(load_image(path, image_size, non_square, align)[0])
 
 
 def _probe(path: Path, settings: ImageSettings) -> tuple[FileVerdict, np.ndarray | None]:
@@ -116,20 +130,22 @@ def _probe(path: Path, settings: ImageSettings) -> tuple[FileVerdict, np.ndarray
     try:
         if path.stat().st_size == 0:
             return FileVerdict("empty file (0 bytes)"), None
-        pixels, is_non_square = load_image(path, settings.image_size, settings.non_square)
+        pixels, is_non_square = load_image(path, settings.image_size, settings.non_square, settings.align)
+    except NoFaceError:
+        return FileVerdict(f"{NO_FACE} (edgeface align lists the photos without one)"), None
     except Exception as exc:  # noqa: BLE001 - codecs fail on damaged files in many ways: all mean "unreadable"
         return FileVerdict(f"cannot decode: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}"), None
     return FileVerdict(None, is_non_square), pixels
 
 
-def check_image(path: Path) -> str | None:
-    """None when the file decodes fully, else why it cannot be used."""
-    return _probe(path, ImageSettings(image_size=32))[0].problem
+def check_image(path: Path, align: str = "off") -> str | None:
+    """None when the file decodes fully (and, with ``align``, shows a face), else why it cannot be used."""
+    return _probe(path, ImageSettings(image_size=32, align=align))[0].problem
 
 
-def unreadable_images(files: Sequence[Path]) -> list[tuple[Path, str]]:
-    """(file, why) for each of ``files`` that does not decode fully."""
-    return [(path, why) for path in files if (why := check_image(path))]
+def unreadable_images(files: Sequence[Path], align: str = "off") -> list[tuple[Path, str]]:
+    """(file, why) for each of ``files`` that does not decode fully (or, with ``align``, shows no face)."""
+    return [(path, why) for path in files if (why := check_image(path, align))]
 
 
 def _list_candidates(root: Path, role: str) -> tuple[list[Path], list[tuple[str, Path]]]:
@@ -158,14 +174,14 @@ def _open_or_build_cache(
         return None, None, None
     cache_dir = settings.cache_dir or default_cache_dir()
     entries = [_file_entry(root, path) for _, path in candidates]
-    key = cache_key(root, entries, settings.image_size, settings.non_square)
+    key = cache_key(root, entries, settings.image_size, settings.recipe)
     cached = open_cache(cache_dir, key)
     if cached is not None:
         return cached, None, None
     problem = check_space(cache_dir, len(entries), settings.image_size)
     if problem is None:
         try:
-            return None, CacheBuilder(cache_dir, key, root, entries, settings.image_size, settings.non_square), None
+            return None, CacheBuilder(cache_dir, key, root, entries, settings.image_size, settings.recipe), None
         except OSError as exc:
             problem = f"cannot write the decoded-image cache in {cache_dir}: {exc.strerror or exc}"
     if settings.cache == "on":
@@ -265,7 +281,7 @@ class FaceDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int]:
         sample = self.samples[index]
-        image = decode_image(sample.path, self.settings.image_size, self.settings.non_square)
+        image = decode_image(sample.path, self.settings.image_size, self.settings.non_square, self.settings.align)
         return image, sample.label, sample.identity, index
 
 

@@ -219,6 +219,8 @@ def _size_findings(images: list[Entry], settings: ImageSettings) -> tuple[list[F
             "small images", WARNING, f"{small.mean():.0%} of images are smaller than the training size ({target} px) and get upscaled",
             "upscaled faces are blurry: collect larger crops, or train at a smaller data.image_size", int(small.sum()),
             [{"file": str(images[i].path), "size": sizes[i]} for i in np.flatnonzero(small)[:LISTED]]))
+    if settings.align != "off":  # raw photos, aligned as they are decoded: their geometry is not what trains
+        return findings, stats
     if non_square.any():
         findings.append(Finding(
             "non-square images", WARNING, f"{non_square.mean():.0%} of images are not square "
@@ -229,7 +231,8 @@ def _size_findings(images: list[Entry], settings: ImageSettings) -> tuple[list[F
         findings.append(Finding(
             "not aligned face crops?", WARNING,
             "the images look like photos rather than aligned face crops (large sizes or mixed aspect ratios)",
-            "detect and align faces first (5-point alignment to 112×112, as EdgeFace was trained), then train",
+            "align the faces first: edgeface align PHOTOS CROPS (MTCNN, 5 landmarks to 112×112, as EdgeFace "
+            "was trained), then train on CROPS; or pass --align",
             int((large | non_square).sum())))
     return findings, stats
 

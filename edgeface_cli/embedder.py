@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .alignment.warp import ARCFACE_TEMPLATE
 from .config import EdgeFaceConfig
 from .data import IMAGE_EXTENSIONS, ImageSettings, inference_loader, scan_image_folder, unreadable_images
 from .errors import CheckpointError, DataError, import_extra
@@ -29,6 +30,8 @@ from .rundir import read_eval_threshold, run_dir_of
 from .runtime import FP32, Precision, resolve_device, resolve_precision
 from .zoo import ZOO
 
+NORMALIZATION = "pixel / 127.5 - 1 (range [-1, 1]; mean 0.5, std 0.5 on [0, 1])"  # what to_model_input computes
+TEMPLATE = ARCFACE_TEMPLATE.tolist()  # the crops this version makes (export records it in the sidecar)
 PROGRAM_SUFFIXES = {".onnx": "onnx", ".pt2": "pt2"}  # run as exported; other files load into the PyTorch model
 
 
@@ -57,6 +60,13 @@ def read_sidecar(model_file: Path) -> dict[str, Any] | None:
         "threshold": threshold is None or (isinstance(threshold, dict) and isinstance(threshold.get("value"), (int, float))
                                            and isinstance(threshold.get("source", ""), str)),
     }
+    model_input = sidecar.get("input")
+    if isinstance(model_input, dict) and (model_input.get("channels", "RGB") != "RGB"
+                                          or model_input.get("normalization", NORMALIZATION) != NORMALIZATION):
+        raise CheckpointError(f"{path} asks for {model_input.get('channels')} input normalised as "
+                              f"{model_input.get('normalization')!r}; edgeface feeds RGB, {NORMALIZATION}")
+    alignment = sidecar.get("alignment")
+    checks["alignment"] = alignment is None or (isinstance(alignment, dict) and alignment.get("template") == TEMPLATE)
     damaged = [name for name, valid in checks.items() if not valid]
     if damaged:
         raise CheckpointError(f"{path} is damaged ({', '.join(damaged)}); re-export the model to rewrite it")
@@ -151,7 +161,7 @@ def load_embedder(path: Path, config: EdgeFaceConfig, image_size: int | None = N
         size = image_size or exported_size or getattr(backbone, "image_size", None) or config.data.image_size
         settings = ImageSettings.from_config(config.data, size)
         if sidecar and sidecar.get("non_square"):
-            settings = ImageSettings(size, sidecar["non_square"], settings.cache, settings.cache_dir)
+            settings = replace(settings, non_square=sidecar["non_square"])
         return Embedder(backbone.eval(), path, kind, settings,
                         torch.device("cpu"), FP32, run_dir, sidecar)
     if sidecar and sidecar.get("arch"):  # a safetensors or TorchScript export: its architecture is known
@@ -221,7 +231,7 @@ def embed_tree(embedder: Embedder, root: Path, batch_size: int, workers: int = 0
 def embed_files(embedder: Embedder, files: list[Path], batch_size: int, workers: int = 0, flip: bool = False,
                 progress: StepCallback | None = None) -> Embeddings:
     """Loose image files; unreadable ones are listed and left out."""
-    problems = unreadable_images(files)
+    problems = unreadable_images(files, embedder.settings.align)
     bad = {path for path, _ in problems}
     readable = [path for path in files if path not in bad]
     if not readable:

@@ -124,6 +124,9 @@ def report_scan(scan: ScanResult, role: str, on_event: EventHandler) -> None:
         on_event(
             Notice("warning", f"{len(scan.empty_classes)} empty {role} identity folders skipped: {', '.join(scan.empty_classes[:10])}")
         )
+    if scan.settings.align != "off" and role == "train":
+        on_event(Notice("info", f"raw photos: each face is detected and aligned as it is decoded (data.align="
+                                f"{scan.settings.align}); edgeface align IN OUT does it once and keeps the crops"))
     if scan.non_square:
         on_event(Notice("warning", f"{scan.non_square} of {len(scan.samples)} {role} images are not square: "
                         + NON_SQUARE_HINT.format(mode=scan.settings.non_square)))

@@ -5,7 +5,7 @@ all-pairs similarity/verification and the LFW-style pairs protocol.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,7 @@ def model_image_settings(trained: dict[str, Any] | None, config: EdgeFaceConfig,
     data = (trained or {}).get("data", {})
     settings = ImageSettings.from_config(config.data, image_size or data.get("image_size") or config.data.image_size)
     if "non_square" in data:
-        settings = ImageSettings(settings.image_size, data["non_square"], settings.cache, settings.cache_dir)
+        settings = replace(settings, non_square=data["non_square"])
     return settings
 
 
@@ -166,7 +166,7 @@ def read_pairs(pairs_file: Path, root: Path) -> PairList:
 
 def _embed_paths(model: EvalModel, paths: list[Path], settings: ImageSettings, batch_size: int, workers: int,
                  device: torch.device, precision: Precision, flip: bool) -> torch.Tensor:
-    bad = unreadable_images(paths)
+    bad = unreadable_images(paths, settings.align)
     if bad:
         raise DataError(f"unreadable image {bad[0][0]}: {bad[0][1]}")
     return extract_files(model.backbone, paths, settings, batch_size, workers, device, precision, flip).embeddings

@@ -27,7 +27,7 @@ from .atomic import atomic_write_file, atomic_write_text
 from .augment import normalize
 from .checkpoints import load_backbone
 from .data import ImageSettings, check_image, decode_image
-from .embedder import list_images, load_program, sidecar_path
+from .embedder import NORMALIZATION, list_images, load_program, sidecar_path
 from .errors import DataError, ParityError, import_extra
 from .models import EdgeFace
 
@@ -94,7 +94,7 @@ def reference_images(folders: list[Path], settings: ImageSettings, count: int) -
         picks = [files[int(index)] for index in np.linspace(0, len(files) - 1, min(count * 2, len(files)))]
         readable = [path for path in dict.fromkeys(picks) if check_image(path) is None][:count]
         if readable:
-            pixels = torch.stack([decode_image(path, settings.image_size, settings.non_square) for path in readable])
+            pixels = torch.stack([decode_image(path, settings.image_size, settings.non_square, settings.align) for path in readable])
             return pixels, f"{len(readable)} images from {folder}"
     return generated_faces(count, settings.image_size), f"{count} generated faces (no image folder at hand)"
 
@@ -205,6 +205,16 @@ def quantize_int8(fp32_path: Path, out: Path, calibration: torch.Tensor) -> None
         logging.getLogger().setLevel(quiet)
 
 
+def alignment_contract() -> dict[str, Any]:
+    """What the model's input faces must look like: the crops ``edgeface align`` (and ``--align``) make."""
+    from .alignment.warp import ARCFACE_TEMPLATE, CROP_SIZE
+
+    return {"faces": "aligned crops: five landmarks (MTCNN) mapped by a least-squares similarity transform onto "
+                     "the ArcFace template, then resized to image_size",
+            "crop_size": CROP_SIZE, "template": ARCFACE_TEMPLATE.tolist(),
+            "make_with": "edgeface align PHOTOS CROPS, or --align on embed/verify/enroll/identify/eval"}
+
+
 def describe(backbone: EdgeFace, settings: ImageSettings, fmt: str, path: Path, source: Path, checked: Parity,
              dynamic_batch: bool, opset: int | None, threshold: tuple[float, str] | None, quantized: bool = False) -> dict[str, Any]:
     """The sidecar: everything a deployment needs to feed the file and trust its output."""
@@ -218,7 +228,8 @@ def describe(backbone: EdgeFace, settings: ImageSettings, fmt: str, path: Path, 
         "non_square": settings.non_square,
         "input": {"name": INPUT_NAME, "layout": "NCHW", "channels": "RGB", "dtype": "float32",
                   "shape": ["batch" if dynamic_batch else 1, 3, settings.image_size, settings.image_size],
-                  "normalization": "pixel / 127.5 - 1 (range [-1, 1]; mean 0.5, std 0.5 on [0, 1])"},
+                  "normalization": NORMALIZATION},
+        "alignment": alignment_contract(),
         "output": {"name": OUTPUT_NAME, "dim": backbone.embedding_dim, "l2_normalized": False,
                    "compare_with": "cosine similarity of the L2-normalised outputs"},
         "source_checkpoint": str(source.resolve()),

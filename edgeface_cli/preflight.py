@@ -10,6 +10,14 @@ from pathlib import Path
 
 from .errors import DataError, RunDirError
 
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+SYSTEM_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}  # written by file browsers, never photos
+
+
+def is_system_file(path: Path) -> bool:
+    """Hidden files (.DS_Store, ._x.jpg) and the files Windows and macOS leave in photo folders."""
+    return path.name.startswith(".") or path.name.lower() in SYSTEM_FILES
+
 
 def check_image_folder(root: Path, role: str) -> None:
     """An existing folder (of identity folders): the scan's first check, shared with preflight."""

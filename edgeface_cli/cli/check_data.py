@@ -9,7 +9,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import EXIT_DIFFERENCES, ConfigOpt, SetOpt, app, console, err_console, print_json, resolve_config, user_errors
+from .common import (
+    EXIT_DIFFERENCES, AlignOpt, ConfigOpt, FacesOpt, SetOpt, align_flag, app, console, err_console, print_json, resolve_config, user_errors,
+)
 
 SHOWN = 5  # files listed per finding on the terminal (--json and --out have up to 20)
 STYLE = {"problem": "bold red", "warning": "yellow", "info": "dim"}
@@ -38,6 +40,8 @@ def check_data(
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the report as JSON to this file."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out."),
     device: Optional[str] = typer.Option(None, "--device", help="For --checkpoint: auto, cpu, cuda, cuda:N or mps."),
+    align: bool = AlignOpt,
+    faces: str = FacesOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
@@ -49,7 +53,8 @@ def check_data(
     from ..errors import DataError
     from ..preflight import check_image_folder, check_output_file
 
-    resolved = resolve_config(config, set_, **{"data.train_dir": train_dir, "data.val_dir": val_dir, "runtime.device": device})
+    resolved = resolve_config(config, set_, **{"data.train_dir": train_dir, "data.val_dir": val_dir, "runtime.device": device,
+                                                   "data.align": align_flag(align, faces)})
     if resolved.data.train_dir is None:
         raise DataError("nothing to check: pass --train-dir DIR (one folder per identity)")
     check_image_folder(resolved.data.train_dir, "train")

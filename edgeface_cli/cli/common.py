@@ -55,6 +55,19 @@ EXIT_TERMINATED = 143  # SIGTERM, as shells report it (128 + 15)
 # Options every command shares.
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (default: ./edgeface.yaml when present).")
 SetOpt = typer.Option(None, "--set", help="Override any field: section.field=value (YAML value). Repeatable.")
+AlignOpt = typer.Option(False, "--align", help="Raw photos: detect the face (MTCNN) and align it to 112x112 first, "
+                                               "as the official EdgeFace pipeline does (see edgeface align).")
+FacesOpt = typer.Option("best", "--faces", help="With --align: the best (highest-scoring) or the largest face.")
+
+
+def align_flag(align: bool, faces: str) -> str | None:
+    """``data.align`` from --align/--faces: None (the config decides) without --align."""
+    from ..errors import DataError
+
+    if faces not in ("best", "largest"):
+        raise DataError(f"--faces {faces!r}: with --align choose best or largest (edgeface align --faces all writes "
+                        "every face of a photo)")
+    return faces if align else None
 
 
 def fail(message: str, code: int = EXIT_USER_ERROR) -> None:

@@ -9,7 +9,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import ConfigOpt, SetOpt, app, console, err_console, print_json, resolve_config, user_errors
+from .common import (
+    AlignOpt, ConfigOpt, FacesOpt, SetOpt, align_flag, app, console, err_console, print_json, resolve_config, user_errors,
+)
 
 METRIC_ROWS = [
     ("images", "d", "val images evaluated"),
@@ -50,6 +52,8 @@ def eval_(
         None, "--plot", help="Write the ROC curve and similarity histograms (png, pdf, svg, ...; no suffix: .png; needs matplotlib)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing --save-embeddings / --plot files."),
     config: Optional[Path] = ConfigOpt,
+    align: bool = AlignOpt,
+    faces: str = FacesOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """Closed-set accuracy, cosine similarity and verification metrics (ROC AUC, EER, TAR@FAR, 10-fold)."""
@@ -58,7 +62,8 @@ def eval_(
 
     resolved = resolve_config(
         config, set_, **{"data.val_dir": val_dir, "data.train_dir": train_dir, "runtime.device": device,
-                         "data.batch_size": batch_size, "model.arch": arch}
+                         "data.batch_size": batch_size, "model.arch": arch,
+                         "data.align": align_flag(align, faces)}
     )
     # Every output is checked before the slow part: a bad suffix or an existing file fails at once.
     if plot is not None:

@@ -9,7 +9,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import ConfigOpt, SetOpt, app, console, err_console, print_json, resolve_config, user_errors
+from .common import (
+    AlignOpt, ConfigOpt, FacesOpt, SetOpt, align_flag, app, console, err_console, print_json, resolve_config, user_errors,
+)
 
 ModelOpt = typer.Option(..., "--checkpoint", help="A run dir, a checkpoint, a bare backbone, or an exported .onnx/.pt2 file.")
 FlipOpt = typer.Option(False, "--flip", help="Add the mirrored image's embedding.")
@@ -18,10 +20,11 @@ BatchOpt = typer.Option(None, "--batch-size", help="Images per batch.")
 
 
 def _embedder(checkpoint: Path, config: Optional[Path], set_: Optional[list[str]], device: Optional[str],
-              batch_size: Optional[int]) -> tuple[Any, Any]:
+              batch_size: Optional[int], align: Optional[str] = None) -> tuple[Any, Any]:
     from ..embedder import load_embedder
 
-    resolved = resolve_config(config, set_, **{"runtime.device": device, "data.batch_size": batch_size})
+    resolved = resolve_config(config, set_, **{"runtime.device": device, "data.batch_size": batch_size,
+                                               "data.align": align})
     return resolved, load_embedder(checkpoint, resolved)
 
 
@@ -36,9 +39,9 @@ def _embed(embedder: Any, resolved: Any, inputs: list[Path], flip: bool, tree: b
         embedded = (embed_tree(embedder, inputs[0], data.batch_size, data.workers, flip, progress.update) if tree
                     else embed_inputs(embedder, inputs, data.batch_size, data.workers, flip, progress.update))
     for path, why in embedded.unreadable[:10]:
-        err_console.print(f"skipped unreadable {escape(str(path))}: {escape(why)}", soft_wrap=True)
+        err_console.print(f"skipped {escape(str(path))}: {escape(why)}", soft_wrap=True)
     if len(embedded.unreadable) > 10:
-        err_console.print(f"... and {len(embedded.unreadable) - 10} more unreadable files skipped")
+        err_console.print(f"... and {len(embedded.unreadable) - 10} more files skipped (unreadable or, with --align, no face)")
     return embedded
 
 
@@ -52,6 +55,8 @@ def embed(
     force: bool = typer.Option(False, "--force", help="Overwrite --out."),
     device: Optional[str] = DeviceOpt,
     batch_size: Optional[int] = BatchOpt,
+    align: bool = AlignOpt,
+    faces: str = FacesOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
@@ -60,7 +65,7 @@ def embed(
     from ..preflight import check_output_file
 
     check_output_file(out, force)
-    resolved, embedder = _embedder(checkpoint, config, set_, device, batch_size)
+    resolved, embedder = _embedder(checkpoint, config, set_, device, batch_size, align_flag(align, faces))
     embedded = _embed(embedder, resolved, inputs, flip)
     atomic_write_stream(out, embedded.save)
     what = f" of {len(embedded.identities)} identities" if embedded.identities is not None else ""
@@ -79,6 +84,8 @@ def verify(
     flip: bool = FlipOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     device: Optional[str] = DeviceOpt,
+    align: bool = AlignOpt,
+    faces: str = FacesOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
@@ -87,9 +94,11 @@ def verify(
     from ..errors import DataError
 
     for path in (first, second):
+        if path.is_dir():
+            raise DataError(f"{path} is a folder: verify compares two image files (embed or identify take folders)")
         if not path.is_file():
             raise DataError(f"image not found: {path}")
-    resolved, embedder = _embedder(checkpoint, config, set_, device, None)
+    resolved, embedder = _embedder(checkpoint, config, set_, device, None, align_flag(align, faces))
     value, source = resolve_threshold(threshold, embedder, resolved)
     embedded = embed_files(embedder, [first, second], 2, 0, flip)
     if embedded.unreadable:
@@ -116,6 +125,8 @@ def enroll(
     force: bool = typer.Option(False, "--force", help="Overwrite --out."),
     device: Optional[str] = DeviceOpt,
     batch_size: Optional[int] = BatchOpt,
+    align: bool = AlignOpt,
+    faces: str = FacesOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
@@ -126,7 +137,7 @@ def enroll(
 
     check_image_folder(gallery_dir, "gallery")
     check_output_file(out, force)
-    resolved, embedder = _embedder(checkpoint, config, set_, device, batch_size)
+    resolved, embedder = _embedder(checkpoint, config, set_, device, batch_size, align_flag(align, faces))
     threshold = known_threshold(embedder, resolved)  # None before the run's first eval
     embedded = _embed(embedder, resolved, [gallery_dir], flip, tree=True)
     gallery = build_gallery(embedded, str(embedder.source.resolve()), embedder.settings.image_size, flip, threshold)
@@ -149,6 +160,8 @@ def identify(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     device: Optional[str] = DeviceOpt,
     batch_size: Optional[int] = BatchOpt,
+    align: bool = AlignOpt,
+    faces: str = FacesOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
@@ -161,7 +174,7 @@ def identify(
         raise DataError("name probe images or folders, or pass --probe-dir DIR (one folder per identity)")
     gallery = load_gallery(gallery_file)
     model = checkpoint or Path(gallery.model)
-    resolved, embedder = _embedder(model, config, set_, device, batch_size)
+    resolved, embedder = _embedder(model, config, set_, device, batch_size, align_flag(align, faces))
     if embedder.settings.image_size != gallery.image_size:
         raise DataError(f"the gallery was enrolled at {gallery.image_size} px, {model} embeds at "
                         f"{embedder.settings.image_size} px: identify with the model that enrolled it")

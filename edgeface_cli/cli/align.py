@@ -1,0 +1,76 @@
+"""`edgeface align`: photos -> aligned 112x112 face crops, as the official EdgeFace pipeline makes them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from .common import EXIT_INTERRUPTED, app, console, err_console, print_json, user_errors
+
+SHOWN = 10
+
+
+@app.command("align")
+@user_errors
+def align(
+    src: Path = typer.Argument(..., metavar="IN", help="A folder of photos, or of identity folders of photos."),
+    out: Path = typer.Argument(..., metavar="OUT", help="Where the crops go, in the same tree, same stems."),
+    faces: str = typer.Option("best", "--faces", help="best (highest score, as the official code), largest, or all "
+                                                      "(each face as <stem>_<k>)."),
+    fmt: str = typer.Option("png", "--format", help="png, or jpg (quality 95)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N for the detector."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+) -> None:
+    """Detect faces (MTCNN), align each to the ArcFace template and write 112x112 crops; OUT/align.jsonl keeps
+    the boxes, scores and landmarks. A second run only processes new or changed photos."""
+    from ..errors import DataError
+    from ..preflight import check_writable_folder
+
+    if faces not in ("best", "largest", "all"):
+        raise DataError(f"unknown --faces {faces!r}; choose best, largest or all")
+    if fmt not in ("png", "jpg"):
+        raise DataError(f"unknown --format {fmt!r}; choose png or jpg")
+    if not src.exists():
+        raise DataError(f"photo folder not found: {src}; pass an existing folder as IN")
+    if not src.is_dir():
+        raise DataError(f"{src} is a file; pass the folder that holds it as IN")
+    if src.resolve() == out.resolve():
+        raise DataError("IN and OUT are the same folder; write the crops to another folder")
+    check_writable_folder(out, "the output folder")
+    from ..alignment.folder import AlignJob
+    from ..alignment.photos import shared_detector
+    from ..render import StepProgress
+    from ..runtime import resolve_device
+
+    job = AlignJob(src, out, shared_detector(str(resolve_device(device))), faces, fmt)  # type: ignore[arg-type]
+    try:
+        with StepProgress(err_console) as progress:
+            summary = job.run(lambda done, total: progress.update("aligning", done, total))
+    except KeyboardInterrupt:
+        done = job.summary
+        err_console.print(f"interrupted: {done.crops} new crops kept in {escape(str(out))} "
+                          f"({done.reused} photos were already aligned); run the same command again to continue")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if as_json:
+        print_json(summary.to_json() | {"out": str(out)})
+        return
+    table = Table(title=f"align: {src} -> {out}")
+    for column in ("photos", "aligned now", "already aligned", "no face", "several faces", "unreadable"):
+        table.add_column(column)
+    table.add_row(str(summary.photos), f"{summary.aligned} ({summary.crops} crops)", str(summary.reused),
+                  str(len(summary.no_face)), str(len(summary.several)), str(len(summary.unreadable)))
+    console.print(table)
+    for label, names in (("no face found", summary.no_face),
+                         ("unreadable", [f"{name}: {why}" for name, why in summary.unreadable])):
+        for name in names[:SHOWN]:
+            console.print(f"{label}: {escape(name)}")
+        if len(names) > SHOWN:
+            console.print(f"... and {len(names) - SHOWN} more ({label}); OUT/align.jsonl lists every photo")
+    if summary.several and faces != "all":
+        console.print(f"{len(summary.several)} photo(s) show several faces: the {faces} one was kept "
+                      "(--faces all writes each)")
+    console.print(f"crops in {escape(str(out))}; boxes, scores and landmarks in {escape(str(out / 'align.jsonl'))}")
