@@ -3,7 +3,9 @@
 #   1. the CUDA-marked tests (tests/test_cuda.py),
 #   2. `make bench` on the GPU: EdgeFace-XXS, batch 256, fp16 AMP (gpu-check/bench.json),
 #   3. a 2-epoch `edgeface train --device cuda` on generated sample data (gpu-check/train/),
-#   4. deploy on that run: eval, a pt2 export with its parity check, embed and verify on the GPU (gpu-check/deploy/).
+#   4. deploy on that run: eval, a pt2 export with its parity check, embed and verify on the GPU (gpu-check/deploy/),
+#   5. face alignment (MTCNN) on the GPU beside the official-style loop (gpu-check/bench-align.json; needs the
+#      example photos: EDGEFACE_SHARED, else ../shared; skipped without them).
 # It installs nothing: run it where the package is importable (make install, or pip install --no-deps -e .).
 # GPU_CHECK_DEVICE=cpu rehearses the same steps on the CPU (a quick bench) to check the script itself.
 set -uo pipefail
@@ -42,6 +44,7 @@ step deploy 90 bash -c "'$PY' -m edgeface_cli eval --val-dir '$OUT/data/val' --c
   '$PY' -m edgeface_cli embed '$OUT/data/val' --checkpoint '$OUT/train' --device $DEVICE --out '$OUT/deploy/val.npz' &&
   '$PY' -m edgeface_cli verify '$OUT/data/val/id_000/0000.png' '$OUT/data/val/id_000/0001.png' --checkpoint '$OUT/train' \
   --device $DEVICE --json"
+step align 60 "$PY" benchmarks/align.py --device $DEVICE --repeats 2 --out "$OUT/bench-align.json"
 "$PY" - "$OUT" "$started" <<'PY'
 import json, sys, time
 from pathlib import Path
@@ -49,9 +52,9 @@ out = Path(sys.argv[1])
 steps = dict(line.split(" ", 1) for line in (out / "steps.txt").read_text().splitlines())
 summary = {"device": (out / "device.txt").read_text().strip(), "steps": steps,
            "seconds": round(time.time() - int(sys.argv[2]))}
-for name in ("bench.json",):
+for key, name in (("bench", "bench.json"), ("align", "bench-align.json")):
     if (out / name).exists():
-        summary["bench"] = json.loads((out / name).read_text())
+        summary[key] = json.loads((out / name).read_text())
 metrics = out / "train" / "metrics.jsonl"
 if metrics.exists():
     summary["train_epochs"] = [json.loads(line) for line in metrics.read_text().splitlines()]
