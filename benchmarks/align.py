@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from edgeface_cli.alignment import mtcnn as cascade
-from edgeface_cli.alignment.mtcnn import MTCNN
+from edgeface_cli.data.alignment import mtcnn as cascade
+from edgeface_cli.data.alignment.mtcnn import MTCNN
 
 CROP = cascade.crop_boxes  # edgeface's, before the reference swaps it in for its own run
 SHARED = Path(os.environ.get("EDGEFACE_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "mtcnn"

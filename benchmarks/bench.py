@@ -30,15 +30,15 @@ import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from edgeface_cli.augment import plan_epoch, to_model_input
+from edgeface_cli.data.augment import plan_epoch, to_model_input
 from edgeface_cli.config import build_config
-from edgeface_cli.data import ImageSettings, face_dataset, inference_loader, make_loader, scan_image_folder
-from edgeface_cli.engine import train
-from edgeface_cli.heads import MarginHead
-from edgeface_cli.inference import extract
-from edgeface_cli.models import EdgeFace
-from edgeface_cli.runtime import prepare_device, resolve_device, resolve_precision
-from edgeface_cli.sample_data import write_sample_dataset
+from edgeface_cli.data.folder import ImageSettings, face_dataset, inference_loader, make_loader, scan_image_folder
+from edgeface_cli.train.engine import train
+from edgeface_cli.model.heads import MarginHead
+from edgeface_cli.evaluate.inference import extract
+from edgeface_cli.model.backbones import EdgeFace
+from edgeface_cli.model.runtime import prepare_device, resolve_device, resolve_precision
+from edgeface_cli.data.sample_data import write_sample_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -324,7 +324,7 @@ def bench_embedding(root: Path, size: int, batch_size: int, workers: int, device
 ALL_PAIRS_CHILD = """
 import resource, time, json, torch
 from pathlib import Path
-from edgeface_cli.metrics import all_pairs_histogram, verification_stats
+from edgeface_cli.evaluate.metrics import all_pairs_histogram, verification_stats
 
 def peak_gb():
     # VmHWM belongs to this process image; ru_maxrss would include the parent's memory at fork.

@@ -19,7 +19,7 @@ PER_IDENTITY = 50
 
 
 def write_identity(args: tuple[Path, int]) -> None:
-    from edgeface_cli.sample_data import random_identity, render_face
+    from edgeface_cli.data.sample_data import random_identity, render_face
 
     root, index = args
     rng = random.Random(index)
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-check-data.json"))
     args = parser.parse_args()
     from edgeface_cli.config import build_config
-    from edgeface_cli.doctor import check_data
+    from edgeface_cli.data.doctor import check_data
 
     with tempfile.TemporaryDirectory(prefix="edgeface-check-") as folder:
         root = Path(folder)

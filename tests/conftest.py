@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgeface_cli.models import ZOO, EdgeFace
+from edgeface_cli.model.backbones import ZOO, EdgeFace
 
 SEED_KEYS = [
     "model.stages.2.blocks.5.pos_embd.token_projection.weight",
@@ -60,7 +60,7 @@ FAST = [
 
 @pytest.fixture(scope="session")
 def sample_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edgeface_cli.sample_data import write_sample_dataset
+    from edgeface_cli.data.sample_data import write_sample_dataset
 
     root = tmp_path_factory.mktemp("sample")
     write_sample_dataset(root, identities=5, per_identity=6, size=32, seed=1, val_per_identity=3)
@@ -70,7 +70,7 @@ def sample_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def recognition_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Six identities (10 train, 4 val images each, 32 px) for the tests that need a model that recognises."""
-    from edgeface_cli.sample_data import write_sample_dataset
+    from edgeface_cli.data.sample_data import write_sample_dataset
 
     root = tmp_path_factory.mktemp("recognition-data")
     write_sample_dataset(root, identities=6, per_identity=10, size=32, seed=3, val_per_identity=4)

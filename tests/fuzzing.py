@@ -69,7 +69,7 @@ def checkpoint_seeds(folder: Path) -> dict[str, bytes]:
 
 
 def run_checkpoints(folder: Path, per_seed: int) -> Iterator[tuple[str, Callable[[], object]]]:
-    from edgeface_cli.checkpoints import read_checkpoint
+    from edgeface_cli.model.checkpoints import read_checkpoint
 
     rng = random.Random(SEED)
     for name, data in checkpoint_seeds(folder).items():
@@ -101,7 +101,7 @@ def run_images(folder: Path, per_seed: int) -> Iterator[tuple[str, Callable[[], 
     """Mutated JPEG/PNG/WebP/BMP files in an identity folder: each is decoded or reported unreadable."""
     from PIL import Image
 
-    from edgeface_cli.data import ImageSettings, scan_image_folder
+    from edgeface_cli.data.folder import ImageSettings, scan_image_folder
 
     rng = random.Random(SEED + 2)
     image = Image.new("RGB", (40, 48), (120, 60, 30))
@@ -127,7 +127,7 @@ def run_images(folder: Path, per_seed: int) -> Iterator[tuple[str, Callable[[], 
 
 
 def run_pairs(folder: Path, per_seed: int) -> Iterator[tuple[str, Callable[[], object]]]:
-    from edgeface_cli.evaluation import read_pairs
+    from edgeface_cli.evaluate.evaluation import read_pairs
 
     root = folder / "pairs-root"
     (root / "alice").mkdir(parents=True, exist_ok=True)
@@ -152,7 +152,7 @@ def deploy_seeds(folder: Path) -> dict[str, bytes]:
     import onnx
     from onnx import TensorProto, helper
 
-    from edgeface_cli.gallery import Gallery, save_gallery
+    from edgeface_cli.deploy.gallery import Gallery, save_gallery
 
     vectors = np.eye(4, 8, dtype=np.float32)
     save_gallery(Gallery(["a", "b", "c", "d"], vectors, vectors, np.arange(4), ["1", "2", "3", "4"], "model.pt", 32, False,
@@ -175,8 +175,8 @@ def run_deploy(folder: Path, per_seed: int) -> Iterator[tuple[str, Callable[[], 
     import torch
 
     from edgeface_cli.config import EdgeFaceConfig
-    from edgeface_cli.embedder import OnnxBackbone, load_embedder, read_sidecar
-    from edgeface_cli.gallery import load_gallery
+    from edgeface_cli.deploy.embedder import OnnxBackbone, load_embedder, read_sidecar
+    from edgeface_cli.deploy.gallery import load_gallery
 
     rng = random.Random(SEED + 4)
     seeds = deploy_seeds(folder)

@@ -12,18 +12,18 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-import edgeface_cli.engine as engine
-import edgeface_cli.sharded_head as sharded_head
+import edgeface_cli.train.engine as engine
+import edgeface_cli.train.sharded_head as sharded_head
 from edgeface_cli.cli import app
 from edgeface_cli.config import EdgeFaceConfig, build_config
-from edgeface_cli.data import load_image, scan_image_folder
+from edgeface_cli.data.folder import load_image, scan_image_folder
 from edgeface_cli.errors import DeviceError
-from edgeface_cli.heads import MarginHead
-from edgeface_cli.models import EdgeFace
-from edgeface_cli.optim import BACKBONE_NO_DECAY, build_optimizer
-from edgeface_cli.runtime import Precision, resolve_precision
-from edgeface_cli.training_state import restore_rng_state, rng_state
-from edgeface_cli.troubleshoot import apply_level
+from edgeface_cli.model.heads import MarginHead
+from edgeface_cli.model.backbones import EdgeFace
+from edgeface_cli.train.optim import BACKBONE_NO_DECAY, build_optimizer
+from edgeface_cli.model.runtime import Precision, resolve_precision
+from edgeface_cli.train.training_state import restore_rng_state, rng_state
+from edgeface_cli.train.troubleshoot import apply_level
 
 from .conftest import FAST
 
@@ -191,7 +191,7 @@ def test_persistent_fp16_overflow_stops_instead_of_finishing(
 
 
 def test_overflows_count_as_skipped_past_the_allowance_or_below_the_scale_floor() -> None:
-    from edgeface_cli.meter import EpochMeter
+    from edgeface_cli.train.meter import EpochMeter
 
     meter = EpochMeter(torch.device("cpu"))
     loss, bad = torch.tensor(1.0), torch.tensor(float("inf"))
@@ -335,7 +335,7 @@ def test_checkpoint_tensors_are_all_on_the_cpu(sample_dataset: Path, tmp_path: P
 def test_non_finite_val_embeddings_warn_and_never_make_the_best_epoch(
     sample_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import edgeface_cli.inference as inference
+    import edgeface_cli.evaluate.inference as inference
 
     original = inference.extract
     calls = {"count": 0}

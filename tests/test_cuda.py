@@ -10,10 +10,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import edgeface_cli.engine as engine
+import edgeface_cli.train.engine as engine
 from edgeface_cli.cli import app
-from edgeface_cli.data import ImageSettings, inference_loader, scan_image_folder
-from edgeface_cli.runtime import resolve_precision
+from edgeface_cli.data.folder import ImageSettings, inference_loader, scan_image_folder
+from edgeface_cli.model.runtime import resolve_precision
 
 pytestmark = [
     pytest.mark.cuda,

@@ -13,13 +13,13 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import edgeface_cli.data as data_module
-from edgeface_cli.augment import augment_batch, plan_epoch, to_model_input
+import edgeface_cli.data.folder as data_module
+from edgeface_cli.data.augment import augment_batch, plan_epoch, to_model_input
 from edgeface_cli.cli import app
-from edgeface_cli.data import (
+from edgeface_cli.data.folder import (
     CachedBatches, ImageSettings, decode_image, face_dataset, load_image, make_loader, scan_image_folder, set_loader_epoch,
 )
-from edgeface_cli.models import EdgeFace
+from edgeface_cli.model.backbones import EdgeFace
 
 from .conftest import FAST
 
@@ -157,7 +157,7 @@ def test_a_damaged_cache_is_rebuilt(sample_dataset: Path, tmp_path: Path) -> Non
 
 def test_auto_falls_back_when_the_disk_is_too_small(sample_dataset: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    import edgeface_cli.cache as cache
+    import edgeface_cli.data.cache as cache
 
     monkeypatch.setattr(cache.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10, 10, 0))
     auto = ImageSettings(image_size=32, cache="auto", cache_dir=tmp_path / "cache")
@@ -170,7 +170,7 @@ def test_auto_falls_back_when_the_disk_is_too_small(sample_dataset: Path, tmp_pa
 
 def test_draft_decode_stays_close_to_the_full_decode(tmp_path: Path) -> None:
     """Measured on this generated 1024 px face: mean absolute difference 0.19 grey levels at 112 px."""
-    from edgeface_cli.sample_data import write_sample_dataset
+    from edgeface_cli.data.sample_data import write_sample_dataset
 
     write_sample_dataset(tmp_path / "big", identities=2, per_identity=1, size=1024, seed=3, val_per_identity=1)
     source = sorted((tmp_path / "big" / "train").rglob("*.png"))[0]
@@ -256,7 +256,7 @@ def test_cached_stage_1_equals_the_uncached_head_and_costs_two_passes(
 
 def test_resume_inside_a_cached_stage_1_equals_an_uninterrupted_run(sample_dataset: Path, tmp_path: Path) -> None:
     from edgeface_cli.config import build_config
-    from edgeface_cli.engine import train
+    from edgeface_cli.train.engine import train
     from edgeface_cli.events import BatchEnded
 
     overrides = ["data.image_size=32", "data.batch_size=8", "data.workers=0", "optim.warmup_epochs=0", "optim.head_lr=0.05"]

@@ -12,9 +12,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from edgeface_cli import export as export_module
+from edgeface_cli.deploy import export as export_module
 from edgeface_cli.cli import app
-from edgeface_cli.gallery import Gallery, open_set_metrics
+from edgeface_cli.deploy.gallery import Gallery, open_set_metrics
 
 runner = CliRunner()
 

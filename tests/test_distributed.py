@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgeface_cli.data import EpochBatches
+from edgeface_cli.data.folder import EpochBatches
 
 from .conftest import FAST
 
@@ -85,8 +85,8 @@ def test_a_nan_on_one_rank_stops_every_rank_together(sample_dataset: Path, tmp_p
 @pytest.mark.parametrize("world", [2])
 def test_metrics_are_reduced_across_ranks(world: int) -> None:
     """Two ranks' meters read as the sum of both (checked without a process group by faking one)."""
-    from edgeface_cli.distributed import Distributed
-    from edgeface_cli.meter import EpochMeter
+    from edgeface_cli.train.distributed import Distributed
+    from edgeface_cli.train.meter import EpochMeter
 
     class FakeTwoRanks(Distributed):
         def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -132,7 +132,7 @@ def test_a_rank_that_dies_stops_the_others_instead_of_hanging(sample_dataset: Pa
 
 @pytest.mark.parametrize("kind", ["arcface", "cosface"])
 def test_sharded_head_equals_the_whole_head(tmp_path: Path, kind: str) -> None:
-    from edgeface_cli.heads import MarginHead
+    from edgeface_cli.model.heads import MarginHead
 
     from .sharded_check import CLASSES, EMBEDDING, problem
 

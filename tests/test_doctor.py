@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from edgeface_cli.cli import app
-from edgeface_cli.doctor import near_pairs
+from edgeface_cli.data.doctor import near_pairs
 
 from .conftest import FAST
 

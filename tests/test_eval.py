@@ -151,7 +151,7 @@ def test_plot_suffix_is_checked_before_any_work_and_a_bare_name_becomes_png(
     trained_run: Path, sample_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("matplotlib")
-    import edgeface_cli.evaluation as evaluation
+    import edgeface_cli.evaluate.evaluation as evaluation
 
     base = ["eval", "--val-dir", str(sample_dataset / "val"), "--checkpoint", str(trained_run)]
     monkeypatch.setattr(evaluation, "evaluate", lambda *args, **kwargs: pytest.fail("evaluated before the check"))

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgeface_cli.heads import MarginHead
-from edgeface_cli.metrics import (
+from edgeface_cli.model.heads import MarginHead
+from edgeface_cli.evaluate.metrics import (
     all_pairs_histogram,
     best_threshold_exact,
     kfold_accuracy,

@@ -83,7 +83,7 @@ def test_simple_commands_and_user_errors_do_not_import_torch(args: list[str], tm
 
 
 def test_an_unwritable_out_fails_before_the_scan(sample_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import edgeface_cli.data as data
+    import edgeface_cli.data.folder as data
     import edgeface_cli.preflight as preflight
 
     locked = tmp_path / "locked"
@@ -100,7 +100,7 @@ def test_an_unwritable_out_fails_before_the_scan(sample_dataset: Path, tmp_path:
 
 def test_a_run_stopped_before_its_first_epoch_suggests_force(sample_dataset: Path, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    import edgeface_cli.engine as engine
+    import edgeface_cli.train.engine as engine
 
     original = engine.Trainer._train_epoch
     monkeypatch.setattr(engine.Trainer, "_train_epoch", lambda self, epoch, stage: (_ for _ in ()).throw(KeyboardInterrupt))

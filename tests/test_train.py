@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from edgeface_cli.cli import app
 from edgeface_cli.config import build_config
-from edgeface_cli.data import scan_image_folder
-from edgeface_cli.engine import train
+from edgeface_cli.data.folder import scan_image_folder
+from edgeface_cli.train.engine import train
 from edgeface_cli.events import BatchEnded
-from edgeface_cli.models import EdgeFace
+from edgeface_cli.model.backbones import EdgeFace
 
 from .conftest import FAST, SEED_KEYS
 
@@ -169,7 +169,7 @@ def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(sample_dataset: P
 
 
 def test_interrupt_via_cli_exits_130_with_resume_hint(sample_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import edgeface_cli.engine as engine
+    import edgeface_cli.train.engine as engine
 
     original = engine.Trainer._train_epoch
 
@@ -190,7 +190,7 @@ def test_interrupt_via_cli_exits_130_with_resume_hint(sample_dataset: Path, tmp_
 
 
 def test_from_scratch_run_learns(tmp_path: Path) -> None:
-    from edgeface_cli.sample_data import write_sample_dataset
+    from edgeface_cli.data.sample_data import write_sample_dataset
 
     data = tmp_path / "data"
     write_sample_dataset(data, identities=8, per_identity=12, size=64, seed=0, val_per_identity=3)

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from edgeface_cli.cli import app
 from edgeface_cli.config import EdgeFaceConfig, build_config
-from edgeface_cli.troubleshoot import NothingToEscalate, apply_level
+from edgeface_cli.train.troubleshoot import NothingToEscalate, apply_level
 
 from .conftest import FAST
 
@@ -184,7 +184,7 @@ def test_auto_troubleshoot_level_4_restarts_with_edgeface_s(sample_dataset: Path
     epochs = [json.loads(line) for line in (new_run / "metrics.jsonl").read_text().splitlines()]
     assert [row["stage"] for row in epochs] == [1, 2, 2, 2, 2]
     assert [row["epoch"] for row in rows if "event" not in row] == [1, 2, 3, 4]  # the XXS run's good epochs
-    from edgeface_cli.models import EdgeFace
+    from edgeface_cli.model.backbones import EdgeFace
 
     EdgeFace("edgeface_s_gamma_05").load_state_dict(torch.load(new_run / "backbone.pt", weights_only=True), strict=True)
 

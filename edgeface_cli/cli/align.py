@@ -41,10 +41,10 @@ def align(
     if src.resolve() == out.resolve():
         raise DataError("IN and OUT are the same folder; write the crops to another folder")
     check_writable_folder(out, "the output folder")
-    from ..alignment.folder import AlignJob
-    from ..alignment.photos import shared_detector
-    from ..render import StepProgress
-    from ..runtime import resolve_device
+    from ..data.alignment.folder import AlignJob
+    from ..data.alignment.photos import shared_detector
+    from .render import StepProgress
+    from ..model.runtime import resolve_device
 
     job = AlignJob(src, out, shared_detector(str(resolve_device(device))), faces, fmt)  # type: ignore[arg-type]
     try:

@@ -62,12 +62,12 @@ def check_data(
         check_image_folder(resolved.data.val_dir, "val")
     if out is not None:
         check_output_file(out, force)
-    from ..doctor import check_data as run_checks
-    from ..render import StepProgress
+    from ..data.doctor import check_data as run_checks
+    from .render import StepProgress
 
     embed = None
     if checkpoint is not None:
-        from ..embedder import embed_tree, load_embedder
+        from ..deploy.embedder import embed_tree, load_embedder
 
         embedder = load_embedder(checkpoint, resolved)
         embed = lambda folder: embed_tree(embedder, folder, resolved.data.batch_size, resolved.data.workers)  # noqa: E731

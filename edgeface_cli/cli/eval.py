@@ -57,7 +57,7 @@ def eval_(
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """Closed-set accuracy, cosine similarity and verification metrics (ROC AUC, EER, TAR@FAR, 10-fold)."""
-    from ..evaluation import evaluate, plot_path, save_embeddings, save_plot
+    from ..evaluate.evaluation import evaluate, plot_path, save_embeddings, save_plot
     from ..preflight import check_output_file
 
     resolved = resolve_config(
@@ -72,7 +72,7 @@ def eval_(
         if output is not None:
             check_output_file(output, force)
     explicit_size = resolved.data.image_size if any(item.startswith("data.image_size=") for item in set_ or []) else None
-    from ..render import StepProgress
+    from .render import StepProgress
 
     with StepProgress(console) as progress:
         result = evaluate(resolved, checkpoint, pairs, flip, explicit_size, progress=progress.update)

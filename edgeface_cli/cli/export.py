@@ -37,7 +37,7 @@ def export(
     from ..errors import DataError
     from ..preflight import check_output_file
 
-    from ..export import CALIBRATION_IMAGES, PARITY_IMAGES, SUFFIXES, check_request, int8_path
+    from ..deploy.export import CALIBRATION_IMAGES, PARITY_IMAGES, SUFFIXES, check_request, int8_path
 
     check_request(fmt, int8)
     out = out or Path(f"edgeface{SUFFIXES[fmt]}")
@@ -47,8 +47,8 @@ def export(
         if path is not None:
             check_output_file(path, force)
     resolved = resolve_config(config, set_, **{"runtime.device": "cpu"})
-    from ..embedder import known_threshold, load_embedder
-    from ..export import export_backbone, reference_images
+    from ..deploy.embedder import known_threshold, load_embedder
+    from ..deploy.export import export_backbone, reference_images
     from ..rundir import run_dir_of
 
     embedder = load_embedder(checkpoint, resolved)

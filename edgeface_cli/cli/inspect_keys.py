@@ -16,7 +16,7 @@ MAX_TABLE_ROWS = 30
 
 def _key_table(report: Any) -> tuple[Table, int]:
     """Differences grouped by module; long lists are cut (``--json`` has them all)."""
-    from ..checkpoints import group_by_module
+    from ..model.checkpoints import group_by_module
 
     rows: list[tuple[str, str, str]] = []
     for status, keys in (("missing", report.missing), ("unexpected", report.unexpected)):
@@ -47,7 +47,7 @@ def inspect_keys(
     Exit 0 when everything matches (or --write-fixed wrote a repaired file), 1 when anything differs,
     2 when the checkpoint cannot be read.
     """
-    from ..checkpoints import atomic_torch_save, fix_state_dict, inspect_checkpoint
+    from ..model.checkpoints import atomic_torch_save, fix_state_dict, inspect_checkpoint
 
     resolved = resolve_config(
         config, set_, **{"model.checkpoint": edgeface, "model.arch": arch}

@@ -21,7 +21,7 @@ BatchOpt = typer.Option(None, "--batch-size", help="Images per batch.")
 
 def _embedder(checkpoint: Path, config: Optional[Path], set_: Optional[list[str]], device: Optional[str],
               batch_size: Optional[int], align: Optional[str] = None) -> tuple[Any, Any]:
-    from ..embedder import load_embedder
+    from ..deploy.embedder import load_embedder
 
     resolved = resolve_config(config, set_, **{"runtime.device": device, "data.batch_size": batch_size,
                                                "data.align": align})
@@ -31,8 +31,8 @@ def _embedder(checkpoint: Path, config: Optional[Path], set_: Optional[list[str]
 def _embed(embedder: Any, resolved: Any, inputs: list[Path], flip: bool, tree: bool = False) -> Any:
     """Embeddings of ``inputs`` (``tree``: the one folder of identity folders there) with progress, saying
     which files were skipped as unreadable."""
-    from ..embedder import embed_inputs, embed_tree
-    from ..render import StepProgress
+    from ..deploy.embedder import embed_inputs, embed_tree
+    from .render import StepProgress
 
     data = resolved.data
     with StepProgress(err_console) as progress:
@@ -90,7 +90,7 @@ def verify(
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """1:1 verification: the cosine similarity of two faces, and whether they are the same person."""
-    from ..embedder import embed_files, resolve_threshold
+    from ..deploy.embedder import embed_files, resolve_threshold
     from ..errors import DataError
 
     for path in (first, second):
@@ -131,8 +131,8 @@ def enroll(
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """Enroll identities for identify: each identity's mean embedding, plus every image's."""
-    from ..embedder import known_threshold
-    from ..gallery import build_gallery, save_gallery
+    from ..deploy.embedder import known_threshold
+    from ..deploy.gallery import build_gallery, save_gallery
     from ..preflight import check_image_folder, check_output_file
 
     check_image_folder(gallery_dir, "gallery")
@@ -166,9 +166,9 @@ def identify(
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """1:N identification against an enrolled gallery: the best matches, or "unknown" below the threshold."""
-    from ..embedder import resolve_threshold
+    from ..deploy.embedder import resolve_threshold
     from ..errors import DataError
-    from ..gallery import identify as match, load_gallery, open_set_metrics
+    from ..deploy.gallery import identify as match, load_gallery, open_set_metrics
 
     if not probes and probe_dir is None:
         raise DataError("name probe images or folders, or pass --probe-dir DIR (one folder per identity)")

@@ -21,7 +21,7 @@ def sample_data(
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed writes the same images."),
 ) -> None:
     """Write a small synthetic identity dataset (no download needed)."""
-    from ..sample_data import write_sample_dataset
+    from ..data.sample_data import write_sample_dataset
 
     counts = write_sample_dataset(out, ids, per_id, size, seed, val_per_id)
     console.print(f"wrote {counts['train']} train and {counts['val']} val images of {ids} identities to {out}")

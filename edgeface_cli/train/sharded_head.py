@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .distributed import Distributed
-from .heads import MarginHead, margin_logit
+from ..model.heads import MarginHead, margin_logit
 
 # `arcface.sharded: auto` shards from this many identities: below it, the whole head fits everywhere
 # and sharding would only add collectives.

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .events import (
+from ..events import (
     BatchEnded, EpochEnded, EpochStarted, Escalated, Notice, RunStarted, ScanProgress, ValidationProgress,
 )
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CheckpointError
+from ...errors import CheckpointError
 
 
 class CaffeFlatten(nn.Module):

@@ -13,13 +13,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .atomic import atomic_write_stream
-from .checkpoints import load_backbone, read_checkpoint
-from .config import EdgeFaceConfig
-from .data import IMAGE_EXTENSIONS, ImageSettings, inference_loader, left_out_note, scan_image_folder, unreadable_images
-from .events import StepCallback, step_reporter
-from .errors import CheckpointError, DataError, import_extra
-from .heads import MarginHead
+from ..atomic import atomic_write_stream
+from ..model.checkpoints import load_backbone, read_checkpoint
+from ..config import EdgeFaceConfig
+from ..data.folder import IMAGE_EXTENSIONS, ImageSettings, inference_loader, left_out_note, scan_image_folder, unreadable_images
+from ..events import StepCallback, step_reporter
+from ..errors import CheckpointError, DataError, import_extra
+from ..model.heads import MarginHead
 from .inference import extract, extract_files, validate
 from .metrics import (
     kfold_accuracy,
@@ -30,8 +30,8 @@ from .metrics import (
     topk_correct,
     verification_stats,
 )
-from .models import EdgeFace
-from .runtime import Precision, resolve_device, resolve_precision
+from ..model.backbones import EdgeFace
+from ..model.runtime import Precision, resolve_device, resolve_precision
 
 
 @dataclass

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_file
-from .config import build_config, default_of
-from .errors import EdgeFaceError, RunDirError
+from ..atomic import atomic_write_file
+from ..config import build_config, default_of
+from ..errors import EdgeFaceError, RunDirError
 from .evaluation import require_matplotlib
-from .rundir import read_metrics
+from ..rundir import read_metrics
 
 
 @dataclass

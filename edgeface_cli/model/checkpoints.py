@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .atomic import atomic_write_stream
-from .errors import CheckpointError
-from .models import EdgeFace, key_shapes
-from .zoo import KEY_PREFIX, ZOO
+from ..atomic import atomic_write_stream
+from ..errors import CheckpointError
+from .backbones import EdgeFace, key_shapes
+from ..zoo import KEY_PREFIX, ZOO
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "backbone")
 DATA_PARALLEL_PREFIXES = ("module.", "_orig_mod.")

@@ -14,7 +14,7 @@ import timm
 import torch
 from torch import nn
 
-from .zoo import DEFAULT_POS_EMB, ZOO
+from ..zoo import DEFAULT_POS_EMB, ZOO
 
 
 class LowRankLinear(nn.Module):

@@ -20,27 +20,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from .augment import EpochAugmentation, plan_epoch, to_model_input
-from .atomic import atomic_write_text
-from .checkpoints import BackboneLoad, atomic_torch_save, load_backbone
-from .config import EdgeFaceConfig, dump_yaml, with_absolute_paths
+from ..data.augment import EpochAugmentation, plan_epoch, to_model_input
+from ..atomic import atomic_write_text
+from ..model.checkpoints import BackboneLoad, atomic_torch_save, load_backbone
+from ..config import EdgeFaceConfig, dump_yaml, with_absolute_paths
 from .distributed import SINGLE, Distributed
-from .events import (
+from ..events import (
     BatchEnded, EpochEnded, EpochStarted, Escalated, EventHandler, Notice, RunStarted, ScanProgress, ValidationProgress,
 )
-from .data import (
+from ..data.folder import (
     ImageSettings, ScanResult, face_dataset, inference_loader, left_out_note, loader_batches, make_loader,
     scan_image_folder, set_loader_epoch, NON_SQUARE_HINT,
 )
-from .errors import DataError, RunDirError
-from .heads import MarginHead
+from ..errors import DataError, RunDirError
+from ..model.heads import MarginHead
 from .sharded_head import ShardedMarginHead, build_head, head_parameter_names, map_head_state
-from .inference import Extracted, embed_with_mirror, validate
+from ..evaluate.inference import Extracted, embed_with_mirror, validate
 from .meter import EpochMeter
-from .metrics import SimilarityHistogram, VerificationStats
+from ..evaluate.metrics import SimilarityHistogram, VerificationStats
 from .optim import HEAD, apply_hyperparameters, build_optimizer, gated_step, lr_factor, optimizer_kind
-from .rundir import EVAL_RESULT, prepare_run_dir, read_metrics, remove_stale_temp_files, write_metrics
-from .runtime import BackboneForward, Precision, prepare_device, resolve_device, resolve_precision
+from ..rundir import EVAL_RESULT, prepare_run_dir, read_metrics, remove_stale_temp_files, write_metrics
+from ..model.runtime import BackboneForward, Precision, prepare_device, resolve_device, resolve_precision
 from .training_state import load_scaler_state, restore_rng_state, rng_state, seed_everything, to_cpu
 
 CHECKPOINT_FORMAT = "edgeface-train/1"

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import EdgeFaceConfig
-from .data import ImageSettings, ScanResult, inference_loader, scan_image_folder
-from .embedder import Embeddings
-from .metrics import leave_one_out_centroid_scores
-from .events import StepCallback, step_reporter
+from ..config import EdgeFaceConfig
+from .folder import ImageSettings, ScanResult, inference_loader, scan_image_folder
+from ..deploy.embedder import Embeddings
+from ..evaluate.metrics import leave_one_out_centroid_scores
+from ..events import StepCallback, step_reporter
 
 PROBLEM, WARNING, INFO = "problem", "warning", "info"
 TRAIN_FEW_IMAGES = 5  # fewer than this per training identity: a warning

@@ -22,14 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
-from .atomic import atomic_write_file, atomic_write_text
-from .augment import normalize
-from .checkpoints import load_backbone
-from .data import ImageSettings, check_image, decode_image
+from .. import __version__
+from ..atomic import atomic_write_file, atomic_write_text
+from ..data.augment import normalize
+from ..model.checkpoints import load_backbone
+from ..data.folder import ImageSettings, check_image, decode_image
 from .embedder import NORMALIZATION, list_images, load_program, sidecar_path
-from .errors import DataError, ParityError, import_extra
-from .models import EdgeFace
+from ..errors import DataError, ParityError, import_extra
+from ..model.backbones import EdgeFace
 
 FORMATS = ("onnx", "pt2", "torchscript", "safetensors")
 SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".ts", "safetensors": ".safetensors"}
@@ -74,7 +74,7 @@ class ExportResult:
 
 def generated_faces(count: int, size: int, seed: int = 0) -> torch.Tensor:
     """Synthetic faces (uint8, N×3×S×S) for when no real images are at hand."""
-    from .sample_data import random_identity, render_face
+    from ..data.sample_data import random_identity, render_face
 
     rng = random.Random(seed)
     faces = [np.asarray(render_face(random_identity(rng), size, rng), dtype=np.uint8).transpose(2, 0, 1) for _ in range(count)]
@@ -207,7 +207,7 @@ def quantize_int8(fp32_path: Path, out: Path, calibration: torch.Tensor) -> None
 
 def alignment_contract() -> dict[str, Any]:
     """What the model's input faces must look like: the crops ``edgeface align`` (and ``--align``) make."""
-    from .alignment.warp import ARCFACE_TEMPLATE, CROP_SIZE
+    from ..data.alignment.warp import ARCFACE_TEMPLATE, CROP_SIZE
 
     return {"faces": "aligned crops: five landmarks (MTCNN) mapped by a least-squares similarity transform onto "
                      "the ArcFace template, then resized to image_size",

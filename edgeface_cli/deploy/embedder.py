@@ -19,16 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .alignment.warp import ARCFACE_TEMPLATE
-from .config import EdgeFaceConfig
-from .data import IMAGE_EXTENSIONS, ImageSettings, inference_loader, scan_image_folder, unreadable_images
-from .errors import CheckpointError, DataError, import_extra
-from .events import StepCallback, step_reporter
-from .evaluation import load_eval_model, model_image_settings
-from .inference import extract, extract_files
-from .rundir import read_eval_threshold, run_dir_of
-from .runtime import FP32, Precision, resolve_device, resolve_precision
-from .zoo import ZOO
+from ..data.alignment.warp import ARCFACE_TEMPLATE
+from ..config import EdgeFaceConfig
+from ..data.folder import IMAGE_EXTENSIONS, ImageSettings, inference_loader, scan_image_folder, unreadable_images
+from ..errors import CheckpointError, DataError, import_extra
+from ..events import StepCallback, step_reporter
+from ..evaluate.evaluation import load_eval_model, model_image_settings
+from ..evaluate.inference import extract, extract_files
+from ..rundir import read_eval_threshold, run_dir_of
+from ..model.runtime import FP32, Precision, resolve_device, resolve_precision
+from ..zoo import ZOO
 
 NORMALIZATION = "pixel / 127.5 - 1 (range [-1, 1]; mean 0.5, std 0.5 on [0, 1])"  # what to_model_input computes
 TEMPLATE = ARCFACE_TEMPLATE.tolist()  # the crops this version makes (export records it in the sidecar)

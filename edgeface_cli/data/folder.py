@@ -25,8 +25,8 @@ from .cache import (
     CacheBuilder, CachedImages, FileEntry, FileVerdict, cache_key, check_space, default_cache_dir, open_cache,
 )
 from .alignment.photos import NO_FACE, NoFaceError
-from .errors import DataError
-from .preflight import IMAGE_EXTENSIONS, check_image_folder
+from ..errors import DataError
+from ..preflight import IMAGE_EXTENSIONS, check_image_folder
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is unreadable, not silently grey
 NON_SQUARE_HINT = (
     "EdgeFace expects aligned square face crops (112x112); align the photos first with edgeface align IN OUT "

@@ -14,7 +14,7 @@ import torch
 from timm.optim import param_groups_weight_decay
 from torch import nn
 
-from .config import EdgeFaceConfig
+from ..config import EdgeFaceConfig
 
 HEAD = "head"
 BACKBONE = "backbone"

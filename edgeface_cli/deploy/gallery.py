@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_write_stream
+from ..atomic import atomic_write_stream
 from .embedder import Embeddings
-from .errors import DataError
-from .metrics import class_centroids
+from ..errors import DataError
+from ..evaluate.metrics import class_centroids
 
 GALLERY_FORMAT = 1
 

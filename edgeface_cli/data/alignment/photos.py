@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..errors import DataError
+from ...errors import DataError
 from .detector import Detector, Face, FaceChoice, choose_faces
 from .warp import CROP_SIZE, warp_face
 

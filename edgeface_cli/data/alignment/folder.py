@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_stream, atomic_write_text
-from ..errors import DataError
-from ..preflight import IMAGE_EXTENSIONS, is_system_file
+from ...atomic import atomic_write_stream, atomic_write_text
+from ...errors import DataError
+from ...preflight import IMAGE_EXTENSIONS, is_system_file
 from .detector import Detector, FaceChoice
 from .photos import NO_FACE, align_photo, read_photo
 

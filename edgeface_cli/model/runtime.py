@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import DeviceError
+from ..errors import DeviceError
 
 
 def resolve_device(spec: str) -> torch.device:

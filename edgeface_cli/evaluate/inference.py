@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .heads import MarginHead
+from ..model.heads import MarginHead
 from .metrics import SimilarityHistogram, VerificationStats, all_pairs_histogram, topk_correct, verification_stats
-from .augment import to_model_input
-from .data import BatchLoader, ImageSettings, Sample, inference_loader
-from .runtime import Precision
+from ..data.augment import to_model_input
+from ..data.folder import BatchLoader, ImageSettings, Sample, inference_loader
+from ..model.runtime import Precision
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 
 # Bump when decoding changes (draft mode, EXIF, crop, resampling): old caches are then never read.
 DECODER_VERSION = 2
