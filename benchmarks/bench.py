@@ -32,10 +32,11 @@ from torch.utils.data import DataLoader
 
 from edgeface_cli.data.augment import plan_epoch, to_model_input
 from edgeface_cli.config import build_config
-from edgeface_cli.data.folder import ImageSettings, face_dataset, inference_loader, make_loader, scan_image_folder
-from edgeface_cli.train.engine import train
+from edgeface_cli.data.folder import ImageSettings, scan_image_folder
+from edgeface_cli.data.loaders import face_dataset, inference_loader, make_loader
+from edgeface_cli.training.run import train
 from edgeface_cli.model.heads import MarginHead
-from edgeface_cli.evaluate.inference import extract
+from edgeface_cli.evaluation.inference import extract
 from edgeface_cli.model.backbones import EdgeFace
 from edgeface_cli.model.runtime import prepare_device, resolve_device, resolve_precision
 from edgeface_cli.data.sample_data import write_sample_dataset
@@ -324,7 +325,7 @@ def bench_embedding(root: Path, size: int, batch_size: int, workers: int, device
 ALL_PAIRS_CHILD = """
 import resource, time, json, torch
 from pathlib import Path
-from edgeface_cli.evaluate.metrics import all_pairs_histogram, verification_stats
+from edgeface_cli.evaluation.metrics import all_pairs_histogram, verification_stats
 
 def peak_gb():
     # VmHWM belongs to this process image; ru_maxrss would include the parent's memory at fork.

@@ -69,7 +69,7 @@ def checkpoint_seeds(folder: Path) -> dict[str, bytes]:
 
 
 def run_checkpoints(folder: Path, per_seed: int) -> Iterator[tuple[str, Callable[[], object]]]:
-    from edgeface_cli.model.checkpoints import read_checkpoint
+    from edgeface_cli.model.checkpoint_io import read_checkpoint
 
     rng = random.Random(SEED)
     for name, data in checkpoint_seeds(folder).items():
@@ -127,7 +127,7 @@ def run_images(folder: Path, per_seed: int) -> Iterator[tuple[str, Callable[[], 
 
 
 def run_pairs(folder: Path, per_seed: int) -> Iterator[tuple[str, Callable[[], object]]]:
-    from edgeface_cli.evaluate.evaluation import read_pairs
+    from edgeface_cli.evaluation.evaluator import read_pairs
 
     root = folder / "pairs-root"
     (root / "alice").mkdir(parents=True, exist_ok=True)

@@ -16,10 +16,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import edgeface_cli.train.engine as engine
+import edgeface_cli.training.trainer as engine
 from edgeface_cli.cli import app
 from edgeface_cli.errors import DataError
-from edgeface_cli.evaluate.evaluation import read_pairs
+from edgeface_cli.evaluation.evaluator import read_pairs
 
 from .conftest import FAST
 

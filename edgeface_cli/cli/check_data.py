@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -65,14 +66,9 @@ def check_data(
     from ..data.doctor import check_data as run_checks
     from .render import StepProgress
 
-    embed = None
-    if checkpoint is not None:
-        from ..deploy.embedder import embed_tree, load_embedder
-
-        embedder = load_embedder(checkpoint, resolved)
-        embed = lambda folder: embed_tree(embedder, folder, resolved.data.batch_size, resolved.data.workers)  # noqa: E731
+    model_findings = _label_noise_check(checkpoint, resolved) if checkpoint is not None else None
     with StepProgress(err_console) as progress:
-        report = run_checks(resolved, embed, progress.update)
+        report = run_checks(resolved, model_findings, progress.update)
     result = report.to_dict()
     if out is not None:
         import json
@@ -88,6 +84,21 @@ def check_data(
             err_console.print(f"wrote {escape(str(out))}")
     if report.has_problems:
         raise typer.Exit(EXIT_DIFFERENCES)
+
+
+def _label_noise_check(checkpoint: Path, resolved: Any) -> Callable[[Path], list[Any]]:
+    """The model-based findings on an identity-folder tree, with ``checkpoint``'s embeddings."""
+    from ..deploy.embedder import embed_tree, load_embedder
+    from ..evaluation.label_noise import label_noise_findings
+
+    embedder = load_embedder(checkpoint, resolved)
+
+    def findings(folder: Path) -> list[Any]:
+        embedded = embed_tree(embedder, folder, resolved.data.batch_size, resolved.data.workers)
+        assert embedded.labels is not None and embedded.identities is not None
+        return label_noise_findings(embedded.vectors, embedded.labels, embedded.identities, embedded.paths)
+
+    return findings
 
 
 def _print_report(report: Any, train_dir: Path, val_dir: Optional[Path]) -> None:

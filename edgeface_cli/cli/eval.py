@@ -57,7 +57,7 @@ def eval_(
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """Closed-set accuracy, cosine similarity and verification metrics (ROC AUC, EER, TAR@FAR, 10-fold)."""
-    from ..evaluate.evaluation import evaluate, plot_path, save_embeddings, save_plot
+    from ..evaluation.evaluator import evaluate, plot_path, save_embeddings, save_plot
     from ..preflight import check_output_file
 
     resolved = resolve_config(

@@ -47,7 +47,8 @@ def inspect_keys(
     Exit 0 when everything matches (or --write-fixed wrote a repaired file), 1 when anything differs,
     2 when the checkpoint cannot be read.
     """
-    from ..model.checkpoints import atomic_torch_save, fix_state_dict, inspect_checkpoint
+    from ..model.checkpoint_io import atomic_torch_save
+    from ..model.checkpoints import fix_state_dict, inspect_checkpoint
 
     resolved = resolve_config(
         config, set_, **{"model.checkpoint": edgeface, "model.arch": arch}

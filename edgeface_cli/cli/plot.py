@@ -18,8 +18,8 @@ def plot(
     force: bool = typer.Option(False, "--force", help="Overwrite --out."),
 ) -> None:
     """Loss, accuracy, similarity, learning rates and skipped batches per epoch; stages, escalations and guard stops marked."""
-    from ..evaluate.evaluation import plot_path
-    from ..evaluate.plots import plot_runs
+    from ..evaluation.evaluator import plot_path
+    from ..evaluation.plots import plot_runs
     from ..preflight import check_output_file
 
     out = plot_path(out)

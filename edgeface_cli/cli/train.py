@@ -123,8 +123,8 @@ def run_and_report(
 
     # Before torch loads: a wrong path or an unwritable --out is answered at once, not after the scan.
     check_training_inputs(resolved.data.train_dir, resolved.data.val_dir, resume or resolved.runtime.out)
-    from ..train.distributed import from_environment, shutdown
-    from ..train.engine import train as run_training
+    from ..training.distributed import from_environment, shutdown
+    from ..training.run import train as run_training
     from .render import TrainRenderer
 
     distributed = from_environment(resolved.runtime.device, resolved.runtime.collective_timeout_s)  # torchrun

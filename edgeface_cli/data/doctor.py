@@ -25,9 +25,8 @@ import torch
 from PIL import Image
 
 from ..config import EdgeFaceConfig
-from .folder import ImageSettings, ScanResult, inference_loader, scan_image_folder
-from ..deploy.embedder import Embeddings
-from ..evaluate.metrics import leave_one_out_centroid_scores
+from .folder import ImageSettings, scan_image_folder, ScanResult
+from .loaders import inference_loader
 from ..events import StepCallback, step_reporter
 
 PROBLEM, WARNING, INFO = "problem", "warning", "info"
@@ -237,51 +236,10 @@ def _size_findings(images: list[Entry], settings: ImageSettings) -> tuple[list[F
     return findings, stats
 
 
-def _label_noise_findings(vectors: np.ndarray, labels: np.ndarray, names: list[str], paths: list[str]) -> list[Finding]:
-    """Images nearer another identity's centre than their own (leave-one-out), and identities whose images disagree."""
-    count = len(names)
-    sizes = np.bincount(labels, minlength=count)
-    rows = np.arange(len(labels))
-    # Each image against every centre, its own centre computed without it (eval's nearest-centroid scores).
-    scores = leave_one_out_centroid_scores(torch.from_numpy(vectors), torch.from_numpy(labels), count).numpy()
-    own = scores[rows, labels]
-    scores[rows, labels] = -np.inf
-    nearest = scores.argmax(axis=1)
-    nearest_similarity = scores.max(axis=1)
-    # An identity with one image has no centre left without it: never a suspect by this test.
-    suspect = np.flatnonzero((sizes[labels] > 1) & (nearest_similarity > own))
-    suspect = suspect[np.argsort(-(nearest_similarity[suspect] - own[suspect]))]
-    findings = []
-    if len(suspect):
-        findings.append(Finding(
-            "possible mislabels", PROBLEM,
-            f"{len(suspect)} images are closer to another identity's centre than to their own",
-            "look at each: a wrong folder, a mixed-up identity, or a bad crop", len(suspect),
-            [{"file": paths[i], "identity": names[labels[i]], "own_similarity": float(own[i]),
-              "nearest_identity": names[nearest[i]], "nearest_similarity": float(nearest_similarity[i])} for i in suspect[:LISTED]]))
-    sums = np.zeros((count, vectors.shape[1]))
-    np.add.at(sums, labels, vectors)
-    # Mean pairwise similarity within each identity: (|sum|^2 - n) / (n (n - 1)).
-    valid = sizes > 1
-    agreement = np.full(count, np.nan)
-    agreement[valid] = ((sums[valid] ** 2).sum(1) - sizes[valid]) / (sizes[valid] * (sizes[valid] - 1))
-    if valid.sum() >= 3:
-        values = agreement[valid]
-        cutoff = float(np.median(values) - 3 * np.median(np.abs(values - np.median(values))) * 1.4826)
-        loose = [int(i) for i in np.argsort(agreement) if valid[i] and agreement[i] < cutoff]
-        if loose:
-            findings.append(Finding(
-                "identities whose images disagree", WARNING,
-                f"{len(loose)} identities have unusually low similarity between their own images (below {cutoff:.3f})",
-                "two people in one folder, or very mixed image quality: look through these folders", len(loose),
-                [{"identity": names[i], "mean_similarity": float(agreement[i]), "images": int(sizes[i])} for i in loose[:LISTED]]))
-    return findings
-
-
-def check_data(config: EdgeFaceConfig, embed: Callable[[Path], Embeddings] | None = None,
+def check_data(config: EdgeFaceConfig, model_findings: Callable[[Path], list[Finding]] | None = None,
                progress: StepCallback | None = None) -> DataReport:
-    """Every check on ``config.data.train_dir`` (and ``val_dir``); ``embed(folder)`` (a model's embeddings
-    of an identity-folder tree) enables the model-based checks on the training images."""
+    """Every check on ``config.data.train_dir`` (and ``val_dir``); ``model_findings(train_dir)`` adds the checks
+    that need a model (``evaluation.label_noise``: a model's embeddings of the training images)."""
     data = config.data
     settings = ImageSettings.from_config(data)
     assert data.train_dir is not None
@@ -320,9 +278,7 @@ def check_data(config: EdgeFaceConfig, embed: Callable[[Path], Embeddings] | Non
             "grayscale images", INFO if gray.mean() < 0.5 else WARNING, f"{gray.mean():.0%} of images are grayscale",
             "fine in moderation; if most images are grayscale, so should be the ones the model will see",
             int(gray.sum()), [{"file": str(images[i].path)} for i in np.flatnonzero(gray)[:LISTED]]))
-    if embed is not None:
-        embedded = embed(data.train_dir)
-        assert embedded.labels is not None and embedded.identities is not None
-        findings += _label_noise_findings(embedded.vectors, embedded.labels, embedded.identities, embedded.paths)
+    if model_findings is not None:
+        findings += model_findings(data.train_dir)
     order = {PROBLEM: 0, WARNING: 1, INFO: 2}
     return DataReport(sorted(findings, key=lambda finding: order[finding.severity]), stats)

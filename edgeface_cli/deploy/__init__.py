@@ -1,1 +1,9 @@
-"""deploy"""
+"""Deployment: any run, checkpoint or exported file as an embedding function (``embedder``), exports with a
+parity check and int8 quantisation (``export``), and galleries for enroll/identify (``gallery``).
+
+May import: model, data, evaluation and the top-level modules; nothing from training or cli.
+"""
+
+from .embedder import Embedder, load_embedder
+
+__all__ = ["Embedder", "load_embedder"]

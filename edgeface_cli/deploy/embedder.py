@@ -21,11 +21,12 @@ from torch import nn
 
 from ..data.alignment.warp import ARCFACE_TEMPLATE
 from ..config import EdgeFaceConfig
-from ..data.folder import IMAGE_EXTENSIONS, ImageSettings, inference_loader, scan_image_folder, unreadable_images
+from ..data.folder import IMAGE_EXTENSIONS, ImageSettings, scan_image_folder, unreadable_images
+from ..data.loaders import inference_loader
 from ..errors import CheckpointError, DataError, import_extra
 from ..events import StepCallback, step_reporter
-from ..evaluate.evaluation import load_eval_model, model_image_settings
-from ..evaluate.inference import extract, extract_files
+from ..evaluation.evaluator import load_eval_model, model_image_settings
+from ..evaluation.inference import extract, extract_files
 from ..rundir import read_eval_threshold, run_dir_of
 from ..model.runtime import FP32, Precision, resolve_device, resolve_precision
 from ..zoo import ZOO

@@ -21,7 +21,7 @@ import torch
 from ..atomic import atomic_write_stream
 from .embedder import Embeddings
 from ..errors import DataError
-from ..evaluate.metrics import class_centroids
+from ..evaluation.metrics import class_centroids
 
 GALLERY_FORMAT = 1
 

@@ -3,5 +3,5 @@
 ``detector`` is the interface (``Face``, ``Detector``, ``choose_faces``); ``mtcnn``/``mtcnn_nets`` the official
 cascade with its shipped weights; ``warp`` the landmarks-to-crop transform; ``folder`` aligns a photo tree
 incrementally (``edgeface align``); ``photos`` aligns photos in memory for every ``--align`` flag.
-Imports torch (the detector); nothing here imports the training, evaluation or deploy code.
+May import: the top-level modules (errors, atomic, preflight), torch, numpy and PIL; nothing else of edgeface.
 """

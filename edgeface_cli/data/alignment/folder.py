@@ -20,7 +20,7 @@ from ...atomic import atomic_write_stream, atomic_write_text
 from ...errors import DataError
 from ...preflight import IMAGE_EXTENSIONS, is_system_file
 from .detector import Detector, FaceChoice
-from .photos import NO_FACE, align_photo, read_photo
+from .photos import align_photo, read_photo
 
 RECORDS = "align.jsonl"
 FORMATS = {"png": ".png", "jpg": ".jpg"}

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgeface_cli.data.folder import EpochBatches
+from edgeface_cli.data.loaders import EpochBatches
 
-from .conftest import FAST
+from ..conftest import FAST
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def torchrun(tmp_path: Path, *args: str, timeout: int = 180) -> subprocess.CompletedProcess:
@@ -85,8 +85,8 @@ def test_a_nan_on_one_rank_stops_every_rank_together(sample_dataset: Path, tmp_p
 @pytest.mark.parametrize("world", [2])
 def test_metrics_are_reduced_across_ranks(world: int) -> None:
     """Two ranks' meters read as the sum of both (checked without a process group by faking one)."""
-    from edgeface_cli.train.distributed import Distributed
-    from edgeface_cli.train.meter import EpochMeter
+    from edgeface_cli.training.distributed import Distributed
+    from edgeface_cli.training.meter import EpochMeter
 
     class FakeTwoRanks(Distributed):
         def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -137,7 +137,7 @@ def test_sharded_head_equals_the_whole_head(tmp_path: Path, kind: str) -> None:
     from .sharded_check import CLASSES, EMBEDDING, problem
 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "tests.sharded_check", str(tmp_path), kind]
+               "-m", "tests.training.sharded_check", str(tmp_path), kind]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from edgeface_cli.cli import app
 
-from .conftest import FAST
+from ..conftest import FAST
 
 runner = CliRunner()
 
@@ -151,7 +151,7 @@ def test_plot_suffix_is_checked_before_any_work_and_a_bare_name_becomes_png(
     trained_run: Path, sample_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("matplotlib")
-    import edgeface_cli.evaluate.evaluation as evaluation
+    import edgeface_cli.evaluation.evaluator as evaluation
 
     base = ["eval", "--val-dir", str(sample_dataset / "val"), "--checkpoint", str(trained_run)]
     monkeypatch.setattr(evaluation, "evaluate", lambda *args, **kwargs: pytest.fail("evaluated before the check"))

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from edgeface_cli.cli import app
 from edgeface_cli.data.doctor import near_pairs
 
-from .conftest import FAST
+from ..conftest import FAST
 
 runner = CliRunner()
 

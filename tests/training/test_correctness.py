@@ -12,20 +12,21 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-import edgeface_cli.train.engine as engine
-import edgeface_cli.train.sharded_head as sharded_head
+import edgeface_cli.training.state as run_state
+import edgeface_cli.training.trainer as engine
+import edgeface_cli.training.sharded_head as sharded_head
 from edgeface_cli.cli import app
 from edgeface_cli.config import EdgeFaceConfig, build_config
 from edgeface_cli.data.folder import load_image, scan_image_folder
 from edgeface_cli.errors import DeviceError
 from edgeface_cli.model.heads import MarginHead
 from edgeface_cli.model.backbones import EdgeFace
-from edgeface_cli.train.optim import BACKBONE_NO_DECAY, build_optimizer
+from edgeface_cli.training.optim import BACKBONE_NO_DECAY, build_optimizer
 from edgeface_cli.model.runtime import Precision, resolve_precision
-from edgeface_cli.train.training_state import restore_rng_state, rng_state
-from edgeface_cli.train.troubleshoot import apply_level
+from edgeface_cli.training.training_state import restore_rng_state, rng_state
+from edgeface_cli.training.troubleshoot import apply_level
 
-from .conftest import FAST
+from ..conftest import FAST
 
 runner = CliRunner()
 FP16_ON_CPU = Precision(None, True)  # a GradScaler on the CPU, as fp16 uses on a GPU (no autocast here)
@@ -129,7 +130,7 @@ def test_best_pt_is_written_before_last_pt(sample_dataset: Path, tmp_path: Path,
 
     monkeypatch.setattr(engine.Trainer, "_validate_into", every_epoch_is_better)
     written: list[tuple[int, str]] = []
-    original_save = engine.atomic_torch_save
+    original_save = run_state.atomic_torch_save
 
     def save_then_die(obj, path: Path) -> None:
         epoch = written[-1][0] if written and path.name != "best.pt" else None
@@ -138,7 +139,7 @@ def test_best_pt_is_written_before_last_pt(sample_dataset: Path, tmp_path: Path,
             raise KeyboardInterrupt
         original_save(obj, path)
 
-    monkeypatch.setattr(engine, "atomic_torch_save", save_then_die)
+    monkeypatch.setattr(run_state, "atomic_torch_save", save_then_die)
     run_dir = tmp_path / "run"
     result = run_train(sample_dataset, run_dir, "--stage1-epochs", "0", "--epochs", "2")
     assert result.exit_code == 130
@@ -146,7 +147,7 @@ def test_best_pt_is_written_before_last_pt(sample_dataset: Path, tmp_path: Path,
     best = torch.load(run_dir / "best.pt", weights_only=True)
     last = torch.load(run_dir / "last.pt", weights_only=True)
     assert best["epoch"] >= last["best"]["epoch"]  # last.pt never names a best epoch best.pt lacks
-    monkeypatch.setattr(engine, "atomic_torch_save", original_save)
+    monkeypatch.setattr(run_state, "atomic_torch_save", original_save)
     assert runner.invoke(app, ["train", "--resume", str(run_dir)]).exit_code == 0
     best = torch.load(run_dir / "best.pt", weights_only=True)
     assert best["epoch"] == torch.load(run_dir / "last.pt", weights_only=True)["best"]["epoch"] == 2
@@ -191,7 +192,7 @@ def test_persistent_fp16_overflow_stops_instead_of_finishing(
 
 
 def test_overflows_count_as_skipped_past_the_allowance_or_below_the_scale_floor() -> None:
-    from edgeface_cli.train.meter import EpochMeter
+    from edgeface_cli.training.meter import EpochMeter
 
     meter = EpochMeter(torch.device("cpu"))
     loss, bad = torch.tensor(1.0), torch.tensor(float("inf"))
@@ -335,7 +336,7 @@ def test_checkpoint_tensors_are_all_on_the_cpu(sample_dataset: Path, tmp_path: P
 def test_non_finite_val_embeddings_warn_and_never_make_the_best_epoch(
     sample_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import edgeface_cli.evaluate.inference as inference
+    import edgeface_cli.evaluation.inference as inference
 
     original = inference.extract
     calls = {"count": 0}
@@ -381,14 +382,14 @@ def test_eval_refuses_non_finite_embeddings(sample_dataset: Path, tmp_path: Path
 def test_escalation_writes_config_before_its_metrics_row(
     sample_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = engine.write_metrics
+    original = run_state.write_metrics
 
     def killed_at_the_escalation_row(run_dir: Path, rows: list[dict]) -> None:
         if any(row.get("event") == "escalation" for row in rows):
             raise KeyboardInterrupt
         original(run_dir, rows)
 
-    monkeypatch.setattr(engine, "write_metrics", killed_at_the_escalation_row)
+    monkeypatch.setattr(run_state, "write_metrics", killed_at_the_escalation_row)
     run_dir = tmp_path / "run"
     nan_epoch_2 = "debug.inject_nan_at=[" + ",".join(str(step) for step in range(4, 8)) + "]"
     result = run_train(sample_dataset, run_dir, "--stage1-epochs", "1", "--epochs", "2", "--auto-troubleshoot",

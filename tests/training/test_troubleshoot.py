@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from edgeface_cli.cli import app
 from edgeface_cli.config import EdgeFaceConfig, build_config
-from edgeface_cli.train.troubleshoot import NothingToEscalate, apply_level
+from edgeface_cli.training.troubleshoot import NothingToEscalate, apply_level
 
-from .conftest import FAST
+from ..conftest import FAST
 
 runner = CliRunner()
 STEPS_PER_EPOCH = 4  # sample_dataset: 30 images, batch 8

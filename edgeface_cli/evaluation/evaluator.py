@@ -14,9 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from ..atomic import atomic_write_stream
-from ..model.checkpoints import load_backbone, read_checkpoint
+from ..model.checkpoint_io import read_checkpoint
+from ..model.checkpoints import load_backbone
 from ..config import EdgeFaceConfig
-from ..data.folder import IMAGE_EXTENSIONS, ImageSettings, inference_loader, left_out_note, scan_image_folder, unreadable_images
+from ..data.folder import IMAGE_EXTENSIONS, ImageSettings, left_out_note, scan_image_folder, unreadable_images
+from ..data.loaders import inference_loader
 from ..events import StepCallback, step_reporter
 from ..errors import CheckpointError, DataError, import_extra
 from ..model.heads import MarginHead

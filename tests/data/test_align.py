@@ -21,7 +21,7 @@ from edgeface_cli.cli import app
 
 # The official weights' example photos and what the official code computed on them live outside the
 # repository (they are not ours to ship): EDGEFACE_SHARED, else the workspace's shared/ folder.
-SHARED = Path(os.environ.get("EDGEFACE_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "mtcnn"
+SHARED = Path(os.environ.get("EDGEFACE_SHARED", Path(__file__).resolve().parents[3] / "shared")) / "mtcnn"
 needs_photos = pytest.mark.skipif(not (SHARED / "golden.json").is_file(),
                                   reason=f"the MTCNN example photos and golden.json are not at {SHARED}")
 runner = CliRunner()

@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 from edgeface_cli.cli import app
 from edgeface_cli.config import build_config
 from edgeface_cli.data.folder import scan_image_folder
-from edgeface_cli.train.engine import train
+from edgeface_cli.training.run import train
 from edgeface_cli.events import BatchEnded
 from edgeface_cli.model.backbones import EdgeFace
 
-from .conftest import FAST, SEED_KEYS
+from ..conftest import FAST, SEED_KEYS
 
 runner = CliRunner()
 
@@ -169,7 +169,7 @@ def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(sample_dataset: P
 
 
 def test_interrupt_via_cli_exits_130_with_resume_hint(sample_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import edgeface_cli.train.engine as engine
+    import edgeface_cli.training.trainer as engine
 
     original = engine.Trainer._train_epoch
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import edgeface_cli.train.engine as engine
+import edgeface_cli.training.trainer as engine
 from edgeface_cli.cli import app
-from edgeface_cli.data.folder import ImageSettings, inference_loader, scan_image_folder
+from edgeface_cli.data.folder import ImageSettings, scan_image_folder
+from edgeface_cli.data.loaders import inference_loader
 from edgeface_cli.model.runtime import resolve_precision
 
 pytestmark = [

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from edgeface_cli.train import distributed as dist_setup
-from edgeface_cli.train.sharded_head import ShardedMarginHead, head_parameter_names
+from edgeface_cli.training import distributed as dist_setup
+from edgeface_cli.training.sharded_head import ShardedMarginHead, head_parameter_names
 
 CLASSES, FEATURES, EMBEDDING, PER_RANK = 7, 12, 8, 5  # 7 classes: blocks of 3 and 4
 

@@ -13,7 +13,8 @@ from torch import nn
 from ..model.heads import MarginHead
 from .metrics import SimilarityHistogram, VerificationStats, all_pairs_histogram, topk_correct, verification_stats
 from ..data.augment import to_model_input
-from ..data.folder import BatchLoader, ImageSettings, Sample, inference_loader
+from ..data.folder import ImageSettings, Sample
+from ..data.loaders import BatchLoader, inference_loader
 from ..model.runtime import Precision
 
 

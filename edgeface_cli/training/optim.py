@@ -115,3 +115,8 @@ def gated_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, s
     elif bool(step_ok):
         optimizer.step()
     scaler.update()
+
+
+def stage_of(epoch: int, config: EdgeFaceConfig) -> int:
+    """1 while the backbone is frozen (the first optim.stage1_epochs epochs), then 2."""
+    return 1 if epoch <= config.optim.stage1_epochs else 2

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from edgeface_cli.cli import app
 from edgeface_cli.config import build_config
 
-from .conftest import FAST
+from ..conftest import FAST
 
 runner = CliRunner()
 
@@ -100,7 +100,7 @@ def test_an_unwritable_out_fails_before_the_scan(sample_dataset: Path, tmp_path:
 
 def test_a_run_stopped_before_its_first_epoch_suggests_force(sample_dataset: Path, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    import edgeface_cli.train.engine as engine
+    import edgeface_cli.training.trainer as engine
 
     original = engine.Trainer._train_epoch
     monkeypatch.setattr(engine.Trainer, "_train_epoch", lambda self, epoch, stage: (_ for _ in ()).throw(KeyboardInterrupt))

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from edgeface_cli.model.heads import MarginHead
-from edgeface_cli.evaluate.metrics import (
+from edgeface_cli.evaluation.metrics import (
     all_pairs_histogram,
     best_threshold_exact,
     kfold_accuracy,

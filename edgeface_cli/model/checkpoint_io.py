@@ -1,0 +1,201 @@
+"""Reading checkpoints of any common format safely, and writing them atomically.
+
+Pickles are only ever read with ``torch.load(weights_only=True)``: a file that needs arbitrary Python
+globals is refused, never executed. TorchScript archives and safetensors files are read as tensors only.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import struct
+import warnings
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..atomic import atomic_write_stream
+from ..errors import CheckpointError
+from ..zoo import KEY_PREFIX
+
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "backbone")
+DATA_PARALLEL_PREFIXES = ("module.", "_orig_mod.")
+TIMM_TOP_LEVEL = ("stem.", "stages.", "head.", "norm_pre.")
+FIX_HINT = "pass a checkpoint saved with torch.save(model.state_dict(), PATH), a TorchScript archive or a .safetensors file"
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path
+    format: str  # e.g. "torch (wrapped under 'state_dict', 'module.' prefix stripped)"
+    state_dict: dict[str, torch.Tensor]
+    extras: dict[str, Any] = field(default_factory=dict)  # non-tensor entries of a training checkpoint
+
+
+# ------------------------------------------------------------------ reading
+
+
+def _refusal_detail(message: str) -> str:
+    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    if match:
+        return f"it needs the Python global {match.group(1)}"
+    return "it needs Python objects beyond tensors"
+
+
+def _load_pickle(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refused to load {path}: {_refusal_detail(str(exc))}, so unpickling it could run code "
+            "(nothing was executed). If you trust its source, load it yourself and re-save "
+            "torch.save(obj.state_dict(), 'clean.pt')"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - a corrupt pickle fails in many ways (IndexError, KeyError, ...)
+        raise CheckpointError(
+            f"cannot read {path}: the file is truncated or corrupt ({type(exc).__name__}: {_first_line(exc)}); "
+            f"{FIX_HINT}"
+        ) from None
+
+
+def _load_torchscript(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        with warnings.catch_warnings():
+            # torch>=2.9 flags TorchScript as deprecated; reading published .pt archives must stay quiet.
+            warnings.simplefilter("ignore", FutureWarning)
+            scripted = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - a damaged archive fails in many ways; all mean "unreadable"
+        raise CheckpointError(f"cannot read TorchScript archive {path}: {_first_line(exc)}") from None
+    return {key: value for key, value in scripted.state_dict().items()}
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # noqa: BLE001 - SafetensorError or any other parse failure: "not valid"
+        raise CheckpointError(f"cannot read {path}: not a valid .safetensors file ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first sentence of an exception message: enough to name the problem, short enough for one line."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    first = text.splitlines()[0].split(". ")[0]
+    return first[:160]
+
+
+def _sniff(path: Path) -> str:
+    """Which reader a file needs, from its bytes rather than its name."""
+    with path.open("rb") as handle:
+        head = handle.read(4096)
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except Exception:  # noqa: BLE001 - BadZipFile, undecodable names, ...: torch.load reports the corruption
+            return "torch"
+        if any("/code/" in name or name.endswith("constants.pkl") for name in names):
+            return "torchscript"
+        return "torch"
+    if head[:1] == b"\x80":  # pickle protocol marker: legacy torch.save
+        return "torch"
+    if len(head) >= 9:
+        (header_size,) = struct.unpack("<Q", head[:8])
+        if 0 < header_size < 100_000_000 and head[8:9] == b"{":
+            return "safetensors"
+    if b"\x00" not in head:
+        try:
+            head.decode("utf-8")
+            return "text"
+        except UnicodeDecodeError:
+            pass
+    return "unknown"
+
+
+def _tensor_mapping(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and any(isinstance(value, torch.Tensor) for value in obj.values())
+
+
+def _unwrap(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], list[str], dict[str, Any]]:
+    notes: list[str] = []
+    extras: dict[str, Any] = {}
+    depth = 0
+    while isinstance(obj, Mapping) and depth < 4:
+        wrapper = next((key for key in WRAPPER_KEYS if isinstance(obj.get(key), Mapping)), None)
+        if wrapper is None:
+            break
+        if depth == 0:
+            extras = {key: value for key, value in obj.items() if key != wrapper}
+        notes.append(f"wrapped under '{wrapper}'")
+        obj = obj[wrapper]
+        depth += 1
+    if not _tensor_mapping(obj):
+        kind = type(obj).__name__
+        keys = ", ".join(list(map(str, obj))[:8]) if isinstance(obj, Mapping) else ""
+        detail = f" (top-level keys: {keys})" if keys else ""
+        raise CheckpointError(f"{path} holds no state_dict: found a {kind} without tensors{detail}; {FIX_HINT}")
+    state = {str(key): value for key, value in obj.items() if isinstance(value, torch.Tensor)}
+    return state, notes, extras
+
+
+def normalize_keys(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Strip DataParallel/compile prefixes and add the published ``model.`` prefix to bare timm keys."""
+    notes: list[str] = []
+    changed = True
+    while changed and state:
+        changed = False
+        for prefix in DATA_PARALLEL_PREFIXES:
+            if all(key.startswith(prefix) for key in state):
+                state = {key[len(prefix):]: value for key, value in state.items()}
+                notes.append(f"'{prefix}' prefix stripped")
+                changed = True
+    if state and not any(key.startswith(KEY_PREFIX) for key in state):
+        if any(key.startswith(TIMM_TOP_LEVEL) for key in state):
+            state = {KEY_PREFIX + key: value for key, value in state.items()}
+            notes.append(f"bare timm keys, '{KEY_PREFIX}' prefix added")
+    return state, notes
+
+
+def read_checkpoint(path: Path | str) -> LoadedCheckpoint:
+    """Read a backbone state_dict from any supported format. Raises CheckpointError with one clear line."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}; check the path given to --edgeface/--checkpoint")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the download or copy did not finish")
+    kind = _sniff(path)
+    extras: dict[str, Any] = {}
+    if kind == "text":
+        raise CheckpointError(f"{path} is a text file, not a checkpoint; {FIX_HINT}")
+    if kind == "unknown":
+        raise CheckpointError(f"{path} is not a checkpoint format edgeface knows; {FIX_HINT}")
+    if kind == "safetensors":
+        raw: Any = _load_safetensors(path)
+        label = "safetensors"
+    elif kind == "torchscript":
+        raw = _load_torchscript(path)
+        label = "torchscript"
+    else:
+        raw = _load_pickle(path)
+        label = "torch"
+    state, notes, extras = _unwrap(raw, path)
+    state, prefix_notes = normalize_keys(state)
+    notes += prefix_notes
+    fmt = label + (f" ({', '.join(notes)})" if notes else "")
+    return LoadedCheckpoint(path=path, format=fmt, state_dict=state, extras=extras)
+
+
+# ------------------------------------------------------------------ writing
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    atomic_write_stream(path, lambda stream: torch.save(obj, stream))
