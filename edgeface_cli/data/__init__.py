@@ -6,9 +6,14 @@ May import: the top-level modules (config, errors, events, preflight, atomic) an
 evaluation, training, deploy or cli (check-data's model-based checks live in ``evaluation.label_noise``).
 """
 
-from .folder import ImageSettings, Sample, ScanResult, scan_image_folder
-from .loaders import inference_loader, make_loader
-from .sample_data import write_sample_dataset
+from ..lazy import lazy_exports
 
-__all__ = ["ImageSettings", "Sample", "ScanResult", "inference_loader", "make_loader", "scan_image_folder",
-           "write_sample_dataset"]
+__all__, __getattr__ = lazy_exports(__name__, {
+    "ImageSettings": ".folder",
+    "inference_loader": ".loaders",
+    "make_loader": ".loaders",
+    "Sample": ".folder",
+    "scan_image_folder": ".folder",
+    "ScanResult": ".folder",
+    "write_sample_dataset": ".sample_data",
+})

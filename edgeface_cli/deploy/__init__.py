@@ -4,6 +4,9 @@ parity check and int8 quantisation (``export``), and galleries for enroll/identi
 May import: model, data, evaluation and the top-level modules; nothing from training or cli.
 """
 
-from .embedder import Embedder, load_embedder
+from ..lazy import lazy_exports
 
-__all__ = ["Embedder", "load_embedder"]
+__all__, __getattr__ = lazy_exports(__name__, {
+    "Embedder": ".embedder",
+    "load_embedder": ".embedder",
+})

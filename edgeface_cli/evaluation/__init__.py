@@ -5,6 +5,9 @@ file (``evaluator``), check-data's model-based checks (``label_noise``) and runs
 May import: model, data and the top-level modules (rundir included); nothing from training, deploy or cli.
 """
 
-from .evaluator import EvalResult, evaluate
+from ..lazy import lazy_exports
 
-__all__ = ["EvalResult", "evaluate"]
+__all__, __getattr__ = lazy_exports(__name__, {
+    "EvalResult": ".evaluator",
+    "evaluate": ".evaluator",
+})

@@ -6,9 +6,12 @@ May import: the top-level modules (config, errors, zoo, atomic) and torch/timm; 
 training, deploy or cli.
 """
 
-from .backbones import EdgeFace
-from .checkpoint_io import read_checkpoint
-from .checkpoints import BackboneLoad, load_backbone
-from .heads import MarginHead
+from ..lazy import lazy_exports
 
-__all__ = ["BackboneLoad", "EdgeFace", "MarginHead", "load_backbone", "read_checkpoint"]
+__all__, __getattr__ = lazy_exports(__name__, {
+    "BackboneLoad": ".checkpoints",
+    "EdgeFace": ".backbones",
+    "load_backbone": ".checkpoints",
+    "MarginHead": ".heads",
+    "read_checkpoint": ".checkpoint_io",
+})

@@ -6,7 +6,9 @@ escalation), with the optimizer and schedule (``optim``), the epoch meter (``met
 May import: model, data, evaluation (validation) and the top-level modules; nothing from deploy or cli.
 """
 
-from .outcome import RunResult
-from .run import train
+from ..lazy import lazy_exports
 
-__all__ = ["RunResult", "train"]
+__all__, __getattr__ = lazy_exports(__name__, {
+    "RunResult": ".outcome",
+    "train": ".run",
+})
