@@ -150,7 +150,12 @@ class GuardSection(_Section):
 class EvalSection(_Section):
     threshold: float | None = Field(
         None, ge=-1, le=1,
-        description="similarity threshold of verify and identify when the run has no eval.json (from edgeface eval)",
+        description="similarity threshold of verify and identify when eval recorded none for the model in use",
+    )
+    operating_far: float = Field(
+        1e-3, gt=0, lt=1,
+        description="eval stores the threshold that keeps the false-accept rate (different people accepted) at or "
+                    "below this: the operating point of verify and identify",
     )
     far_targets: list[float] = Field(
         [0.01, 0.1], description="false-alarm rates at which identify --probe-dir reports the detection-and-identification rate"
@@ -277,6 +282,13 @@ def format_validation_error(error: ValidationError, sources: dict[str, str] | No
         source = _source_of(sources or {}, field)
         lines.append(f"{field}: {message}" + (f"; set by {source}" if source else ""))
     return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> EdgeFaceConfig:
+    """The Python API's config: defaults < the YAML file ``path`` < ``overrides`` (dotted names, as --set:
+    ``{"data.train_dir": "data/train", "optim.epochs": 10}``). Unlike the CLI, no ./edgeface.yaml is read
+    unless named."""
+    return build_config(Path(path) if path is not None else None, overrides, [], search_default_file=False)
 
 
 def build_config(

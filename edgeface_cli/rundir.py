@@ -12,9 +12,10 @@ from typing import Any
 from .atomic import atomic_write_text
 from .errors import RunDirError
 
-EVAL_RESULT = "eval.json"  # the last `eval` of the run: its threshold is verify's and identify's default
-# eval.json included: a run overwritten with --force must not keep the old model's threshold.
-RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "backbone.pt", EVAL_RESULT)
+EVAL_RESULT = "eval.json"  # the last `eval` of the run's best.pt (thresholds.py: eval-last.json for last.pt, ...)
+# The eval records included: a run overwritten with --force must not keep the old model's thresholds.
+RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "backbone.pt", EVAL_RESULT,
+             "eval-last.json", "eval-backbone.json")
 CSV_FIELDS = (
     "epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "val_sim_pos", "val_sim_neg",
     "skipped_batches", "skipped_steps", "overflow_steps", "optimizer_steps", "grad_norm_mean", "grad_norm_max", "lr_backbone", "lr_head",
@@ -83,31 +84,10 @@ def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(run_dir / "metrics.csv", buffer.getvalue())
 
 
-# ------------------------------------------------------------------ the last evaluation, for verify/identify
+# ------------------------------------------------------------------ which run a checkpoint belongs to
 
 
 def run_dir_of(checkpoint: Path) -> Path | None:
     """The training run a checkpoint belongs to: the directory itself, or a best.pt/last.pt/backbone.pt's folder."""
     folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
     return folder if (folder / "config.yaml").is_file() and (folder / "metrics.jsonl").is_file() else None
-
-
-def write_eval_result(run_dir: Path, metrics: dict[str, Any], val_dir: Path) -> Path:
-    """Keep the last eval's metrics beside the run: its best threshold becomes verify's and identify's default."""
-    path = run_dir / EVAL_RESULT
-    record = {"evaluated_at": datetime.now().isoformat(timespec="seconds"), "val_dir": str(val_dir.resolve()), **metrics}
-    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
-    return path
-
-
-def read_eval_threshold(run_dir: Path) -> tuple[float, str] | None:
-    """(the last eval's best threshold, where it comes from), or None when the run was never evaluated."""
-    path = run_dir / EVAL_RESULT
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        threshold = float(record["best_threshold"])
-    except (ValueError, KeyError, TypeError):
-        raise RunDirError(f"{path} is damaged; run edgeface eval again to rewrite it") from None
-    return threshold, f"the best threshold of the last eval ({path}, val dir {record.get('val_dir', '?')})"

@@ -26,7 +26,10 @@ METRIC_ROWS = [
     ("sim_gap", ".4f", "same minus different: the larger, the better separated"),
     ("roc_auc", ".4f", "chance a same pair scores above a different pair (1 = perfect)"),
     ("eer", ".4f", "error rate where false accepts equal false rejects (0 = perfect)"),
-    ("best_threshold", ".4f", "similarity threshold with the best pair accuracy"),
+    ("operating_threshold", ".4f", "the threshold verify and identify use: different people accepted at most "
+                                   "{far:g} of the time (eval.operating_far)"),
+    ("operating_tar", ".2%", "same-identity pairs accepted at that threshold"),
+    ("best_threshold", ".4f", "information: the threshold with the best pair accuracy (depends on the pair mix)"),
     ("best_accuracy", ".2%", "pair accuracy at that threshold (the majority answer for every pair scores {baseline})"),
 ]
 
@@ -76,10 +79,14 @@ def eval_(
 
     with StepProgress(console) as progress:
         result = evaluate(resolved, checkpoint, pairs, flip, explicit_size, progress=progress.update)
-    from ..rundir import run_dir_of, write_eval_result
+    from ..evaluation.evaluator import record_eval
 
-    run_dir = run_dir_of(checkpoint)
-    stored = write_eval_result(run_dir, result.metrics, resolved.data.val_dir) if run_dir is not None else None
+    try:
+        stored: Optional[Path] = record_eval(result, resolved.data.val_dir)
+    except OSError as exc:  # a published checkpoint in a read-only folder: the metrics still show
+        stored = None
+        result.notes.append(f"cannot keep the threshold beside {result.fingerprint.file if result.fingerprint else checkpoint}"
+                            f" ({exc.strerror or exc}); verify and identify need --threshold T for it")
     if save_embeddings_to is not None:
         save_embeddings(result, save_embeddings_to)
     if plot is not None:
@@ -93,7 +100,8 @@ def eval_(
             table.add_column(column, overflow="fold")
         for name, spec, meaning in METRIC_ROWS:
             table.add_row(name, _format_metric(metrics[name], spec),
-                          meaning.format(method=metrics["accuracy_method"], baseline=_format_metric(metrics["best_accuracy_baseline"], ".2%")))
+                          meaning.format(method=metrics["accuracy_method"], far=metrics["operating_far"],
+                                         baseline=_format_metric(metrics["best_accuracy_baseline"], ".2%")))
         for far, value in metrics["tar_at_far"].items():
             table.add_row(f"tar@far={far}", _format_metric(value, ".2%"),
                           "true accepts at that false-accept rate" + (" (too few different pairs)" if value is None else ""))
@@ -112,4 +120,7 @@ def eval_(
         if written is not None:
             err_console.print(f"wrote {written}")
     if stored is not None:
-        err_console.print(f"wrote {stored} (verify and identify use its best threshold by default)")
+        what = (f"its threshold {metrics['operating_threshold']:.4f} (FAR {metrics['operating_far']:g})"
+                if metrics["operating_threshold"] is not None else "no threshold (see the note above)")
+        err_console.print(f"wrote {stored}: verify, identify and export use {what} for this model only "
+                          f"(these weights, {metrics['image_size']} px, flip {'on' if metrics['flip'] else 'off'})")

@@ -47,7 +47,8 @@ def export(
         if path is not None:
             check_output_file(path, force)
     resolved = resolve_config(config, set_, **{"runtime.device": "cpu"})
-    from ..deploy.embedder import known_threshold, load_embedder
+    from ..deploy.decisions import decision_threshold
+    from ..deploy.embedder import load_embedder
     from ..deploy.export import export_backbone, reference_images
     from ..rundir import run_dir_of
 
@@ -61,7 +62,8 @@ def export(
 
         trained = build_config(run_dir / "config.yaml", search_default_file=False).data
         folders += [folder for folder in (trained.val_dir, trained.train_dir) if folder is not None]
-    threshold = known_threshold(embedder, resolved)  # None before the run's first eval
+    found, why = decision_threshold(embedder)  # the one eval recorded for these weights, at this size, without flip
+    threshold = (found.value, found.source) if found else None
     with console.status("exporting", spinner="dots") if console.is_terminal else nullcontext() as status:
         images, source = reference_images(folders, embedder.settings, PARITY_IMAGES)
         calibration = reference_images(folders, embedder.settings, CALIBRATION_IMAGES) if int8 else None
@@ -96,6 +98,6 @@ def export(
     for note in result.notes:
         err_console.print(f"note: {escape(note)}", soft_wrap=True)
     if threshold is None:
-        err_console.print("note: the run has no eval.json yet: run edgeface eval on it so that verify and identify "
-                          "know its threshold", soft_wrap=True)
+        err_console.print(f"note: exported without a threshold ({escape(why)}); verify and identify on the "
+                          "export then need --threshold T", soft_wrap=True)
 

@@ -80,7 +80,8 @@ def verify(
     second: Path = typer.Argument(..., help="The other face image."),
     checkpoint: Path = ModelOpt,
     threshold: Optional[float] = typer.Option(
-        None, "--threshold", min=-1.0, max=1.0, help="Same identity at or above this similarity (default: the run's last eval)."),
+        None, "--threshold", min=-1.0, max=1.0,
+        help="Same identity at or above this similarity (default: the one eval recorded for this model)."),
     flip: bool = FlipOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     device: Optional[str] = DeviceOpt,
@@ -90,7 +91,6 @@ def verify(
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """1:1 verification: the cosine similarity of two faces, and whether they are the same person."""
-    from ..deploy.embedder import embed_files, resolve_threshold
     from ..errors import DataError
 
     for path in (first, second):
@@ -98,29 +98,31 @@ def verify(
             raise DataError(f"{path} is a folder: verify compares two image files (embed or identify take folders)")
         if not path.is_file():
             raise DataError(f"image not found: {path}")
-    resolved, embedder = _embedder(checkpoint, config, set_, device, None, align_flag(align, faces))
-    value, source = resolve_threshold(threshold, embedder, resolved)
-    embedded = embed_files(embedder, [first, second], 2, 0, flip)
-    if embedded.unreadable:
-        path, why = embedded.unreadable[0]
-        raise DataError(f"cannot read {path}: {why}")
-    vectors = embedded.vectors if len(embedded.vectors) == 2 else embedded.vectors[[0, 0]]  # the same file twice
-    similarity = float(vectors[0] @ vectors[1])
-    same = similarity >= value
+    _, embedder = _embedder(checkpoint, config, set_, device, None, align_flag(align, faces))
+    result = embedder.verify(first, second, threshold, flip)
     if as_json:
-        print_json({"first": str(first), "second": str(second), "similarity": similarity, "same": same,
-                    "threshold": value, "threshold_source": source, "model": str(embedder.source)})
+        print_json({"first": str(first), "second": str(second), **result.to_json(), "model": str(embedder.source)})
         return
-    console.print(f"similarity {similarity:.4f} -> {'SAME person' if same else 'DIFFERENT people'} "
-                  f"(threshold {value:.4f}, from {escape(source)})")
+    if result.threshold is None:
+        console.print(f"similarity {result.similarity:.4f} (no same/different decision: no threshold applies to "
+                      "this model)")
+        err_console.print(f"note: {escape(result.threshold_reason)}", soft_wrap=True)
+        return
+    console.print(f"similarity {result.similarity:.4f} -> {'SAME person' if result.same else 'DIFFERENT people'} "
+                  f"(threshold {result.threshold.value:.4f}, from {escape(result.threshold.source)})")
 
 
 @app.command("enroll")
 @user_errors
 def enroll(
-    gallery_dir: Path = typer.Argument(..., help="One folder per identity: GALLERY_DIR/<identity>/<image>."),
-    checkpoint: Path = ModelOpt,
+    gallery_dir: Optional[Path] = typer.Argument(
+        None, help="One folder per identity: GALLERY_DIR/<identity>/<image> (not needed with --remove)."),
+    checkpoint: Optional[Path] = typer.Option(
+        None, "--checkpoint", help="The model (required for a new gallery; --add and --remove default to the one "
+                                   "that enrolled it)."),
     out: Path = typer.Option(..., "--out", help="The gallery file to write (.npz)."),
+    add: bool = typer.Option(False, "--add", help="Add GALLERY_DIR's identities to the existing --out gallery."),
+    remove: Optional[list[str]] = typer.Option(None, "--remove", help="Remove this identity from --out. Repeatable."),
     flip: bool = FlipOpt,
     force: bool = typer.Option(False, "--force", help="Overwrite --out."),
     device: Optional[str] = DeviceOpt,
@@ -130,17 +132,45 @@ def enroll(
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
-    """Enroll identities for identify: each identity's mean embedding, plus every image's."""
-    from ..deploy.embedder import known_threshold
-    from ..deploy.gallery import build_gallery, save_gallery
+    """Enroll identities for identify: each identity's mean embedding, plus every image's. --add and --remove
+    change an existing gallery, with the model that enrolled it."""
+    from ..errors import DataError
     from ..preflight import check_image_folder, check_output_file
 
-    check_image_folder(gallery_dir, "gallery")
-    check_output_file(out, force)
-    resolved, embedder = _embedder(checkpoint, config, set_, device, batch_size, align_flag(align, faces))
-    threshold = known_threshold(embedder, resolved)  # None before the run's first eval
-    embedded = _embed(embedder, resolved, [gallery_dir], flip, tree=True)
-    gallery = build_gallery(embedded, str(embedder.source.resolve()), embedder.settings.image_size, flip, threshold)
+    editing = add or bool(remove)
+    if add and remove:
+        raise DataError("--add and --remove: one change at a time")
+    if remove and gallery_dir is not None:
+        raise DataError("--remove takes no GALLERY_DIR: name the identities to remove with --remove ID")
+    if not remove:
+        if gallery_dir is None:
+            raise DataError("name the folder to enroll: edgeface enroll GALLERY_DIR --checkpoint MODEL --out FILE")
+        check_image_folder(gallery_dir, "gallery")
+    if editing and not out.is_file():
+        raise DataError(f"gallery not found: {out}; --add and --remove change an existing gallery")
+    if not editing:
+        check_output_file(out, force)
+        if checkpoint is None:
+            raise DataError("a new gallery needs its model: pass --checkpoint (a run, checkpoint or exported model)")
+    from ..deploy.decisions import decision_threshold
+    from ..deploy.gallery import add_identities, build_gallery, load_gallery, remove_identities, save_gallery
+
+    existing = load_gallery(out) if editing else None
+    model = checkpoint or Path(existing.model)  # type: ignore[union-attr]
+    flip = existing.flip if existing is not None else flip
+    resolved, embedder = _embedder(model, config, set_, device, batch_size, align_flag(align, faces))
+    fingerprint = embedder.fingerprint(flip)
+    if existing is not None:
+        existing.check_model(fingerprint, out)
+    if remove:
+        gallery = remove_identities(existing, remove, fingerprint)  # type: ignore[arg-type]
+    else:
+        embedded = _embed(embedder, resolved, [gallery_dir], flip, tree=True)  # type: ignore[list-item]
+        if existing is not None:
+            gallery = add_identities(existing, embedded, fingerprint)
+        else:
+            found, _ = decision_threshold(embedder, None, flip)  # kept with the gallery when eval recorded one
+            gallery = build_gallery(embedded, fingerprint, (found.value, found.source) if found else None)
     save_gallery(gallery, out)
     console.print(f"wrote {escape(str(out))}: {len(gallery.identities)} identities, {len(gallery.paths)} images "
                   f"({escape(str(embedder.source))})")
@@ -156,7 +186,8 @@ def identify(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="The model (default: the one that enrolled the gallery)."),
     top_k: int = typer.Option(5, "--top-k", min=1, help="Matches shown per probe."),
     threshold: Optional[float] = typer.Option(
-        None, "--threshold", min=-1.0, max=1.0, help="Below this similarity a probe is unknown (default: the run's last eval)."),
+        None, "--threshold", min=-1.0, max=1.0,
+        help="Below this similarity a probe is unknown (default: the one eval recorded for this model)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     device: Optional[str] = DeviceOpt,
     batch_size: Optional[int] = BatchOpt,
@@ -166,21 +197,23 @@ def identify(
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """1:N identification against an enrolled gallery: the best matches, or "unknown" below the threshold."""
-    from ..deploy.embedder import resolve_threshold
-    from ..errors import DataError
+    from ..deploy.decisions import decision_threshold
     from ..deploy.gallery import identify as match, load_gallery, open_set_metrics
+    from ..errors import DataError
+    from ..thresholds import Threshold
 
     if not probes and probe_dir is None:
         raise DataError("name probe images or folders, or pass --probe-dir DIR (one folder per identity)")
     gallery = load_gallery(gallery_file)
     model = checkpoint or Path(gallery.model)
     resolved, embedder = _embedder(model, config, set_, device, batch_size, align_flag(align, faces))
-    if embedder.settings.image_size != gallery.image_size:
-        raise DataError(f"the gallery was enrolled at {gallery.image_size} px, {model} embeds at "
-                        f"{embedder.settings.image_size} px: identify with the model that enrolled it")
-    value, source = resolve_threshold(threshold, embedder, resolved, gallery.threshold)
+    gallery.check_model(embedder.fingerprint(gallery.flip), gallery_file)
+    found, why = decision_threshold(embedder, threshold, gallery.flip)
+    if found is None and gallery.threshold is not None:  # recorded at enroll, for this same model
+        found, why = Threshold(gallery.threshold[0], f"{gallery.threshold[1]} (kept with the gallery)"), ""
+    value = found.value if found else None
     report: dict[str, Any] = {"gallery": str(gallery_file), "model": str(embedder.source), "threshold": value,
-                              "threshold_source": source}
+                              "threshold_source": found.source if found else None, "threshold_reason": why or None}
     results = []
     if probes:
         embedded = _embed(embedder, resolved, probes, gallery.flip)
@@ -201,12 +234,17 @@ def identify(
         for column in ("probe", "answer", f"top {top_k} (similarity)"):
             table.add_column(column, overflow="fold")
         for item in results:
-            table.add_row(escape(item.probe), escape(item.answer) if item.answer else "unknown",
+            answer = (escape(item.answer) if item.answer else "unknown") if found else "no threshold"
+            table.add_row(escape(item.probe), answer,
                           ", ".join(f"{escape(m.identity)} {m.similarity:.3f}" for m in item.matches))
         console.print(table)
     if "open_set" in report:
         _print_open_set(report["open_set"])
-    console.print(f"threshold {value:.4f}, from {escape(source)}")
+    if found is None:
+        console.print("no known/unknown decision: no threshold applies to this model (the ranking above still holds)")
+        err_console.print(f"note: {escape(why)}", soft_wrap=True)
+    else:
+        console.print(f"threshold {found.value:.4f}, from {escape(found.source)}")
 
 
 def _print_open_set(metrics: dict[str, Any]) -> None:

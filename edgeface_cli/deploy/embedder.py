@@ -27,7 +27,9 @@ from ..errors import CheckpointError, DataError, import_extra
 from ..events import StepCallback, step_reporter
 from ..evaluation.evaluator import load_eval_model, model_image_settings
 from ..evaluation.inference import extract, extract_files
-from ..rundir import read_eval_threshold, run_dir_of
+from ..rundir import run_dir_of
+from ..thresholds import ModelFingerprint
+from .decisions import Verification, decision_threshold, verify_embeddings
 from ..model.runtime import FP32, Precision, resolve_device, resolve_precision
 from ..zoo import ZOO
 
@@ -138,6 +140,8 @@ def load_program(path: Path, kind: str) -> nn.Module:
 
 @dataclass
 class Embedder:
+    """A model ready to embed faces: ``Embedder.load(path)``, then ``embed(images)`` or ``verify(a, b)``."""
+
     backbone: nn.Module
     source: Path
     kind: str  # pytorch | onnx | pt2
@@ -145,7 +149,35 @@ class Embedder:
     device: torch.device
     precision: Precision
     run_dir: Path | None  # the training run behind the model, when known
+    config: EdgeFaceConfig  # batch size, workers, eval.threshold
     sidecar: dict[str, Any] | None = None
+
+    @classmethod
+    def load(cls, path: str | Path, config: EdgeFaceConfig | None = None, image_size: int | None = None) -> "Embedder":
+        """A run directory, a checkpoint, a bare backbone or an exported file (``load_embedder``)."""
+        return load_embedder(Path(path), config or EdgeFaceConfig(), image_size)
+
+    def fingerprint(self, flip: bool = False) -> ModelFingerprint:
+        """What its similarities depend on: these weights, this input size and squaring, flip or not."""
+        return ModelFingerprint.of(self.source, self.settings.image_size, self.settings.non_square, flip)
+
+    def embed(self, images: list[str | Path], flip: bool = False) -> np.ndarray:
+        """(N, D) L2-normalised embeddings of image files, in order; DataError names any unreadable file
+        (with ``config.data.align``: any photo without a face)."""
+        embedded = embed_files(self, [Path(image) for image in images], self.config.data.batch_size,
+                               self.config.data.workers, flip)
+        if embedded.unreadable:
+            path, why = embedded.unreadable[0]
+            raise DataError(f"cannot use {path}: {why}")
+        return embedded.vectors
+
+    def verify(self, first: str | Path, second: str | Path, threshold: float | None = None,
+               flip: bool = False) -> Verification:
+        """The cosine similarity of two faces and, where a threshold applies to this model, same or not."""
+        vectors = self.embed([first, second], flip)
+        if len(vectors) == 1:  # the same file twice
+            vectors = vectors[[0, 0]]
+        return verify_embeddings(vectors[0], vectors[1], decision_threshold(self, threshold, flip))
 
 
 def load_embedder(path: Path, config: EdgeFaceConfig, image_size: int | None = None) -> Embedder:
@@ -163,15 +195,14 @@ def load_embedder(path: Path, config: EdgeFaceConfig, image_size: int | None = N
         settings = ImageSettings.from_config(config.data, size)
         if sidecar and sidecar.get("non_square"):
             settings = replace(settings, non_square=sidecar["non_square"])
-        return Embedder(backbone.eval(), path, kind, settings,
-                        torch.device("cpu"), FP32, run_dir, sidecar)
+        return Embedder(backbone.eval(), path, kind, settings, torch.device("cpu"), FP32, run_dir, config, sidecar)
     if sidecar and sidecar.get("arch"):  # a safetensors or TorchScript export: its architecture is known
         config = config.model_copy(update={"model": config.model.model_copy(update={"arch": sidecar["arch"]})})
     device = resolve_device(config.runtime.device)
     model = load_eval_model(path, config)
     settings = model_image_settings(model.training_config, config, image_size or exported_size)
     return Embedder(model.backbone.to(device).eval(), model.source, "pytorch", settings, device,
-                    resolve_precision(config.runtime.amp, device), run_dir, sidecar)
+                    resolve_precision(config.runtime.amp, device), run_dir, config, sidecar)
 
 
 # ------------------------------------------------------------------ images in, embeddings out
@@ -248,37 +279,3 @@ def embed_inputs(embedder: Embedder, inputs: list[Path], batch_size: int, worker
     if len(inputs) == 1 and is_identity_tree(inputs[0]):
         return embed_tree(embedder, inputs[0], batch_size, workers, flip, progress)
     return embed_files(embedder, list_images(inputs), batch_size, workers, flip, progress)
-
-
-# ------------------------------------------------------------------ the decision threshold
-
-
-def resolve_threshold(explicit: float | None, embedder: Embedder, config: EdgeFaceConfig,
-                      stored: tuple[float, str] | None = None) -> tuple[float, str]:
-    """(threshold, where it comes from): --threshold, the run's last eval, one stored with a gallery
-    or an export, or ``eval.threshold`` in the config."""
-    if explicit is not None:
-        return explicit, "--threshold"
-    if embedder.run_dir is not None:
-        found = read_eval_threshold(embedder.run_dir)
-        if found is not None:
-            return found
-    if stored is not None:
-        return stored
-    if embedder.sidecar and isinstance(embedder.sidecar.get("threshold"), dict):
-        entry = embedder.sidecar["threshold"]
-        return float(entry["value"]), f"{entry.get('source', 'the export')} (recorded at export)"
-    if config.eval.threshold is not None:
-        return config.eval.threshold, "eval.threshold in the config"
-    raise DataError(
-        f"no similarity threshold for {embedder.source}: run `edgeface eval --checkpoint RUN --val-dir DIR` once "
-        "(it stores the best threshold in the run), or pass --threshold T, or set eval.threshold"
-    )
-
-
-def known_threshold(embedder: Embedder, config: EdgeFaceConfig) -> tuple[float, str] | None:
-    """The model's threshold when one is recorded anywhere (to store with an export or a gallery), else None."""
-    try:
-        return resolve_threshold(None, embedder, config)
-    except DataError:
-        return None

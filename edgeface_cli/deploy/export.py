@@ -234,7 +234,9 @@ def describe(backbone: EdgeFace, settings: ImageSettings, fmt: str, path: Path, 
                    "compare_with": "cosine similarity of the L2-normalised outputs"},
         "source_checkpoint": str(source.resolve()),
         "parity": {**asdict(checked), "reference": "the PyTorch model in fp32"},
-        "threshold": {"value": threshold[0], "source": threshold[1]} if threshold else None,
+        # Measured without flip at this size: embed/verify on the export use it only so (deploy.decisions).
+        "threshold": ({"value": threshold[0], "source": threshold[1], "image_size": settings.image_size, "flip": False}
+                      if threshold else None),
         "opset": opset,
         "exported_by": f"edgeface-cli {__version__}, torch {torch.__version__}",
     }

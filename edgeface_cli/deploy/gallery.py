@@ -22,6 +22,7 @@ from ..atomic import atomic_write_stream
 from .embedder import Embeddings
 from ..errors import DataError
 from ..evaluation.metrics import class_centroids
+from ..thresholds import ModelFingerprint
 
 GALLERY_FORMAT = 1
 
@@ -37,21 +38,69 @@ class Gallery:
     image_size: int
     flip: bool
     threshold: tuple[float, str] | None  # the model's threshold when enrolled, and its source
+    fingerprint: ModelFingerprint | None = None  # None: enrolled by an edgeface before fingerprints
+
+    def check_model(self, fingerprint: ModelFingerprint, path: Path) -> None:
+        """A gallery is matched, extended or trimmed only with the model and preprocessing that enrolled it."""
+        if self.fingerprint is not None:
+            differences = self.fingerprint.differences(fingerprint)
+        else:  # an older gallery: its model file and image size are all it recorded
+            differences = [f"image size {self.image_size} vs {fingerprint.image_size}"] * (self.image_size != fingerprint.image_size)
+            if Path(self.model).resolve() != Path(fingerprint.file).resolve():
+                differences.append(f"model {self.model} vs {fingerprint.file}")
+        if differences:
+            raise DataError(f"{path} was enrolled with another model or preprocessing ({'; '.join(differences)}; "
+                            "enrolled vs now): use the model that enrolled it, or enroll the gallery again")
 
 
-def build_gallery(embedded: Embeddings, model: str, image_size: int, flip: bool,
-                  threshold: tuple[float, str] | None) -> Gallery:
+def build_gallery(embedded: Embeddings, fingerprint: ModelFingerprint, threshold: tuple[float, str] | None) -> Gallery:
     if embedded.labels is None or embedded.identities is None:
         raise DataError("enroll needs one folder per identity: GALLERY_DIR/<identity>/<image>")
-    labels = torch.from_numpy(embedded.labels.astype(np.int64))
-    centroids = class_centroids(torch.from_numpy(embedded.vectors), labels, len(embedded.identities)).numpy()
-    return Gallery(list(embedded.identities), centroids, embedded.vectors, embedded.labels.astype(np.int64),
-                   embedded.paths, model, image_size, flip, threshold)
+    return _with_centroids(list(embedded.identities), embedded.vectors, embedded.labels.astype(np.int64),
+                           embedded.paths, fingerprint, threshold)
+
+
+def _with_centroids(identities: list[str], embeddings: np.ndarray, labels: np.ndarray, paths: list[str],
+                    fingerprint: ModelFingerprint, threshold: tuple[float, str] | None) -> Gallery:
+    centroids = class_centroids(torch.from_numpy(embeddings), torch.from_numpy(labels), len(identities)).numpy()
+    return Gallery(identities, centroids, embeddings, labels, paths, fingerprint.file, fingerprint.image_size,
+                   fingerprint.flip, threshold, fingerprint)
+
+
+def add_identities(gallery: Gallery, embedded: Embeddings, fingerprint: ModelFingerprint) -> Gallery:
+    """``gallery`` with the identities of ``embedded`` added (enroll --add); an identity already there is refused."""
+    if embedded.labels is None or embedded.identities is None:
+        raise DataError("enroll --add needs one folder per identity: GALLERY_DIR/<identity>/<image>")
+    again = sorted(set(gallery.identities) & set(embedded.identities))
+    if again:
+        raise DataError(f"already enrolled: {', '.join(again[:10])}; remove them first (enroll --remove ID) to "
+                        "enroll their new images")
+    offset = len(gallery.identities)
+    return _with_centroids(gallery.identities + list(embedded.identities),
+                           np.concatenate([gallery.embeddings, embedded.vectors]),
+                           np.concatenate([gallery.labels, embedded.labels.astype(np.int64) + offset]),
+                           gallery.paths + embedded.paths, fingerprint, gallery.threshold)
+
+
+def remove_identities(gallery: Gallery, names: list[str], fingerprint: ModelFingerprint) -> Gallery:
+    """``gallery`` without the identities ``names`` (enroll --remove)."""
+    unknown = sorted(set(names) - set(gallery.identities))
+    if unknown:
+        raise DataError(f"not in the gallery: {', '.join(unknown[:10])} (it holds {len(gallery.identities)} identities)")
+    keep = [index for index, name in enumerate(gallery.identities) if name not in set(names)]
+    if not keep:
+        raise DataError("that would remove every identity; delete the gallery file instead")
+    new_index = {old: new for new, old in enumerate(keep)}
+    rows = np.flatnonzero(np.isin(gallery.labels, keep))
+    return _with_centroids([gallery.identities[index] for index in keep], gallery.embeddings[rows],
+                           np.array([new_index[int(label)] for label in gallery.labels[rows]], dtype=np.int64),
+                           [gallery.paths[row] for row in rows], fingerprint, gallery.threshold)
 
 
 def save_gallery(gallery: Gallery, path: Path) -> None:
     meta = {"format": GALLERY_FORMAT, "model": gallery.model, "image_size": gallery.image_size, "flip": gallery.flip,
-            "threshold": list(gallery.threshold) if gallery.threshold else None}
+            "threshold": list(gallery.threshold) if gallery.threshold else None,
+            "fingerprint": gallery.fingerprint.to_json() if gallery.fingerprint else None}
     atomic_write_stream(path, lambda stream: np.savez(
         stream, identities=np.array(gallery.identities, dtype=str), centroids=gallery.centroids,
         embeddings=gallery.embeddings, labels=gallery.labels, paths=np.array(gallery.paths, dtype=str),
@@ -73,6 +122,7 @@ def load_gallery(path: Path) -> Gallery:
                 arrays["embeddings"].astype(np.float32), arrays["labels"].astype(np.int64),
                 [str(item) for item in arrays["paths"]], str(meta["model"]), int(meta["image_size"]), bool(meta["flip"]),
                 (float(threshold[0]), str(threshold[1])) if threshold else None,
+                ModelFingerprint.from_json(meta["fingerprint"]) if meta.get("fingerprint") else None,
             )
     except Exception:  # noqa: BLE001 - a damaged zip/npy fails in many ways (zlib, zipfile, numpy): all mean "damaged"
         raise DataError(f"{path} is not a gallery written by edgeface enroll (or it is damaged); enroll again") from None
@@ -94,7 +144,7 @@ class Match:
 class Identification:
     probe: str
     matches: list[Match]  # best first
-    answer: str | None  # the best match at or above the threshold; None = unknown
+    answer: str | None  # the best match at or above the threshold; None = unknown (or no threshold)
 
 
 def similarities(gallery: Gallery, probes: np.ndarray) -> np.ndarray:
@@ -105,13 +155,16 @@ def similarities(gallery: Gallery, probes: np.ndarray) -> np.ndarray:
     return probes @ gallery.centroids.T
 
 
-def identify(gallery: Gallery, probes: np.ndarray, paths: list[str], top_k: int, threshold: float) -> list[Identification]:
+def identify(gallery: Gallery, probes: np.ndarray, paths: list[str], top_k: int,
+             threshold: float | None) -> list[Identification]:
+    """The ``top_k`` identities nearest each probe; the answer is the first at or above ``threshold`` (None:
+    no threshold applies, so the ranking is all there is)."""
     scores = similarities(gallery, probes)
     order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
     results = []
     for row, probe in enumerate(paths):
         matches = [Match(gallery.identities[index], float(scores[row, index])) for index in order[row]]
-        answer = matches[0].identity if matches and matches[0].similarity >= threshold else None
+        answer = matches[0].identity if matches and threshold is not None and matches[0].similarity >= threshold else None
         results.append(Identification(probe, matches, answer))
     return results
 
@@ -125,7 +178,7 @@ def _threshold_at_far(unknown_best: np.ndarray, far: float) -> float:
     return float(np.nextafter(ranked[allowed], np.inf))  # just above the first probe that must be rejected
 
 
-def open_set_metrics(gallery: Gallery, probes: np.ndarray, probe_identities: list[str], threshold: float,
+def open_set_metrics(gallery: Gallery, probes: np.ndarray, probe_identities: list[str], threshold: float | None,
                      far_targets: list[float]) -> dict[str, Any]:
     """Rank-1/rank-5 over enrolled-identity probes; DIR at each FAR target and at ``threshold``."""
     scores = similarities(gallery, probes)
@@ -145,8 +198,10 @@ def open_set_metrics(gallery: Gallery, probes: np.ndarray, probe_identities: lis
         "rank1": float(found[known].mean()) if known.any() else None,
         "rank5": float(in_top5[known].mean()) if known.any() else None,
         "threshold": threshold,
-        "dir_at_threshold": float((found & (best >= threshold))[known].mean()) if known.any() else None,
-        "far_at_threshold": float((unknown_best >= threshold).mean()) if len(unknown_best) else None,
+        "dir_at_threshold": (float((found & (best >= threshold))[known].mean())
+                             if known.any() and threshold is not None else None),
+        "far_at_threshold": (float((unknown_best >= threshold).mean())
+                             if len(unknown_best) and threshold is not None else None),
         "dir_at_far": {},
     }
     for far in far_targets:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ..atomic import atomic_write_stream
 from ..model.checkpoint_io import read_checkpoint
 from ..model.checkpoints import load_backbone
-from ..config import EdgeFaceConfig
+from ..config import EdgeFaceConfig, build_config
 from ..data.folder import IMAGE_EXTENSIONS, ImageSettings, left_out_note, scan_image_folder, unreadable_images
 from ..data.loaders import inference_loader
 from ..events import StepCallback, step_reporter
@@ -34,6 +34,8 @@ from .metrics import (
 )
 from ..model.backbones import EdgeFace
 from ..model.runtime import Precision, resolve_device, resolve_precision
+from ..rundir import run_dir_of
+from ..thresholds import ModelFingerprint, eval_record_path, write_eval_record
 
 
 @dataclass
@@ -66,10 +68,28 @@ def load_eval_model(checkpoint: Path, config: EdgeFaceConfig) -> EvalModel:
         )
         head.load_state_dict(extras["head"])
         return EvalModel(backbone, head, list(extras["class_names"]), checkpoint, extras.get("config"))
-    result = load_backbone(
-        checkpoint, config.model.arch, config.model.use_pos_emb, config.model.embedding_dim, allow_missing=False
-    )
-    return EvalModel(result.backbone, None, None, checkpoint, None)
+    trained = run_config(checkpoint)  # a bare backbone.pt of a run: the run says how it was built and fed
+    model = (config.model.model_copy(update={key: trained["model"][key] for key in ("arch", "use_pos_emb", "embedding_dim")})
+             if trained else config.model)
+    result = load_backbone(checkpoint, model.arch, model.use_pos_emb, model.embedding_dim, allow_missing=False)
+    return EvalModel(result.backbone, None, None, checkpoint, trained)
+
+
+def record_eval(result: EvalResult, val_dir: Path) -> Path:
+    """Keep the metrics and threshold where verify, identify, enroll and export look for them, bound to the model
+    measured (``thresholds``): the run's eval.json for its best.pt, else beside the checkpoint."""
+    assert result.fingerprint is not None
+    model_file = Path(result.fingerprint.file)
+    return write_eval_record(eval_record_path(model_file, run_dir_of(model_file)), result.metrics, result.fingerprint,
+                             val_dir)
+
+
+def run_config(checkpoint: Path) -> dict[str, Any] | None:
+    """The config of the training run ``checkpoint`` belongs to (its config.yaml), or None outside a run."""
+    run_dir = run_dir_of(checkpoint)
+    if run_dir is None:
+        return None
+    return build_config(run_dir / "config.yaml", {}, []).model_dump(mode="json")
 
 
 def model_image_settings(trained: dict[str, Any] | None, config: EdgeFaceConfig, image_size: int | None = None) -> ImageSettings:
@@ -187,6 +207,7 @@ class EvalResult:
     paths: list[str] | None = None
     roc: tuple[np.ndarray, np.ndarray] | None = None
     histogram: SimilarityHistogram | None = None
+    fingerprint: ModelFingerprint | None = None  # what was measured: its threshold is for this model only
 
 
 def evaluate(
@@ -229,7 +250,7 @@ def evaluate(
         notes.append(f"{len(val_scan.unreadable)} unreadable val files skipped")
     loader = inference_loader(val_scan.samples, val_scan, settings, config.data.batch_size, config.data.workers, device)
     result = validate(model.backbone, model.head, loader, device, precision, collapse_similarity, min_gap, flip,
-                      step_reporter(progress, "embedding val images"))
+                      step_reporter(progress, "embedding val images"), operating_far=config.eval.operating_far)
     if result.nonfinite:
         raise CheckpointError(
             f"{model.source} gives non-finite (NaN or infinite) embeddings for {result.nonfinite} of {result.images} "
@@ -281,6 +302,13 @@ def evaluate(
         "roc_auc": stats.roc_auc,
         "eer": stats.eer,
         "tar_at_far": stats.tar_at_far,
+        # The operating point verify and identify use: different people accepted at most operating_far of the time.
+        "operating_far": stats.operating_far,
+        "operating_threshold": stats.operating_threshold,
+        "operating_tar": stats.operating_tar if stats.operating_threshold is not None else None,
+        "operating_far_measured": stats.operating_far_measured if stats.operating_threshold is not None else None,
+        "threshold_reason": stats.threshold_reason,
+        # Information only: the accuracy-optimal threshold depends on the mix of same and different pairs.
         "best_threshold": stats.best_threshold,
         "best_accuracy": stats.best_accuracy,
         # Calling every pair "different" (or "same") already scores this: best_accuracy must beat it.
@@ -291,6 +319,10 @@ def evaluate(
         "image_size": size,
         "pairs": None,
     }
+    if stats.threshold_reason:
+        notes.append(f"no operating threshold: {stats.threshold_reason}")
+    elif stats.best_threshold is None:
+        notes.append("no threshold beats answering the majority for every pair: the accuracy-optimal threshold is not kept")
     if stats.collapsed:
         notes.append(
             "embeddings look collapsed: same-identity similarity is near 1 or barely above different-identity similarity"
@@ -322,6 +354,7 @@ def evaluate(
     return EvalResult(
         metrics, notes, extracted.embeddings.numpy(), extracted.labels.numpy(), extracted.identities.numpy(),
         [str(sample.path) for sample in val_scan.samples], stats.roc, result.histogram,
+        ModelFingerprint.of(model.source, size, settings.non_square, flip),
     )
 
 

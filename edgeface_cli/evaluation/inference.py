@@ -149,6 +149,7 @@ def validate(
     extracted: Extracted | None = None,
     stats: tuple[SimilarityHistogram, VerificationStats] | None = None,
     channels_last: bool = False,
+    operating_far: float = 1e-3,
 ) -> Validation:
     """Embed (unless ``extracted`` is given: a frozen backbone's embeddings do not change), then score.
 
@@ -161,7 +162,7 @@ def validate(
     has_head = scored is not None and scored.known > 0
     if stats is None:
         histogram = all_pairs_histogram(torch.nan_to_num(extracted.embeddings), extracted.identities)
-        stats = histogram, verification_stats(histogram, collapse_similarity, min_gap)
+        stats = histogram, verification_stats(histogram, collapse_similarity, min_gap, operating_far)
     return Validation(
         loss=scored.loss_sum / scored.known if has_head and scored else None,
         accuracy=scored.correct_top1 / scored.known if has_head and scored else None,

@@ -95,20 +95,28 @@ class VerificationStats:
     roc_auc: float | None
     eer: float | None
     tar_at_far: dict[str, float | None]
-    best_threshold: float | None
+    best_threshold: float | None  # accuracy-optimal over all pairs; None when it beats no majority answer
     best_accuracy: float | None
     collapsed: bool
     roc: tuple[np.ndarray, np.ndarray] | None = None  # (far, tar), thresholds high to low
+    # The deployment threshold: the lowest that keeps the false-accept rate at or below the target.
+    operating_far: float = 1e-3
+    operating_threshold: float | None = None
+    operating_tar: float | None = None
+    operating_far_measured: float | None = None
+    threshold_reason: str | None = None  # why there is no operating threshold
 
 
 def verification_stats(
-    histogram: SimilarityHistogram, collapse_similarity: float = 0.999, min_gap: float = 0.01
+    histogram: SimilarityHistogram, collapse_similarity: float = 0.999, min_gap: float = 0.01,
+    operating_far: float = 1e-3,
 ) -> VerificationStats:
     pos_mean, pos_std = _mean_std(histogram.positive_sum, histogram.positive_sq, histogram.n_positive)
     neg_mean, neg_std = _mean_std(histogram.negative_sum, histogram.negative_sq, histogram.n_negative)
     gap = pos_mean - neg_mean if pos_mean is not None and neg_mean is not None else None
     n_pos, n_neg = histogram.n_positive, histogram.n_negative
     roc_auc = eer = best_threshold = best_accuracy = None
+    operating_threshold = operating_tar = operating_far_measured = threshold_reason = None
     tar_at_far: dict[str, float | None] = {name: None for name in FAR_TARGETS}
     roc = None
     if n_pos and n_neg:
@@ -129,14 +137,28 @@ def verification_stats(
         correct = accepted_pos + (n_neg - accepted_neg)
         best = int(np.argmax(correct))
         best_accuracy = float(correct[best] / (n_pos + n_neg))
-        best_threshold = float(-1.0 + 2.0 * best / histogram.bins)
+        # A threshold that scores no better than answering the majority for every pair decides nothing.
+        best_threshold = float(-1.0 + 2.0 * best / histogram.bins) if correct[best] > max(n_pos, n_neg) else None
         roc = (far_rev, tar_rev)
+        operating = int(np.argmax(far <= operating_far))  # far falls as the threshold rises: the first is the lowest
+        operating_tar, operating_far_measured = float(tar[operating]), float(far[operating])
+        if operating_tar > 0:
+            operating_threshold = float(-1.0 + 2.0 * operating / histogram.bins)
+        else:
+            threshold_reason = (f"at a false-accept rate of {operating_far:g} the model accepts no same-identity pair "
+                                "of the val set: it does not separate these identities")
+    elif not n_pos:
+        threshold_reason = ("the val set has no same-identity pairs: a threshold needs at least 2 images of some "
+                            "val identities")
+    else:
+        threshold_reason = "the val set has no different-identity pairs: a threshold needs at least 2 val identities"
     collapsed = bool(
         (pos_mean is not None and pos_mean >= collapse_similarity) or (gap is not None and gap < min_gap)
     )
     return VerificationStats(
         n_pos, n_neg, pos_mean, pos_std, neg_mean, neg_std, gap, roc_auc, eer, tar_at_far,
         best_threshold, best_accuracy, collapsed, roc,
+        operating_far, operating_threshold, operating_tar, operating_far_measured, threshold_reason,
     )
 
 

@@ -73,7 +73,7 @@ def report_scan(scan: ScanResult, role: str, on_event: EventHandler) -> None:
 
 def train(
     config: EdgeFaceConfig,
-    on_event: EventHandler,
+    on_event: EventHandler | None = None,
     resume_dir: Path | None = None,
     force: bool = False,
     auto_troubleshoot: bool = False,
@@ -84,6 +84,7 @@ def train(
     With ``auto_troubleshoot`` a level-4 escalation restarts stage 1 with EdgeFace-S in ``<run>-level4``.
     Under torchrun (``distributed``) only rank 0 reports events and writes files.
     """
+    on_event = on_event or (lambda event: None)
     resolve_precision(config.runtime.amp, resolve_device(config.runtime.device))  # fail before slow work
     config = with_absolute_paths(config)  # config.yaml then works from any folder (--resume included)
     if not distributed.is_main:

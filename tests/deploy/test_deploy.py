@@ -65,7 +65,8 @@ def test_onnx_export_matches_pytorch_and_describes_itself(onnx_export: tuple[Pat
     assert sidecar["image_size"] == 32 and sidecar["embedding_dim"] == 512 and sidecar["arch"] == "edgeface_xxs"
     assert sidecar["input"]["shape"] == [1, 3, 32, 32] and "127.5" in sidecar["input"]["normalization"]
     assert sidecar["source_checkpoint"] == str((run_dir / "best.pt").resolve())
-    assert sidecar["threshold"]["value"] == json.loads((run_dir / "eval.json").read_text())["best_threshold"]
+    assert sidecar["threshold"]["value"] == json.loads((run_dir / "eval.json").read_text())["operating_threshold"]
+    assert sidecar["threshold"]["flip"] is False and sidecar["threshold"]["image_size"] == 32
     assert not list(out.parent.glob(".*tmp*"))  # no temp files left behind
 
 
@@ -162,20 +163,24 @@ def test_verify_an_image_with_itself_and_says_where_the_threshold_comes_from(run
     same = invoke_json("verify", image, image, "--checkpoint", str(run_dir))
     assert same["similarity"] == pytest.approx(1.0, abs=1e-5) and same["same"] is True
     assert str(run_dir / "eval.json") in same["threshold_source"]
-    assert same["threshold"] == json.loads((run_dir / "eval.json").read_text())["best_threshold"]
+    assert same["threshold"] == json.loads((run_dir / "eval.json").read_text())["operating_threshold"]
     other = str(data / "val" / "id_003" / "0000.png")
     explicit = invoke_json("verify", image, other, "--checkpoint", str(run_dir), "--threshold", "0.99")
     assert explicit["threshold_source"] == "--threshold" and explicit["same"] is False
 
 
-def test_verify_without_any_threshold_asks_for_one(run_dir: Path, data: Path, tmp_path: Path) -> None:
+def test_verify_without_a_threshold_shows_the_similarity_and_how_to_get_one(run_dir: Path, data: Path,
+                                                                           tmp_path: Path) -> None:
     unevaluated = tmp_path / "run"
     unevaluated.mkdir()
     for name in ("best.pt", "config.yaml", "metrics.jsonl"):
         shutil.copy(run_dir / name, unevaluated / name)
     image = str(data / "val" / "id_000" / "0000.png")
     code, output = invoke("verify", image, image, "--checkpoint", str(unevaluated))
-    assert code == 2 and "edgeface eval" in output and "--threshold" in output
+    assert code == 0 and "similarity 1.0000" in output and "no same/different decision" in output
+    assert "edgeface eval" in output and "--threshold" in output
+    shown = invoke_json("verify", image, image, "--checkpoint", str(unevaluated))
+    assert shown["same"] is None and shown["threshold"] is None and "eval.json not found" in shown["threshold_reason"]
     configured = invoke_json("verify", image, image, "--checkpoint", str(unevaluated), "--set", "eval.threshold=0.5")
     assert configured["threshold_source"] == "eval.threshold in the config" and configured["threshold"] == 0.5
 
