@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 # No pretrained weights can be downloaded here, so the backbone starts from random weights
 # (the run says so) and the learning rates are raised to learn in a few CPU epochs.
 demo: install
-	$(BIN)/edgeface sample-data $(DEMO)/data --ids 8 --per-id 16 --val-per-id 4 --size 64 --seed 0
+	$(BIN)/edgeface sample-data $(DEMO)/data --ids 8 --per-id 16 --val-per-id 4 --size 64 --seed 0 --force
 	$(BIN)/edgeface train --train-dir $(DEMO)/data/train --val-dir $(DEMO)/data/val \
 		--device cpu --out $(DEMO)/run --force --stage1-epochs 1 --epochs 8 --batch-size 16 \
 		--set data.image_size=64 --set optim.warmup_epochs=1 \

@@ -59,6 +59,9 @@ def troubleshoot(
         base = resolve_config(config, set_)
     assert level is not None
     new_config, changes = apply_level(base, level)
+    # A remedy is for the user's next run: never the failed run's test hooks (debug.inject_nan_at and co.),
+    # which would make the printed command fail the same way.
+    new_config = new_config.model_copy(update={"debug": type(new_config.debug)()})
     if from_run is not None:
         # A new run directory beside the failed one: `train --config` (and --run) work as printed.
         new_config = new_config.model_copy(update={"runtime": new_config.runtime.model_copy(

@@ -17,8 +17,9 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,11 @@ import numpy as np
 from ..errors import DataError
 
 # Bump when decoding changes (draft mode, EXIF, crop, resampling): old caches are then never read.
-DECODER_VERSION = 2
+DECODER_VERSION = 3  # 3: entries carry the inode change time
 HEADROOM_BYTES = 256 * 2**20  # leave this much free on the disk after the cache
+# A superseded cache may still be mapped by a running train or a second build: it is removed only once it
+# has been superseded this long (a process maps its cache once, so a later removal cannot hurt it).
+RECLAIM_AFTER_S = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class FileEntry:
     relpath: str
     size: int
     mtime_ns: int
+    ctime_ns: int  # a file replaced with equal size and mtime (cp -p, rsync -t, unpacked archives) changes it
 
 
 @dataclass
@@ -44,6 +49,7 @@ class FileVerdict:
 
     problem: str | None
     non_square: bool = False
+    transient: bool = False  # an I/O error (EIO, EMFILE, ...), not a decoding failure: never cached
 
 
 def default_cache_dir() -> Path:
@@ -56,7 +62,7 @@ def _digest(payload: Any) -> str:
 
 
 def cache_key(root: Path, entries: Sequence[FileEntry], image_size: int, non_square: str) -> str:
-    listing = [[entry.relpath, entry.size, entry.mtime_ns] for entry in entries]
+    listing = [[entry.relpath, entry.size, entry.mtime_ns, entry.ctime_ns] for entry in entries]
     return _digest([DECODER_VERSION, str(root.resolve()), image_size, non_square, listing])
 
 
@@ -67,20 +73,26 @@ def _lineage(root: Path, image_size: int, non_square: str) -> str:
 
 @dataclass
 class CachedImages:
-    """A finished cache. ``array()`` opens the memory map lazily (worker processes open their own)."""
+    """A finished cache. ``array()`` maps it once per process, on first use (worker processes map their own)."""
 
     directory: Path
     count: int
     image_size: int
     verdicts: list[FileVerdict]
     entries: list[FileEntry]
+    _mapped: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def path(self) -> Path:
         return self.directory / "images.npy"
 
     def array(self) -> np.ndarray:
-        return np.load(self.path, mmap_mode="r")
+        if self._mapped is None:
+            self._mapped = np.load(self.path, mmap_mode="r")
+        return self._mapped
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_mapped": None}  # a worker process maps the file itself
 
 
 def _read_meta(directory: Path) -> dict[str, Any] | None:
@@ -97,14 +109,15 @@ def open_cache(cache_dir: Path, key: str) -> CachedImages | None:
     meta = _read_meta(directory)
     if meta is None or meta.get("key") != key or not (directory / "images.npy").is_file():
         return None
-    entries = [FileEntry(*item[:3]) for item in meta["files"]]
-    verdicts = [FileVerdict(item[3], bool(item[4])) for item in meta["files"]]
+    entries = [FileEntry(*item[:4]) for item in meta["files"]]
+    verdicts = [FileVerdict(item[4], bool(item[5])) for item in meta["files"]]
     try:
         array = np.load(directory / "images.npy", mmap_mode="r")
     except (OSError, ValueError):
         return None
     if array.shape != (len(entries), 3, meta["image_size"], meta["image_size"]):
         return None
+    (directory / "superseded").unlink(missing_ok=True)  # current again (the files went back to this state)
     return CachedImages(directory, len(entries), int(meta["image_size"]), verdicts, entries)
 
 
@@ -138,7 +151,7 @@ class CacheBuilder:
         self.image_size = image_size
         self.lineage = _lineage(root, image_size, non_square)
         cache_dir.mkdir(parents=True, exist_ok=True)
-        _remove_stale_builds(cache_dir, key)
+        _remove_stale_builds(cache_dir)
         if (cache_dir / key).exists() and open_cache(cache_dir, key) is None:
             shutil.rmtree(cache_dir / key, ignore_errors=True)  # damaged (finished caches are renamed in whole)
         self.tmp = cache_dir / f".build-{key}-{os.getpid()}"
@@ -147,6 +160,15 @@ class CacheBuilder:
         self.array = np.lib.format.open_memmap(
             self.tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(self.entries), 3, image_size, image_size)
         )
+        # Reserve the blocks now: a disk that fills during the build is an OSError here (the documented fallback,
+        # or a clear error), never a SIGBUS when a page of a sparse file cannot be backed later.
+        if hasattr(os, "posix_fallocate"):  # Linux and the BSDs; macOS has none
+            try:
+                with open(self.tmp / "images.npy", "r+b") as stream:
+                    os.posix_fallocate(stream.fileno(), 0, os.fstat(stream.fileno()).st_size)
+            except OSError:
+                self.abort()
+                raise
         self.predecessor = self._predecessor()
 
     def _predecessor(self) -> tuple[CachedImages, dict[FileEntry, int]] | None:
@@ -181,7 +203,8 @@ class CacheBuilder:
         _fsync(self.tmp / "images.npy")
         meta = {
             "decoder": DECODER_VERSION, "key": self.key, "image_size": self.image_size,
-            "files": [[e.relpath, e.size, e.mtime_ns, v.problem, v.non_square] for e, v in zip(self.entries, verdicts)],
+            "files": [[e.relpath, e.size, e.mtime_ns, e.ctime_ns, v.problem, v.non_square]
+                      for e, v in zip(self.entries, verdicts)],
         }
         (self.tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
         _fsync(self.tmp / "meta.json")
@@ -195,8 +218,9 @@ class CacheBuilder:
         tmp_pointer = lineage_dir / f".{self.lineage}.{os.getpid()}"
         tmp_pointer.write_text(self.key, encoding="utf-8")
         os.replace(tmp_pointer, lineage_dir / self.lineage)
-        if self.predecessor is not None:  # superseded: free its disk space
-            shutil.rmtree(self.predecessor[0].directory, ignore_errors=True)
+        if self.predecessor is not None:  # superseded: reclaimed once no running process can still need it
+            _mark_superseded(self.predecessor[0].directory)
+        _reclaim_superseded(self.cache_dir)
         cached = open_cache(self.cache_dir, self.key)
         if cached is None:
             raise DataError(f"the decoded-image cache in {final} could not be read back; set data.cache=off")
@@ -213,9 +237,28 @@ def _fsync(path: Path) -> None:
         os.fsync(stream.fileno())
 
 
-def _remove_stale_builds(cache_dir: Path, key: str) -> None:
-    """Temporary folders of killed builds of this key (their process is gone) are removed."""
-    for leftover in cache_dir.glob(f".build-{key}-*"):
+def _mark_superseded(directory: Path) -> None:
+    try:
+        (directory / "superseded").write_text(str(time.time()), encoding="utf-8")
+    except OSError:
+        pass
+
+
+def _reclaim_superseded(cache_dir: Path, now: float | None = None) -> None:
+    """Caches superseded more than RECLAIM_AFTER_S ago are removed (a process still reading one holds its map)."""
+    now = time.time() if now is None else now
+    for marker in cache_dir.glob("*/superseded"):
+        try:
+            since = float(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if now - since > RECLAIM_AFTER_S:
+            shutil.rmtree(marker.parent, ignore_errors=True)
+
+
+def _remove_stale_builds(cache_dir: Path) -> None:
+    """Temporary folders of killed builds, of any key (their process is gone), are removed."""
+    for leftover in cache_dir.glob(".build-*-*"):
         pid_text = leftover.name.rsplit("-", 1)[-1]
         if pid_text.isdigit() and not _alive(int(pid_text)):
             shutil.rmtree(leftover, ignore_errors=True)

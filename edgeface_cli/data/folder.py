@@ -24,7 +24,7 @@ from .cache import (
 )
 from .alignment.photos import NO_FACE, NoFaceError
 from ..errors import DataError
-from ..preflight import IMAGE_EXTENSIONS, check_image_folder
+from ..preflight import IMAGE_EXTENSIONS, check_image_folder, is_system_file
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is unreadable, not silently grey
 NON_SQUARE_HINT = (
     "EdgeFace expects aligned square face crops (112x112); align the photos first with edgeface align IN OUT "
@@ -131,6 +131,10 @@ def _probe(path: Path, settings: ImageSettings) -> tuple[FileVerdict, np.ndarray
         pixels, is_non_square = load_image(path, settings.image_size, settings.non_square, settings.align)
     except NoFaceError:
         return FileVerdict(f"{NO_FACE} (edgeface align lists the photos without one)"), None
+    except OSError as exc:
+        if exc.errno is not None:  # the system failed to read it (EIO, EMFILE, EACCES): may work next time
+            return FileVerdict(f"cannot read: {exc.strerror or exc}", transient=True), None
+        return FileVerdict(f"cannot decode: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}"), None
     except Exception as exc:  # noqa: BLE001 - codecs fail on damaged files in many ways: all mean "unreadable"
         return FileVerdict(f"cannot decode: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}"), None
     return FileVerdict(None, is_non_square), pixels
@@ -146,22 +150,29 @@ def unreadable_images(files: Sequence[Path], align: str = "off") -> list[tuple[P
     return [(path, why) for path in files if (why := check_image(path, align))]
 
 
-def _list_candidates(root: Path, role: str) -> tuple[list[Path], list[tuple[str, Path]]]:
+def _list_candidates(root: Path, role: str) -> tuple[list[Path], list[tuple[str, Path]], list[Path]]:
+    """(identity folders, (identity, file) for every file at any depth below one, loose files beside them).
+
+    An identity is its folder, whatever the depth below it (``hanks/more/x.png`` is hanks'); hidden files
+    and the files file browsers leave (Thumbs.db, .DS_Store, desktop.ini) are not candidates.
+    """
     check_image_folder(root, role)
-    folders = sorted(entry for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    entries = [entry for entry in root.iterdir() if not is_system_file(entry)]
+    folders = sorted(entry for entry in entries if entry.is_dir())
     if not folders:
         raise DataError(f"{role} dir {root} has no identity folders; expected {root}/<identity>/<image>.jpg")
     candidates: list[tuple[str, Path]] = []
     for folder in folders:
-        for file in sorted(folder.iterdir()):
-            if file.is_file() and not file.name.startswith("."):
+        for file in sorted(folder.rglob("*")):
+            if file.is_file() and not any(is_system_file(Path(part)) for part in file.relative_to(folder).parts):
                 candidates.append((folder.name, file))
-    return folders, candidates
+    loose = sorted(entry for entry in entries if entry.is_file())
+    return folders, candidates, loose
 
 
 def _file_entry(root: Path, path: Path) -> FileEntry:
     stat = path.stat()
-    return FileEntry(path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns)
+    return FileEntry(path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
 
 def _open_or_build_cache(
@@ -202,7 +213,7 @@ def scan_image_folder(
     """
     root = Path(root)
     settings = settings or ImageSettings()
-    folders, candidates = _list_candidates(root, role)
+    folders, candidates, loose = _list_candidates(root, role)
     cached, builder, cache_note = _open_or_build_cache(root, role, candidates, settings)
     if cached is not None:
         verdicts = cached.verdicts
@@ -210,7 +221,14 @@ def scan_image_folder(
             progress(len(candidates), len(candidates))
     else:
         verdicts = _decode_all(candidates, settings, builder, progress)
-        if builder is not None:
+        failed_reads = sum(verdict.transient for verdict in verdicts)
+        if builder is not None and failed_reads:
+            # Only a decoding failure may be remembered: files the system could not read are tried again next time.
+            builder.abort()
+            builder, cached = None, None
+            cache_note = (f"{failed_reads} {role} files could not be read (I/O errors): the decoded-image cache is not "
+                          "kept this time, so they are tried again next run")
+        elif builder is not None:
             cached = builder.finish(verdicts)
     readable: dict[str, list[tuple[int, Path]]] = {folder.name: [] for folder in folders}
     unreadable: list[tuple[Path, str]] = []
@@ -221,6 +239,8 @@ def scan_image_folder(
             non_square += verdict.non_square
         else:
             unreadable.append((file, verdict.problem))
+    # Files beside the identity folders belong to no identity: listed, never silently dropped.
+    unreadable += [(path, f"outside any identity folder (expected {root}/<identity>/<image>): not used") for path in loose]
     classes = [name for name in readable if readable[name]]
     empty = [name for name in readable if not readable[name]]
     if not classes:

@@ -27,6 +27,7 @@ from ..errors import CheckpointError, DataError, import_extra
 from ..events import StepCallback, step_reporter
 from ..evaluation.evaluator import load_eval_model, model_image_settings
 from ..evaluation.inference import extract, extract_files
+from ..preflight import is_system_file
 from ..rundir import run_dir_of
 from ..thresholds import ModelFingerprint
 from .decisions import Verification, decision_threshold, verify_embeddings
@@ -225,8 +226,20 @@ class Embeddings:
 
 
 def is_identity_tree(folder: Path) -> bool:
-    """A folder of identity folders (``root/<identity>/<image>``) rather than a folder of images."""
-    return folder.is_dir() and any(entry.is_dir() and not entry.name.startswith(".") for entry in folder.iterdir())
+    """A folder of identity folders (``root/<identity>/<image>``) rather than a folder of images.
+
+    A folder holding both is refused: taking it either way would silently drop the other half.
+    """
+    if not folder.is_dir():
+        return False
+    entries = [entry for entry in folder.iterdir() if not is_system_file(entry)]
+    folders = sorted(entry.name for entry in entries if entry.is_dir())
+    images = [entry for entry in entries if entry.is_file() and entry.suffix.lower() in IMAGE_EXTENSIONS]
+    if folders and images:
+        raise DataError(f"{folder} holds {len(images)} images beside {len(folders)} folder(s) ({', '.join(folders[:3])}): "
+                        "an identity tree holds only folders, a photo folder only photos; name the images "
+                        f"({folder}/*{images[0].suffix}) or the folders, or move the loose images into a folder")
+    return bool(folders)
 
 
 def list_images(inputs: list[Path]) -> list[Path]:
@@ -234,7 +247,8 @@ def list_images(inputs: list[Path]) -> list[Path]:
     files: list[Path] = []
     for item in inputs:
         if item.is_dir():
-            found = sorted(path for path in item.rglob("*") if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS)
+            found = sorted(path for path in item.rglob("*") if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+                           and not any(is_system_file(Path(part)) for part in path.relative_to(item).parts))
             if not found:
                 raise DataError(f"{item} holds no images (jpg, jpeg, png, bmp, webp)")
             files += found

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +106,15 @@ def test_changed_added_and_removed_files_update_the_cache(sample_dataset: Path, 
     second = scan_image_folder(data, settings=settings)
     assert decoded == [changed]  # the other 29 rows were copied from the previous cache
     assert second.cached is not None and first.cached is not None
-    assert second.cached.directory != first.cached.directory and not first.cached.directory.exists()
+    assert second.cached.directory != first.cached.directory
+    # The superseded cache stays while a running train or a second build may still map it, then is reclaimed.
+    assert (first.cached.directory / "superseded").is_file() and first.cached.array().shape[0] == 30
+    from edgeface_cli.data.cache import RECLAIM_AFTER_S, _reclaim_superseded
+
+    _reclaim_superseded(second.cached.directory.parent)
+    assert first.cached.directory.exists()
+    _reclaim_superseded(second.cached.directory.parent, now=time.time() + RECLAIM_AFTER_S + 1)
+    assert not first.cached.directory.exists() and second.cached.directory.exists()
     row = next(sample.row for sample in second.samples if sample.path == changed)
     assert torch.equal(torch.from_numpy(np.array(second.cached.array()[row])), decode_image(changed, 32))
     shutil.copy(changed, data / "id_000" / "new.png")
@@ -118,7 +127,8 @@ def test_changed_added_and_removed_files_update_the_cache(sample_dataset: Path, 
     images, *_ = dataset[list(range(len(third.samples)))]
     for image, sample in zip(images, third.samples):
         assert torch.equal(image, decode_image(sample.path, 32))
-    assert len(cache_folders(settings)) == 1
+    current = [folder for folder in cache_folders(settings) if not (folder / "superseded").exists()]
+    assert current == [third.cached.directory]  # one current cache; the superseded one waits to be reclaimed
 
 
 def test_each_image_size_gets_its_own_cache(sample_dataset: Path, tmp_path: Path) -> None:
