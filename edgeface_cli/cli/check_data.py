@@ -11,7 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from .common import (
-    EXIT_DIFFERENCES, AlignOpt, ConfigOpt, FacesOpt, SetOpt, align_flag, app, console, err_console, print_json, resolve_config, user_errors,
+    EXIT_DIFFERENCES, AlignOpt, ArchOpt, ConfigOpt, FacesOpt, SetOpt, align_flag, app, console, err_console, print_json,
+    resolve_config, user_errors,
 )
 
 SHOWN = 5  # files listed per finding on the terminal (--json and --out have up to 20)
@@ -43,6 +44,7 @@ def check_data(
     device: Optional[str] = typer.Option(None, "--device", help="For --checkpoint: auto, cpu, cuda, cuda:N or mps."),
     align: bool = AlignOpt,
     faces: str = FacesOpt,
+    arch: Optional[str] = ArchOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
@@ -55,7 +57,7 @@ def check_data(
     from ..preflight import check_image_folder, check_output_file
 
     resolved = resolve_config(config, set_, **{"data.train_dir": train_dir, "data.val_dir": val_dir, "runtime.device": device,
-                                                   "data.align": align_flag(align, faces)})
+                                                   "data.align": align_flag(align, faces), "model.arch": arch})
     if resolved.data.train_dir is None:
         raise DataError("nothing to check: pass --train-dir DIR (one folder per identity)")
     check_image_folder(resolved.data.train_dir, "train")

@@ -55,6 +55,7 @@ EXIT_TERMINATED = 143  # SIGTERM, as shells report it (128 + 15)
 # Options every command shares.
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (default: ./edgeface.yaml when present).")
 SetOpt = typer.Option(None, "--set", help="Override any field: section.field=value (YAML value). Repeatable.")
+ArchOpt = typer.Option(None, "--arch", help="Zoo variant of a bare backbone, or 'auto' (runs and exports know theirs).")
 AlignOpt = typer.Option(False, "--align", help="Raw photos: detect the face (MTCNN) and align it to 112x112 first, "
                                                "as the official EdgeFace pipeline does (see edgeface align).")
 FacesOpt = typer.Option("best", "--faces", help="With --align: the best (highest-scoring) or the largest face.")

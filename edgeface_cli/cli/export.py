@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from .common import ConfigOpt, SetOpt, app, console, err_console, print_json, resolve_config, user_errors
+from .common import ArchOpt, ConfigOpt, SetOpt, app, console, err_console, print_json, resolve_config, user_errors
 
 
 @app.command("export")
@@ -26,6 +26,7 @@ def export(
     int8_min_cosine: float = typer.Option(0.99, "--int8-min-cosine", min=0.0, max=1.0, help="Parity the int8 model must reach."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    arch: Optional[str] = ArchOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
@@ -46,7 +47,7 @@ def export(
     for path in (out, int8_path(out) if int8 else None):
         if path is not None:
             check_output_file(path, force)
-    resolved = resolve_config(config, set_, **{"runtime.device": "cpu"})
+    resolved = resolve_config(config, set_, **{"runtime.device": "cpu", "model.arch": arch})
     from ..deploy.decisions import decision_threshold
     from ..deploy.embedder import load_embedder
     from ..deploy.export import export_backbone, reference_images

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .common import (
-    AlignOpt, ConfigOpt, FacesOpt, SetOpt, align_flag, app, console, err_console, print_json, resolve_config, user_errors,
+    AlignOpt, ArchOpt, ConfigOpt, FacesOpt, SetOpt, align_flag, app, console, err_console, print_json, resolve_config, user_errors,
 )
 
 ModelOpt = typer.Option(..., "--checkpoint", help="A run dir, a checkpoint, a bare backbone, or an exported .onnx/.pt2 file.")
@@ -20,11 +20,11 @@ BatchOpt = typer.Option(None, "--batch-size", help="Images per batch.")
 
 
 def _embedder(checkpoint: Path, config: Optional[Path], set_: Optional[list[str]], device: Optional[str],
-              batch_size: Optional[int], align: Optional[str] = None) -> tuple[Any, Any]:
+              batch_size: Optional[int], align: Optional[str] = None, arch: Optional[str] = None) -> tuple[Any, Any]:
     from ..deploy.embedder import load_embedder
 
     resolved = resolve_config(config, set_, **{"runtime.device": device, "data.batch_size": batch_size,
-                                               "data.align": align})
+                                               "data.align": align, "model.arch": arch})
     return resolved, load_embedder(checkpoint, resolved)
 
 
@@ -57,6 +57,7 @@ def embed(
     batch_size: Optional[int] = BatchOpt,
     align: bool = AlignOpt,
     faces: str = FacesOpt,
+    arch: Optional[str] = ArchOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
@@ -65,7 +66,7 @@ def embed(
     from ..preflight import check_output_file
 
     check_output_file(out, force)
-    resolved, embedder = _embedder(checkpoint, config, set_, device, batch_size, align_flag(align, faces))
+    resolved, embedder = _embedder(checkpoint, config, set_, device, batch_size, align_flag(align, faces), arch)
     embedded = _embed(embedder, resolved, inputs, flip)
     atomic_write_stream(out, embedded.save)
     what = f" of {len(embedded.identities)} identities" if embedded.identities is not None else ""
@@ -87,6 +88,7 @@ def verify(
     device: Optional[str] = DeviceOpt,
     align: bool = AlignOpt,
     faces: str = FacesOpt,
+    arch: Optional[str] = ArchOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
@@ -98,7 +100,7 @@ def verify(
             raise DataError(f"{path} is a folder: verify compares two image files (embed or identify take folders)")
         if not path.is_file():
             raise DataError(f"image not found: {path}")
-    _, embedder = _embedder(checkpoint, config, set_, device, None, align_flag(align, faces))
+    _, embedder = _embedder(checkpoint, config, set_, device, None, align_flag(align, faces), arch)
     result = embedder.verify(first, second, threshold, flip)
     if as_json:
         print_json({"first": str(first), "second": str(second), **result.to_json(), "model": str(embedder.source)})
@@ -129,6 +131,7 @@ def enroll(
     batch_size: Optional[int] = BatchOpt,
     align: bool = AlignOpt,
     faces: str = FacesOpt,
+    arch: Optional[str] = ArchOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
@@ -158,7 +161,7 @@ def enroll(
     existing = load_gallery(out) if editing else None
     model = checkpoint or Path(existing.model)  # type: ignore[union-attr]
     flip = existing.flip if existing is not None else flip
-    resolved, embedder = _embedder(model, config, set_, device, batch_size, align_flag(align, faces))
+    resolved, embedder = _embedder(model, config, set_, device, batch_size, align_flag(align, faces), arch)
     fingerprint = embedder.fingerprint(flip)
     if existing is not None:
         existing.check_model(fingerprint, out)
@@ -193,6 +196,7 @@ def identify(
     batch_size: Optional[int] = BatchOpt,
     align: bool = AlignOpt,
     faces: str = FacesOpt,
+    arch: Optional[str] = ArchOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
@@ -206,7 +210,7 @@ def identify(
         raise DataError("name probe images or folders, or pass --probe-dir DIR (one folder per identity)")
     gallery = load_gallery(gallery_file)
     model = checkpoint or Path(gallery.model)
-    resolved, embedder = _embedder(model, config, set_, device, batch_size, align_flag(align, faces))
+    resolved, embedder = _embedder(model, config, set_, device, batch_size, align_flag(align, faces), arch)
     gallery.check_model(embedder.fingerprint(gallery.flip), gallery_file)
     found, why = decision_threshold(embedder, threshold, gallery.flip)
     if found is None and gallery.threshold is not None:  # recorded at enroll, for this same model

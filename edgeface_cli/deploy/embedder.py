@@ -58,6 +58,8 @@ def read_sidecar(model_file: Path) -> dict[str, Any] | None:
     checks = {
         "image_size": isinstance(sidecar.get("image_size"), int) and 16 <= sidecar["image_size"] <= 4096,
         "arch": sidecar.get("arch") is None or sidecar.get("arch") in ZOO,
+        "use_pos_emb": sidecar.get("use_pos_emb") is None or (isinstance(sidecar["use_pos_emb"], list) and len(
+            sidecar["use_pos_emb"]) == 4 and all(isinstance(flag, bool) for flag in sidecar["use_pos_emb"])),
         "non_square": sidecar.get("non_square") in (None, "center_crop", "stretch"),
         "source_checkpoint": sidecar.get("source_checkpoint") is None
                              or (isinstance(sidecar["source_checkpoint"], str) and "\x00" not in sidecar["source_checkpoint"]),
@@ -198,7 +200,8 @@ def load_embedder(path: Path, config: EdgeFaceConfig, image_size: int | None = N
             settings = replace(settings, non_square=sidecar["non_square"])
         return Embedder(backbone.eval(), path, kind, settings, torch.device("cpu"), FP32, run_dir, config, sidecar)
     if sidecar and sidecar.get("arch"):  # a safetensors or TorchScript export: its architecture is known
-        config = config.model_copy(update={"model": config.model.model_copy(update={"arch": sidecar["arch"]})})
+        built = {key: sidecar[key] for key in ("arch", "use_pos_emb", "embedding_dim") if sidecar.get(key) is not None}
+        config = config.model_copy(update={"model": config.model.model_copy(update=built)})
     device = resolve_device(config.runtime.device)
     model = load_eval_model(path, config)
     settings = model_image_settings(model.training_config, config, image_size or exported_size)

@@ -223,6 +223,7 @@ def describe(backbone: EdgeFace, settings: ImageSettings, fmt: str, path: Path, 
         "file": path.name,
         "int8": quantized,
         "arch": backbone.arch,
+        "use_pos_emb": list(backbone.use_pos_emb),  # a non-default layout loads wrongly without it
         "embedding_dim": backbone.embedding_dim,
         "image_size": settings.image_size,
         "non_square": settings.non_square,

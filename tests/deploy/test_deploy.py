@@ -255,3 +255,20 @@ def test_open_set_metrics_by_hand() -> None:
     half = metrics["dir_at_far"]["0.5"]  # one stranger may pass: the threshold drops to just above the lower one
     assert half["far"] == 0.5 and half["dir"] == pytest.approx(float((best[:3] > best[3:].min()).mean()))
     assert metrics["far_at_threshold"] == 0.5 and metrics["dir_at_threshold"] == pytest.approx(float((best[:3] >= 0.8).mean()))
+
+
+def test_a_safetensors_export_remembers_a_non_default_layout(tmp_path: Path, data: Path) -> None:
+    from edgeface_cli.model.backbones import EdgeFace
+
+    layout = [True, True, True, True]  # not the variant's default
+    checkpoint = tmp_path / "all_pos_emb.pt"
+    torch.manual_seed(0)
+    torch.save(EdgeFace("edgeface_xxs", layout).state_dict(), checkpoint)
+    out = tmp_path / "model.safetensors"
+    built = ["--set", "model.use_pos_emb=[true,true,true,true]", "--set", "data.image_size=32"]
+    invoke_json("export", "--checkpoint", str(checkpoint), "--format", "safetensors", "--out", str(out), *built)
+    assert json.loads((tmp_path / "model.safetensors.json").read_text())["use_pos_emb"] == layout
+    images = [str(data / "val" / "id_000" / "0000.png"), str(data / "val" / "id_001" / "0000.png")]
+    from_export = invoke_json("verify", *images, "--checkpoint", str(out), "--threshold", "0.5")
+    from_checkpoint = invoke_json("verify", *images, "--checkpoint", str(checkpoint), "--threshold", "0.5", *built)
+    assert from_export["similarity"] == pytest.approx(from_checkpoint["similarity"], abs=1e-5)

@@ -176,3 +176,19 @@ def test_eval_of_a_bare_published_checkpoint_is_found_by_verify(run: Path, recog
     assert result["threshold"] is not None and "edgeface_xxs.pt.eval.json" in result["threshold_source"]
     # the same file evaluated at 32 px: at the default 112 px its threshold does not apply
     assert "image size 32 vs 112" in _verify(image_a, image_b, model)["threshold_reason"]
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "inspect-keys", "export", "embed", "verify", "enroll", "identify",
+                                     "check-data"])
+def test_every_command_that_takes_a_checkpoint_takes_arch(command: str) -> None:
+    assert "--arch" in runner.invoke(app, [command, "--help"]).output
+
+
+def test_arch_names_the_variant_of_a_bare_backbone(zoo_checkpoints: dict[str, Path], recognition_data: Path) -> None:
+    image = str(recognition_data / "val" / "id_000" / "0000.png")
+    small = zoo_checkpoints["edgeface_xs_gamma_06"]
+    named = invoke_json("verify", image, image, "--checkpoint", str(small), "--arch", "edgeface_xs_gamma_06",
+                        "--threshold", "0.5", "--set", "data.image_size=32")
+    assert named["similarity"] == pytest.approx(1.0, abs=1e-5)
+    code, output = invoke("verify", image, image, "--checkpoint", str(small), "--arch", "edgeface_xxs")
+    assert code == 2 and "--arch edgeface_xs_gamma_06" in output
