@@ -66,8 +66,9 @@ def export(
     found, why = decision_threshold(embedder)  # the one eval recorded for these weights, at this size, without flip
     threshold = (found.value, found.source) if found else None
     with console.status("exporting", spinner="dots") if console.is_terminal else nullcontext() as status:
-        images, source = reference_images(folders, embedder.settings, PARITY_IMAGES)
-        calibration = reference_images(folders, embedder.settings, CALIBRATION_IMAGES) if int8 else None
+        sets = reference_images(folders, embedder.settings, [PARITY_IMAGES, CALIBRATION_IMAGES] if int8 else [PARITY_IMAGES])
+        images, source = sets[0]
+        calibration = sets[1] if int8 else None
         result = export_backbone(
             embedder.backbone, embedder.settings, fmt, out, images, source, embedder.source, opset, dynamic_batch,
             calibration, int8_min_cosine, threshold,

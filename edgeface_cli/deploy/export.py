@@ -81,9 +81,11 @@ def generated_faces(count: int, size: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.stack(faces))
 
 
-def reference_images(folders: list[Path], settings: ImageSettings, count: int) -> tuple[torch.Tensor, str]:
-    """Up to ``count`` readable images spread evenly over the first folder that has any (uint8, N×3×S×S);
-    generated faces when none has."""
+def reference_images(folders: list[Path], settings: ImageSettings, counts: list[int]) -> list[tuple[torch.Tensor, str]]:
+    """Disjoint sets of up to ``counts[k]`` readable images (uint8, N×3×S×S), each spread over the whole of the
+    first folder that has any: the parity check never judges a model on the images that calibrated it.
+    Generated faces (distinct per set) when no folder has images."""
+    sets = len(counts)
     for folder in folders:
         if not folder.is_dir():
             continue
@@ -91,12 +93,20 @@ def reference_images(folders: list[Path], settings: ImageSettings, count: int) -
             files = list_images([folder])
         except DataError:
             continue
-        picks = [files[int(index)] for index in np.linspace(0, len(files) - 1, min(count * 2, len(files)))]
-        readable = [path for path in dict.fromkeys(picks) if check_image(path) is None][:count]
-        if readable:
-            pixels = torch.stack([decode_image(path, settings.image_size, settings.non_square, settings.align) for path in readable])
-            return pixels, f"{len(readable)} images from {folder}"
-    return generated_faces(count, settings.image_size), f"{count} generated faces (no image folder at hand)"
+        spread = [files[int(index)] for index in np.linspace(0, len(files) - 1, min(sum(counts) * 2, len(files)))]
+        readable = [path for path in dict.fromkeys(spread) if check_image(path, settings.align) is None]
+        if len(readable) < sets:
+            continue
+        chosen = [readable[int(index)] for index in np.linspace(0, len(readable) - 1, min(sum(counts), len(readable)))]
+        dealt: list[list[Path]] = [[] for _ in counts]
+        for done, path in enumerate(chosen, start=1):  # dealt in proportion, so that every set spans the folder
+            dealt[max(range(sets), key=lambda k: counts[k] * done / len(chosen) - len(dealt[k]))].append(path)
+        return [(torch.stack([decode_image(path, settings.image_size, settings.non_square, settings.align)
+                              for path in paths]), f"{len(paths)} images from {folder}") for paths in dealt]
+    faces = generated_faces(sum(counts), settings.image_size)
+    bounds = np.cumsum([0, *counts])
+    return [(faces[bounds[k]:bounds[k + 1]], f"{count} generated faces (no image folder at hand)")
+            for k, count in enumerate(counts)]
 
 
 # ------------------------------------------------------------------ writing and checking

@@ -272,3 +272,20 @@ def test_a_safetensors_export_remembers_a_non_default_layout(tmp_path: Path, dat
     from_export = invoke_json("verify", *images, "--checkpoint", str(out), "--threshold", "0.5")
     from_checkpoint = invoke_json("verify", *images, "--checkpoint", str(checkpoint), "--threshold", "0.5", *built)
     assert from_export["similarity"] == pytest.approx(from_checkpoint["similarity"], abs=1e-5)
+
+
+def test_parity_images_span_the_folder_and_never_calibrated_the_model(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from edgeface_cli.data.folder import ImageSettings
+    from edgeface_cli.deploy.export import reference_images
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(60):  # image k is the grey level 4k: its pixels say where in the folder it was
+        Image.new("RGB", (16, 16), (4 * index,) * 3).save(folder / f"{index:03d}.png")
+    (parity, _), (calibration, _) = reference_images([folder], ImageSettings(image_size=16), [8, 16])
+    positions = [{int(image[0, 0, 0]) // 4 for image in images} for images in (parity, calibration)]
+    assert len(positions[0]) == 8 and len(positions[1]) == 16 and not positions[0] & positions[1]
+    for found in positions:
+        assert min(found) < 10 and max(found) > 50  # spread over the whole folder, not its first half
