@@ -79,48 +79,81 @@ def content_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
+THUMB = 8  # side of the colour thumbnail that confirms a hash match
+# A hash match is a near-duplicate only when the 8x8 colour thumbnails also differ by at most this mean
+# absolute difference (grey levels): re-encoded or resized copies differ by 1-3; different photos of
+# aligned faces, which share their low-frequency structure (and so often their pHash), by far more.
+MAX_THUMB_DIFFERENCE = 8.0
+
+
 def perceptual_hashes(scan: ScanResult, settings: ImageSettings, batch_size: int, workers: int,
-                      progress: Callable[[int, int], None] | None) -> tuple[np.ndarray, np.ndarray]:
-    """(64-bit pHash per image as uint64, grayscale flag per image), from the decoded pixels."""
+                      progress: Callable[[int, int], None] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(64-bit pHash per image as uint64, 8x8 RGB thumbnail per image, grayscale flag per image), from the
+    decoded pixels."""
     import imagehash
 
     loader = inference_loader(scan.samples, scan, settings, batch_size, workers, torch.device("cpu"))
-    hashes, gray = [], []
+    hashes, thumbs, gray = [], [], []
     for batch_index, (images, *_) in enumerate(loader):
         pixels = images.numpy()
         gray.append((pixels.max(axis=1) - pixels.min(axis=1) <= 2).mean(axis=(1, 2)) > 0.99)
         for image in pixels:
-            bits = imagehash.phash(Image.fromarray(image.transpose(1, 2, 0))).hash.reshape(-1)
+            picture = Image.fromarray(image.transpose(1, 2, 0))
+            bits = imagehash.phash(picture).hash.reshape(-1)
             hashes.append(np.packbits(bits).view(">u8")[0])
+            thumbs.append(np.asarray(picture.resize((THUMB, THUMB), Image.Resampling.BOX), dtype=np.int16))
         if progress is not None:
             progress(batch_index + 1, len(loader))
-    return np.array(hashes, dtype=np.uint64), np.concatenate(gray) if gray else np.zeros(0, bool)
+    empty = np.zeros((0, THUMB, THUMB, 3), np.int16)
+    return (np.array(hashes, dtype=np.uint64), np.stack(thumbs) if thumbs else empty,
+            np.concatenate(gray) if gray else np.zeros(0, bool))
+
+
+def same_colours(thumbs: np.ndarray, pairs: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """The hash candidates whose colour thumbnails agree too (pHash alone ignores colour)."""
+    return [(i, j, d) for i, j, d in pairs if np.abs(thumbs[i] - thumbs[j]).mean() <= MAX_THUMB_DIFFERENCE]
 
 
 def _popcount(values: np.ndarray) -> np.ndarray:
     return np.unpackbits(values.astype(">u8").view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
 
 
-def near_pairs(hashes: np.ndarray, distance: int) -> list[tuple[int, int, int]]:
-    """(i, j, Hamming distance) of every pair within ``distance`` bits, i < j, by band bucketing."""
-    if distance <= 0 or len(hashes) < 2:
-        return []
-    bands = min(distance + 1, 64)
-    edges = np.linspace(0, 64, bands + 1).astype(int)
-    found: set[tuple[int, int]] = set()
-    for low, high in zip(edges[:-1], edges[1:]):
-        keys = (hashes >> np.uint64(64 - high)) & np.uint64((1 << (high - low)) - 1)
+LARGE_BUCKET = 256  # a bucket this big is split again on its other bits, never compared all against all
+
+
+def _close_pairs(hashes: np.ndarray, members: np.ndarray, may_differ: list[int], distance: int,
+                 found: set[tuple[int, int]]) -> None:
+    """Pairs of ``members`` within ``distance`` bits, knowing that they agree on every bit not in ``may_differ``.
+
+    Pigeonhole: two hashes within d bits agree exactly on at least one of d + 1 groups of the bits where they
+    may differ, so bucketing by each group finds every such pair. A bucket that is still large (aligned faces
+    share many hash bits) is split again on the bits outside its group; small ones are compared pair by pair.
+    """
+    if len(members) <= LARGE_BUCKET or len(may_differ) <= distance + 1:
+        left, right = np.triu_indices(len(members), 1)
+        close = _popcount(hashes[members[left]] ^ hashes[members[right]]) <= distance
+        found.update(zip(members[left][close].tolist(), members[right][close].tolist()))
+        return
+    for group in np.array_split(np.array(may_differ), distance + 1):
+        mask = np.uint64(sum(1 << (63 - int(bit)) for bit in group))
+        keys = hashes[members] & mask
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
         starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
         ends = np.r_[starts[1:], len(order)]
+        in_group = set(group.tolist())
+        rest = [bit for bit in may_differ if bit not in in_group]
         for start, end in zip(starts, ends):
-            if end - start < 2:
-                continue
-            members = np.sort(order[start:end])
-            left, right = np.triu_indices(len(members), 1)
-            close = _popcount(hashes[members[left]] ^ hashes[members[right]]) <= distance
-            found.update(zip(members[left][close].tolist(), members[right][close].tolist()))
+            if end - start >= 2:
+                _close_pairs(hashes, np.sort(members[order[start:end]]), rest, distance, found)
+
+
+def near_pairs(hashes: np.ndarray, distance: int) -> list[tuple[int, int, int]]:
+    """(i, j, Hamming distance) of every pair within ``distance`` bits, i < j, by band bucketing."""
+    if distance <= 0 or len(hashes) < 2:
+        return []
+    found: set[tuple[int, int]] = set()
+    _close_pairs(hashes, np.arange(len(hashes)), list(range(64)), distance, found)
     if not found:
         return []
     pairs = np.array(sorted(found))
@@ -259,14 +292,15 @@ def check_data(config: EdgeFaceConfig, model_findings: Callable[[Path], list[Fin
             progress("hashing files", index + 1, len(images))
     exact = [(group[0], other) for group in by_content.values() if len(group) > 1 for other in group[1:]]
     exact_set = set(exact)
-    hashes, gray = perceptual_hashes(train, settings, data.batch_size, data.workers,
-                                     step_reporter(progress, "perceptual hashes (train)"))
+    hashes, thumbs, gray = perceptual_hashes(train, settings, data.batch_size, data.workers,
+                                             step_reporter(progress, "perceptual hashes (train)"))
     if val is not None:
-        val_hashes, val_gray = perceptual_hashes(val, settings, data.batch_size, data.workers,
-                                                 step_reporter(progress, "perceptual hashes (val)"))
-        hashes, gray = np.concatenate([hashes, val_hashes]), np.concatenate([gray, val_gray])
+        val_hashes, val_thumbs, val_gray = perceptual_hashes(val, settings, data.batch_size, data.workers,
+                                                             step_reporter(progress, "perceptual hashes (val)"))
+        hashes, thumbs = np.concatenate([hashes, val_hashes]), np.concatenate([thumbs, val_thumbs])
+        gray = np.concatenate([gray, val_gray])
     same_content = {index for group in by_content.values() if len(group) > 1 for index in group[1:]}
-    near = [(i, j, d) for i, j, d in near_pairs(hashes, data.near_duplicate_distance)
+    near = [(i, j, d) for i, j, d in same_colours(thumbs, near_pairs(hashes, data.near_duplicate_distance))
             if (i, j) not in exact_set and not (i in same_content and j in same_content)]
     findings += _duplicate_findings(images, exact, near)
     size_findings, size_stats = _size_findings(images, settings)

@@ -132,3 +132,25 @@ def test_plot_one_run_and_two_overlaid(troubled_runs: tuple[Path, Path], tmp_pat
     assert two.read_text().count("<svg") == 1
     result = runner.invoke(app, ["plot", str(tmp_path), "--out", str(tmp_path / "x.png")])
     assert result.exit_code == 2 and "not a training run" in result.output
+
+
+def test_near_pairs_stay_exact_when_most_hashes_share_their_bits() -> None:
+    # Aligned faces: thousands of hashes equal on most bits. The band buckets are then huge; they are split
+    # again on their other bits, and the answer stays the all-pairs one.
+    rng = np.random.default_rng(1)
+    common = np.uint64(rng.integers(0, 2**63))
+    noise = rng.integers(0, 2**12, size=1500).astype(np.uint64)  # only the low 12 bits vary
+    hashes = common ^ noise
+    bits = np.unpackbits((hashes[:, None] ^ hashes[None, :]).astype(">u8").view(np.uint8), axis=-1).reshape(1500, 1500, 64).sum(-1)
+    expected = {(i, j) for i, j in zip(*np.nonzero(np.triu(bits <= 2, 1)))}
+    assert {(i, j) for i, j, _ in near_pairs(hashes, 2)} == expected
+
+
+def test_a_hash_match_is_confirmed_by_colour() -> None:
+    from edgeface_cli.data.doctor import same_colours
+
+    thumbs = np.zeros((3, 8, 8, 3), np.int16)
+    thumbs[0] = 120
+    thumbs[1] = 122  # a re-encoded copy
+    thumbs[2, ..., 0], thumbs[2, ..., 1], thumbs[2, ..., 2] = 200, 90, 60  # same structure, other colours
+    assert same_colours(thumbs, [(0, 1, 2), (0, 2, 3)]) == [(0, 1, 2)]
