@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,11 +42,48 @@ def prepare_run_dir(out: Path | None, force: bool) -> Path:
                 f"{run_dir} already holds a run ({', '.join(existing)}); pass --force to overwrite it, "
                 f"--resume {run_dir} to continue it, or another --out"
             )
-        for name in existing:
-            (run_dir / name).unlink()
+        set_aside(run_dir, existing)
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(run_dir)
     return run_dir
+
+
+REPLACED = ".replaced"  # a --force run's predecessor, kept until the new run has its first checkpoint
+
+
+def set_aside(run_dir: Path, names: list[str]) -> None:
+    """Move the previous run's files into RUN/.replaced: a --force run that fails or is interrupted before
+    its first checkpoint gets them back (``restore_replaced``); its first checkpoint drops them."""
+    aside = run_dir / REPLACED
+    if aside.exists() and not (run_dir / "last.pt").exists():
+        # An earlier --force run never checkpointed and could not restore: the older finished run is in
+        # .replaced already, and what is here now is that failed attempt's leftovers.
+        for name in names:
+            (run_dir / name).unlink()
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+    aside.mkdir()
+    for name in names:
+        os.replace(run_dir / name, aside / name)
+
+
+def restore_replaced(run_dir: Path) -> bool:
+    """The previous run back in place when the new one never reached a checkpoint; True when restored."""
+    aside = run_dir / REPLACED
+    if not aside.is_dir() or (run_dir / "last.pt").exists():
+        return False
+    for name in RUN_FILES:
+        if (aside / name).exists():
+            os.replace(aside / name, run_dir / name)
+        elif (run_dir / name).exists():
+            (run_dir / name).unlink()  # the new run's config.yaml and metrics: not the restored run's
+    shutil.rmtree(aside, ignore_errors=True)
+    return True
+
+
+def drop_replaced(run_dir: Path) -> None:
+    """The new run has a checkpoint: its predecessor's files go."""
+    shutil.rmtree(run_dir / REPLACED, ignore_errors=True)
 
 
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:

@@ -14,7 +14,7 @@ from ..errors import DataError, RunDirError
 from ..events import EventHandler, Notice, ScanProgress
 from ..model.checkpoints import BackboneLoad, load_backbone
 from ..model.runtime import resolve_device, resolve_precision
-from ..rundir import prepare_run_dir, remove_stale_temp_files
+from ..rundir import prepare_run_dir, remove_stale_temp_files, restore_replaced
 from .distributed import SINGLE, Distributed
 from .outcome import RunResult
 from .trainer import Trainer
@@ -143,6 +143,18 @@ def _train_once(
         })})
         run_dir = _shared_run_dir(config.runtime.out, force, distributed)
         config = config.model_copy(update={"runtime": config.runtime.model_copy(update={"out": run_dir.absolute()})})
+    try:
+        return _run_trainer(config, run_dir, train_scan, val_scan, loaded, on_event, auto_troubleshoot, distributed,
+                            resume_state)
+    finally:
+        if distributed.is_main and resume_state is None and restore_replaced(run_dir):
+            on_event(Notice("warning", f"the new run never reached a checkpoint: the previous run in {run_dir} "
+                                       "is back in place"))
+
+
+def _run_trainer(config: EdgeFaceConfig, run_dir: Path, train_scan: ScanResult, val_scan: ScanResult | None,
+                 loaded: BackboneLoad, on_event: EventHandler, auto_troubleshoot: bool, distributed: Distributed,
+                 resume_state: dict | None) -> RunResult:
     trainer = Trainer(config, run_dir, train_scan, val_scan, loaded, on_event, auto_troubleshoot, distributed)
     if resume_state is not None:
         trainer.load_state(resume_state)

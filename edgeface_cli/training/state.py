@@ -9,7 +9,7 @@ from ..atomic import atomic_write_text
 from ..config import EdgeFaceConfig, dump_yaml
 from ..events import Notice
 from ..model.checkpoint_io import atomic_torch_save
-from ..rundir import EVAL_RESULT, read_metrics, write_metrics
+from ..rundir import EVAL_RESULT, drop_replaced, read_metrics, write_metrics
 from .optim import HEAD, apply_hyperparameters, optimizer_kind
 from .sharded_head import map_head_state
 from .training_state import load_scaler_state, restore_rng_state, rng_state, to_cpu
@@ -74,7 +74,9 @@ class RunState:
         note = load_scaler_state(self.scaler, state.get("scaler"), state.get("precision"), self.precision.label)
         if note:
             self.on_event(Notice("warning", note))
-        self.stage_step = int(state["scheduler"]["stage_step"])
+        # The schedule's position from the epochs done in this stage (a checkpoint ends an epoch), not the saved
+        # step count: a resume on other ranks or another batch size has another number of steps per epoch.
+        self.stage_step = (self.epoch - self._stage_bounds(stage)[0] + 1) * self.steps_per_epoch
         self.best_epoch = state["best"]["epoch"]
         self.best_score = state["best"]["score"]
         self.stale_epochs = int(state["best"]["stale_epochs"])
@@ -95,6 +97,7 @@ class RunState:
             # The last eval measured the model best.pt held until now: its threshold no longer applies.
             (self.run_dir / EVAL_RESULT).unlink(missing_ok=True)
         atomic_torch_save(state, self.run_dir / "last.pt")
+        drop_replaced(self.run_dir)  # a --force run's predecessor is let go only now
 
     def _write_config(self, config: EdgeFaceConfig) -> None:
         if self.distributed.is_main:  # one set of files, whatever the number of ranks

@@ -194,6 +194,7 @@ def test_a_run_overwritten_with_force_loses_the_old_threshold(tmp_path: Path) ->
         (run / name).write_text("old")
     prepare_run_dir(run, force=True)
     assert not (run / "eval.json").exists()  # the new model gets its threshold from its own eval
+    assert (run / ".replaced" / "eval.json").is_file()  # until the new run's first checkpoint lets it go
 
 
 # ------------------------------------------------------------------ enroll and identify

@@ -445,3 +445,50 @@ def test_the_training_step_reads_nothing_back_per_batch(
         # Progress reads at batches 1, 10 and 15, the epoch's closing read, and the DataLoader's own
         # base-seed draw when an epoch's iterator starts: never one per batch (it was five per batch).
         assert count <= 5, per_epoch
+
+
+# 18 --------------------------------------------------------------- resume keeps its schedule
+
+
+def test_resume_with_another_batch_size_keeps_the_schedule_position(sample_dataset: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeface_cli.training.optim import lr_factor
+
+    original = engine.Trainer._train_epoch
+
+    def stop_in_epoch_3(self, epoch, stage):
+        if epoch == 3:
+            raise KeyboardInterrupt
+        return original(self, epoch, stage)
+
+    schedule = ["--stage1-epochs", "1", "--epochs", "4", "--set", "optim.min_lr_ratio=0.01"]
+    monkeypatch.setattr(engine.Trainer, "_train_epoch", stop_in_epoch_3)
+    assert run_train(sample_dataset, tmp_path / "run", *schedule, "--batch-size", "10").exit_code == 130
+    monkeypatch.setattr(engine.Trainer, "_train_epoch", original)
+    resumed = runner.invoke(app, ["train", "--resume", str(tmp_path / "run"), "--batch-size", "5"])
+    assert resumed.exit_code == 0, resumed.output
+    rows = {row["epoch"]: row for row in metrics(tmp_path / "run") if "epoch" in row and "event" not in row}
+    # 30 images: 3 steps per epoch at batch 10, 6 at batch 5. Epoch 3's last step is step 12 of the 18 of the
+    # stage (epochs 2-4) at batch 5, whatever the batch size before (counting saved steps made it step 9).
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["optim"]
+    expected = lr_factor(11, 18, 0, config["schedule"], config["min_lr_ratio"])
+    assert rows[3]["lr_backbone"] == pytest.approx(config["backbone_lr"] * expected, rel=1e-6)
+
+
+# 15 --------------------------------------------------------------- --force keeps the old run until the new one checkpoints
+
+
+def test_force_over_a_finished_run_restores_it_when_the_new_run_never_checkpoints(
+    sample_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = tmp_path / "run"
+    assert run_train(sample_dataset, run_dir, "--stage1-epochs", "1", "--epochs", "1").exit_code == 0
+    before = {name: (run_dir / name).read_bytes() for name in ("best.pt", "last.pt", "metrics.jsonl", "config.yaml")}
+    monkeypatch.setattr(engine.Trainer, "_train_epoch", lambda self, epoch, stage: (_ for _ in ()).throw(KeyboardInterrupt))
+    interrupted = run_train(sample_dataset, run_dir, "--stage1-epochs", "1", "--epochs", "2", "--force")
+    assert interrupted.exit_code == 130 and "back in place" in flat(interrupted)
+    assert {name: (run_dir / name).read_bytes() for name in before} == before and not (run_dir / ".replaced").exists()
+    monkeypatch.undo()
+    replaced = run_train(sample_dataset, run_dir, "--stage1-epochs", "1", "--epochs", "2", "--force")
+    assert replaced.exit_code == 0 and not (run_dir / ".replaced").exists()
+    assert [row["epoch"] for row in metrics(run_dir)] == [1, 2]
