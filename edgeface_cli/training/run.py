@@ -89,11 +89,15 @@ def train(
     config = with_absolute_paths(config)  # config.yaml then works from any folder (--resume included)
     if not distributed.is_main:
         on_event = lambda event: None  # noqa: E731 - rank 0 speaks for all
-        distributed.barrier()  # rank 0 scans first and builds the decoded-image cache; the others then read it
+    # The decoded-image cache lives on each machine's disk: each machine's local rank 0 scans and builds it
+    # (all machines at once), the other ranks wait for them and then read it.
+    builds_cache = distributed.local_rank == 0
+    if not builds_cache:
+        distributed.barrier()
     try:
         train_scan, val_scan = scan_datasets(config, on_event)
     finally:
-        if distributed.is_main:
+        if builds_cache:
             distributed.barrier()  # also on failure: the others then hit the same error instead of waiting
     result = _train_once(config, train_scan, val_scan, on_event, resume_dir, force, auto_troubleshoot, distributed)
     previous: list[Path] = []

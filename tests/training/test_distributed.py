@@ -187,3 +187,28 @@ def test_a_sharded_run_trains_as_the_unsharded_one_and_resumes_on_one_process(sa
     resumed = CliRunner().invoke(app, ["train", "--resume", str(runs["on"]), "--set", "optim.epochs=3"])
     assert resumed.exit_code == 0, resumed.output
     assert [row["epoch"] for row in rows_of(runs["on"])] == [1, 2, 3]
+
+
+def test_each_machine_builds_its_decoded_image_cache_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local rank 0 of every machine scans (and builds the cache) before the barrier; the others after it."""
+    import edgeface_cli.training.run as run_module
+    from edgeface_cli.config import EdgeFaceConfig
+    from edgeface_cli.training.distributed import Distributed
+
+    order: list[str] = []
+
+    class Recording(Distributed):
+        def barrier(self) -> None:
+            order.append("barrier")
+
+    def scanned(config, on_event):
+        order.append("scan")
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(run_module, "scan_datasets", scanned)
+    for rank, local_rank, expected in ((0, 0, ["scan", "barrier"]), (2, 0, ["scan", "barrier"]),
+                                       (3, 1, ["barrier", "scan"])):  # ranks 2 and 3: the second machine
+        order.clear()
+        with pytest.raises(RuntimeError, match="stop here"):
+            run_module.train(EdgeFaceConfig(), distributed=Recording(rank, 4, local_rank, "gloo"))
+        assert order == expected, (rank, local_rank)
