@@ -9,6 +9,7 @@ rates, ArcFace s=32 m=0.3, gradient clipping at 1.0).
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -113,7 +114,8 @@ class OptimSection(_Section):
     @model_validator(mode="after")
     def _stage1_within_epochs(self) -> "OptimSection":
         if self.stage1_epochs > self.epochs:
-            raise ValueError(f"stage1_epochs ({self.stage1_epochs}) exceeds epochs ({self.epochs})")
+            raise ValueError(f"stage1_epochs ({self.stage1_epochs}) exceeds epochs ({self.epochs}), which count stage 1 "
+                             f"too: raise --epochs, or lower --stage1-epochs (e.g. --stage1-epochs {min(self.epochs, 1)})")
         return self
 
 
@@ -266,6 +268,18 @@ def _source_of(sources: dict[str, str], field: str) -> str | None:
     return inside[-1] if inside else None
 
 
+def setting_names(model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
+    """Every dotted setting name (``optim.head_lr``, ...), for suggestions."""
+    names: list[str] = []
+    for name, info in (model or EdgeFaceConfig).model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names += setting_names(annotation, f"{prefix}{name}.")
+        else:
+            names.append(f"{prefix}{name}")
+    return names
+
+
 def format_validation_error(error: ValidationError, sources: dict[str, str] | None = None) -> str:
     """One line per problem, each naming the field and, when known, where its value came from."""
     lines = []
@@ -273,7 +287,9 @@ def format_validation_error(error: ValidationError, sources: dict[str, str] | No
         field = ".".join(str(part) for part in problem["loc"]) or "config"
         message = problem["msg"]
         if problem["type"] == "extra_forbidden":
-            message = "unknown setting (see `edgeface config show` for the valid ones)"
+            close = difflib.get_close_matches(field, setting_names(), n=1, cutoff=0.6)
+            message = (f"unknown setting; did you mean {close[0]}?" if close
+                       else "unknown setting (see `edgeface config show` for the valid ones)")
         elif message.startswith("Value error, "):
             message = message[len("Value error, "):]
         given = problem.get("input")
@@ -288,7 +304,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     """The Python API's config: defaults < the YAML file ``path`` < ``overrides`` (dotted names, as --set:
     ``{"data.train_dir": "data/train", "optim.epochs": 10}``). Unlike the CLI, no ./edgeface.yaml is read
     unless named."""
-    return build_config(Path(path) if path is not None else None, overrides, [], search_default_file=False)
+    return build_config(Path(path) if path is not None else None, overrides, [], search_default_file=False,
+                        flag_names={dotted: f"overrides[{dotted!r}]" for dotted in overrides or {}})
 
 
 def build_config(
@@ -296,10 +313,12 @@ def build_config(
     flags: dict[str, Any] | None = None,
     overrides: list[str] | None = None,
     search_default_file: bool = True,
+    flag_names: dict[str, str] | None = None,
 ) -> EdgeFaceConfig:
     """Resolve the config: defaults < YAML file < named flags < --set overrides.
 
-    ``flags`` maps dotted names (``model.checkpoint``) to values; None means "not given".
+    ``flags`` maps dotted names (``model.checkpoint``) to values; None means "not given". ``flag_names`` says
+    how the user spelt each (``--batch-size``), so that a bad value names what they typed.
     """
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}  # dotted field -> who set it (later sources win)
@@ -312,7 +331,7 @@ def build_config(
         if value is not None:
             merged = _deep_merge(merged, _nest(dotted.split("."), value))
             sources.pop(dotted, None)
-            sources[dotted] = f"the command-line flag for {dotted}"
+            sources[dotted] = (flag_names or {}).get(dotted) or f"the setting {dotted}"
     for text in overrides or []:
         path, value = parse_set_override(text)
         merged = _deep_merge(merged, _nest(path, value))

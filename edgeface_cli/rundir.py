@@ -25,9 +25,8 @@ CSV_FIELDS = (
 )
 
 
-def prepare_run_dir(out: Path | None, force: bool) -> Path:
-    """The run directory, created; an existing run is only replaced with ``force``."""
-    run_dir = out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+def check_run_dir(run_dir: Path, force: bool) -> list[str]:
+    """The run files ``run_dir`` already holds; an error unless ``force`` (torch-free: asked before any scan)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"--out {run_dir} is a file; pass a directory")
     existing = [name for name in RUN_FILES if (run_dir / name).exists()]
@@ -42,6 +41,15 @@ def prepare_run_dir(out: Path | None, force: bool) -> Path:
                 f"{run_dir} already holds a run ({', '.join(existing)}); pass --force to overwrite it, "
                 f"--resume {run_dir} to continue it, or another --out"
             )
+    return existing
+
+
+def prepare_run_dir(out: Path | None, force: bool) -> Path:
+    """The run directory, created; an existing run is only replaced with ``force`` (and kept aside until the new
+    run's first checkpoint)."""
+    run_dir = out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    existing = check_run_dir(run_dir, force)
+    if existing:
         set_aside(run_dir, existing)
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(run_dir)

@@ -28,6 +28,8 @@ def _describe(item: dict[str, Any]) -> str:
                 f"nearer {item['nearest_identity']} ({item['nearest_similarity']:.3f})")
     if "mean_similarity" in item:
         return f"{item['identity']}: mean similarity {item['mean_similarity']:.3f} over {item['images']} images"
+    if "why" in item:
+        return f"{item['file']}: {item['why']}"
     return ", ".join(f"{value}" if key in ("file", "identity") else f"{key} {value}" for key, value in item.items())
 
 

@@ -100,10 +100,19 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+# How the commands spell the settings they take as named flags: a bad value names what the user typed.
+FLAG_NAMES = {
+    "data.train_dir": "--train-dir", "data.val_dir": "--val-dir", "data.batch_size": "--batch-size",
+    "data.workers": "--workers", "data.align": "--align/--faces", "model.arch": "--arch", "model.checkpoint": "--edgeface",
+    "optim.epochs": "--epochs", "optim.stage1_epochs": "--stage1-epochs", "runtime.device": "--device",
+    "runtime.out": "--out", "runtime.seed": "--seed", "runtime.amp": "--amp",
+}
+
+
 def resolve_config(config_file: Optional[Path], overrides: Optional[list[str]], **flags: Any):
     from ..config import build_config
 
-    return build_config(config_file, flags, overrides or [])
+    return build_config(config_file, flags, overrides or [], flag_names=FLAG_NAMES)
 
 
 def print_json(obj: Any) -> None:

@@ -36,12 +36,10 @@ def export(
     L2-normalised outputs by cosine). A sidecar <file>.json records how to feed it and the parity found.
     """
     from ..errors import DataError
-    from ..preflight import check_output_file
+    from ..preflight import EXPORT_SUFFIXES, check_export_request, check_output_file, int8_path
 
-    from ..deploy.export import CALIBRATION_IMAGES, PARITY_IMAGES, SUFFIXES, check_request, int8_path
-
-    check_request(fmt, int8)
-    out = out or Path(f"edgeface{SUFFIXES[fmt]}")
+    check_export_request(fmt, int8)
+    out = out or Path(f"edgeface{EXPORT_SUFFIXES[fmt]}")
     if calibration_dir is not None and not calibration_dir.is_dir():
         raise DataError(f"--calibration-dir {calibration_dir} is not a folder of images")
     for path in (out, int8_path(out) if int8 else None):
@@ -50,7 +48,7 @@ def export(
     resolved = resolve_config(config, set_, **{"runtime.device": "cpu", "model.arch": arch})
     from ..deploy.decisions import decision_threshold
     from ..deploy.embedder import load_embedder
-    from ..deploy.export import export_backbone, reference_images
+    from ..deploy.export import CALIBRATION_IMAGES, PARITY_IMAGES, export_backbone, reference_images
     from ..rundir import run_dir_of
 
     embedder = load_embedder(checkpoint, resolved)

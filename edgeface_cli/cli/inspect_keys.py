@@ -55,9 +55,13 @@ def inspect_keys(
     )
     if resolved.model.checkpoint is None:
         fail("no checkpoint to inspect: pass --edgeface PATH (or set model.checkpoint)")
-    inspection = inspect_checkpoint(
-        resolved.model.checkpoint, resolved.model.arch, resolved.model.use_pos_emb, resolved.model.embedding_dim
-    )
+    source = resolved.model.checkpoint
+    if source.is_dir():  # a run directory, as every other command takes: its best.pt, built as the run was
+        if not (source / "best.pt").is_file() or not (source / "config.yaml").is_file():
+            fail(f"{source} is a folder but not a training run (no best.pt and config.yaml): pass a checkpoint file")
+        resolved = resolve_config(source / "config.yaml", set_, **{"model.arch": arch})
+        source = source / "best.pt"
+    inspection = inspect_checkpoint(source, resolved.model.arch, resolved.model.use_pos_emb, resolved.model.embedding_dim)
     checkpoint, model, report, diagnosis = inspection.checkpoint, inspection.model, inspection.report, inspection.diagnosis
     chosen_arch, layout, embedding_dim = model.arch, model.use_pos_emb, model.embedding_dim
 

@@ -18,11 +18,17 @@ def plot(
     force: bool = typer.Option(False, "--force", help="Overwrite --out."),
 ) -> None:
     """Loss, accuracy, similarity, learning rates and skipped batches per epoch; stages, escalations and guard stops marked."""
-    from ..evaluation.evaluator import plot_path
-    from ..evaluation.plots import plot_runs
+    from ..errors import RunDirError
     from ..preflight import check_output_file
 
-    out = plot_path(out)
+    for run in runs:  # before matplotlib and torch load
+        if not (run / "metrics.jsonl").is_file():
+            raise RunDirError(f"{run} is not a training run (no metrics.jsonl): plot takes run directories written "
+                              "by edgeface train")
+    from ..evaluation.evaluator import plot_path
+    from ..evaluation.plots import plot_runs
+
+    out = plot_path(out, "--out")
     check_output_file(out, force)
     summary = plot_runs(runs, out)
     console.print(f"wrote {escape(str(out))}: {summary.runs} run(s), {summary.epochs} epochs, "

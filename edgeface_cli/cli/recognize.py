@@ -201,13 +201,17 @@ def identify(
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """1:N identification against an enrolled gallery: the best matches, or "unknown" below the threshold."""
-    from ..deploy.decisions import decision_threshold
-    from ..deploy.gallery import identify as match, load_gallery, open_set_metrics
     from ..errors import DataError
-    from ..thresholds import Threshold
 
     if not probes and probe_dir is None:
         raise DataError("name probe images or folders, or pass --probe-dir DIR (one folder per identity)")
+    if not gallery_file.is_file():
+        raise DataError(f"gallery not found: {gallery_file}; write one with edgeface enroll GALLERY_DIR --checkpoint "
+                        f"MODEL --out {gallery_file}")
+    from ..deploy.decisions import decision_threshold
+    from ..deploy.gallery import identify as match, load_gallery, open_set_metrics
+    from ..thresholds import Threshold
+
     gallery = load_gallery(gallery_file)
     model = checkpoint or Path(gallery.model)
     resolved, embedder = _embedder(model, config, set_, device, batch_size, align_flag(align, faces), arch)

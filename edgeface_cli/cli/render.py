@@ -161,7 +161,8 @@ class TrainRenderer:
                         "share of every epoch; the figures below cover all of them")
         self._print(
             f"run {event.run_dir}: {event.arch} on {event.device} ({event.precision}), {event.classes} identities, "
-            f"{event.train_images} train / {event.val_images} val images, {event.steps_per_epoch} batches per epoch"
+            f"{event.train_images} train / {event.val_images} val images, {event.steps_per_epoch} "
+            f"{'batch' if event.steps_per_epoch == 1 else 'batches'} per epoch"
         )
         stage1 = f"stage 1 (head only): epochs 1-{event.stage1_epochs}; " if event.stage1_epochs else ""
         self._print(

@@ -120,9 +120,13 @@ def run_and_report(
 ) -> None:
     """Run training with live output; turn the outcome into the summary and the exit code."""
     from ..preflight import check_training_inputs
+    from ..rundir import check_run_dir
 
-    # Before torch loads: a wrong path or an unwritable --out is answered at once, not after the scan.
-    check_training_inputs(resolved.data.train_dir, resolved.data.val_dir, resume or resolved.runtime.out)
+    # Before torch loads: a wrong path, a run in the way or an unwritable --out is answered at once, not after the scan.
+    check_training_inputs(resolved.data.train_dir, resolved.data.val_dir, resume or resolved.runtime.out,
+                          None if resume else resolved.model.checkpoint)
+    if resume is None and resolved.runtime.out is not None:
+        check_run_dir(resolved.runtime.out, force)
     from ..training.distributed import from_environment, shutdown
     from ..training.run import train as run_training
     from .render import TrainRenderer

@@ -121,6 +121,11 @@ def decode_image(path: Path, image_size: int, non_square: str = "center_crop", a
     return torch.from_numpy(load_image(path, image_size, non_square, align)[0])
 
 
+def decode_failure(exc: BaseException) -> str:
+    """Why a file could not be decoded, in one short line."""
+    return f"cannot decode: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}"
+
+
 def _probe(path: Path, settings: ImageSettings) -> tuple[FileVerdict, np.ndarray | None]:
     """Decode one file fully: its verdict, and its pixels when usable."""
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
@@ -134,9 +139,9 @@ def _probe(path: Path, settings: ImageSettings) -> tuple[FileVerdict, np.ndarray
     except OSError as exc:
         if exc.errno is not None:  # the system failed to read it (EIO, EMFILE, EACCES): may work next time
             return FileVerdict(f"cannot read: {exc.strerror or exc}", transient=True), None
-        return FileVerdict(f"cannot decode: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}"), None
+        return FileVerdict(decode_failure(exc)), None
     except Exception as exc:  # noqa: BLE001 - codecs fail on damaged files in many ways: all mean "unreadable"
-        return FileVerdict(f"cannot decode: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}"), None
+        return FileVerdict(decode_failure(exc)), None
     return FileVerdict(None, is_non_square), pixels
 
 

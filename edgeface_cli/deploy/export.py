@@ -29,10 +29,9 @@ from ..model.checkpoints import load_backbone
 from ..data.folder import ImageSettings, check_image, decode_image
 from .embedder import NORMALIZATION, list_images, load_program, sidecar_path
 from ..errors import DataError, ParityError, import_extra
+from ..preflight import EXPORT_SUFFIXES, check_export_request, int8_path
 from ..model.backbones import EdgeFace
 
-FORMATS = ("onnx", "pt2", "torchscript", "safetensors")
-SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".ts", "safetensors": ".safetensors"}
 MIN_COSINE = 0.9999  # fp32 exports: anything lower is a broken export, not rounding
 MIN_COSINE_INT8 = 0.99
 PARITY_IMAGES = 32
@@ -112,19 +111,6 @@ def reference_images(folders: list[Path], settings: ImageSettings, counts: list[
 # ------------------------------------------------------------------ writing and checking
 
 
-def check_request(fmt: str, int8: bool) -> None:
-    """A format this module writes, and int8 only for ONNX (checked before any model is loaded)."""
-    if fmt not in FORMATS:
-        raise DataError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
-    if int8 and fmt != "onnx":
-        raise DataError("--int8 quantises ONNX models: pass --format onnx")
-
-
-def int8_path(out: Path) -> Path:
-    """Where ``--int8`` writes the quantised model: beside the fp32 one (``model.onnx`` -> ``model.int8.onnx``)."""
-    return out.with_name(f"{out.stem}.int8{out.suffix}")
-
-
 def exportable(backbone: nn.Module) -> nn.Module:
     """What goes into the file: the backbone itself (input in [-1, 1], output the raw embedding)."""
     return backbone
@@ -157,7 +143,7 @@ def write_program(module: nn.Module, fmt: str, path: Path, example: torch.Tensor
         state = {key: value.detach().contiguous() for key, value in module.state_dict().items()}
         save_file(state, str(path), metadata={"format": "pt", "producer": f"edgeface-cli {__version__}"})
     else:
-        raise DataError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+        raise DataError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_SUFFIXES)}")
 
 
 def load_export(path: Path, fmt: str, like: EdgeFace) -> nn.Module:
@@ -270,7 +256,7 @@ def export_backbone(
 ) -> ExportResult:
     """Write ``backbone`` as ``fmt`` to ``out``, check it on ``images`` (uint8), write the sidecar; and,
     with ``int8_calibration`` (ONNX only), an int8 copy beside it, checked likewise."""
-    check_request(fmt, int8_calibration is not None)
+    check_export_request(fmt, int8_calibration is not None)
     say = progress or (lambda text: None)
     backbone = backbone.cpu().eval()
     inputs = normalize(images)

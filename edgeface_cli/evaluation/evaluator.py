@@ -365,15 +365,15 @@ def save_embeddings(result: EvalResult, path: Path) -> None:
     ))
 
 
-def plot_path(path: Path) -> Path:
-    """The file --plot will write: its suffix must be a format matplotlib writes; none means .png."""
+def plot_path(path: Path, flag: str = "--plot") -> Path:
+    """The file ``flag`` names: its suffix must be a format matplotlib writes; none means .png."""
     plt = require_matplotlib()
     formats = sorted(plt.figure().canvas.get_supported_filetypes())
     plt.close("all")
     if not path.suffix:
         return path.with_suffix(".png")
     if path.suffix[1:].lower() not in formats:
-        raise DataError(f"--plot {path}: cannot write {path.suffix} files; use one of {', '.join('.' + f for f in formats)}")
+        raise DataError(f"{flag} {path}: cannot write {path.suffix} files; use one of {', '.join('.' + f for f in formats)}")
     return path
 
 

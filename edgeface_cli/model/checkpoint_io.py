@@ -103,6 +103,10 @@ def _sniff(path: Path) -> str:
             return "torch"
         if any("/code/" in name or name.endswith("constants.pkl") for name in names):
             return "torchscript"
+        if {"meta.npy", "centroids.npy"} <= set(names):
+            return "gallery"
+        if names and all(name.endswith(".npy") for name in names):
+            return "npz"
         return "torch"
     if head[:1] == b"\x80":  # pickle protocol marker: legacy torch.save
         return "torch"
@@ -174,6 +178,11 @@ def read_checkpoint(path: Path | str) -> LoadedCheckpoint:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the download or copy did not finish")
     kind = _sniff(path)
     extras: dict[str, Any] = {}
+    if kind == "gallery":
+        raise CheckpointError(f"{path} is a gallery written by edgeface enroll (enrolled identities), not a checkpoint; "
+                              "pass the model that enrolled it, or a run directory")
+    if kind == "npz":
+        raise CheckpointError(f"{path} is a numpy archive (edgeface embed writes these: embeddings), not a checkpoint")
     if kind == "text":
         raise CheckpointError(f"{path} is a text file, not a checkpoint; {FIX_HINT}")
     if kind == "unknown":

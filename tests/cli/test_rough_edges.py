@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -65,8 +66,25 @@ def test_a_bad_value_names_its_source_not_the_file(tmp_path: Path, monkeypatch: 
     ["troubleshoot", "--level", "2", "--dry-run"],
     ["train"],  # no training data: a user error
     ["train", "--train-dir", "{tmp}/nowhere"],
+    ["train", "--train-dir", "{tmp}/data", "--edgeface", "{tmp}/edgeface_xxs.pt"],  # a checkpoint that is not there
+    ["train", "--train-dir", "{tmp}/data", "--out", "{tmp}/run"],  # --out holds a finished run
+    ["train", "--train-dir", "{tmp}/flat"],  # images directly in the train folder
+    ["train", "--train-dir", "{tmp}/data", "--set", "optim.head_rl=1e-3"],  # a --set typo
+    ["export", "--checkpoint", "{tmp}/run", "--format", "gif"],
+    ["embed", "{tmp}/data", "--checkpoint", "{tmp}/run", "--out", "{tmp}/taken.npz"],
+    ["enroll", "{tmp}/data", "--checkpoint", "{tmp}/run", "--out", "{tmp}/taken.npz"],
+    ["plot", "{tmp}/data"],  # not a run
+    ["identify", "--gallery", "{tmp}/taken.npz"],  # no probes
+    ["align", "{tmp}/nowhere", "{tmp}/crops"],
 ])
 def test_simple_commands_and_user_errors_do_not_import_torch(args: list[str], tmp_path: Path) -> None:
+    (tmp_path / "data" / "alice").mkdir(parents=True)
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "a.jpg").write_bytes(b"jpeg")
+    (tmp_path / "run").mkdir()
+    for name in ("config.yaml", "metrics.jsonl", "last.pt"):
+        (tmp_path / "run" / name).write_text("")
+    (tmp_path / "taken.npz").write_bytes(b"")
     args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
     probe = (
         "import sys\n"
@@ -79,7 +97,10 @@ def test_simple_commands_and_user_errors_do_not_import_torch(args: list[str], tm
     result = done.stdout.strip().splitlines()[-1].split()
     assert result[0] == "RESULT", done.stdout + done.stderr
     assert result[2:] == ["False", "False"], (args, done.stdout, done.stderr)
-    assert result[1] == ("2" if args[0] == "train" else "0"), done.stdout + done.stderr
+    user_error = args[0] not in ("config", "troubleshoot")
+    assert result[1] == ("2" if user_error else "0"), done.stdout + done.stderr
+    if user_error:  # one line naming the problem, no traceback
+        assert "Traceback" not in done.stderr and done.stderr.count("error:") == 1, done.stderr
 
 
 def test_an_unwritable_out_fails_before_the_scan(sample_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -185,3 +206,30 @@ def test_top_level_help_loads_neither_torch_nor_the_config() -> None:
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip().splitlines()[-1] == "RESULT False False", done.stdout + done.stderr
+
+
+def test_messages_lead_somewhere(tmp_path: Path, sample_dataset: Path) -> None:
+    typo = runner.invoke(app, ["config", "show", "--set", "optim.head_rl=1e-3"])
+    assert typo.exit_code == 2 and "did you mean optim.head_lr?" in typo.output
+    zero = runner.invoke(app, ["train", "--train-dir", str(sample_dataset / "train"), "--batch-size", "0"])
+    assert zero.exit_code == 2 and "set by --batch-size" in flat(zero) and "command-line flag" not in flat(zero)
+    short = runner.invoke(app, ["train", "--train-dir", str(sample_dataset / "train"), "--epochs", "1"])
+    assert short.exit_code == 2 and "--stage1-epochs" in flat(short)
+    flat_folder = tmp_path / "flat"
+    flat_folder.mkdir()
+    shutil.copy(sample_dataset / "train" / "id_000" / "0000.png", flat_folder / "a.png")
+    images = runner.invoke(app, ["train", "--train-dir", str(flat_folder)])
+    assert images.exit_code == 2 and "holds 1 images directly" in flat(images) and "<name>/<image>" in flat(images)
+    plot = runner.invoke(app, ["plot", str(tmp_path)])
+    assert plot.exit_code == 2 and "not a training run" in flat(plot)
+
+
+def test_inspect_keys_says_what_a_gallery_is_and_takes_a_run(tmp_path: Path, xxs_checkpoint: Path) -> None:
+    import numpy as np
+
+    gallery = tmp_path / "staff.npz"
+    np.savez(gallery, meta=np.array("{}"), centroids=np.zeros((1, 4)))
+    result = runner.invoke(app, ["inspect-keys", "--edgeface", str(gallery)])
+    assert result.exit_code == 2 and "gallery written by edgeface enroll" in flat(result)
+    not_a_run = runner.invoke(app, ["inspect-keys", "--edgeface", str(tmp_path)])
+    assert not_a_run.exit_code == 2 and "not a training run" in flat(not_a_run)

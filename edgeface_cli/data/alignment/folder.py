@@ -19,6 +19,7 @@ from typing import Any
 from ...atomic import atomic_write_stream, atomic_write_text
 from ...errors import DataError
 from ...preflight import IMAGE_EXTENSIONS, is_system_file
+from ..folder import decode_failure
 from .detector import Detector, FaceChoice
 from .photos import align_photo, read_photo
 
@@ -129,8 +130,7 @@ class AlignJob:
         try:
             image = read_photo(photo)
         except Exception as exc:  # noqa: BLE001 - codecs fail on damaged files in many ways: all mean "unreadable"
-            why = f"cannot decode: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}"
-            return record | {"status": "unreadable", "why": why, "faces": [], "outputs": []}
+            return record | {"status": "unreadable", "why": decode_failure(exc), "faces": [], "outputs": []}
         faces, chosen, crops = align_photo(image, self.detector, self.choice)
         suffix = FORMATS[self.fmt]
         outputs = ([f"{stem}_{k}{suffix}" for k in range(len(crops))] if self.choice == "all"
