@@ -10,7 +10,8 @@ from pathlib import Path
 
 from .errors import DataError, RunDirError
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+HEIF_EXTENSIONS = {".heic", ".heif"}  # phone photos: read through the optional pillow-heif plugin
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", *HEIF_EXTENSIONS}
 SYSTEM_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}  # written by file browsers, never photos
 
 

@@ -8,7 +8,9 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import click
 import typer
+from typer.core import TyperGroup
 from rich.console import Console
 from rich.markup import escape
 
@@ -16,7 +18,19 @@ from ..errors import EdgeFaceError
 
 # rich_markup_mode=None: click's plain help, which shows flags as flags (Typer's rich help labels
 # every boolean flag "<bool>", which then rejects "--json true") and fits 80 columns.
+# --help lists the commands in the order of the work: data, training, evaluation, deployment, tools.
+WORKFLOW_ORDER = ("sample-data", "check-data", "align", "train", "eval", "troubleshoot", "export", "embed", "verify",
+                  "enroll", "identify", "plot", "inspect-keys", "config")
+
+
+class WorkflowGroup(TyperGroup):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        rank = {name: index for index, name in enumerate(WORKFLOW_ORDER)}
+        return sorted(super().list_commands(ctx), key=lambda name: rank.get(name, len(rank)))
+
+
 app = typer.Typer(
+    cls=WorkflowGroup,
     help="Fine-tune EdgeFace face-recognition backbones on your own identities.",
     no_args_is_help=True,
     rich_markup_mode=None,
@@ -54,7 +68,7 @@ EXIT_TERMINATED = 143  # SIGTERM, as shells report it (128 + 15)
 
 # Options every command shares.
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (default: ./edgeface.yaml when present).")
-SetOpt = typer.Option(None, "--set", help="Override any field: section.field=value (YAML value). Repeatable.")
+SetOpt = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override any field: section.field=value (YAML value). Repeatable.")
 ArchOpt = typer.Option(None, "--arch", help="Zoo variant of a bare backbone, or 'auto' (runs and exports know theirs).")
 AlignOpt = typer.Option(False, "--align", help="Raw photos: detect the face (MTCNN) and align it to 112x112 first, "
                                                "as the official EdgeFace pipeline does (see edgeface align).")

@@ -13,7 +13,7 @@ from .common import app, console, user_errors
 @app.command("plot")
 @user_errors
 def plot(
-    runs: list[Path] = typer.Argument(..., help="Run directories (several are overlaid, e.g. a failed run and its re-run)."),
+    runs: list[Path] = typer.Argument(..., metavar="RUN", help="Run directories (several are overlaid, e.g. a failed run and its re-run)."),
     out: Path = typer.Option(Path("curves.png"), "--out", help="The picture (png, pdf, svg, ...; needs matplotlib)."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out."),
 ) -> None:

@@ -48,7 +48,7 @@ def _embed(embedder: Any, resolved: Any, inputs: list[Path], flip: bool, tree: b
 @app.command("embed")
 @user_errors
 def embed(
-    inputs: list[Path] = typer.Argument(..., help="Image files, folders of images, or one folder of identity folders."),
+    inputs: list[Path] = typer.Argument(..., metavar="INPUT", help="Image files, folders of images, or one folder of identity folders."),
     checkpoint: Path = ModelOpt,
     out: Path = typer.Option(..., "--out", help="The .npz to write: embeddings, paths (and labels, identities)."),
     flip: bool = FlipOpt,
@@ -77,8 +77,8 @@ def embed(
 @app.command("verify")
 @user_errors
 def verify(
-    first: Path = typer.Argument(..., help="One face image."),
-    second: Path = typer.Argument(..., help="The other face image."),
+    first: Path = typer.Argument(..., metavar="IMAGE_A", help="One face image."),
+    second: Path = typer.Argument(..., metavar="IMAGE_B", help="The other face image."),
     checkpoint: Path = ModelOpt,
     threshold: Optional[float] = typer.Option(
         None, "--threshold", min=-1.0, max=1.0,
@@ -118,7 +118,7 @@ def verify(
 @user_errors
 def enroll(
     gallery_dir: Optional[Path] = typer.Argument(
-        None, help="One folder per identity: GALLERY_DIR/<identity>/<image> (not needed with --remove)."),
+        None, metavar="GALLERY_DIR", help="One folder per identity: GALLERY_DIR/<identity>/<image> (not needed with --remove)."),
     checkpoint: Optional[Path] = typer.Option(
         None, "--checkpoint", help="The model (required for a new gallery; --add and --remove default to the one "
                                    "that enrolled it)."),
@@ -182,7 +182,7 @@ def enroll(
 @app.command("identify")
 @user_errors
 def identify(
-    probes: Optional[list[Path]] = typer.Argument(None, help="Probe images or folders of images."),
+    probes: Optional[list[Path]] = typer.Argument(None, metavar="PROBE", help="Probe images or folders of images."),
     gallery_file: Path = typer.Option(..., "--gallery", help="A gallery written by edgeface enroll."),
     probe_dir: Optional[Path] = typer.Option(
         None, "--probe-dir", help="Labelled probes (one folder per identity): report open-set metrics."),

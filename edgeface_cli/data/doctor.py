@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from ..config import EdgeFaceConfig
+from .image_files import open_image
 from .folder import ImageSettings, scan_image_folder, ScanResult
 from .loaders import inference_loader
 from ..events import StepCallback, step_reporter
@@ -230,7 +231,7 @@ def _size_findings(images: list[Entry], settings: ImageSettings) -> tuple[list[F
     sizes = []
     for image in images:
         try:
-            with Image.open(image.path) as opened:  # the header only: no decode
+            with open_image(image.path) as opened:  # the header only: no decode
                 sizes.append(opened.size)
         except Exception:  # noqa: BLE001 - decodable in the scan, so this cannot fail for a readable file in practice
             sizes.append((0, 0))

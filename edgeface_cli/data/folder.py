@@ -23,7 +23,8 @@ from .cache import (
     CacheBuilder, CachedImages, FileEntry, FileVerdict, cache_key, check_space, default_cache_dir, open_cache,
 )
 from .alignment.photos import NO_FACE, NoFaceError
-from ..errors import DataError
+from ..errors import DataError, MissingExtraError
+from .image_files import open_image
 from ..preflight import IMAGE_EXTENSIONS, check_image_folder, is_system_file
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is unreadable, not silently grey
 NON_SQUARE_HINT = (
@@ -100,7 +101,7 @@ def load_image(path: Path, image_size: int, non_square: str = "center_crop", ali
         if rgb.size != (image_size, image_size):
             rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
         return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).copy(), False
-    with Image.open(path) as image:
+    with open_image(path) as image:
         if image.format == "JPEG" and min(image.size) >= 2 * image_size:
             image.draft("RGB", (image_size, image_size))
         image.load()
@@ -136,6 +137,8 @@ def _probe(path: Path, settings: ImageSettings) -> tuple[FileVerdict, np.ndarray
         pixels, is_non_square = load_image(path, settings.image_size, settings.non_square, settings.align)
     except NoFaceError:
         return FileVerdict(f"{NO_FACE} (edgeface align lists the photos without one)"), None
+    except MissingExtraError:
+        raise  # one message for the whole folder, not one unreadable file per photo
     except OSError as exc:
         if exc.errno is not None:  # the system failed to read it (EIO, EMFILE, EACCES): may work next time
             return FileVerdict(f"cannot read: {exc.strerror or exc}", transient=True), None

@@ -3,5 +3,6 @@
 ``detector`` is the interface (``Face``, ``Detector``, ``choose_faces``); ``mtcnn``/``mtcnn_nets`` the official
 cascade with its shipped weights; ``warp`` the landmarks-to-crop transform; ``folder`` aligns a photo tree
 incrementally (``edgeface align``); ``photos`` aligns photos in memory for every ``--align`` flag.
-May import: the top-level modules (errors, atomic, preflight), torch, numpy and PIL; nothing else of edgeface.
+May import: the top-level modules (errors, atomic, preflight), ``data.image_files`` and ``data.folder`` (file
+opening and decode wording), torch, numpy and PIL; nothing of model, evaluation, training, deploy or cli.
 """

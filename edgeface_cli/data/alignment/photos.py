@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ...errors import DataError
+from ..image_files import open_image
 from .detector import Detector, Face, FaceChoice, choose_faces
 from .warp import CROP_SIZE, warp_face
 
@@ -38,7 +39,7 @@ def shared_detector(device: str = "cpu") -> Detector:
 
 def read_photo(path: Path) -> Image.Image:
     """RGB pixels of a photo as the camera meant them (EXIF orientation applied), fully decoded."""
-    with Image.open(path) as image:
+    with open_image(path) as image:
         image.load()
         return ImageOps.exif_transpose(image).convert("RGB")
 
