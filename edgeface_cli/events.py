@@ -29,6 +29,15 @@ class RunStarted:
 
 
 @dataclass
+class EmbeddingProgress:
+    """Stage 1 embeds the training images once with the frozen backbone (later stage-1 epochs reuse them)."""
+
+    epoch: int
+    done: int  # batches
+    total: int
+
+
+@dataclass
 class ScanProgress:
     role: str  # "train" | "val"
     done: int
@@ -82,7 +91,7 @@ class Escalated:
     changes: list[dict[str, Any]]
 
 
-Event = ScanProgress | ValidationProgress | RunStarted | EpochStarted | BatchEnded | EpochEnded | Notice | Escalated
+Event = ScanProgress | EmbeddingProgress | ValidationProgress | RunStarted | EpochStarted | BatchEnded | EpochEnded | Notice | Escalated
 EventHandler = Callable[[Any], None]
 
 

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .common import (
-    EXIT_DIFFERENCES, AlignOpt, ArchOpt, ConfigOpt, FacesOpt, SetOpt, align_flag, app, console, err_console, print_json,
+    EXIT_DIFFERENCES, AlignOpt, ArchOpt, ConfigOpt, FacesOpt, SetOpt, align_flag, app, interrupt_says, console, err_console, print_json,
     resolve_config, user_errors,
 )
 
@@ -71,7 +71,8 @@ def check_data(
     from .render import StepProgress
 
     model_findings = _label_noise_check(checkpoint, resolved) if checkpoint is not None else None
-    with StepProgress(err_console) as progress:
+    with interrupt_says("no report written" + (f" ({out} is unchanged)" if out is not None else "")), \
+            StepProgress(err_console) as progress:
         report = run_checks(resolved, model_findings, progress.update)
     result = report.to_dict()
     if out is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import functools
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -123,10 +125,29 @@ FLAG_NAMES = {
 }
 
 
+@contextmanager
+def interrupt_says(kept: str) -> Iterator[None]:
+    """Ctrl-C: say what was kept (``kept``), exit 130, no traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: {kept}", soft_wrap=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
 def resolve_config(config_file: Optional[Path], overrides: Optional[list[str]], **flags: Any):
     from ..config import build_config
 
     return build_config(config_file, flags, overrides or [], flag_names=FLAG_NAMES)
+
+
+def middle_ellipsis(text: str, width: int = 56) -> str:
+    """A long file name shortened in the middle (``photos/2024/…/IMG_0042.jpg``): both ends stay readable,
+    and a table cell never breaks it mid-word."""
+    if len(text) <= width:
+        return text
+    keep = width - 1
+    return text[:keep // 2] + "…" + text[len(text) - (keep - keep // 2):]
 
 
 def print_json(obj: Any) -> None:

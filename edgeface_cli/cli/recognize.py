@@ -10,7 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from .common import (
-    AlignOpt, ArchOpt, ConfigOpt, FacesOpt, SetOpt, align_flag, app, console, err_console, print_json, resolve_config, user_errors,
+    AlignOpt, ArchOpt, ConfigOpt, FacesOpt, SetOpt, align_flag, app, console, err_console, interrupt_says,
+    middle_ellipsis, print_json, resolve_config, user_errors,
 )
 
 ModelOpt = typer.Option(..., "--checkpoint", help="A run dir, a checkpoint, a bare backbone, or an exported .onnx/.pt2 file.")
@@ -66,9 +67,10 @@ def embed(
     from ..preflight import check_output_file
 
     check_output_file(out, force)
-    resolved, embedder = _embedder(checkpoint, config, set_, device, batch_size, align_flag(align, faces), arch)
-    embedded = _embed(embedder, resolved, inputs, flip)
-    atomic_write_stream(out, embedded.save)
+    with interrupt_says(f"nothing written ({out} is written only whole, at the end)"):
+        resolved, embedder = _embedder(checkpoint, config, set_, device, batch_size, align_flag(align, faces), arch)
+        embedded = _embed(embedder, resolved, inputs, flip)
+        atomic_write_stream(out, embedded.save)
     what = f" of {len(embedded.identities)} identities" if embedded.identities is not None else ""
     console.print(f"wrote {escape(str(out))}: {len(embedded.paths)} embeddings{what}, {embedded.vectors.shape[1]}-d, "
                   f"L2-normalised ({embedder.kind} model {escape(str(embedder.source))})")
@@ -155,6 +157,15 @@ def enroll(
         check_output_file(out, force)
         if checkpoint is None:
             raise DataError("a new gallery needs its model: pass --checkpoint (a run, checkpoint or exported model)")
+
+    kept = f"{out} is unchanged" if editing or out.exists() else f"no gallery written ({out} is written only whole)"
+    with interrupt_says(kept):
+        _enroll(gallery_dir, checkpoint, out, remove, flip, device, batch_size, align, faces, arch, config, set_, editing)
+
+
+def _enroll(gallery_dir: Optional[Path], checkpoint: Optional[Path], out: Path, remove: Optional[list[str]], flip: bool,
+            device: Optional[str], batch_size: Optional[int], align: bool, faces: str, arch: Optional[str],
+            config: Optional[Path], set_: Optional[list[str]], editing: bool) -> None:
     from ..deploy.decisions import decision_threshold
     from ..deploy.gallery import add_identities, build_gallery, load_gallery, remove_identities, save_gallery
 
@@ -239,11 +250,12 @@ def identify(
         return
     if results:
         table = Table(title=f"identify against {gallery_file} ({len(gallery.identities)} identities)")
-        for column in ("probe", "answer", f"top {top_k} (similarity)"):
+        table.add_column("probe", no_wrap=True)
+        for column in ("answer", f"top {top_k} (similarity)"):
             table.add_column(column, overflow="fold")
         for item in results:
             answer = (escape(item.answer) if item.answer else "unknown") if found else "no threshold"
-            table.add_row(escape(item.probe), answer,
+            table.add_row(escape(middle_ellipsis(item.probe)), answer,
                           ", ".join(f"{escape(m.identity)} {m.similarity:.3f}" for m in item.matches))
         console.print(table)
     if "open_set" in report:

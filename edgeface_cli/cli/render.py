@@ -10,7 +10,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..events import (
-    BatchEnded, EpochEnded, EpochStarted, Escalated, Notice, RunStarted, ScanProgress, ValidationProgress,
+    BatchEnded, EmbeddingProgress, EpochEnded, EpochStarted, Escalated, Notice, RunStarted, ScanProgress,
+    ValidationProgress,
 )
 
 @dataclass(frozen=True)
@@ -151,6 +152,9 @@ class TrainRenderer:
 
     def _on_ScanProgress(self, event: ScanProgress) -> None:
         self._step_bar(f"checking {event.role} images", event.done, event.total)
+
+    def _on_EmbeddingProgress(self, event: EmbeddingProgress) -> None:
+        self._step_bar(f"epoch {event.epoch}: embedding the training images (once, for stage 1)", event.done, event.total)
 
     def _on_ValidationProgress(self, event: ValidationProgress) -> None:
         self._step_bar(f"epoch {event.epoch} validation", event.done, event.total)

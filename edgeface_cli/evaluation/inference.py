@@ -86,16 +86,21 @@ def embed_with_mirror(
     precision: Precision,
     mirror: bool,
     channels_last: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Each image's embedding, and (``mirror``) its horizontally flipped twin's, kept apart, fp32 on the device."""
     backbone.eval()
     plain, mirrored = [], []
     for images, *_ in loader:
+        if progress is not None:
+            progress(len(plain), len(loader))
         inputs = to_model_input(images, device, channels_last=channels_last)
         with torch.autocast(device_type=device.type, dtype=precision.dtype, enabled=precision.dtype is not None):
             plain.append(backbone(inputs).float())
             if mirror:
                 mirrored.append(backbone(inputs.flip(-1)).float())
+    if progress is not None:
+        progress(len(plain), len(loader))
     return torch.cat(plain), torch.cat(mirrored) if mirror else None
 
 

@@ -5,6 +5,7 @@ Mixed into the Trainer."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,20 @@ class Recovery:
             )
         return warnings
 
+    def _report_warnings(self, epoch: int, warnings: list[str]) -> None:
+        """Each kind of warning once, when it first shows; its repeats are counted (see the end of the run)."""
+        for warning in warnings:
+            first, epochs = self.warned.setdefault(re.sub(r"\d+(\.\d+)?", "#", warning), (warning, []))
+            epochs.append(epoch)
+            if len(epochs) == 1:
+                self.on_event(Notice("warning", f"epoch {epoch}: {warning}"))
+
+    def _report_repeated_warnings(self) -> None:
+        for first, epochs in self.warned.values():
+            if len(epochs) > 1:
+                self.on_event(Notice("warning", f"repeated in {len(epochs) - 1} more epoch(s), the last {epochs[-1]}: "
+                                                f"{first}"))
+
     def _check_guards(self, record: dict[str, Any]) -> None:
         skipped = record["skipped_batches"] + record["skipped_steps"]
         if not math.isfinite(record["train_loss"]):
@@ -67,6 +82,7 @@ class Recovery:
              "skipped": stop.skipped, "troubleshoot_level": self.config.troubleshoot_level}
         )
         self._write_metrics()
+        self._report_repeated_warnings()
         return RunResult(
             "guard_stopped", self.run_dir, self.epoch, self.best_epoch, self._best_val_acc(),
             stop_reason=stop.reason, recommended_level=recommended, records=self.records,

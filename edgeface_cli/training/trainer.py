@@ -25,7 +25,7 @@ from ..data.folder import ScanResult
 from ..data.loaders import face_dataset, inference_loader, loader_batches, make_loader, set_loader_epoch
 from ..evaluation.inference import Extracted, embed_with_mirror
 from ..evaluation.metrics import SimilarityHistogram, VerificationStats
-from ..events import BatchEnded, EpochEnded, EpochStarted, EventHandler, Notice, RunStarted
+from ..events import BatchEnded, EmbeddingProgress, EpochEnded, EpochStarted, EventHandler, Notice, RunStarted
 from ..model.checkpoints import BackboneLoad
 from ..model.heads import MarginHead
 from ..model.runtime import BackboneForward, Precision, prepare_device, resolve_device, resolve_precision
@@ -121,6 +121,7 @@ class Trainer(RunState, EpochValidation, Recovery):
         self.best_score: float | None = None
         self.stale_epochs = 0
         self.records: list[dict[str, Any]] = []
+        self.warned: dict[str, tuple[str, list[int]]] = {}  # warning kind -> (its first text, the epochs it showed)
         self.pending_nan_steps = set(config.debug.inject_nan_at)
         # A frozen backbone's outputs cannot change: stage 1 computes them once (see _frozen_*).
         self.stage1_embeddings: tuple[torch.Tensor, torch.Tensor | None] | None = None
@@ -187,9 +188,10 @@ class Trainer(RunState, EpochValidation, Recovery):
     def _frozen_embeddings(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Every training image's embedding (and its mirror's, when flipping), computed once per stage 1."""
         if self.stage1_embeddings is None:
+            epoch = self.epoch + 1
             plain, mirrored = embed_with_mirror(
                 self.forward, self.train_embedding_loader, self.device, self.precision, self.config.data.hflip,
-                self.channels_last,
+                self.channels_last, lambda done, total: self.on_event(EmbeddingProgress(epoch, done, total)),
             )
             total = len(self.train_labels)
             self.stage1_embeddings = (
@@ -340,9 +342,9 @@ class Trainer(RunState, EpochValidation, Recovery):
             self._write_metrics()
             self._save(is_best)
             self.on_event(EpochEnded(record, is_best))
-            for warning in record["warnings"]:
-                self.on_event(Notice("warning", f"epoch {epoch}: {warning}"))
+            self._report_warnings(epoch, record["warnings"])
             epoch += 1
+        self._report_repeated_warnings()
         return RunResult(
             "finished", self.run_dir, self.epoch, self.best_epoch,
             self._best_val_acc(), records=self.records,

@@ -77,3 +77,12 @@ def test_rows_fit_80_and_120_columns_and_the_bar_survives_at_80() -> None:
     renderer.close()
     frames = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", live.getvalue()).replace("\r", "\n").splitlines()
     assert any("━" in frame and "10/40" in frame and "loss 1.500" in frame and len(frame) <= 80 for frame in frames)
+
+
+def test_long_file_names_are_shortened_in_the_middle() -> None:
+    from edgeface_cli.cli.common import middle_ellipsis
+
+    name = "photos/holidays/2024/summer/with-the-whole-family/IMG_20240812_142233_portrait.jpg"
+    short = middle_ellipsis(name, 40)
+    assert len(short) == 40 and short.startswith("photos/holidays/") and short.endswith("_portrait.jpg") and "…" in short
+    assert middle_ellipsis("a.jpg", 40) == "a.jpg"
