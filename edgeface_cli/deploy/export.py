@@ -99,7 +99,7 @@ def reference_images(folders: list[Path], settings: ImageSettings, counts: list[
         chosen = [readable[int(index)] for index in np.linspace(0, len(readable) - 1, min(sum(counts), len(readable)))]
         dealt: list[list[Path]] = [[] for _ in counts]
         for done, path in enumerate(chosen, start=1):  # dealt in proportion, so that every set spans the folder
-            dealt[max(range(sets), key=lambda k: counts[k] * done / len(chosen) - len(dealt[k]))].append(path)
+            dealt[max(range(sets), key=lambda k: counts[k] / sum(counts) * done - len(dealt[k]))].append(path)
         return [(torch.stack([decode_image(path, settings.image_size, settings.non_square, settings.align)
                               for path in paths]), f"{len(paths)} images from {folder}") for paths in dealt]
     faces = generated_faces(sum(counts), settings.image_size)

@@ -290,3 +290,15 @@ def test_parity_images_span_the_folder_and_never_calibrated_the_model(tmp_path: 
     assert len(positions[0]) == 8 and len(positions[1]) == 16 and not positions[0] & positions[1]
     for found in positions:
         assert min(found) < 10 and max(found) > 50  # spread over the whole folder, not its first half
+
+
+def test_a_small_folder_still_gives_every_set_images(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from edgeface_cli.data.folder import ImageSettings
+    from edgeface_cli.deploy.export import reference_images
+
+    for index in range(18):
+        Image.new("RGB", (16, 16), (10 * index,) * 3).save(tmp_path / f"{index:02d}.png")
+    sets = reference_images([tmp_path], ImageSettings(image_size=16), [32, 64])
+    assert [len(images) for images, _ in sets] == [6, 12]
