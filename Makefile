@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.install-stamp
 DEMO   := demo
 
-.PHONY: install demo test bench gpu-check clean
+.PHONY: install demo test test-fast bench gpu-check clean
 
 install: $(STAMP)
 
@@ -40,6 +40,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Everything that needs no training run and no multi-process scenario: under a minute, for development.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # Every figure beside the naive torchvision ImageFolder loop; writes bench.json (about 6 min on 2 cores),
 # then the sharded margin head against a replicated one on 2 ranks (bench-sharded-head.json, about 3 min),

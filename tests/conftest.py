@@ -94,3 +94,21 @@ def recognition_run(recognition_data: Path, tmp_path_factory: pytest.TempPathFac
     ])
     assert result.exit_code == 0, result.output
     return run
+
+
+# `make test-fast` runs what trains no model and spawns no multi-process scenario (pytest -m "not slow").
+SLOW_FOLDERS = {"training", "deploy"}
+SLOW_FILES = {"test_reliability.py", "test_api.py", "test_layout.py"}
+TRAINED_FIXTURES = {"recognition_run", "troubled_runs", "trained_run"}
+TRAINS = ("run_train(", '"train",', "import train", "train_command(", '"train"]')
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    import inspect
+
+    for item in items:
+        path = Path(str(item.fspath))
+        source = inspect.getsource(item.function) if hasattr(item, "function") else ""
+        trains = bool(TRAINED_FIXTURES & set(getattr(item, "fixturenames", ()))) or any(word in source for word in TRAINS)
+        if path.parent.name in SLOW_FOLDERS or path.name in SLOW_FILES or trains:
+            item.add_marker(pytest.mark.slow)
