@@ -30,16 +30,16 @@ import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from edgeface_cli.data.augment import plan_epoch, to_model_input
 from edgeface_cli.config import build_config
+from edgeface_cli.data.augment import plan_epoch, to_model_input
 from edgeface_cli.data.folder import ImageSettings, scan_image_folder
 from edgeface_cli.data.loaders import face_dataset, inference_loader, make_loader
-from edgeface_cli.training.run import train
-from edgeface_cli.model.heads import MarginHead
+from edgeface_cli.data.sample_data import write_sample_dataset
 from edgeface_cli.evaluation.inference import extract
 from edgeface_cli.model.backbones import EdgeFace
+from edgeface_cli.model.heads import MarginHead
 from edgeface_cli.model.runtime import prepare_device, resolve_device, resolve_precision
-from edgeface_cli.data.sample_data import write_sample_dataset
+from edgeface_cli.training.run import train
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from edgeface_cli.training import distributed as dist_setup
 from edgeface_cli.model.heads import MarginHead
+from edgeface_cli.training import distributed as dist_setup
 from edgeface_cli.training.sharded_head import ShardedMarginHead
 
 

@@ -12,7 +12,17 @@ from __future__ import annotations
 import sys
 
 from . import (  # noqa: F401 - registers the commands
-    align, check_data, config_cmds, eval, export, inspect_keys, plot, recognize, sample_data, train, troubleshoot,
+    align,
+    check_data,
+    config_cmds,
+    eval,
+    export,
+    inspect_keys,
+    plot,
+    recognize,
+    sample_data,
+    train,
+    troubleshoot,
 )
 from .common import EXIT_INTERRUPTED, app, err_console
 

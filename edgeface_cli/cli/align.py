@@ -42,8 +42,8 @@ def align(
     check_writable_folder(out, "the output folder")
     from ..data.alignment.folder import AlignJob
     from ..data.alignment.photos import shared_detector
-    from .render import StepProgress
     from ..model.runtime import resolve_device
+    from .render import StepProgress
 
     job = AlignJob(src, out, shared_detector(str(resolve_device(device))), faces, fmt)  # type: ignore[arg-type]
     try:

@@ -11,8 +11,20 @@ from rich.markup import escape
 from rich.table import Table
 
 from .common import (
-    EXIT_DIFFERENCES, AlignOpt, ArchOpt, ConfigOpt, FacesOpt, SetOpt, align_flag, app, interrupt_says, console, err_console, print_json,
-    resolve_config, user_errors,
+    EXIT_DIFFERENCES,
+    AlignOpt,
+    ArchOpt,
+    ConfigOpt,
+    FacesOpt,
+    SetOpt,
+    align_flag,
+    app,
+    console,
+    err_console,
+    interrupt_says,
+    print_json,
+    resolve_config,
+    user_errors,
 )
 
 SHOWN = 5  # files listed per finding on the terminal (--json and --out have up to 20)

@@ -12,9 +12,9 @@ from typing import Any, Callable, Optional
 
 import click
 import typer
-from typer.core import TyperGroup
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from ..errors import EdgeFaceError
 

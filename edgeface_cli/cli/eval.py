@@ -10,7 +10,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from .common import (
-    AlignOpt, ConfigOpt, FacesOpt, SetOpt, align_flag, app, console, err_console, print_json, resolve_config, user_errors,
+    AlignOpt,
+    ConfigOpt,
+    FacesOpt,
+    SetOpt,
+    align_flag,
+    app,
+    console,
+    err_console,
+    print_json,
+    resolve_config,
+    user_errors,
 )
 
 METRIC_ROWS = [

@@ -10,8 +10,20 @@ from rich.markup import escape
 from rich.table import Table
 
 from .common import (
-    AlignOpt, ArchOpt, ConfigOpt, FacesOpt, SetOpt, align_flag, app, console, err_console, interrupt_says,
-    middle_ellipsis, print_json, resolve_config, user_errors,
+    AlignOpt,
+    ArchOpt,
+    ConfigOpt,
+    FacesOpt,
+    SetOpt,
+    align_flag,
+    app,
+    console,
+    err_console,
+    interrupt_says,
+    middle_ellipsis,
+    print_json,
+    resolve_config,
+    user_errors,
 )
 
 ModelOpt = typer.Option(..., "--checkpoint", help="A run dir, a checkpoint, a bare backbone, or an exported .onnx/.pt2 file.")
@@ -220,7 +232,8 @@ def identify(
         raise DataError(f"gallery not found: {gallery_file}; write one with edgeface enroll GALLERY_DIR --checkpoint "
                         f"MODEL --out {gallery_file}")
     from ..deploy.decisions import decision_threshold
-    from ..deploy.gallery import identify as match, load_gallery, open_set_metrics
+    from ..deploy.gallery import identify as match
+    from ..deploy.gallery import load_gallery, open_set_metrics
     from ..thresholds import Threshold
 
     gallery = load_gallery(gallery_file)

@@ -10,9 +10,17 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..events import (
-    BatchEnded, EmbeddingProgress, EpochEnded, EpochStarted, Escalated, Notice, RunStarted, ScanProgress,
+    BatchEnded,
+    EmbeddingProgress,
+    EpochEnded,
+    EpochStarted,
+    Escalated,
+    Notice,
+    RunStarted,
+    ScanProgress,
     ValidationProgress,
 )
+
 
 @dataclass(frozen=True)
 class RowLayout:

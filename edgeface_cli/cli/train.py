@@ -14,10 +14,18 @@ from rich.markup import escape
 from typer.core import TyperCommand
 
 from .common import (
-    EXIT_GUARD_STOP, EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigOpt, SetOpt, app, console, err_console, fail,
-    resolve_config, user_errors,
+    EXIT_GUARD_STOP,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    ConfigOpt,
+    SetOpt,
+    app,
+    console,
+    err_console,
+    fail,
+    resolve_config,
+    user_errors,
 )
-
 
 DEFAULT_FIELD = re.compile(r"\{default:([a-z0-9_]+\.[a-z0-9_]+)\}")
 

@@ -34,7 +34,14 @@ def troubleshoot(
 
     from ..atomic import atomic_write_text
     from ..config import DEFAULT_CONFIG_FILE, dump_yaml
-    from ..training.troubleshoot import advice_without_level, apply_level, backup_path, diagnose_run, next_run_dir, output_path
+    from ..training.troubleshoot import (
+        advice_without_level,
+        apply_level,
+        backup_path,
+        diagnose_run,
+        next_run_dir,
+        output_path,
+    )
 
     diagnosis = None
     if from_run is not None:

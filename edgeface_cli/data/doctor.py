@@ -25,10 +25,10 @@ import torch
 from PIL import Image
 
 from ..config import EdgeFaceConfig
-from .image_files import open_image
-from .folder import ImageSettings, scan_image_folder, ScanResult
-from .loaders import inference_loader
 from ..events import StepCallback, step_reporter
+from .folder import ImageSettings, ScanResult, scan_image_folder
+from .image_files import open_image
+from .loaders import inference_loader
 
 PROBLEM, WARNING, INFO = "problem", "warning", "info"
 TRAIN_FEW_IMAGES = 5  # fewer than this per training identity: a warning

@@ -19,13 +19,21 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
 
-from .cache import (
-    CacheBuilder, CachedImages, FileEntry, FileVerdict, cache_key, check_space, default_cache_dir, open_cache,
-)
-from .alignment.photos import NO_FACE, NoFaceError
 from ..errors import DataError, MissingExtraError
-from .image_files import open_image
 from ..preflight import IMAGE_EXTENSIONS, check_image_folder, is_system_file
+from .alignment.photos import NO_FACE, NoFaceError
+from .cache import (
+    CacheBuilder,
+    CachedImages,
+    FileEntry,
+    FileVerdict,
+    cache_key,
+    check_space,
+    default_cache_dir,
+    open_cache,
+)
+from .image_files import open_image
+
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is unreadable, not silently grey
 NON_SQUARE_HINT = (
     "EdgeFace expects aligned square face crops (112x112); align the photos first with edgeface align IN OUT "

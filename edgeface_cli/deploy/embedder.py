@@ -19,20 +19,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.alignment.warp import ARCFACE_TEMPLATE
 from ..config import EdgeFaceConfig
+from ..data.alignment.warp import ARCFACE_TEMPLATE
 from ..data.folder import IMAGE_EXTENSIONS, ImageSettings, scan_image_folder, unreadable_images
 from ..data.loaders import inference_loader
 from ..errors import CheckpointError, DataError, import_extra
-from ..events import StepCallback, step_reporter
 from ..evaluation.evaluator import load_eval_model, model_image_settings
 from ..evaluation.inference import extract, extract_files
+from ..events import StepCallback, step_reporter
+from ..model.runtime import FP32, Precision, resolve_device, resolve_precision
 from ..preflight import is_system_file
 from ..rundir import run_dir_of
 from ..thresholds import ModelFingerprint
-from .decisions import Verification, decision_threshold, verify_embeddings
-from ..model.runtime import FP32, Precision, resolve_device, resolve_precision
 from ..zoo import ZOO
+from .decisions import Verification, decision_threshold, verify_embeddings
 
 NORMALIZATION = "pixel / 127.5 - 1 (range [-1, 1]; mean 0.5, std 0.5 on [0, 1])"  # what to_model_input computes
 TEMPLATE = ARCFACE_TEMPLATE.tolist()  # the crops this version makes (export records it in the sidecar)

@@ -25,12 +25,12 @@ from torch import nn
 from .. import __version__
 from ..atomic import atomic_write_file, atomic_write_text
 from ..data.augment import normalize
-from ..model.checkpoints import load_backbone
 from ..data.folder import ImageSettings, check_image, decode_image
-from .embedder import NORMALIZATION, list_images, load_program, sidecar_path
 from ..errors import DataError, ParityError, import_extra
-from ..preflight import EXPORT_SUFFIXES, check_export_request, int8_path
 from ..model.backbones import EdgeFace
+from ..model.checkpoints import load_backbone
+from ..preflight import EXPORT_SUFFIXES, check_export_request, int8_path
+from .embedder import NORMALIZATION, list_images, load_program, sidecar_path
 
 MIN_COSINE = 0.9999  # fp32 exports: anything lower is a broken export, not rounding
 MIN_COSINE_INT8 = 0.99

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write_stream
-from .embedder import Embeddings
 from ..errors import DataError
 from ..evaluation.metrics import class_centroids
 from ..thresholds import ModelFingerprint
+from .embedder import Embeddings
 
 GALLERY_FORMAT = 1
 

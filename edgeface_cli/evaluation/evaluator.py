@@ -14,28 +14,28 @@ import torch
 import torch.nn.functional as F
 
 from ..atomic import atomic_write_stream
-from ..model.checkpoint_io import read_checkpoint
-from ..model.checkpoints import load_backbone
 from ..config import EdgeFaceConfig, build_config
 from ..data.folder import IMAGE_EXTENSIONS, ImageSettings, left_out_note, scan_image_folder, unreadable_images
 from ..data.loaders import inference_loader
-from ..events import StepCallback, step_reporter
 from ..errors import CheckpointError, DataError, import_extra
+from ..events import StepCallback, step_reporter
+from ..model.backbones import EdgeFace
+from ..model.checkpoint_io import read_checkpoint
+from ..model.checkpoints import load_backbone
 from ..model.heads import MarginHead
+from ..model.runtime import Precision, resolve_device, resolve_precision
+from ..rundir import run_dir_of
+from ..thresholds import ModelFingerprint, eval_record_path, write_eval_record
 from .inference import extract, extract_files, validate
 from .metrics import (
+    SimilarityHistogram,
     kfold_accuracy,
     leave_one_out_centroid_scores,
-    SimilarityHistogram,
     nearest_centroid_scores,
     pair_histogram,
     topk_correct,
     verification_stats,
 )
-from ..model.backbones import EdgeFace
-from ..model.runtime import Precision, resolve_device, resolve_precision
-from ..rundir import run_dir_of
-from ..thresholds import ModelFingerprint, eval_record_path, write_eval_record
 
 
 @dataclass

@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model.heads import MarginHead
-from .metrics import SimilarityHistogram, VerificationStats, all_pairs_histogram, topk_correct, verification_stats
 from ..data.augment import to_model_input
 from ..data.folder import ImageSettings, Sample
 from ..data.loaders import BatchLoader, inference_loader
+from ..model.heads import MarginHead
 from ..model.runtime import Precision
+from .metrics import SimilarityHistogram, VerificationStats, all_pairs_histogram, topk_correct, verification_stats
 
 
 @dataclass

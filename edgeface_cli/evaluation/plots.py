@@ -14,8 +14,8 @@ from typing import Any
 from ..atomic import atomic_write_file
 from ..config import build_config, default_of
 from ..errors import EdgeFaceError, RunDirError
-from .evaluator import require_matplotlib
 from ..rundir import read_metrics
+from .evaluator import require_matplotlib
 
 
 @dataclass

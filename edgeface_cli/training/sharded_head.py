@@ -15,8 +15,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .distributed import Distributed
 from ..model.heads import MarginHead, margin_logit
+from .distributed import Distributed
 
 # `arcface.sharded: auto` shards from this many identities: below it, the whole head fits everywhere
 # and sharding would only add collectives.

@@ -15,8 +15,8 @@ from typing import Any
 
 from ..config import DEFAULT_CONFIG_FILE, EdgeFaceConfig, config_from_dict, read_yaml_file
 from ..errors import ConfigError, EdgeFaceError, RunDirError
-from ..zoo import ZOO
 from ..rundir import read_metrics
+from ..zoo import ZOO
 
 MAX_LEVEL = 4
 AUTO_MAX_LEVEL = 4  # level 4 swaps the backbone: --auto-troubleshoot restarts stage 1 in a new run dir

@@ -5,8 +5,17 @@ from pathlib import Path
 
 from rich.console import Console
 
-from edgeface_cli.events import BatchEnded, EpochEnded, EpochStarted, Escalated, Notice, RunStarted, ScanProgress, ValidationProgress
 from edgeface_cli.cli.render import TrainRenderer
+from edgeface_cli.events import (
+    BatchEnded,
+    EpochEnded,
+    EpochStarted,
+    Escalated,
+    Notice,
+    RunStarted,
+    ScanProgress,
+    ValidationProgress,
+)
 
 RECORD = {
     "epoch": 1, "stage": 1, "train_loss": 1.5, "train_acc": 0.5, "val_loss": 1.2, "val_acc": 0.6,

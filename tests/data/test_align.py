@@ -12,12 +12,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from edgeface_cli.cli import app
 from edgeface_cli.data.alignment.detector import Face, choose_faces
 from edgeface_cli.data.alignment.folder import RECORDS, AlignJob, read_records
 from edgeface_cli.data.alignment.mtcnn import MTCNN
 from edgeface_cli.data.alignment.photos import read_photo, shared_detector
 from edgeface_cli.data.alignment.warp import ARCFACE_TEMPLATE, template_to_photo, warp_face
-from edgeface_cli.cli import app
 
 # The official weights' example photos and what the official code computed on them live outside the
 # repository (they are not ours to ship): EDGEFACE_SHARED, else the workspace's shared/ folder.

@@ -15,9 +15,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import edgeface_cli.data.folder as data_module
-from edgeface_cli.data.augment import augment_batch, plan_epoch, to_model_input
 from edgeface_cli.cli import app
-from edgeface_cli.data.folder import decode_image, ImageSettings, load_image, scan_image_folder
+from edgeface_cli.data.augment import augment_batch, plan_epoch, to_model_input
+from edgeface_cli.data.folder import ImageSettings, decode_image, load_image, scan_image_folder
 from edgeface_cli.data.loaders import CachedBatches, face_dataset, make_loader, set_loader_epoch
 from edgeface_cli.model.backbones import EdgeFace
 
@@ -265,8 +265,8 @@ def test_cached_stage_1_equals_the_uncached_head_and_costs_two_passes(
 
 def test_resume_inside_a_cached_stage_1_equals_an_uninterrupted_run(sample_dataset: Path, tmp_path: Path) -> None:
     from edgeface_cli.config import build_config
-    from edgeface_cli.training.run import train
     from edgeface_cli.events import BatchEnded
+    from edgeface_cli.training.run import train
 
     overrides = ["data.image_size=32", "data.batch_size=8", "data.workers=0", "optim.warmup_epochs=0", "optim.head_lr=0.05"]
     flags = {"data.train_dir": sample_dataset / "train", "data.val_dir": sample_dataset / "val", "runtime.device": "cpu",

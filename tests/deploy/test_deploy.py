@@ -12,8 +12,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from edgeface_cli.deploy import export as export_module
 from edgeface_cli.cli import app
+from edgeface_cli.deploy import export as export_module
 from edgeface_cli.deploy.gallery import Gallery, open_set_metrics
 
 runner = CliRunner()

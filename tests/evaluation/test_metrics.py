@@ -5,7 +5,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgeface_cli.model.heads import MarginHead
 from edgeface_cli.evaluation.metrics import (
     all_pairs_histogram,
     best_threshold_exact,
@@ -14,6 +13,7 @@ from edgeface_cli.evaluation.metrics import (
     pair_histogram,
     verification_stats,
 )
+from edgeface_cli.model.heads import MarginHead
 
 
 def direct_stats(embeddings: torch.Tensor, identities: torch.Tensor) -> dict:

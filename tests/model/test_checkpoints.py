@@ -9,11 +9,11 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from edgeface_cli.model.checkpoint_io import read_checkpoint
-from edgeface_cli.model.checkpoints import detect_arch
 from edgeface_cli.cli import app
 from edgeface_cli.errors import CheckpointError
 from edgeface_cli.model.backbones import ZOO, EdgeFace
+from edgeface_cli.model.checkpoint_io import read_checkpoint
+from edgeface_cli.model.checkpoints import detect_arch
 
 from ..conftest import SEED_KEYS
 

@@ -12,17 +12,17 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
+import edgeface_cli.training.sharded_head as sharded_head
 import edgeface_cli.training.state as run_state
 import edgeface_cli.training.trainer as engine
-import edgeface_cli.training.sharded_head as sharded_head
 from edgeface_cli.cli import app
 from edgeface_cli.config import EdgeFaceConfig, build_config
 from edgeface_cli.data.folder import load_image, scan_image_folder
 from edgeface_cli.errors import DeviceError
-from edgeface_cli.model.heads import MarginHead
 from edgeface_cli.model.backbones import EdgeFace
-from edgeface_cli.training.optim import BACKBONE_NO_DECAY, build_optimizer
+from edgeface_cli.model.heads import MarginHead
 from edgeface_cli.model.runtime import Precision, resolve_precision
+from edgeface_cli.training.optim import BACKBONE_NO_DECAY, build_optimizer
 from edgeface_cli.training.training_state import restore_rng_state, rng_state
 from edgeface_cli.training.troubleshoot import apply_level
 

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from edgeface_cli.cli import app
 from edgeface_cli.config import build_config
 from edgeface_cli.data.folder import scan_image_folder
-from edgeface_cli.training.run import train
 from edgeface_cli.events import BatchEnded
 from edgeface_cli.model.backbones import EdgeFace
+from edgeface_cli.training.run import train
 
 from ..conftest import FAST, SEED_KEYS
 
