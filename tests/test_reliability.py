@@ -76,12 +76,12 @@ def test_signals_and_kills_at_random_moments_then_resume_finishes_intact(sample_
     mid-epoch, mid-validation, between best.pt and last.pt, mid-write of metrics and checkpoints. Every stop
     is clean (130/143 with the resume hint, never a traceback) and the resumes finish the run intact."""
     run_dir = tmp_path / "run"
-    epochs = ["--stage1-epochs", "2", "--epochs", "7"]
+    epochs = ["--stage1-epochs", "2", "--epochs", "6"]
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     rng = random.Random(7)
     kills = 0
     exits = {signal.SIGTERM: 143, signal.SIGINT: 130, signal.SIGKILL: -signal.SIGKILL}
-    for sent in (signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+    for sent in (signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGTERM):
         resumable = (run_dir / "last.pt").exists()
         command = ["train", "--resume", str(run_dir)] if resumable else train_command(sample_dataset, run_dir, *epochs, "--force")[3:]
         process = subprocess.Popen([sys.executable, "-m", "edgeface_cli", *command], stdout=subprocess.PIPE,
@@ -111,11 +111,11 @@ def test_signals_and_kills_at_random_moments_then_resume_finishes_intact(sample_
     final = runner.invoke(app, ["train", "--resume", str(run_dir)]) if (run_dir / "last.pt").exists() else None
     assert final is not None and final.exit_code == 0, final.output if final else "no last.pt after the kills"
     epochs_seen = [row["epoch"] for row in rows_of(run_dir) if "event" not in row]
-    assert epochs_seen == list(range(1, 8))  # no duplicated or missing epoch
+    assert epochs_seen == list(range(1, 7))  # no duplicated or missing epoch
     for name in ("last.pt", "best.pt"):
         state = torch.load(run_dir / name, weights_only=True)
         assert state["epoch"] >= 1
-    assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == 7
+    assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == 6
     torch.load(run_dir / "backbone.pt", weights_only=True)
     # A kill between a write's temp file and its rename leaves the temp file (never read: only whole
     # files are renamed in); the resume clears such leftovers.
@@ -136,8 +136,8 @@ def test_resume_clears_temp_files_of_killed_writes(sample_dataset: Path, tmp_pat
 
 
 @pytest.mark.parametrize(("signal_number", "code", "said"), [
-    (signal.SIGINT, 130, "interrupted"),
-    (signal.SIGTERM, 143, "terminated (SIGTERM)"),  # what cluster schedulers send: handled like Ctrl-C
+    # what cluster schedulers send, handled like Ctrl-C (SIGINT's 130 is checked by the random-moment test)
+    (signal.SIGTERM, 143, "terminated (SIGTERM)"),
 ])
 def test_a_signal_stops_the_run_resumably(signal_number: int, code: int, said: str, sample_dataset: Path,
                                           tmp_path: Path) -> None:
