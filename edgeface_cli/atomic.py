@@ -1,15 +1,17 @@
-"""Atomic file writes: a temp file in the same folder, fsync, rename. Never a half-written file.
+"""Atomic file writes: a temp file in the same folder, fsync, rename. Never a half-written file. And the
+strict read-back of the JSON records written so (a damaged one is a typed error saying how to rewrite it).
 
 Torch-free, so that commands which write only text (config init, troubleshoot) start fast.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 
 def _umask() -> int:
@@ -68,3 +70,14 @@ def atomic_write_file(path: Path, write: Callable[[Path], object]) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def read_json_object(path: Path, what: str, rewrite: str, error: type[Exception]) -> dict[str, Any]:
+    """The JSON object in ``path``; else ``error`` saying the file is not ``what`` and how to ``rewrite`` it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise error(f"{path} is not valid JSON; {rewrite}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path} is not {what}; {rewrite}")
+    return data

@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, read_json_object
 from .errors import DataError
 from .rundir import EVAL_RESULT
 
@@ -108,13 +108,7 @@ def write_eval_record(path: Path, metrics: dict[str, Any], fingerprint: ModelFin
 
 
 def read_eval_record(path: Path) -> dict[str, Any]:
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        raise DataError(f"{path} is not valid JSON; run edgeface eval again to rewrite it") from None
-    if not isinstance(record, dict):
-        raise DataError(f"{path} is not an eval record; run edgeface eval again to rewrite it")
-    return record
+    return read_json_object(path, "an eval record", "run edgeface eval again to rewrite it", DataError)
 
 
 def recorded_threshold(fingerprint: ModelFingerprint, run_dir: Path | None) -> tuple[Threshold | None, str]:

@@ -8,7 +8,6 @@ program; safetensors and TorchScript exports load into the PyTorch model. The si
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import read_json_object
 from ..config import EdgeFaceConfig
 from ..data.alignment.warp import ARCFACE_TEMPLATE
 from ..data.folder import IMAGE_EXTENSIONS, ImageSettings, scan_image_folder, unreadable_images
@@ -48,12 +48,7 @@ def read_sidecar(model_file: Path) -> dict[str, Any] | None:
     path = sidecar_path(model_file)
     if not path.is_file():
         return None
-    try:
-        sidecar = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        raise CheckpointError(f"{path} is not valid JSON; re-export the model to rewrite it") from None
-    if not isinstance(sidecar, dict):
-        raise CheckpointError(f"{path} is not an export description; re-export the model to rewrite it")
+    sidecar = read_json_object(path, "an export description", "re-export the model to rewrite it", CheckpointError)
     threshold = sidecar.get("threshold")
     checks = {
         "image_size": isinstance(sidecar.get("image_size"), int) and 16 <= sidecar["image_size"] <= 4096,

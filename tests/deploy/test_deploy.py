@@ -10,28 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from edgeface_cli.cli import app
 from edgeface_cli.deploy import export as export_module
 from edgeface_cli.deploy.gallery import Gallery, open_set_metrics
 
-runner = CliRunner()
+from ..clirun import invoke, invoke_json
 
 # Enrolled: the first four identities; the last two are never enrolled (open-set probes).
 ENROLLED = ["id_000", "id_001", "id_002", "id_003"]
 STRANGERS = ["id_004", "id_005"]
-
-
-def invoke(*args: str) -> tuple[int, str]:
-    result = runner.invoke(app, list(args))
-    return result.exit_code, result.output
-
-
-def invoke_json(*args: str) -> dict:
-    code, output = invoke(*args, "--json")
-    assert code == 0, output
-    return json.loads(output[output.index("{"):output.rindex("}") + 1])
 
 
 @pytest.fixture(scope="module")

@@ -11,24 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from edgeface_cli.cli import app
 from edgeface_cli.evaluation.metrics import SimilarityHistogram, verification_stats
 
-runner = CliRunner()
+from ..clirun import invoke, invoke_json
+
 RUN_FILES = ("best.pt", "last.pt", "backbone.pt", "config.yaml", "metrics.jsonl")
-
-
-def invoke(*args: str) -> tuple[int, str]:
-    result = runner.invoke(app, list(args))
-    return result.exit_code, result.output
-
-
-def invoke_json(*args: str) -> dict:
-    code, output = invoke(*args, "--json")
-    assert code == 0, output
-    return json.loads(output[output.index("{"):output.rindex("}") + 1])
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +169,7 @@ def test_eval_of_a_bare_published_checkpoint_is_found_by_verify(run: Path, recog
 @pytest.mark.parametrize("command", ["train", "eval", "inspect-keys", "export", "embed", "verify", "enroll", "identify",
                                      "check-data"])
 def test_every_command_that_takes_a_checkpoint_takes_arch(command: str) -> None:
-    assert "--arch" in runner.invoke(app, [command, "--help"]).output
+    assert "--arch" in invoke(command, "--help")[1]
 
 
 def test_arch_names_the_variant_of_a_bare_backbone(zoo_checkpoints: dict[str, Path], recognition_data: Path) -> None:
