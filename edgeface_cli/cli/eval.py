@@ -55,6 +55,9 @@ def eval_(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A run dir (its best.pt), best.pt/last.pt, or a bare backbone."),
     train_dir: Optional[Path] = typer.Option(None, "--train-dir", help="Gallery for nearest-centroid accuracy when the checkpoint has no head."),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="LFW pairs.txt or CSV path1,path2,same (paths relative to --val-dir)."),
+    bins: Optional[list[Path]] = typer.Option(
+        None, "--bin", help="An insightface verification .bin (lfw.bin, cfp_fp.bin, agedb_30.bin, ...): the 10-fold "
+                            "protocol with flip. Repeatable; --val-dir is then optional."),
     flip: bool = typer.Option(False, "--flip", help="Add the mirrored image's embedding (standard protocol)."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Zoo variant of a bare backbone, or 'auto'."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps."),
@@ -87,8 +90,23 @@ def eval_(
     explicit_size = resolved.data.image_size if any(item.startswith("data.image_size=") for item in set_ or []) else None
     from .render import StepProgress
 
+    bin_results = None
+    if bins:
+        from ..evaluation.evaluator import evaluate_bins
+
+        with StepProgress(console) as progress:
+            bin_results = evaluate_bins(resolved, checkpoint, bins, explicit_size, progress=progress.update)
+        if resolved.data.val_dir is None:
+            if as_json:
+                print_json({"checkpoint": str(checkpoint), "bins": bin_results})
+            else:
+                _print_bins(bin_results)
+            return
+
     with StepProgress(console) as progress:
         result = evaluate(resolved, checkpoint, pairs, flip, explicit_size, progress=progress.update)
+    if bin_results is not None:
+        result.metrics["bins"] = bin_results
     from ..evaluation.evaluator import record_eval
 
     try:
@@ -122,6 +140,8 @@ def eval_(
             table.add_row("pairs roc_auc", _format_metric(folds["roc_auc"], ".4f"), "ROC AUC on the listed pairs")
             table.add_row("pairs eer", _format_metric(folds["eer"], ".4f"), "EER on the listed pairs")
         console.print(table)
+        if bin_results:
+            _print_bins(bin_results)
     for note in result.notes:
         err_console.print(f"note: {escape(note)}", soft_wrap=True)
     if metrics["collapsed"] and not as_json:
@@ -134,3 +154,15 @@ def eval_(
                 if metrics["operating_threshold"] is not None else "no threshold (see the note above)")
         err_console.print(f"wrote {stored}: verify, identify and export use {what} for this model only "
                           f"(these weights, {metrics['image_size']} px, flip {'on' if metrics['flip'] else 'off'})")
+
+
+def _print_bins(results: list[dict[str, Any]]) -> None:
+    table = Table(title="verification benchmarks (10 folds, image + mirror)")
+    for column in ("set", "pairs", "accuracy", "roc_auc", "tar@far=1e-3"):
+        table.add_column(column)
+    for entry in results:
+        table.add_row(entry["name"], str(entry["pairs"]), f"{entry['accuracy_mean']:.2%} ± {entry['accuracy_std']:.2%}",
+                      _format_metric(entry["roc_auc"], ".4f"),
+                      _format_metric(entry["tar_at_far_1e-3"], ".2%") if entry["tar_at_far_1e-3"] is not None
+                      else "n/a (too few pairs)")
+    console.print(table)

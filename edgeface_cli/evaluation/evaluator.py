@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..atomic import atomic_write_stream
 from ..config import EdgeFaceConfig, build_config
+from ..data.binsets import decode_bin_images, read_bin
 from ..data.folder import IMAGE_EXTENSIONS, ImageSettings, left_out_note, scan_image_folder, unreadable_images
 from ..data.loaders import inference_loader
 from ..errors import CheckpointError, DataError, import_extra
@@ -26,6 +27,7 @@ from ..model.heads import MarginHead
 from ..model.runtime import Precision, resolve_device, resolve_precision
 from ..rundir import run_dir_of
 from ..thresholds import ModelFingerprint, eval_record_path, write_eval_record
+from .benchmark import bin_metrics, flip_embeddings
 from .inference import extract, extract_files, validate
 from .metrics import (
     SimilarityHistogram,
@@ -73,6 +75,24 @@ def load_eval_model(checkpoint: Path, config: EdgeFaceConfig) -> EvalModel:
              if trained else config.model)
     result = load_backbone(checkpoint, model.arch, model.use_pos_emb, model.embedding_dim, allow_missing=False)
     return EvalModel(result.backbone, None, None, checkpoint, trained)
+
+
+def evaluate_bins(config: EdgeFaceConfig, checkpoint: Path, bins: list[Path], image_size: int | None = None,
+                  progress: StepCallback | None = None) -> list[dict[str, Any]]:
+    """The ``.bin`` verification protocol (``benchmark``) on each file, named as the field names them."""
+    sets = [read_bin(path) for path in bins]  # every file checked (and any hostile one refused) before the model
+    device = resolve_device(config.runtime.device)
+    precision = resolve_precision(config.runtime.amp, device)
+    model = load_eval_model(checkpoint, config)
+    backbone = model.backbone.to(device)
+    size = model_image_settings(model.training_config, config, image_size).image_size
+    results = []
+    for binset in sets:
+        pixels = decode_bin_images(binset, size, step_reporter(progress, f"decoding {binset.name}"))
+        embeddings = flip_embeddings(backbone, torch.from_numpy(pixels), device, precision, config.data.batch_size,
+                                     step_reporter(progress, f"embedding {binset.name}"))
+        results.append(bin_metrics(embeddings, binset, config.eval.operating_far))
+    return results
 
 
 def record_eval(result: EvalResult, val_dir: Path) -> Path:
@@ -220,7 +240,7 @@ def evaluate(
 ) -> EvalResult:
     """``progress(what, done, total)`` reports image checks and embedding batches as they go."""
     if config.data.val_dir is None:
-        raise DataError("no validation data: pass --val-dir DIR (one folder per identity)")
+        raise DataError("no validation data: pass --val-dir DIR (one folder per identity) or --bin FILE (lfw.bin, ...)")
     device = resolve_device(config.runtime.device)
     precision = resolve_precision(config.runtime.amp, device)
     model = load_eval_model(checkpoint, config)
