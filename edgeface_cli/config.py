@@ -78,6 +78,13 @@ class DataSection(_Section):
         "auto", description="decoded-image cache: decode and resize each file once (auto = on unless the disk is too full)"
     )
     cache_dir: Path | None = Field(None, description="where decoded-image caches live (default ~/.cache/edgeface)")
+    holdout_dir: Path | None = Field(
+        None, description="identities never trained on, one folder each: measured before the first step and after "
+                          "every epoch, to show what fine-tuning does to everyone else"
+    )
+    val_bins: list[Path] = Field(
+        default_factory=list, description="insightface .bin verification sets (lfw.bin, ...) measured likewise"
+    )
     min_images_per_identity: int = Field(
         2, ge=1, description="check-data: val identities with fewer images are flagged (train: a warning below 5)"
     )
@@ -103,6 +110,10 @@ class OptimSection(_Section):
     backbone_lr: float = Field(3e-6, gt=0, description="backbone learning rate in stage 2")
     head_lr_stage2: float = Field(3e-5, gt=0, description="head learning rate in stage 2")
     weight_decay: float = Field(0.05, ge=0, description="decoupled weight decay (adamw) or L2 (sgd)")
+    l2sp: float = Field(
+        0.0, ge=0, description="L2-SP: alpha * ||w - w0||^2 toward the loaded backbone in stage 2, against forgetting "
+                               "(0 = off)"
+    )
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd momentum")
     warmup_epochs: float = Field(1.0, ge=0, description="linear warmup at the start of each stage (0 = off)")
     schedule: Literal["cosine", "constant"] = Field("cosine", description="decay within each stage")
@@ -139,6 +150,10 @@ class ArcFaceSection(_Section):
 
 class GuardSection(_Section):
     max_grad_norm: float = Field(1.0, gt=0, description="clip backbone and head gradients separately to this norm")
+    holdout_drop: float = Field(
+        0.01, ge=0, le=1, description="warn when held-out quality (TAR at eval.operating_far) falls this far below "
+                                      "the pretrained model's (1 point by default)"
+    )
     max_skip_fraction: float = Field(0.25, ge=0, le=1, description="stop when more than this fraction of an epoch's batches were skipped")
     patience: int = Field(5, ge=1, description="warn when val accuracy has not improved for this many stage-2 epochs")
     collapse_similarity: float = Field(0.999, gt=0, le=1, description="same-identity similarity at or above this means collapse")
@@ -147,6 +162,13 @@ class GuardSection(_Section):
         20, ge=0, description="fp16: overflow steps per epoch tolerated while the GradScaler finds its scale; more count as skipped"
     )
     fp16_min_scale: float = Field(256.0, gt=0, description="fp16: an overflow with the loss scale below this counts as skipped")
+
+
+class DistillSection(_Section):
+    weight: float = Field(
+        0.0, ge=0, description="feature distillation from the frozen loaded backbone in stage 2: "
+                               "weight * (1 - cos(student, teacher)), against forgetting (0 = off)"
+    )
 
 
 class EvalSection(_Section):
@@ -169,6 +191,9 @@ class RuntimeSection(_Section):
     amp: Literal["auto", "fp16", "bf16", "off"] = Field("auto", description="auto = fp16 with GradScaler on CUDA, fp32 on CPU")
     seed: int = Field(0, description="random seed; CPU runs are repeatable")
     out: Path | None = Field(None, description="run directory (default runs/<timestamp>)")
+    select_best: Literal["val", "holdout"] = Field(
+        "val", description="what best.pt means: val accuracy, or held-out quality (data.holdout_dir / data.val_bins)"
+    )
     compile: bool = Field(False, description="run the backbone through torch.compile (falls back to eager, with a message, if it fails)")
     collective_timeout_s: int = Field(
         600, ge=10, description="under torchrun: how long a rank waits in a collective for one that died or hangs"
@@ -189,6 +214,7 @@ class EdgeFaceConfig(_Section):
     optim: OptimSection = Field(default_factory=OptimSection)
     arcface: ArcFaceSection = Field(default_factory=ArcFaceSection)
     guard: GuardSection = Field(default_factory=GuardSection)
+    distill: DistillSection = Field(default_factory=DistillSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     runtime: RuntimeSection = Field(default_factory=RuntimeSection)
     debug: DebugSection = Field(default_factory=DebugSection)

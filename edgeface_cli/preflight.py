@@ -72,12 +72,18 @@ def check_output_file(path: Path, force: bool) -> None:
 
 
 def check_training_inputs(train_dir: Path | None, val_dir: Path | None, out: Path | None,
-                          checkpoint: Path | None = None) -> None:
+                          checkpoint: Path | None = None, holdout_dir: Path | None = None,
+                          val_bins: list[Path] | None = None) -> None:
     if train_dir is None:
         raise DataError("no training data: pass --train-dir DIR (one folder per identity)")
     check_image_folder(train_dir, "train")
     if val_dir is not None:
         check_image_folder(val_dir, "val")
+    if holdout_dir is not None:
+        check_image_folder(holdout_dir, "holdout")
+    for path in val_bins or []:
+        if not path.is_file():
+            raise DataError(f"--val-bin {path}: not found; pass an insightface .bin file (lfw.bin, cfp_fp.bin, ...)")
     if checkpoint is not None and not checkpoint.is_file():
         what = "is a folder, not a checkpoint file" if checkpoint.is_dir() else "not found"
         raise DataError(f"--edgeface {checkpoint}: {what}; pass the downloaded EdgeFace checkpoint (edgeface_xxs.pt, ...)")

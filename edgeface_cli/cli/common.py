@@ -121,7 +121,8 @@ FLAG_NAMES = {
     "data.train_dir": "--train-dir", "data.val_dir": "--val-dir", "data.batch_size": "--batch-size",
     "data.workers": "--workers", "data.align": "--align/--faces", "model.arch": "--arch", "model.checkpoint": "--edgeface",
     "optim.epochs": "--epochs", "optim.stage1_epochs": "--stage1-epochs", "runtime.device": "--device",
-    "runtime.out": "--out", "runtime.seed": "--seed", "runtime.amp": "--amp",
+    "runtime.out": "--out", "runtime.seed": "--seed", "runtime.amp": "--amp", "data.holdout_dir": "--holdout-dir",
+    "data.val_bins": "--val-bin", "runtime.select_best": "--select-best",
 }
 
 

@@ -20,6 +20,7 @@ from ..events import (
     ScanProgress,
     ValidationProgress,
 )
+from ..training.heldout import describe_generality
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,9 @@ class TrainRenderer:
     def _on_EpochEnded(self, event: EpochEnded) -> None:
         self._stop_progress()
         self._print(format_row(event.record, self.console.width) + (BEST_MARK if event.is_best else ""))
+        held_out = describe_generality(event.record)
+        if held_out:
+            self._print(f"      {held_out}", style="dim")
 
     def _on_Notice(self, event: Notice) -> None:
         self._stop_progress()

@@ -57,6 +57,13 @@ def train(
     arch: Optional[str] = typer.Option(None, "--arch", help=f"Zoo variant, or 'auto' to detect it from --edgeface. {_default('model.arch')}"),
     train_dir: Optional[Path] = typer.Option(None, "--train-dir", help="Training images, one folder per identity."),
     val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Validation images, one folder per identity."),
+    holdout_dir: Optional[Path] = typer.Option(
+        None, "--holdout-dir", help="Identities never trained on (one folder each): measured before the first step "
+                                    "and after every epoch, to see what fine-tuning does to everyone else."),
+    val_bins: Optional[list[Path]] = typer.Option(
+        None, "--val-bin", help="An insightface .bin (lfw.bin, ...) measured likewise (10 folds, flip). Repeatable."),
+    select_best: Optional[str] = typer.Option(
+        None, "--select-best", help="What best.pt means: val (accuracy) or holdout (held-out quality). [default: val]"),
     device: Optional[str] = typer.Option(None, "--device", help=f"auto, cpu, cuda, cuda:N or mps. {_default('runtime.device')}"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help=f"Total epochs (stage 1 included). {_default('optim.epochs')}"),
     stage1_epochs: Optional[int] = typer.Option(
@@ -83,7 +90,8 @@ def train(
         "model.checkpoint": edgeface, "model.arch": arch,
         "data.train_dir": train_dir, "data.val_dir": val_dir, "runtime.device": device,
         "optim.epochs": epochs, "optim.stage1_epochs": stage1_epochs, "data.batch_size": batch_size,
-        "data.workers": workers, "runtime.seed": seed, "runtime.out": out,
+        "data.workers": workers, "runtime.seed": seed, "runtime.out": out, "data.holdout_dir": holdout_dir,
+        "data.val_bins": val_bins or None, "runtime.select_best": select_best,
     }
     if resume is not None:
         if config is not None:
@@ -132,7 +140,7 @@ def run_and_report(
 
     # Before torch loads: a wrong path, a run in the way or an unwritable --out is answered at once, not after the scan.
     check_training_inputs(resolved.data.train_dir, resolved.data.val_dir, resume or resolved.runtime.out,
-                          None if resume else resolved.model.checkpoint)
+                          None if resume else resolved.model.checkpoint, resolved.data.holdout_dir, resolved.data.val_bins)
     if resume is None and resolved.runtime.out is not None:
         check_run_dir(resolved.runtime.out, force)
     from ..training.distributed import from_environment, shutdown

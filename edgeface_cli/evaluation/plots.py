@@ -60,6 +60,7 @@ def plot_runs(run_dirs: list[Path], out: Path) -> PlotSummary:
         summary.epochs += len(epochs)
         for axis, key, style, label in ((loss, "train_loss", "-", "train"), (loss, "val_loss", "--", "val"),
                                         (accuracy, "train_acc", "-", "train"), (accuracy, "val_acc", "--", "val"),
+                                        (accuracy, "holdout_tar_at_far", ":", "held-out TAR@FAR"),
                                         (similarity, "val_sim_pos", "-", "same identity"),
                                         (similarity, "val_sim_neg", "--", "different identities"),
                                         (rates, "lr_head", "-", "head"), (rates, "lr_backbone", "--", "backbone")):

@@ -41,6 +41,9 @@ class Recovery:
             warnings.append(
                 f"val accuracy has not improved for {self.stale_epochs} epochs after stage 1: model not learning"
             )
+        forgetting = self._generality_warning(record)
+        if forgetting:
+            warnings.append(forgetting)
         return warnings
 
     def _report_warnings(self, epoch: int, warnings: list[str]) -> None:

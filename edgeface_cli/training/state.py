@@ -48,11 +48,20 @@ class RunState:
                 "embedding_dim": self.backbone.embedding_dim,
             },
             "best": {"epoch": self.best_epoch, "score": self.best_score, "stale_epochs": self.stale_epochs},
+            # The pretrained weights the regularisers pull toward: a resume anchors to the same ones.
+            "anchor": self.anchor.teacher.state_dict() if self.anchor is not None else None,
         })
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Continue exactly where ``state`` (a last.pt) left off, at the config's hyper-parameters."""
         self.backbone.load_state_dict(state["backbone"])
+        if self.anchor is not None:
+            if state.get("anchor") is not None:
+                self.anchor.teacher.load_state_dict(state["anchor"])
+            else:
+                self.anchor.teacher.load_state_dict(state["backbone"])
+                self.on_event(Notice("warning", "the run kept no pretrained weights to regularise toward (started without "
+                                                "optim.l2sp / distill.weight): the resumed weights are the anchor"))
         self.head.load_full_state_dict(state["head"])
         self.stage1_embeddings = self.frozen_val = None
         self.epoch = int(state["epoch"])

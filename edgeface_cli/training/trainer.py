@@ -29,7 +29,10 @@ from ..events import BatchEnded, EmbeddingProgress, EpochEnded, EpochStarted, Ev
 from ..model.checkpoints import BackboneLoad
 from ..model.heads import MarginHead
 from ..model.runtime import BackboneForward, Precision, prepare_device, resolve_device, resolve_precision
+from .anchor import Anchor
 from .distributed import SINGLE, Distributed
+from .generality import GeneralityCheck
+from .heldout import held_out_score
 from .meter import EpochMeter
 from .optim import build_optimizer, gated_step, lr_factor, stage_of
 from .outcome import GuardStop, RunResult, SwitchBackbone
@@ -46,11 +49,12 @@ class TrainStep(nn.Module):
     """Backbone (unless frozen embeddings are given) and margin head: the module DDP wraps, so the
     gradients of whatever trains in this stage are averaged across ranks during backward."""
 
-    def __init__(self, backbone: nn.Module, head: MarginHead, forward: BackboneForward) -> None:
+    def __init__(self, backbone: nn.Module, head: MarginHead, forward: BackboneForward, anchor: Anchor | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.backbone_forward = forward
+        self.anchor = anchor  # regularisers toward the pretrained weights (stage 2)
 
     def forward(self, labels: torch.Tensor, inputs: torch.Tensor | None, embeddings: torch.Tensor | None,
                 backbone_trains: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +62,10 @@ class TrainStep(nn.Module):
         if embeddings is None:
             with torch.set_grad_enabled(backbone_trains):
                 embeddings = self.backbone_forward(inputs)
-        return self.head.loss_and_correct(embeddings, labels)
+        loss, correct = self.head.loss_and_correct(embeddings, labels)
+        if backbone_trains and self.anchor is not None:
+            loss = loss + self.anchor.penalty(self.backbone, inputs, embeddings)
+        return loss, correct
 class Trainer(RunState, EpochValidation, Recovery):
     def __init__(
         self,
@@ -110,9 +117,14 @@ class Trainer(RunState, EpochValidation, Recovery):
             else None
         )
         self.val_images = len(val_scan.samples) if val_scan is not None else 0
+        # Rank 0 measures what fine-tuning does to identities it never trains on (data.holdout_dir, data.val_bins).
+        self.generality = GeneralityCheck.build(config, settings, self.device) if distributed.is_main else None
         self.scaler = self._new_scaler()
         self.optimizer: torch.optim.Optimizer | None = None
-        self.step_module: nn.Module = TrainStep(self.backbone, self.head, self.forward)
+        self.anchor = Anchor.build(self.backbone, config)
+        if self.anchor is not None:
+            self.anchor.to(self.device)
+        self.step_module: nn.Module = TrainStep(self.backbone, self.head, self.forward, self.anchor)
         self.optimizer_stage = 0
         self.stage_step = 0
         self.global_step = 0
@@ -144,7 +156,7 @@ class Trainer(RunState, EpochValidation, Recovery):
     def _build_optimizer(self, stage: int) -> None:
         self.optimizer = build_optimizer(self.backbone, self.head, stage, self.config, self.device)
         self.optimizer_stage = stage
-        step = TrainStep(self.backbone, self.head, self.forward)
+        step = TrainStep(self.backbone, self.head, self.forward, self.anchor)
         if self.distributed.enabled:
             # Wrapped anew per stage: DDP averages the gradients of the parameters that train now.
             from torch.nn.parallel import DistributedDataParallel
@@ -303,6 +315,7 @@ class Trainer(RunState, EpochValidation, Recovery):
             self.on_event(Notice("info", "stage 1 runs the frozen backbone every epoch: colour jitter changes each "
                                          "image every epoch, so its embeddings cannot be computed once"))
         self._write_config(config)
+        self._generality_baseline()
         epoch = self.epoch + 1
         while epoch <= self.config.optim.epochs:
             stage = stage_of(epoch, self.config)
@@ -328,6 +341,8 @@ class Trainer(RunState, EpochValidation, Recovery):
             record["seconds"] = time.perf_counter() - epoch_started
             record["troubleshoot_level"] = self.config.troubleshoot_level
             score = record["val_acc"] if record["val_acc"] is not None else record["train_acc"]
+            if self.config.runtime.select_best == "holdout" and held_out_score(record) is not None:
+                score = held_out_score(record)
             is_best = not record.get("val_nonfinite") and (self.best_score is None or score > self.best_score)
             if is_best:
                 self.best_score, self.best_epoch = score, epoch

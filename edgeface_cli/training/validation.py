@@ -6,12 +6,33 @@ from __future__ import annotations
 from typing import Any
 
 from ..evaluation.inference import validate
-from ..events import ValidationProgress
+from ..events import Notice, ValidationProgress
 from ..model.heads import MarginHead
+from .heldout import describe_generality, held_out_score
 
 
 class EpochValidation:
-    """The Trainer's validation step."""
+    """The Trainer's validation step, and the held-out baseline before the first step."""
+
+    def _generality_baseline(self) -> None:
+        """The pretrained model on identities it never trains on: the run's epoch-0 row (a fresh run only)."""
+        if self.generality is None or self.epoch != 0 or any(row.get("epoch") == 0 for row in self.records):
+            return
+        row = {"epoch": 0, "stage": 0, **self.generality.measure(self.forward, self.device, self.precision,
+                                                                 self.channels_last)}
+        self.records.append(row)
+        self._write_metrics()
+        self.on_event(Notice("info", f"before fine-tuning (epoch 0): {describe_generality(row)}"))
+
+    def _generality_warning(self, record: dict[str, Any]) -> str | None:
+        """Held-out quality below the pretrained model's by more than guard.holdout_drop, in words."""
+        baseline = next((held_out_score(row) for row in self.records if row.get("epoch") == 0), None)
+        now = held_out_score(record)
+        if baseline is None or now is None or now >= baseline - self.config.guard.holdout_drop:
+            return None
+        return (f"held-out quality fell to {now:.2%} from {baseline:.2%} before fine-tuning (more than "
+                f"guard.holdout_drop {self.config.guard.holdout_drop:.0%}): the model is forgetting what it knew about "
+                "other people; lower the learning rates, or regularise (optim.l2sp, distill.weight)")
 
     def _validate_into(self, record: dict[str, Any]) -> None:
         if self.distributed.enabled:
@@ -24,6 +45,12 @@ class EpochValidation:
         self._validate_locally(record, self.head)
 
     def _validate_locally(self, record: dict[str, Any], head: MarginHead) -> None:
+        if self.generality is not None:  # identities never trained on (a frozen stage-1 backbone changes nothing)
+            measured = [row for row in self.records if "holdout_auc" in row or any(key.startswith("bin_") for key in row)]
+            if record["stage"] == 1 and measured:
+                record.update({key: value for key, value in measured[-1].items() if key.startswith(("holdout_", "bin_"))})
+            else:
+                record.update(self.generality.measure(self.forward, self.device, self.precision, self.channels_last))
         if self.val_loader is None:
             record.update(val_loss=None, val_acc=None, val_top5=None, val_sim_pos=None, val_sim_neg=None)
             return
