@@ -49,7 +49,8 @@ test-fast: install
 # then the sharded margin head against a replicated one on 2 ranks (bench-sharded-head.json, about 3 min),
 # then check-data on 50,000 generated images (bench-check-data.json, about 4 min),
 # then face alignment beside the official-style loop (bench-align.json, about 2 min; needs the MTCNN example photos),
-# then a stage-2 step with L2-SP or distillation beside a plain one (bench-regularisers.json, about 1 min).
+# then a stage-2 step with L2-SP or distillation beside a plain one (bench-regularisers.json, about 1 min),
+# then exported models beside PyTorch eager and the int8 variants (bench-deploy.json, about 2 min).
 bench: install
 	$(BIN)/python benchmarks/bench.py
 	OMP_NUM_THREADS=1 $(BIN)/python -m torch.distributed.run --standalone --nproc-per-node 2 \
@@ -57,10 +58,11 @@ bench: install
 	$(BIN)/python benchmarks/check_data.py --out bench-check-data.json
 	$(BIN)/python benchmarks/align.py --out bench-align.json
 	$(BIN)/python benchmarks/regularisers.py --out bench-regularisers.json
+	$(BIN)/python benchmarks/deploy.py --out bench-deploy.json
 
 # On a machine with a CUDA GPU (installs nothing): CUDA tests, bench on the GPU, a 2-epoch CUDA run -> gpu-check/.
 gpu-check:
 	PYTHON=$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) bash benchmarks/gpu_check.sh
 
 clean:
-	rm -rf $(DEMO) .pytest_cache gpu-check bench.json bench-sharded-head.json bench-check-data.json bench-align.json bench-regularisers.json
+	rm -rf $(DEMO) .pytest_cache gpu-check bench.json bench-sharded-head.json bench-check-data.json bench-align.json bench-regularisers.json bench-deploy.json

@@ -22,7 +22,7 @@ def export(
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Any batch size (default: batch 1)."),
     int8: bool = typer.Option(False, "--int8", help="Also write an int8 ONNX model (static quantisation) beside --out."),
     calibration_dir: Optional[Path] = typer.Option(
-        None, "--calibration-dir", help="Images for parity checks and int8 calibration (default: the run's val/train data)."),
+        None, "--calibration-dir", help="Images for the parity checks (default: the run's val/train data)."),
     int8_min_cosine: float = typer.Option(0.99, "--int8-min-cosine", min=0.0, max=1.0, help="Parity the int8 model must reach."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -48,7 +48,7 @@ def export(
     resolved = resolve_config(config, set_, **{"runtime.device": "cpu", "model.arch": arch})
     from ..deploy.decisions import decision_threshold
     from ..deploy.embedder import load_embedder
-    from ..deploy.export import CALIBRATION_IMAGES, PARITY_IMAGES, export_backbone, reference_images
+    from ..deploy.export import PARITY_IMAGES, export_backbone, reference_images
     from ..rundir import run_dir_of
 
     embedder = load_embedder(checkpoint, resolved)
@@ -64,12 +64,10 @@ def export(
     found, why = decision_threshold(embedder)  # the one eval recorded for these weights, at this size, without flip
     threshold = (found.value, found.source) if found else None
     with console.status("exporting", spinner="dots") if console.is_terminal else nullcontext() as status:
-        sets = reference_images(folders, embedder.settings, [PARITY_IMAGES, CALIBRATION_IMAGES] if int8 else [PARITY_IMAGES])
-        images, source = sets[0]
-        calibration = sets[1] if int8 else None
+        (images, source), = reference_images(folders, embedder.settings, [PARITY_IMAGES])
         result = export_backbone(
             embedder.backbone, embedder.settings, fmt, out, images, source, embedder.source, opset, dynamic_batch,
-            calibration, int8_min_cosine, threshold,
+            int8, int8_min_cosine, threshold,
             progress=(lambda text: status.update(text)) if status is not None else None,
         )
     report = {
@@ -79,7 +77,7 @@ def export(
         "int8": None if result.int8 is None else {
             "file": str(result.int8.path), "bytes": result.int8.size_bytes, "fp32_bytes": result.int8.fp32_size_bytes,
             "parity_min_cosine": result.int8.parity.min_cosine, "parity_mean_cosine": result.int8.parity.mean_cosine,
-            "calibration_images": result.int8.calibration_images,
+            "images_per_s": result.int8.images_per_s, "fp32_images_per_s": result.int8.fp32_images_per_s,
         },
     }
     if as_json:
@@ -94,7 +92,8 @@ def export(
             console.print(f"int8: {escape(str(result.int8.path))}, {result.int8.size_bytes / 2**20:.1f} MiB "
                           f"({result.int8.size_bytes / result.int8.fp32_size_bytes:.0%} of fp32); min cosine "
                           f"{result.int8.parity.min_cosine:.4f}, mean {result.int8.parity.mean_cosine:.4f} "
-                          f"(calibrated on {result.int8.calibration_images} images)")
+                          + (f"; {result.int8.images_per_s:.0f} images/s against fp32's "
+                             f"{result.int8.fp32_images_per_s:.0f} here" if result.int8.images_per_s else ""))
     for note in result.notes:
         err_console.print(f"note: {escape(note)}", soft_wrap=True)
     if threshold is None:

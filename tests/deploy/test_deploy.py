@@ -63,7 +63,11 @@ def test_int8_export_is_smaller_and_close(onnx_export: tuple[Path, dict]) -> Non
     assert Path(int8["file"]) == out.with_name("model.int8.onnx") and Path(int8["file"]).is_file()
     assert int8["bytes"] < 0.5 * int8["fp32_bytes"] == 0.5 * out.stat().st_size
     assert 0.99 <= int8["parity_min_cosine"] < 1.0  # quantised: close, but not the same numbers
-    assert json.loads(Path(int8["file"] + ".json").read_text())["int8"] is True
+    sidecar = json.loads(Path(int8["file"] + ".json").read_text())
+    assert sidecar["int8"] is True and "dynamic int8" in sidecar["quantization"]
+    speed = sidecar["speed"]  # measured at export on this machine, beside fp32's
+    assert speed["images_per_s"] > 0 and speed["fp32_images_per_s"] > 0 and speed["threads"] >= 1
+    assert int8["images_per_s"] == speed["images_per_s"]
 
 
 @pytest.mark.parametrize(("fmt", "options"), [("pt2", []), ("torchscript", ["--dynamic-batch"])])

@@ -1,0 +1,134 @@
+"""`make bench` (deployment): exported models beside PyTorch eager in the same run — throughput at batch 64,
+latency at batch 1 (median and p95), file sizes, and `edgeface embed` end to end over a folder — plus the int8
+variants the export chose between. Measured, never asserted; writes bench-deploy.json.
+
+    python benchmarks/deploy.py [--threads 2] [--size 112] [--out bench-deploy.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from edgeface_cli.data.folder import ImageSettings
+from edgeface_cli.data.sample_data import write_sample_dataset
+from edgeface_cli.deploy.embedder import ExportedProgram, OnnxBackbone
+from edgeface_cli.deploy.export import export_backbone, generated_faces
+from edgeface_cli.model.backbones import EdgeFace
+
+
+def timings(model: Callable[[torch.Tensor], Any], batch: torch.Tensor, repeats: int) -> list[float]:
+    with torch.inference_mode():
+        model(batch)
+        out = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            model(batch)
+            out.append(time.perf_counter() - started)
+    return out
+
+
+def measure(model: Callable[[torch.Tensor], Any], size: int) -> dict[str, float]:
+    big = torch.rand(64, 3, size, size) * 2 - 1
+    one = big[:1]
+    throughput = 64 / statistics.median(timings(model, big, 5))
+    latency = sorted(timings(model, one, 40))
+    return {"images_per_s_batch64": throughput, "latency_ms_median": 1000 * statistics.median(latency),
+            "latency_ms_p95": 1000 * latency[int(0.95 * (len(latency) - 1))]}
+
+
+def quantized_variants(fp32: Path, work: Path) -> dict[str, Path]:
+    """The alternatives the export's int8 was chosen among (static variants calibrated on 32 generated faces)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    faces = (generated_faces(32, 112).float() / 127.5 - 1).numpy()
+
+    class Faces(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"images": faces[i:i + 1]} for i in range(len(faces))])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    variants = {}
+    for name, fmt, ops in (("static QDQ conv+matmul", QuantFormat.QDQ, ["Conv", "MatMul", "Gemm"]),
+                           ("static QDQ matmul only", QuantFormat.QDQ, ["MatMul", "Gemm"]),
+                           ("static QOperator conv+matmul", QuantFormat.QOperator, ["Conv", "MatMul", "Gemm"])):
+        path = work / f"{name.replace(' ', '_').replace('+', '_')}.onnx"
+        quantize_static(str(fp32), str(path), Faces(), quant_format=fmt, per_channel=True, weight_type=QuantType.QInt8,
+                        activation_type=QuantType.QUInt8, op_types_to_quantize=ops)
+        variants[name] = path
+    return variants
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--size", type=int, default=112)
+    parser.add_argument("--out", type=Path, default=Path("bench-deploy.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="edgeface-deploy-"))
+    torch.manual_seed(0)
+    backbone = EdgeFace("edgeface_xxs").eval()
+    settings = ImageSettings(image_size=args.size)
+    images = generated_faces(32, args.size)
+    onnx = export_backbone(backbone, settings, "onnx", work / "m.onnx", images, "generated", work / "m.pt",
+                           dynamic_batch=True, int8=True)
+    pt2 = export_backbone(backbone, settings, "pt2", work / "m.pt2", images, "generated", work / "m.pt", dynamic_batch=True)
+    models: dict[str, tuple[Callable[[torch.Tensor], Any], Path | None]] = {
+        "pytorch eager": (backbone, None),
+        "onnx fp32": (OnnxBackbone(onnx.path), onnx.path),
+        "onnx int8 (shipped: dynamic matmul)": (OnnxBackbone(onnx.int8.path), onnx.int8.path),  # type: ignore[union-attr]
+        "pt2": (ExportedProgram(pt2.path), pt2.path),
+    }
+    for name, path in quantized_variants(onnx.path, work).items():
+        models[f"onnx int8 ({name})"] = (OnnxBackbone(path), path)
+    results: dict[str, Any] = {}
+    reference = backbone(images.float()[:16] / 127.5 - 1).detach()
+    for name, (model, path) in models.items():
+        entry = measure(model, args.size)
+        entry["megabytes"] = path.stat().st_size / 2**20 if path else None
+        with torch.inference_mode():
+            out = torch.as_tensor(model(images.float()[:16] / 127.5 - 1)).float()
+        entry["min_cosine_vs_eager"] = float(torch.nn.functional.cosine_similarity(out, reference).min())
+        results[name] = entry
+    eager = results["pytorch eager"]
+    for entry in results.values():
+        entry["throughput_vs_eager"] = entry["images_per_s_batch64"] / eager["images_per_s_batch64"]
+        entry["latency_vs_eager"] = entry["latency_ms_median"] / eager["latency_ms_median"]
+    # embed end to end over a folder: from the PyTorch backbone and from each shipped export
+    folder = work / "faces"
+    write_sample_dataset(folder, identities=16, per_identity=25, size=args.size, seed=0, val_per_identity=1)
+    torch.save(backbone.state_dict(), work / "backbone.pt")
+    embed = {}
+    for name, model_file in (("pytorch", work / "backbone.pt"), ("onnx fp32", onnx.path), ("onnx int8", onnx.int8.path)):  # type: ignore[union-attr]
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "edgeface_cli", "embed", str(folder / "train"), "--checkpoint", str(model_file),
+                        "--out", str(work / f"{name.replace(' ', '_')}.npz"), "--force", "--device", "cpu",
+                        "--set", f"data.image_size={args.size}", "--set", "data.cache=off"],
+                       check=True, capture_output=True)
+        embed[name] = {"seconds": time.perf_counter() - started, "images": 400}
+    report = {"threads": args.threads, "image_size": args.size, "models": results, "embed_400_images": embed}
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    for name, entry in results.items():
+        print(f"{name:38s} {entry['images_per_s_batch64']:7.1f} img/s ({entry['throughput_vs_eager']:.2f}x)  "
+              f"b1 {entry['latency_ms_median']:6.2f} ms (p95 {entry['latency_ms_p95']:6.2f})  "
+              f"{(entry['megabytes'] or 0):5.2f} MiB  min cos {entry['min_cosine_vs_eager']:.4f}")
+    for name, entry in embed.items():
+        print(f"embed 400 images, {name}: {entry['seconds']:.1f} s")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
