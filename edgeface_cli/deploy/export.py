@@ -124,13 +124,14 @@ def _batch_dimension(dynamic_batch: bool) -> dict[str, Any] | None:
 def write_program(module: nn.Module, fmt: str, path: Path, example: torch.Tensor, opset: int, dynamic_batch: bool) -> None:
     """``module`` as a ``fmt`` file at ``path`` (``example``: one input batch, shapes as exported)."""
     if fmt == "onnx":
-        for name in ("onnx", "onnxscript"):
+        for name in ("onnx", "onnxscript", "onnxruntime"):
             import_extra(name, "ONNX export", "export")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, (example,), str(path), dynamo=True, external_data=False, verbose=False,
                               opset_version=opset, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_shapes=_batch_dimension(dynamic_batch))
+        fuse_gelu(path)
     elif fmt == "pt2":
         program = torch.export.export(module, (example,), dynamic_shapes=_batch_dimension(dynamic_batch))
         torch.export.save(program, path)
@@ -145,6 +146,31 @@ def write_program(module: nn.Module, fmt: str, path: Path, example: torch.Tensor
         save_file(state, str(path), metadata={"format": "pt", "producer": f"edgeface-cli {__version__}"})
     else:
         raise DataError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_SUFFIXES)}")
+
+
+def fuse_gelu(path: Path) -> int:
+    """Replace each GELU the exporter wrote out as Erf/Div/Add/Mul with one fused ``Gelu`` node (onnxruntime's
+    ``com.microsoft`` operator), in place; the number fused.
+
+    Profiled on XXS (onnxruntime, batch 64, 2 threads), the unfused GELUs were about 15 % of the run time and
+    onnxruntime's own graph optimiser does not recognise the exporter's pattern; fused, the fp32 model runs
+    1.26x faster with the same outputs (min cosine 1.0000000). The file then needs onnxruntime (or another
+    runtime with its contrib operators), which is what embed, verify and the README's targets use.
+    """
+    import onnx
+    from onnxruntime.transformers.fusion_gelu import FusionGelu
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    graph = OnnxModel(onnx.load(str(path)))
+    before = sum(node.op_type == "Erf" for node in graph.model.graph.node)
+    FusionGelu(graph).apply()
+    graph.prune_graph()
+    fused = before - sum(node.op_type == "Erf" for node in graph.model.graph.node)
+    if fused:
+        if not any(entry.domain == "com.microsoft" for entry in graph.model.opset_import):
+            graph.model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+        onnx.save(graph.model, str(path))
+    return fused
 
 
 def load_export(path: Path, fmt: str, like: EdgeFace) -> nn.Module:
