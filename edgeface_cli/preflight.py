@@ -12,6 +12,7 @@ from .errors import DataError, RunDirError
 
 HEIF_EXTENSIONS = {".heic", ".heif"}  # phone photos: read through the optional pillow-heif plugin
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", *HEIF_EXTENSIONS}
+IMAGE_KINDS = ", ".join(sorted(extension[1:] for extension in IMAGE_EXTENSIONS))  # for messages
 SYSTEM_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}  # written by file browsers, never photos
 
 

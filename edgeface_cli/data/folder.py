@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps
 
 from ..errors import DataError, MissingExtraError
-from ..preflight import IMAGE_EXTENSIONS, check_image_folder, is_system_file
+from ..preflight import IMAGE_EXTENSIONS, IMAGE_KINDS, check_image_folder, is_system_file
 from .alignment.photos import NO_FACE, NoFaceError
 from .cache import (
     CacheBuilder,
@@ -147,11 +147,9 @@ def _probe(path: Path, settings: ImageSettings) -> tuple[FileVerdict, np.ndarray
         return FileVerdict(f"{NO_FACE} (edgeface align lists the photos without one)"), None
     except MissingExtraError:
         raise  # one message for the whole folder, not one unreadable file per photo
-    except OSError as exc:
-        if exc.errno is not None:  # the system failed to read it (EIO, EMFILE, EACCES): may work next time
-            return FileVerdict(f"cannot read: {exc.strerror or exc}", transient=True), None
-        return FileVerdict(decode_failure(exc)), None
     except Exception as exc:  # noqa: BLE001 - codecs fail on damaged files in many ways: all mean "unreadable"
+        if isinstance(exc, OSError) and exc.errno is not None:  # the system failed to read it (EIO, EMFILE): may work later
+            return FileVerdict(f"cannot read: {exc.strerror or exc}", transient=True), None
         return FileVerdict(decode_failure(exc)), None
     return FileVerdict(None, is_non_square), pixels
 
@@ -260,7 +258,7 @@ def scan_image_folder(
     classes = [name for name in readable if readable[name]]
     empty = [name for name in readable if not readable[name]]
     if not classes:
-        raise DataError(f"{role} dir {root} has no readable images (jpg, jpeg, png, bmp, webp)")
+        raise DataError(f"{role} dir {root} has no readable images ({IMAGE_KINDS})")
     label_of = {name: index for index, name in enumerate(class_names if class_names is not None else classes)}
     samples = [
         Sample(file, label_of.get(name, -1), identity, row if cached is not None else -1)

@@ -28,7 +28,7 @@ from ..evaluation.evaluator import load_eval_model, model_image_settings
 from ..evaluation.inference import extract, extract_files
 from ..events import StepCallback, step_reporter
 from ..model.runtime import FP32, Precision, resolve_device, resolve_precision
-from ..preflight import is_system_file
+from ..preflight import IMAGE_KINDS, is_system_file
 from ..rundir import run_dir_of
 from ..thresholds import ModelFingerprint
 from ..zoo import ZOO
@@ -248,7 +248,7 @@ def list_images(inputs: list[Path]) -> list[Path]:
             found = sorted(path for path in item.rglob("*") if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
                            and not any(is_system_file(Path(part)) for part in path.relative_to(item).parts))
             if not found:
-                raise DataError(f"{item} holds no images (jpg, jpeg, png, bmp, webp)")
+                raise DataError(f"{item} holds no images ({IMAGE_KINDS})")
             files += found
         elif item.is_file():
             files.append(item)

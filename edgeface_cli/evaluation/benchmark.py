@@ -51,3 +51,11 @@ def bin_metrics(embeddings: torch.Tensor, binset: BinSet, operating_far: float =
         "folds_accuracy": folds["folds_accuracy"], "threshold_mean": folds["folds_threshold_mean"],
         "roc_auc": stats.roc_auc, "eer": stats.eer, "tar_at_far_1e-3": stats.tar_at_far.get("1e-3"),
     }
+
+
+def evaluate_binset(backbone: Callable[[torch.Tensor], torch.Tensor] | nn.Module, binset: BinSet, pixels: torch.Tensor,
+                    device: torch.device, precision: Precision, batch_size: int, operating_far: float = 1e-3,
+                    progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """The protocol on one set whose images are decoded (``pixels``): embed with flip, then score the pairs."""
+    embeddings = flip_embeddings(backbone, pixels, device, precision, batch_size, progress)
+    return bin_metrics(embeddings, binset, operating_far)

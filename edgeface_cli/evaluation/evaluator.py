@@ -27,7 +27,7 @@ from ..model.heads import MarginHead
 from ..model.runtime import Precision, resolve_device, resolve_precision
 from ..rundir import run_dir_of
 from ..thresholds import ModelFingerprint, eval_record_path, write_eval_record
-from .benchmark import bin_metrics, flip_embeddings
+from .benchmark import evaluate_binset
 from .inference import extract, extract_files, validate
 from .metrics import (
     SimilarityHistogram,
@@ -89,9 +89,9 @@ def evaluate_bins(config: EdgeFaceConfig, checkpoint: Path, bins: list[Path], im
     results = []
     for binset in sets:
         pixels = decode_bin_images(binset, size, step_reporter(progress, f"decoding {binset.name}"))
-        embeddings = flip_embeddings(backbone, torch.from_numpy(pixels), device, precision, config.data.batch_size,
-                                     step_reporter(progress, f"embedding {binset.name}"))
-        results.append(bin_metrics(embeddings, binset, config.eval.operating_far))
+        results.append(evaluate_binset(backbone, binset, torch.from_numpy(pixels), device, precision,
+                                       config.data.batch_size, config.eval.operating_far,
+                                       step_reporter(progress, f"embedding {binset.name}")))
     return results
 
 

@@ -18,9 +18,8 @@ from ..config import EdgeFaceConfig
 from ..data.binsets import BinSet, decode_bin_images, read_bin
 from ..data.folder import ImageSettings, scan_image_folder
 from ..data.loaders import inference_loader
-from ..evaluation.benchmark import bin_metrics, flip_embeddings
-from ..evaluation.inference import extract
-from ..evaluation.metrics import all_pairs_histogram, verification_stats
+from ..evaluation.benchmark import evaluate_binset
+from ..evaluation.inference import validate
 from ..model.runtime import Precision
 
 
@@ -51,12 +50,11 @@ class GeneralityCheck:
                 precision: Precision, channels_last: bool = False) -> dict[str, Any]:
         """The row fields: ``holdout_auc``, ``holdout_tar_at_far``, ``bin_<name>_acc`` per set."""
         row: dict[str, Any] = {}
-        if self.holdout is not None:
-            extracted = extract(backbone, self.holdout, device, precision, channels_last=channels_last)
-            histogram = all_pairs_histogram(torch.nan_to_num(extracted.embeddings), extracted.identities)
-            stats = verification_stats(histogram, operating_far=self.operating_far)
+        if self.holdout is not None:  # the same all-pairs verification as per-epoch validation, without a head
+            stats = validate(backbone, None, self.holdout, device, precision, channels_last=channels_last,
+                             operating_far=self.operating_far).stats
             row.update(holdout_auc=stats.roc_auc, holdout_tar_at_far=stats.operating_tar, holdout_far=self.operating_far)
         for binset, pixels in self.bins:
-            embeddings = flip_embeddings(backbone, pixels, device, precision, self.batch_size)
-            row[f"bin_{binset.path.stem.lower()}_acc"] = bin_metrics(embeddings, binset, self.operating_far)["accuracy_mean"]
+            row[f"bin_{binset.path.stem.lower()}_acc"] = evaluate_binset(
+                backbone, binset, pixels, device, precision, self.batch_size, self.operating_far)["accuracy_mean"]
         return row

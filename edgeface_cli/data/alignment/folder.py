@@ -18,7 +18,7 @@ from typing import Any
 
 from ...atomic import atomic_write_stream, atomic_write_text
 from ...errors import DataError
-from ...preflight import IMAGE_EXTENSIONS, is_system_file
+from ...preflight import IMAGE_EXTENSIONS, IMAGE_KINDS, is_system_file
 from ..folder import decode_failure
 from .detector import Detector, FaceChoice
 from .photos import align_photo, read_photo
@@ -66,7 +66,7 @@ def _stamp(path: Path) -> list[int]:
     return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
 
 
-def _output_names(photos: list[Path], root: Path, suffix: str) -> dict[Path, str]:
+def _output_names(photos: list[Path], root: Path) -> dict[Path, str]:
     """Relative output stem per photo: ``<stem>``, or ``<name>`` where two photos of a folder share a stem."""
     stems: dict[tuple[Path, str], int] = {}
     for photo in photos:
@@ -159,10 +159,10 @@ class AlignJob:
         self.summary.photos = len(photos)
         self.summary.unreadable += [(path.relative_to(self.root).as_posix(), why) for path, why in others]
         if not photos:
-            raise DataError(f"{self.root} holds no photos ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            raise DataError(f"{self.root} holds no photos ({IMAGE_KINDS})")
         self.out.mkdir(parents=True, exist_ok=True)
         records = read_records(self.out)
-        names = _output_names(photos, self.root, FORMATS[self.fmt])
+        names = _output_names(photos, self.root)
         with open(self.out / RECORDS, "a", encoding="utf-8") as log:
             for done, photo in enumerate(photos, start=1):
                 relative = photo.relative_to(self.root).as_posix()
