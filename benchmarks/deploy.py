@@ -20,10 +20,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from edgeface_cli.data.augment import normalize
 from edgeface_cli.data.folder import ImageSettings
 from edgeface_cli.data.sample_data import write_sample_dataset
 from edgeface_cli.deploy.embedder import ExportedProgram, OnnxBackbone
-from edgeface_cli.deploy.export import export_backbone, generated_faces
+from edgeface_cli.deploy.export import cpu_features, export_backbone, generated_faces, write_program
 from edgeface_cli.model.backbones import EdgeFace
 
 
@@ -47,11 +48,18 @@ def measure(model: Callable[[torch.Tensor], Any], size: int) -> dict[str, float]
             "latency_ms_p95": 1000 * latency[int(0.95 * (len(latency) - 1))]}
 
 
+class IntraOpOnly(OnnxBackbone):
+    """The reference way to run an ONNX file: one session, the whole batch, intra-op threads."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self._session(self.threads).run(None, {self.input_name: images.numpy()})[0])
+
+
 def quantized_variants(fp32: Path, work: Path) -> dict[str, Path]:
     """The alternatives the export's int8 was chosen among (static variants calibrated on 32 generated faces)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    faces = (generated_faces(32, 112).float() / 127.5 - 1).numpy()
+    faces = normalize(generated_faces(32, 112)).numpy()
 
     class Faces(CalibrationDataReader):
         def __init__(self) -> None:
@@ -86,21 +94,25 @@ def main() -> None:
     onnx = export_backbone(backbone, settings, "onnx", work / "m.onnx", images, "generated", work / "m.pt",
                            dynamic_batch=True, int8=True)
     pt2 = export_backbone(backbone, settings, "pt2", work / "m.pt2", images, "generated", work / "m.pt", dynamic_batch=True)
+    plain = work / "as_trained.onnx"  # the backbone exported as it is, without the channels-last rewrite
+    write_program(backbone, "onnx", plain, normalize(images[:2]), 18, True)
     models: dict[str, tuple[Callable[[torch.Tensor], Any], Path | None]] = {
         "pytorch eager": (backbone, None),
         "onnx fp32": (OnnxBackbone(onnx.path), onnx.path),
+        "onnx fp32, one session with intra-op threads": (IntraOpOnly(onnx.path), onnx.path),
+        "onnx fp32, graph as trained (previous export)": (IntraOpOnly(plain), plain),
         "onnx int8 (shipped: dynamic matmul)": (OnnxBackbone(onnx.int8.path), onnx.int8.path),  # type: ignore[union-attr]
         "pt2": (ExportedProgram(pt2.path), pt2.path),
     }
     for name, path in quantized_variants(onnx.path, work).items():
         models[f"onnx int8 ({name})"] = (OnnxBackbone(path), path)
     results: dict[str, Any] = {}
-    reference = backbone(images.float()[:16] / 127.5 - 1).detach()
+    reference = backbone(normalize(images[:16])).detach()
     for name, (model, path) in models.items():
         entry = measure(model, args.size)
         entry["megabytes"] = path.stat().st_size / 2**20 if path else None
         with torch.inference_mode():
-            out = torch.as_tensor(model(images.float()[:16] / 127.5 - 1)).float()
+            out = torch.as_tensor(model(normalize(images[:16]))).float()
         entry["min_cosine_vs_eager"] = float(torch.nn.functional.cosine_similarity(out, reference).min())
         results[name] = entry
     eager = results["pytorch eager"]
@@ -119,10 +131,11 @@ def main() -> None:
                         "--set", f"data.image_size={args.size}", "--set", "data.cache=off"],
                        check=True, capture_output=True)
         embed[name] = {"seconds": time.perf_counter() - started, "images": 400}
-    report = {"threads": args.threads, "image_size": args.size, "models": results, "embed_400_images": embed}
+    report = {"threads": args.threads, "image_size": args.size, "cpu_features": cpu_features(), "models": results,
+              "embed_400_images": embed}
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     for name, entry in results.items():
-        print(f"{name:38s} {entry['images_per_s_batch64']:7.1f} img/s ({entry['throughput_vs_eager']:.2f}x)  "
+        print(f"{name:46s} {entry['images_per_s_batch64']:7.1f} img/s ({entry['throughput_vs_eager']:.2f}x)  "
               f"b1 {entry['latency_ms_median']:6.2f} ms (p95 {entry['latency_ms_p95']:6.2f})  "
               f"{(entry['megabytes'] or 0):5.2f} MiB  min cos {entry['min_cosine_vs_eager']:.4f}")
     for name, entry in embed.items():

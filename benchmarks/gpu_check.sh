@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# `make gpu-check`: on a machine with a CUDA GPU, in under 8 minutes, writes gpu-check/summary.json with
+# `make gpu-check`: on a machine with a CUDA GPU, in under 10 minutes, writes gpu-check/summary.json with
 #   1. the CUDA-marked tests (tests/test_cuda.py),
 #   2. `make bench` on the GPU: EdgeFace-XXS, batch 256, fp16 AMP (gpu-check/bench.json),
 #   3. a 2-epoch `edgeface train --device cuda` on generated sample data (gpu-check/train/),
 #   4. deploy on that run: eval, a pt2 export with its parity check, embed and verify on the GPU (gpu-check/deploy/),
 #   5. face alignment (MTCNN) on the GPU beside the official-style loop (gpu-check/bench-align.json; needs the
-#      example photos: EDGEFACE_SHARED, else ../shared; skipped without them).
+#      example photos: EDGEFACE_SHARED, else ../shared; skipped without them),
+#   6. the ONNX export on onnxruntime's CUDA provider, fp32 and fp16, beside PyTorch on the GPU
+#      (gpu-check/onnx-gpu.json; says "skipped" when onnxruntime-gpu is not installed).
 # It installs nothing: run it where the package is importable (make install, or pip install --no-deps -e .).
 # GPU_CHECK_DEVICE=cpu rehearses the same steps on the CPU (a quick bench) to check the script itself.
 set -uo pipefail
@@ -45,6 +47,7 @@ step deploy 90 bash -c "'$PY' -m edgeface_cli eval --val-dir '$OUT/data/val' --c
   '$PY' -m edgeface_cli verify '$OUT/data/val/id_000/0000.png' '$OUT/data/val/id_000/0001.png' --checkpoint '$OUT/train' \
   --device $DEVICE --json"
 step align 60 "$PY" benchmarks/align.py --device $DEVICE --repeats 2 --out "$OUT/bench-align.json"
+step onnx-gpu 120 "$PY" benchmarks/onnx_gpu.py --device $DEVICE --out "$OUT/onnx-gpu.json"
 "$PY" - "$OUT" "$started" <<'PY'
 import json, sys, time
 from pathlib import Path
@@ -52,7 +55,7 @@ out = Path(sys.argv[1])
 steps = dict(line.split(" ", 1) for line in (out / "steps.txt").read_text().splitlines())
 summary = {"device": (out / "device.txt").read_text().strip(), "steps": steps,
            "seconds": round(time.time() - int(sys.argv[2]))}
-for key, name in (("bench", "bench.json"), ("align", "bench-align.json")):
+for key, name in (("bench", "bench.json"), ("align", "bench-align.json"), ("onnx_gpu", "onnx-gpu.json")):
     if (out / name).exists():
         summary[key] = json.loads((out / name).read_text())
 metrics = out / "train" / "metrics.jsonl"

@@ -32,11 +32,13 @@ from ..model.backbones import EdgeFace
 from ..model.checkpoints import load_backbone
 from ..preflight import EXPORT_SUFFIXES, check_export_request, int8_path
 from .embedder import NORMALIZATION, list_images, load_program, sidecar_path
+from .inference_graph import ChannelsLastEdgeFace, UnsupportedLayout
 
 MIN_COSINE = 0.9999  # fp32 exports: anything lower is a broken export, not rounding
 MIN_COSINE_INT8 = 0.99
 PARITY_IMAGES = 32
 INPUT_NAME, OUTPUT_NAME = "images", "embeddings"
+CHANNELS_LAST_GRAPH = "channels-last rewrite of the backbone (same function; edgeface_cli.deploy.inference_graph)"
 DEFAULT_OPSET = 18
 
 
@@ -112,8 +114,15 @@ def reference_images(folders: list[Path], settings: ImageSettings, counts: list[
 # ------------------------------------------------------------------ writing and checking
 
 
-def exportable(backbone: nn.Module) -> nn.Module:
-    """What goes into the file: the backbone itself (input in [-1, 1], output the raw embedding)."""
+def exportable(backbone: EdgeFace, fmt: str, image_size: int) -> nn.Module:
+    """What goes into the file (input in [-1, 1], output the raw embedding): for ONNX the same function written
+    channels-last (``inference_graph``: 1.2-1.3x faster on onnxruntime); the backbone itself for the formats
+    whose users may want the published module and weight names back (pt2 gained nothing measurable from it)."""
+    if fmt == "onnx":
+        try:
+            return ChannelsLastEdgeFace(backbone, image_size)
+        except UnsupportedLayout:
+            return backbone  # another timm layout: exported as it is, slower but the same function
     return backbone
 
 
@@ -208,10 +217,12 @@ def quantize_int8(fp32_path: Path, out: Path) -> None:
     """Dynamic int8 quantisation of the MatMul/Gemm layers (onnxruntime; per-channel int8 weights, activations
     quantised at run time), as EdgeFace's own ``_q`` models quantise their Linear layers in PyTorch.
 
-    Measured against the alternatives on XXS at 112 px, batch 64, 2 CPU threads (``benchmarks/deploy.py``):
-    static QDQ on Conv+MatMul+Gemm ran 1.07x fp32 at min cosine 0.973, static QDQ on MatMul/Gemm 1.13x at
-    0.996, static QOperator 1.03x at 0.973, dynamic MatMul/Gemm 1.31x at 0.998. The depthwise convolutions
-    gain nothing from int8 and lose the most accuracy, so they stay fp32; no calibration is needed.
+    Measured against the alternatives on XXS at 112 px, batch 64, 2 threads, on the channels-last graph
+    (``benchmarks/deploy.py``, an AVX2 CPU without VNNI): dynamic MatMul/Gemm 1.00x fp32 at min cosine 0.995,
+    static QDQ on Conv+MatMul+Gemm 0.95x at 0.968, static QDQ on MatMul/Gemm 0.94x at 0.996, static QOperator
+    0.94x at 0.968. Layer by layer (onnxruntime profile) int8 ran 0.8-1.2x its fp32 Gemm: without int8
+    dot-product instructions the products cost what fp32 ones do and quantising the activations is extra.
+    The depthwise convolutions lose the most accuracy, so they stay fp32; no calibration is needed.
     """
     import_extra("onnxruntime", "--int8", "export")
     import logging
@@ -239,6 +250,19 @@ def images_per_second(model: nn.Module, inputs: torch.Tensor, repeats: int = 3) 
     return len(inputs) / sorted(times)[len(times) // 2]
 
 
+INT8_DOT_PRODUCT = {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"}  # int8 products in one instruction
+
+
+def cpu_features() -> list[str]:
+    """The vector extensions of this CPU that int8 and fp32 speed depend on (Linux; empty elsewhere)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith(("flags", "Features"))), [])
+    return sorted(set(flags) & {"avx2", "fma", "avx512f", *INT8_DOT_PRODUCT})
+
+
 def alignment_contract() -> dict[str, Any]:
     """What the model's input faces must look like: the crops ``edgeface align`` (and ``--align``) make."""
     from ..data.alignment.warp import ARCFACE_TEMPLATE, CROP_SIZE
@@ -250,12 +274,14 @@ def alignment_contract() -> dict[str, Any]:
 
 
 def describe(backbone: EdgeFace, settings: ImageSettings, fmt: str, path: Path, source: Path, checked: Parity,
-             dynamic_batch: bool, opset: int | None, threshold: tuple[float, str] | None, quantized: bool = False) -> dict[str, Any]:
+             dynamic_batch: bool, opset: int | None, threshold: tuple[float, str] | None, quantized: bool = False,
+             graph: str = "the backbone as trained") -> dict[str, Any]:
     """The sidecar: everything a deployment needs to feed the file and trust its output."""
     return {
         "format": fmt,
         "file": path.name,
         "int8": quantized,
+        "graph": graph,
         "arch": backbone.arch,
         "use_pos_emb": list(backbone.use_pos_emb),  # a non-default layout loads wrongly without it
         "embedding_dim": backbone.embedding_dim,
@@ -319,16 +345,22 @@ def export_backbone(
         return checked[0]
 
     example = inputs[:1] if fixed_batch else inputs[:2]
+    program = exportable(backbone, fmt, settings.image_size)
+    graph = CHANNELS_LAST_GRAPH if isinstance(program, ChannelsLastEdgeFace) else "the backbone as trained"
     exported = write_checked(
-        out, lambda temp: write_program(exportable(backbone), fmt, temp, example, opset, dynamic_batch),
+        out, lambda temp: write_program(program, fmt, temp, example, opset, dynamic_batch),
         lambda temp: load_export(temp, fmt, backbone), MIN_COSINE, "the export", EXPORT_HINT)
     notes = []
+    if fmt == "onnx" and program is backbone:
+        notes.append("this timm version builds EdgeNeXt differently from the channels-last rewrite: exported as "
+                     "trained, which runs slower on onnxruntime")
     if fmt == "torchscript":
         notes.append("TorchScript is deprecated in PyTorch: kept for older C++ deployments only; prefer onnx or pt2")
     opset_used = opset if fmt == "onnx" else None
     sidecar = sidecar_path(out)
     atomic_write_text(sidecar, json.dumps(
-        describe(backbone, settings, fmt, out, source, exported, dynamic_batch, opset_used, threshold), indent=2) + "\n")
+        describe(backbone, settings, fmt, out, source, exported, dynamic_batch, opset_used, threshold, graph=graph),
+        indent=2) + "\n")
     result = ExportResult(out, fmt, exported, out.stat().st_size, sidecar, notes=notes)
     if int8:
         quantized_path = int8_path(out)
@@ -336,15 +368,18 @@ def export_backbone(
             quantized_path, lambda temp: quantize_int8(out, temp),
             lambda temp: load_program(temp, "onnx"), int8_min_cosine, "the int8 model", INT8_HINT)
         speeds = [images_per_second(load_program(path, "onnx"), inputs) for path in (out, quantized_path)]
+        features = cpu_features()
         measured = {"images_per_s": speeds[1], "fp32_images_per_s": speeds[0], "batch": len(inputs) if dynamic_batch else 1,
-                    "threads": torch.get_num_threads(), "note": "measured at export, on the exporting machine"}
+                    "threads": torch.get_num_threads(), "cpu_features": features,
+                    "note": "measured at export, on the exporting machine"}
         atomic_write_text(sidecar_path(quantized_path), json.dumps(
             {**describe(backbone, settings, fmt, quantized_path, source, quantized, dynamic_batch, opset_used, threshold,
-                        quantized=True), "quantization": "dynamic int8: MatMul/Gemm weights per channel, activations at "
+                        quantized=True, graph=graph), "quantization": "dynamic int8: MatMul/Gemm weights per channel, activations at "
                                                          "run time; convolutions fp32",
              "speed": measured}, indent=2) + "\n")
         result.int8 = Int8Result(quantized_path, quantized, quantized_path.stat().st_size, result.size_bytes, *speeds[::-1])
         if speeds[0] and speeds[1] and speeds[1] <= speeds[0]:
-            notes.append(f"int8 is not faster than fp32 on this machine ({speeds[1]:.0f} vs {speeds[0]:.0f} images/s): "
-                         f"it saves size ({result.int8.size_bytes / result.size_bytes:.0%} of fp32), not time")
+            why = "" if set(features) & INT8_DOT_PRODUCT else "; this CPU has no int8 dot-product instructions (VNNI)"
+            notes.append(f"int8 is not faster than fp32 on this machine ({speeds[1]:.0f} vs {speeds[0]:.0f} images/s"
+                         f"{why}): it saves size ({result.int8.size_bytes / result.size_bytes:.0%} of fp32), not time")
     return result

@@ -13,6 +13,7 @@ import torch
 
 from edgeface_cli.deploy import export as export_module
 from edgeface_cli.deploy.gallery import Gallery, open_set_metrics
+from edgeface_cli.evaluation.metrics import all_pairs_histogram, verification_stats
 
 from ..clirun import invoke, invoke_json
 
@@ -97,7 +98,7 @@ def test_safetensors_export_round_trips_to_backbone_pt(run_dir: Path, tmp_path: 
 
 def test_a_broken_export_is_caught_and_not_kept(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     class ExpectsZeroToOne(torch.nn.Module):  # the classic mistake: inputs normalised to [0, 1] in the graph
-        def __init__(self, backbone: torch.nn.Module) -> None:
+        def __init__(self, backbone: torch.nn.Module, fmt: str, image_size: int) -> None:
             super().__init__()
             self.backbone = backbone
 
@@ -127,7 +128,8 @@ def test_a_missing_export_extra_names_the_pip_command(run_dir: Path, tmp_path: P
 def test_embed_gives_unit_vectors_and_onnx_agrees_with_pytorch(run_dir: Path, data: Path, tmp_path: Path,
                                                                onnx_export: tuple[Path, dict]) -> None:
     arrays = {}
-    for name, model in (("pytorch", run_dir), ("onnx", onnx_export[0])):
+    int8_file = Path(onnx_export[1]["int8"]["file"])
+    for name, model in (("pytorch", run_dir), ("onnx", onnx_export[0]), ("int8", int8_file)):
         out = tmp_path / f"{name}.npz"
         code, output = invoke("embed", str(data / "val"), "--checkpoint", str(model), "--out", str(out))
         assert code == 0, output
@@ -138,6 +140,13 @@ def test_embed_gives_unit_vectors_and_onnx_agrees_with_pytorch(run_dir: Path, da
     assert list(pytorch["identities"]) == [f"id_{index:03d}" for index in range(6)] and len(set(pytorch["labels"])) == 6
     assert list(pytorch["paths"]) == list(onnx["paths"])
     assert (pytorch["embeddings"] * onnx["embeddings"]).sum(axis=1).min() >= 0.9999
+    # int8 verifies the run's val pairs as fp32 does: AUC within half a point, TAR@FAR 1e-1 within one pair.
+    stats = {name: verification_stats(all_pairs_histogram(torch.from_numpy(arrays[name]["embeddings"]),
+                                                          torch.from_numpy(arrays[name]["labels"])))
+             for name in ("onnx", "int8")}
+    assert abs(stats["int8"].roc_auc - stats["onnx"].roc_auc) <= 0.005
+    positives = all_pairs_histogram(torch.from_numpy(onnx["embeddings"]), torch.from_numpy(onnx["labels"])).n_positive
+    assert abs(stats["int8"].tar_at_far["1e-1"] - stats["onnx"].tar_at_far["1e-1"]) <= 1 / positives + 1e-9
     # Loose files: no identities, in the order named.
     files = [data / "val" / "id_001" / "0000.png", data / "val" / "id_000" / "0001.png"]
     out = tmp_path / "files.npz"

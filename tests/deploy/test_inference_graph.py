@@ -1,0 +1,110 @@
+"""The channels-last inference graph computes the backbone's function, and onnxruntime runs it without the
+layout transposes that made the plain export slow; the ONNX runner splits batches without changing results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgeface_cli.deploy.embedder import OnnxBackbone
+from edgeface_cli.deploy.export import write_program
+from edgeface_cli.deploy.inference_graph import ChannelsLastEdgeFace, UnsupportedLayout
+from edgeface_cli.model.backbones import EdgeFace
+from edgeface_cli.zoo import ZOO
+
+SIZE = 64  # feature maps 16, 8, 4, 2: every stage, its attention block and positional encoding
+
+
+def perturbed(arch: str, use_pos_emb: tuple[bool, ...] | None = None, seed: int = 0) -> EdgeFace:
+    """A backbone whose layer scales and temperatures are far from their initial values, as after training
+    (at init the blocks' gamma is 1e-6 and would hide a wrong MLP or attention)."""
+    torch.manual_seed(seed)
+    backbone = EdgeFace(arch, use_pos_emb) if use_pos_emb else EdgeFace(arch)
+    with torch.no_grad():
+        for parameter in backbone.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    return backbone.eval()
+
+
+@pytest.mark.parametrize("arch", list(ZOO))
+def test_the_rewrite_computes_the_backbones_embeddings(arch: str) -> None:
+    backbone = perturbed(arch)
+    rewritten = ChannelsLastEdgeFace(backbone, SIZE)
+    images = torch.rand(3, 3, SIZE, SIZE) * 2 - 1
+    with torch.no_grad():
+        expected, got = backbone(images), rewritten(images)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    assert all(torch.equal(a, b) for a, b in zip(backbone.state_dict().values(), perturbed(arch).state_dict().values()))
+
+
+def test_positional_encodings_in_every_stage_are_kept() -> None:
+    backbone = perturbed("edgeface_xxs", (True, True, True, True))
+    images = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(ChannelsLastEdgeFace(backbone, SIZE)(images), backbone(images), rtol=1e-4, atol=1e-4)
+        without = EdgeFace("edgeface_xxs", (False, False, False, False)).eval()
+        without.load_state_dict(backbone.state_dict(), strict=False)  # same weights, no encodings: must differ
+        assert not torch.allclose(ChannelsLastEdgeFace(without, SIZE)(images), backbone(images), atol=1e-3)
+
+
+def test_an_unknown_timm_layout_is_refused_not_guessed() -> None:
+    backbone = EdgeFace("edgeface_xxs").eval()
+    backbone.model.stages[1].blocks[0] = torch.nn.Identity()
+    with pytest.raises(UnsupportedLayout):
+        ChannelsLastEdgeFace(backbone, SIZE)
+
+
+def transposes_after_optimisation(path: Path, work: Path) -> list[list[int]]:
+    """The permutations of the Transpose nodes left once onnxruntime has optimised the graph for this CPU."""
+    import onnx
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(work / "optimised.onnx")
+    onnxruntime.set_default_logger_severity(3)  # it warns that such a file is machine specific: it is only read here
+    onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    graph = onnx.load(str(work / "optimised.onnx")).graph
+    return [list(onnx.helper.get_attribute_value(attribute)) for node in graph.node if node.op_type == "Transpose"
+            for attribute in node.attribute if attribute.name == "perm"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[EdgeFace, Path]:
+    """A perturbed XXS written as ``edgeface export`` writes ONNX (one export: the exporter takes ~8 s)."""
+    pytest.importorskip("onnxruntime")
+    backbone = perturbed("edgeface_xxs")
+    path = tmp_path_factory.mktemp("graph") / "model.onnx"
+    write_program(ChannelsLastEdgeFace(backbone, SIZE), "onnx", path, torch.rand(2, 3, SIZE, SIZE) * 2 - 1, 18, True)
+    return backbone, path
+
+
+def test_onnxruntime_runs_the_exported_graph_without_the_layout_transposes(exported: tuple[EdgeFace, Path],
+                                                                          tmp_path: Path) -> None:
+    backbone, path = exported
+    left = transposes_after_optimisation(path, tmp_path)
+    # The plain export left 29 at this point, 9 of them the attention's 5-D moves, which onnxruntime runs with
+    # its generic kernel; now only those around the attention blocks' split convolutions remain (XXS has 3).
+    assert not any(len(perm) == 5 for perm in left)
+    assert len(left) <= 4 * 3
+    images = torch.rand(5, 3, SIZE, SIZE) * 2 - 1
+    with torch.no_grad():
+        expected = backbone(images)
+    got = OnnxBackbone(path, threads=1)(images)
+    assert float(torch.nn.functional.cosine_similarity(got, expected).min()) >= 0.9999
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_the_onnx_runner_splits_a_batch_without_changing_it(threads: int, exported: tuple[EdgeFace, Path]) -> None:
+    runner = OnnxBackbone(exported[1], threads=threads)
+    images = torch.rand(7, 3, SIZE, SIZE) * 2 - 1
+    spans = runner.chunks(len(images))
+    assert spans[0][0] == 0 and spans[-1][1] == 7 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert len(spans) == min(threads, 7)
+    whole = OnnxBackbone(exported[1], threads=1).sessions[1].run(None, {"images": images.numpy()})[0]
+    np.testing.assert_allclose(runner(images).numpy(), whole, rtol=1e-5, atol=1e-5)
+    assert runner(images[:1]).shape == (1, 512)  # too small to split: the intra-op session
