@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make gpu-check`: on a machine with a CUDA GPU, in under 10 minutes, writes gpu-check/summary.json with
+# `make gpu-check`: on a machine with a CUDA GPU, every step time-limited (12.5 minutes in all), writes
+# gpu-check/summary.json with
 #   1. the CUDA-marked tests (tests/test_cuda.py),
 #   2. `make bench` on the GPU: EdgeFace-XXS, batch 256, fp16 AMP (gpu-check/bench.json),
 #   3. a 2-epoch `edgeface train --device cuda` on generated sample data (gpu-check/train/),
