@@ -20,6 +20,21 @@ def _umask() -> int:
     return current
 
 
+def _remove_and_reraise(temp_name: str, exc: BaseException) -> None:
+    """Remove the temp file, then raise what stopped the write. A Ctrl-C (or the SIGTERM train turns into one)
+    that lands inside a writer is raised as itself even when the writer's own cleanup then failed on the
+    half-written stream (torch.save's zip writer does): the caller must see an interruption, not a bug."""
+    try:
+        os.unlink(temp_name)
+    except FileNotFoundError:
+        pass
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, KeyboardInterrupt):
+        cause = cause.__context__
+    if cause is not None and cause is not exc:
+        raise cause from None
+
+
 def atomic_write_stream(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """``write(stream)`` into ``path`` atomically; the file gets the user's umask like any other tool's
     (mkstemp alone would leave it 0600)."""
@@ -34,10 +49,7 @@ def atomic_write_stream(path: Path, write: Callable[[BinaryIO], object]) -> None
             os.fsync(stream.fileno())
         os.replace(temp_name, path)
     except BaseException as exc:
-        try:
-            os.unlink(temp_name)
-        except FileNotFoundError:
-            pass
+        _remove_and_reraise(temp_name, exc)
         if isinstance(exc, OSError) and exc.errno is not None:
             # Name the file the user asked for, not our temp file; the previous version is intact.
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
@@ -64,11 +76,8 @@ def atomic_write_file(path: Path, write: Callable[[Path], object]) -> None:
             os.fchmod(stream.fileno(), 0o666 & ~_umask())
             os.fsync(stream.fileno())
         os.replace(temp_name, path)
-    except BaseException:
-        try:
-            os.unlink(temp_name)
-        except FileNotFoundError:
-            pass
+    except BaseException as exc:
+        _remove_and_reraise(temp_name, exc)
         raise
 
 

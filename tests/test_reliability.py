@@ -17,6 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 import edgeface_cli.training.trainer as engine
+from edgeface_cli.atomic import atomic_write_file, atomic_write_stream
 from edgeface_cli.cli import app
 from edgeface_cli.errors import DataError
 from edgeface_cli.evaluation.evaluator import read_pairs
@@ -123,6 +124,31 @@ def test_signals_and_kills_at_random_moments_then_resume_finishes_intact(sample_
     # A kill between a write's temp file and its rename leaves the temp file (never read: only whole
     # files are renamed in); the resume clears such leftovers.
     assert not list(run_dir.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("writer", ["stream", "file"])
+def test_an_interrupt_inside_a_writer_stays_an_interrupt(writer: str, tmp_path: Path) -> None:
+    """Ctrl-C inside torch.save made its zip writer fail on the way out ('unexpected pos'): train then showed
+    that RuntimeError's traceback instead of stopping resumably. The interruption must win, the old file stay."""
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"previous checkpoint")
+
+    def interrupted(stream_or_path: object) -> None:
+        try:
+            if isinstance(stream_or_path, Path):
+                stream_or_path.write_bytes(b"half")
+            else:
+                stream_or_path.write(b"half")  # type: ignore[attr-defined]
+            raise KeyboardInterrupt
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")  # noqa: B012
+
+    write = atomic_write_stream if writer == "stream" else atomic_write_file
+    with pytest.raises(KeyboardInterrupt):
+        write(target, interrupted)
+    assert target.read_bytes() == b"previous checkpoint" and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    with pytest.raises(RuntimeError):  # an error that is not an interruption is still itself
+        write(target, lambda _: (_ for _ in ()).throw(RuntimeError("disk says no")))
 
 
 def test_resume_clears_temp_files_of_killed_writes(sample_dataset: Path, tmp_path: Path) -> None:
