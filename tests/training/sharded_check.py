@@ -1,7 +1,7 @@
 """One step of the sharded margin head on each rank, for test_distributed (run under torchrun).
 
-``python -m torch.distributed.run --standalone --nproc-per-node 2 -m tests.sharded_check OUT KIND``
-writes each rank's loss, correctness, gradients and gradient norm to OUT/rank<R>.pt.
+``python -m torch.distributed.run --standalone --nproc-per-node 2 -m tests.training.sharded_check OUT KIND...``
+writes each rank's loss, correctness, gradients and gradient norm to OUT/rank<R>-<KIND>.pt.
 """
 
 from __future__ import annotations
@@ -41,8 +41,14 @@ class Step(nn.Module):
         return self.head.loss_and_correct(self.backbone(inputs), labels)
 
 
-def main(out: Path, kind: str) -> None:
+def main(out: Path, kinds: list[str]) -> None:
     context = dist_setup.from_environment("cpu")
+    for kind in kinds:
+        step_and_save(out, kind, context)
+    dist_setup.shutdown(context)
+
+
+def step_and_save(out: Path, kind: str, context: dist_setup.Distributed) -> None:
     backbone, weight, inputs, labels = problem()
     head = ShardedMarginHead(CLASSES, EMBEDDING, kind, 16.0, 0.4, context)
     head.load_full_state_dict({"weight": weight})
@@ -56,9 +62,8 @@ def main(out: Path, kind: str) -> None:
     torch.save({
         "loss": loss.detach(), "correct": correct, "norm": norm, "rows": (head.start, head.end),
         "backbone_grad": backbone.weight.grad, "head_grad": head.weight.grad, "gathered": head.gathered().weight.detach(),  # whole on rank 0 only
-    }, out / f"rank{context.rank}.pt")
-    dist_setup.shutdown(context)
+    }, out / f"rank{context.rank}-{kind}.pt")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2])
+    main(Path(sys.argv[1]), sys.argv[2:])

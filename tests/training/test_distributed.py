@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,27 +44,47 @@ def test_each_rank_gets_an_equal_share_of_every_epoch() -> None:
         assert torch.equal(shards[0].order(), single.order())  # one order, a function of (seed, epoch)
 
 
-def test_two_process_run_writes_one_set_of_files_and_resumes(sample_dataset: Path, tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    common = ["--train-dir", str(sample_dataset / "train"), "--val-dir", str(sample_dataset / "val"), *FAST,
-              "--set", "data.batch_size=4", "--stage1-epochs", "1"]
-    done = torchrun(tmp_path, "train", *common, "--out", str(run_dir), "--epochs", "2")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+def common_options(sample_dataset: Path) -> list[str]:
+    return ["--train-dir", str(sample_dataset / "train"), "--val-dir", str(sample_dataset / "val"), *FAST,
+            "--set", "data.batch_size=4", "--stage1-epochs", "1", "--epochs", "2", "--set", "optim.head_lr=0.05"]
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """Three 2-process runs of one configuration, shared by the tests below (a torchrun launch costs ~7 s here):
+    the plain one (stage-1 embeddings shared between ranks), the same with the margin head sharded, and the
+    same with stage-1 embeddings recomputed every batch."""
+    work = tmp_path_factory.mktemp("ddp")
+    runs = {}
+    for name, settings in (("plain", ["arcface.sharded=off", "optim.stage1_cache=true"]),
+                           ("sharded", ["arcface.sharded=on", "optim.stage1_cache=true"]),
+                           ("uncached", ["arcface.sharded=off", "optim.stage1_cache=false"])):
+        options = [option for setting in settings for option in ("--set", setting)]
+        done = torchrun(work, "train", *common_options(sample_dataset), "--out", str(work / name), *options)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        runs[name] = (work / name, done)
+    return runs
+
+
+def test_two_process_run_writes_one_set_of_files_and_resumes(ddp_runs: dict, sample_dataset: Path, tmp_path: Path) -> None:
+    original, done = ddp_runs["plain"]
     assert "data-parallel: 2 processes (gloo)" in done.stdout
     assert done.stdout.count("done: 2 epochs") == 1  # rank 0 reports for both
-    assert sorted(path.name for path in run_dir.iterdir()) == [
+    assert sorted(path.name for path in original.iterdir()) == [
         "backbone.pt", "best.pt", "config.yaml", "last.pt", "metrics.csv", "metrics.jsonl"]
     single = tmp_path / "single"
     from typer.testing import CliRunner
 
     from edgeface_cli.cli import app
 
-    assert CliRunner().invoke(app, ["train", *common, "--out", str(single), "--epochs", "2"]).exit_code == 0
-    ddp_rows, single_rows = rows_of(run_dir), rows_of(single)
+    assert CliRunner().invoke(app, ["train", *common_options(sample_dataset), "--out", str(single)]).exit_code == 0
+    ddp_rows, single_rows = rows_of(original), rows_of(single)
     assert [row["epoch"] for row in ddp_rows] == [1, 2]
     assert set(ddp_rows[0]) == set(single_rows[0])  # the same record, in kind
     # 15 images per rank in batches of 4 -> 4 steps each: as many as one process takes over 30 images.
     assert [row["optimizer_steps"] for row in ddp_rows] == [row["optimizer_steps"] for row in single_rows] == [8, 8]
+    run_dir = tmp_path / "run"
+    shutil.copytree(original, run_dir)  # the other tests read the original
     resumed = torchrun(tmp_path, "train", "--resume", str(run_dir), "--set", "optim.epochs=3")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert [row["epoch"] for row in rows_of(run_dir)] == [1, 2, 3]
@@ -104,15 +125,10 @@ def test_metrics_are_reduced_across_ranks(world: int) -> None:
     assert totals["grad_norm_max"] == pytest.approx(0.5)
 
 
-def test_stage_1_embeddings_shared_between_ranks_equal_the_uncached_path(sample_dataset: Path, tmp_path: Path) -> None:
+def test_stage_1_embeddings_shared_between_ranks_equal_the_uncached_path(ddp_runs: dict) -> None:
     """Each rank embeds every second image and the ranks exchange them: the same as running the frozen
-    backbone every stage-1 epoch."""
-    common = ["train", "--train-dir", str(sample_dataset / "train"), *FAST, "--set", "data.batch_size=4",
-              "--stage1-epochs", "2", "--epochs", "2", "--set", "optim.head_lr=0.05"]
-    for name, cache in (("cached", "true"), ("uncached", "false")):
-        done = torchrun(tmp_path, *common, "--out", str(tmp_path / name), "--set", f"optim.stage1_cache={cache}")
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    for cached, uncached in zip(rows_of(tmp_path / "cached"), rows_of(tmp_path / "uncached"), strict=True):
+    backbone every stage-1 batch (and stage 2 then starts from the same head)."""
+    for cached, uncached in zip(rows_of(ddp_runs["plain"][0]), rows_of(ddp_runs["uncached"][0]), strict=True):
         assert cached["train_loss"] == pytest.approx(uncached["train_loss"], abs=1e-5)
         assert cached["train_acc"] == pytest.approx(uncached["train_acc"], abs=1e-6)
 
@@ -130,18 +146,25 @@ def test_a_rank_that_dies_stops_the_others_instead_of_hanging(sample_dataset: Pa
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1  # epoch 1 kept, resumable
 
 
+@pytest.fixture(scope="module")
+def sharded_steps(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One torchrun launch: a step of the sharded head on each of 2 ranks, for each margin kind."""
+    out = tmp_path_factory.mktemp("sharded")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "tests.training.sharded_check", str(out), "arcface", "cosface"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out
+
+
 @pytest.mark.parametrize("kind", ["arcface", "cosface"])
-def test_sharded_head_equals_the_whole_head(tmp_path: Path, kind: str) -> None:
+def test_sharded_head_equals_the_whole_head(sharded_steps: Path, kind: str) -> None:
     from edgeface_cli.model.heads import MarginHead
 
     from .sharded_check import CLASSES, EMBEDDING, problem
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "tests.training.sharded_check", str(tmp_path), kind]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
+    ranks = [torch.load(sharded_steps / f"rank{rank}-{kind}.pt", weights_only=True) for rank in range(2)]
     # The reference: one process, the whole batch, the whole head.
     backbone, weight, inputs, labels = problem()
     head = MarginHead(CLASSES, EMBEDDING, kind, 16.0, 0.4, weight=weight.clone())
@@ -161,15 +184,10 @@ def test_sharded_head_equals_the_whole_head(tmp_path: Path, kind: str) -> None:
     assert 0 < int(correct.sum()) < len(correct)  # the case distinguishes right from wrong
 
 
-def test_a_sharded_run_trains_as_the_unsharded_one_and_resumes_on_one_process(sample_dataset: Path, tmp_path: Path) -> None:
-    common = ["--train-dir", str(sample_dataset / "train"), "--val-dir", str(sample_dataset / "val"), *FAST,
-              "--set", "data.batch_size=4", "--stage1-epochs", "1", "--epochs", "2"]
-    runs = {}
-    for mode in ("on", "off"):
-        runs[mode] = tmp_path / mode
-        done = torchrun(tmp_path, "train", *common, "--out", str(runs[mode]), "--set", f"arcface.sharded={mode}")
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        assert ("margin head sharded across 2 ranks" in done.stdout) == (mode == "on")
+def test_a_sharded_run_trains_as_the_unsharded_one_and_resumes_on_one_process(ddp_runs: dict, tmp_path: Path) -> None:
+    runs = {mode: ddp_runs[name][0] for mode, name in (("on", "sharded"), ("off", "plain"))}
+    for mode, name in (("on", "sharded"), ("off", "plain")):
+        assert ("margin head sharded across 2 ranks" in ddp_runs[name][1].stdout) == (mode == "on")
     sharded, whole = rows_of(runs["on"]), rows_of(runs["off"])
     for sharded_row, whole_row in zip(sharded, whole, strict=True):  # both stages: frozen and full backbone
         for key in ("train_loss", "train_acc", "grad_norm_mean", "val_loss", "val_acc", "val_sim_pos"):
@@ -184,9 +202,11 @@ def test_a_sharded_run_trains_as_the_unsharded_one_and_resumes_on_one_process(sa
 
     from edgeface_cli.cli import app
 
-    resumed = CliRunner().invoke(app, ["train", "--resume", str(runs["on"]), "--set", "optim.epochs=3"])
+    run_dir = tmp_path / "sharded"
+    shutil.copytree(runs["on"], run_dir)
+    resumed = CliRunner().invoke(app, ["train", "--resume", str(run_dir), "--set", "optim.epochs=3"])
     assert resumed.exit_code == 0, resumed.output
-    assert [row["epoch"] for row in rows_of(runs["on"])] == [1, 2, 3]
+    assert [row["epoch"] for row in rows_of(run_dir)] == [1, 2, 3]
 
 
 def test_each_machine_builds_its_decoded_image_cache_once(monkeypatch: pytest.MonkeyPatch) -> None:
