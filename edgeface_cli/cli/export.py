@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -20,7 +21,7 @@ def export(
     out: Optional[Path] = typer.Option(None, "--out", help="The file to write (default: edgeface.<format suffix> here)."),
     opset: int = typer.Option(18, "--opset", min=13, help="ONNX opset."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Any batch size (default: batch 1)."),
-    int8: bool = typer.Option(False, "--int8", help="Also write an int8 ONNX model (static quantisation) beside --out."),
+    int8: bool = typer.Option(False, "--int8", help="Also write an int8 ONNX model (dynamic int8 MatMul/Gemm layers) beside --out."),
     calibration_dir: Optional[Path] = typer.Option(
         None, "--calibration-dir", help="Images for the parity checks (default: the run's val/train data)."),
     int8_min_cosine: float = typer.Option(0.99, "--int8-min-cosine", min=0.0, max=1.0, help="Parity the int8 model must reach."),
@@ -79,6 +80,7 @@ def export(
             "parity_min_cosine": result.int8.parity.min_cosine, "parity_mean_cosine": result.int8.parity.mean_cosine,
             "images_per_s": result.int8.images_per_s, "fp32_images_per_s": result.int8.fp32_images_per_s,
         },
+        "speed": None if result.speed is None else asdict(result.speed),
     }
     if as_json:
         print_json(report)
@@ -88,6 +90,9 @@ def export(
                       f"{' with any batch' if dynamic_batch else ''}) and {escape(result.sidecar.name)}")
         console.print(f"parity with PyTorch: min cosine {result.parity.min_cosine:.6f}, mean {result.parity.mean_cosine:.6f} "
                       f"on {escape(result.parity.source)}")
+        if result.speed is not None:
+            console.print(f"speed here: {result.speed.images_per_s:.0f} images/s, PyTorch eager "
+                          f"{result.speed.pytorch_images_per_s:.0f} on the same images ({result.speed.threads} threads)")
         if result.int8 is not None:
             console.print(f"int8: {escape(str(result.int8.path))}, {result.int8.size_bytes / 2**20:.1f} MiB "
                           f"({result.int8.size_bytes / result.int8.fp32_size_bytes:.0%} of fp32); min cosine "

@@ -55,6 +55,10 @@ def test_onnx_export_matches_pytorch_and_describes_itself(onnx_export: tuple[Pat
     assert sidecar["source_checkpoint"] == str((run_dir / "best.pt").resolve())
     assert sidecar["threshold"]["value"] == json.loads((run_dir / "eval.json").read_text())["operating_threshold"]
     assert sidecar["threshold"]["flip"] is False and sidecar["threshold"]["image_size"] == 32
+    assert sidecar["graph"].startswith("channels-last")
+    speed = sidecar["speed"]  # measured at export on this machine, beside PyTorch on the same images
+    assert speed == report["speed"] and speed["batch"] == 1 and speed["threads"] >= 1
+    assert speed["images_per_s"] > 0 and speed["pytorch_images_per_s"] > 0 and isinstance(speed["cpu_features"], list)
     assert not list(out.parent.glob(".*tmp*"))  # no temp files left behind
 
 
@@ -76,6 +80,7 @@ def test_pt2_and_torchscript_exports_match_pytorch(fmt: str, options: list[str],
     out = tmp_path / f"model.{fmt}"
     report = invoke_json("export", "--checkpoint", str(run_dir), "--format", fmt, "--out", str(out), *options)
     assert out.is_file() and report["parity_min_cosine"] >= 0.9999
+    assert (report["speed"] is None) == (fmt == "torchscript")  # measured for the deployable programs
     if fmt == "pt2":  # exported for batch 1: embed still runs it on a whole folder, image by image
         assert torch.export.load(out).module()(torch.zeros(1, 3, 32, 32)).shape == (1, 512)
         embedded = {}
