@@ -38,12 +38,16 @@ demo: install
 	@echo "demo run written to $(DEMO)/run (best.pt, last.pt, backbone.pt, metrics.jsonl, metrics.csv, eval.json);"
 	@echo "exported model, gallery.npz in $(DEMO)/"
 
+# One pytest worker per core, a test file each (its module fixtures built once), one thread per worker: the
+# suite is mostly single-threaded start-ups and subprocesses, so 2 workers take 3 min where one takes 4.5.
+PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto --dist loadfile
+
 test: install
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 # Everything that needs no training run and no multi-process scenario: under a minute, for development.
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # Every figure beside the naive torchvision ImageFolder loop; writes bench.json (about 6 min on 2 cores),
 # then the sharded margin head against a replicated one on 2 ranks (bench-sharded-head.json, about 3 min),
