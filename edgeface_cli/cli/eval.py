@@ -52,7 +52,7 @@ def _format_metric(value: Any, spec: str) -> str:
 @user_errors
 def eval_(
     val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Images to evaluate, one folder per identity."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A run dir (its best.pt), best.pt/last.pt, or a bare backbone."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A run dir (its best.pt), best.pt/last.pt, a bare backbone, or an exported .onnx/.pt2 file."),
     train_dir: Optional[Path] = typer.Option(None, "--train-dir", help="Gallery for nearest-centroid accuracy when the checkpoint has no head."),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="LFW pairs.txt or CSV path1,path2,same (paths relative to --val-dir)."),
     bins: Optional[list[Path]] = typer.Option(

@@ -1,8 +1,9 @@
 """Same or different, known or unknown: the threshold that applies to the model in use, and a verification.
 
-A threshold is taken, in order, from --threshold, from the eval recorded for exactly this model and
-preprocessing (``thresholds``), from an export's sidecar (recorded at export for the same input), or from
-``eval.threshold`` in the config. When none applies the similarity is still given, with the reason.
+A threshold is taken, in order, from --threshold, from the eval recorded for exactly this model file and
+preprocessing (``thresholds``; an exported file can be evaluated like a checkpoint), from an export's sidecar
+(the source model's, carried only by an fp32 export, whose outputs match it), or from ``eval.threshold`` in
+the config. When none applies the similarity is still given, with the reason.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class Verification:
 def _sidecar_threshold(embedder: Embedder, flip: bool) -> tuple[Threshold | None, str]:
     entry = (embedder.sidecar or {}).get("threshold")
     if not isinstance(entry, dict):
-        return None, f"{embedder.source.name} was exported without a threshold (its run had no eval then)"
+        note = (embedder.sidecar or {}).get("threshold_note")
+        return None, note or f"{embedder.source.name} was exported without a threshold (its run had no eval then)"
     recorded = {"image_size": entry.get("image_size", embedder.settings.image_size), "flip": entry.get("flip", False)}
     now = {"image_size": embedder.settings.image_size, "flip": flip}
     if recorded != now:
@@ -50,10 +52,10 @@ def decision_threshold(embedder: Embedder, explicit: float | None = None, flip: 
     """(the threshold for ``embedder`` used with ``flip``, "") or (None, why there is none and how to get one)."""
     if explicit is not None:
         return Threshold(explicit, "--threshold"), ""
-    if embedder.kind == "pytorch":
-        found, why = recorded_threshold(embedder.fingerprint(flip), embedder.run_dir)
-    else:
-        found, why = _sidecar_threshold(embedder, flip)
+    found, why = recorded_threshold(embedder.fingerprint(flip), embedder.run_dir)
+    if found is None and embedder.kind != "pytorch":
+        found, carried = _sidecar_threshold(embedder, flip)
+        why = f"{carried}; and {why}"
     if found is not None:
         return found, ""
     configured = embedder.config.eval.threshold

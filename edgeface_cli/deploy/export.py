@@ -28,10 +28,11 @@ from ..atomic import atomic_write_file, atomic_write_text
 from ..data.augment import normalize
 from ..data.folder import ImageSettings, check_image, decode_image
 from ..errors import DataError, ParityError, import_extra
+from ..evaluation.exported import NORMALIZATION, load_program, sidecar_path
 from ..model.backbones import EdgeFace
 from ..model.checkpoints import load_backbone
 from ..preflight import EXPORT_SUFFIXES, check_export_request, int8_path
-from .embedder import NORMALIZATION, list_images, load_program, sidecar_path
+from .embedder import list_images
 from .inference_graph import ChannelsLastEdgeFace, UnsupportedLayout
 
 MIN_COSINE = 0.9999  # fp32 exports: anything lower is a broken export, not rounding
@@ -225,6 +226,13 @@ def _require_parity(result: Parity, bar: float, what: str, path: Path, hint: str
         )
 
 
+def int8_threshold_note(path: Path, checked: Parity) -> str:
+    """Why an int8 file carries no threshold, and how to get its own."""
+    return (f"{path.name} is int8 (min cosine {checked.min_cosine:.4f} against the fp32 model): its similarities move, "
+            f"so the fp32 model's threshold is not carried over; measure its own with "
+            f"`edgeface eval --checkpoint {path} --val-dir DIR`")
+
+
 def quantize_int8(fp32_path: Path, out: Path) -> None:
     """Dynamic int8 quantisation of the MatMul/Gemm layers (onnxruntime; per-channel int8 weights, activations
     quantised at run time), as EdgeFace's own ``_q`` models quantise their Linear layers in PyTorch.
@@ -392,10 +400,10 @@ def export_backbone(
                     "threads": torch.get_num_threads(), "cpu_features": features,
                     "note": "measured at export, on the exporting machine"}
         atomic_write_text(sidecar_path(quantized_path), json.dumps(
-            {**describe(backbone, settings, fmt, quantized_path, source, quantized, dynamic_batch, opset_used, threshold,
+            {**describe(backbone, settings, fmt, quantized_path, source, quantized, dynamic_batch, opset_used, None,
                         quantized=True, graph=graph), "quantization": "dynamic int8: MatMul/Gemm weights per channel, activations at "
                                                          "run time; convolutions fp32",
-             "speed": measured}, indent=2) + "\n")
+             "threshold_note": int8_threshold_note(quantized_path, quantized), "speed": measured}, indent=2) + "\n")
         result.int8 = Int8Result(quantized_path, quantized, quantized_path.stat().st_size, result.size_bytes,
                                  int8_speed, fp32_speed)
         if int8_speed <= fp32_speed:

@@ -24,10 +24,11 @@ from ..model.backbones import EdgeFace
 from ..model.checkpoint_io import read_checkpoint
 from ..model.checkpoints import load_backbone
 from ..model.heads import MarginHead
-from ..model.runtime import Precision, resolve_device, resolve_precision
+from ..model.runtime import FP32, Precision, resolve_device, resolve_precision
 from ..rundir import run_dir_of
 from ..thresholds import ModelFingerprint, eval_record_path, write_eval_record
 from .benchmark import evaluate_binset
+from .exported import PROGRAM_SUFFIXES, is_exported, load_program, read_sidecar
 from .inference import extract, extract_files, validate
 from .metrics import (
     SimilarityHistogram,
@@ -49,8 +50,23 @@ class EvalModel:
     training_config: dict[str, Any] | None
 
 
+def exported_model(path: Path, kind: str) -> EvalModel:
+    """An exported file as it runs in deployment (CPU); its sidecar, else the program's fixed input, says how
+    to feed it."""
+    program = load_program(path, kind)
+    sidecar = read_sidecar(path) or {}
+    data = {key: sidecar[key] for key in ("image_size", "non_square") if sidecar.get(key)}
+    if "image_size" not in data and getattr(program, "image_size", None):
+        data["image_size"] = program.image_size
+    return EvalModel(program.eval(), None, None, path, {"data": data} if data else None)
+
+
 def load_eval_model(checkpoint: Path, config: EdgeFaceConfig) -> EvalModel:
-    """A run dir (its best.pt), a best.pt/last.pt, or a bare backbone in any format inspect-keys reads."""
+    """A run dir (its best.pt), a best.pt/last.pt, a bare backbone in any format inspect-keys reads, or an
+    exported ONNX/pt2 file."""
+    kind = PROGRAM_SUFFIXES.get(checkpoint.suffix.lower()) if checkpoint.is_file() else None
+    if kind is not None:
+        return exported_model(checkpoint, kind)
     if checkpoint.is_dir():
         best = checkpoint / "best.pt"
         if not best.is_file():
@@ -77,13 +93,20 @@ def load_eval_model(checkpoint: Path, config: EdgeFaceConfig) -> EvalModel:
     return EvalModel(result.backbone, None, None, checkpoint, trained)
 
 
+def runtime_of(checkpoint: Path, config: EdgeFaceConfig) -> tuple[torch.device, Precision]:
+    """Where and how a model runs: an exported program on the CPU as exported; PyTorch weights as configured."""
+    if is_exported(checkpoint):
+        return torch.device("cpu"), FP32
+    device = resolve_device(config.runtime.device)
+    return device, resolve_precision(config.runtime.amp, device)
+
+
 def evaluate_bins(config: EdgeFaceConfig, checkpoint: Path, bins: list[Path], image_size: int | None = None,
                   progress: StepCallback | None = None) -> list[dict[str, Any]]:
     """The ``.bin`` verification protocol (``benchmark``) on each file, named as the field names them."""
     sets = [read_bin(path) for path in bins]  # every file checked (and any hostile one refused) before the model
-    device = resolve_device(config.runtime.device)
-    precision = resolve_precision(config.runtime.amp, device)
     model = load_eval_model(checkpoint, config)
+    device, precision = runtime_of(checkpoint, config)
     backbone = model.backbone.to(device)
     size = model_image_settings(model.training_config, config, image_size).image_size
     results = []
@@ -241,9 +264,8 @@ def evaluate(
     """``progress(what, done, total)`` reports image checks and embedding batches as they go."""
     if config.data.val_dir is None:
         raise DataError("no validation data: pass --val-dir DIR (one folder per identity) or --bin FILE (lfw.bin, ...)")
-    device = resolve_device(config.runtime.device)
-    precision = resolve_precision(config.runtime.amp, device)
     model = load_eval_model(checkpoint, config)
+    device, precision = runtime_of(checkpoint, config)
     model.backbone.to(device)
     if model.head is not None:
         model.head.to(device)

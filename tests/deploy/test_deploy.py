@@ -190,6 +190,33 @@ def test_verify_without_a_threshold_shows_the_similarity_and_how_to_get_one(run_
     assert configured["threshold_source"] == "eval.threshold in the config" and configured["threshold"] == 0.5
 
 
+def test_an_export_is_evaluated_like_a_checkpoint_and_int8_gets_a_threshold_of_its_own(
+        onnx_export: tuple[Path, dict], run_dir: Path, data: Path, tmp_path: Path) -> None:
+    fp32_file = onnx_export[0]
+    int8_dir = tmp_path / "int8"  # a copy: the record written below must not reach the other tests' file
+    int8_dir.mkdir()
+    int8_file = int8_dir / "model.int8.onnx"
+    for suffix in ("", ".json"):
+        shutil.copy(onnx_export[1]["int8"]["file"] + suffix, str(int8_file) + suffix)
+    image = str(data / "val" / "id_000" / "0000.png")
+    other = str(data / "val" / "id_001" / "0000.png")
+    # The fp32 file computes the run's embeddings: the run's threshold comes with it.
+    fp32 = invoke_json("verify", image, other, "--checkpoint", str(fp32_file))
+    assert fp32["threshold"] == json.loads((run_dir / "eval.json").read_text())["operating_threshold"]
+    # The int8 file's similarities move: the fp32 threshold is not carried over, and it says how to get one.
+    before = invoke_json("verify", image, other, "--checkpoint", str(int8_file))
+    assert before["same"] is None and "int8" in before["threshold_reason"]
+    assert f"edgeface eval --checkpoint {int8_file}" in before["threshold_reason"]
+    # eval measures an exported file as it measures a checkpoint; its record binds the threshold to the file.
+    measured = {"pytorch": json.loads((run_dir / "eval.json").read_text()),
+                "int8": invoke_json("eval", "--val-dir", str(data / "val"), "--checkpoint", str(int8_file))}
+    assert abs(measured["int8"]["roc_auc"] - measured["pytorch"]["roc_auc"]) <= 0.005  # what the int8 file costs
+    assert (int8_dir / "model.int8.onnx.eval.json").is_file()
+    after = invoke_json("verify", image, other, "--checkpoint", str(int8_file))
+    assert after["threshold"] == measured["int8"]["operating_threshold"] and after["same"] is not None
+    assert "model.int8.onnx.eval.json" in after["threshold_source"]
+
+
 def test_a_run_overwritten_with_force_loses_the_old_threshold(tmp_path: Path) -> None:
     from edgeface_cli.rundir import prepare_run_dir
 

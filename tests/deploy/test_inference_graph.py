@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from edgeface_cli.deploy.embedder import OnnxBackbone
 from edgeface_cli.deploy.export import write_program
 from edgeface_cli.deploy.inference_graph import ChannelsLastEdgeFace, UnsupportedLayout
+from edgeface_cli.evaluation.exported import OnnxBackbone
 from edgeface_cli.model.backbones import EdgeFace
 from edgeface_cli.zoo import ZOO
 

@@ -1,0 +1,156 @@
+"""Exported model files run as they were exported: ONNX on onnxruntime, pt2 as the ``torch.export`` program
+(TorchScript too), each callable like the PyTorch backbone; and the sidecar JSON ``edgeface export`` writes
+beside them, read strictly. Here, below deploy, so that ``eval`` measures an exported file as it measures a
+checkpoint (an int8 file's own threshold, its accuracy against the fp32 one).
+"""
+
+from __future__ import annotations
+
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..atomic import read_json_object
+from ..data.alignment.warp import ARCFACE_TEMPLATE
+from ..errors import CheckpointError, import_extra
+from ..zoo import ZOO
+
+NORMALIZATION = "pixel / 127.5 - 1 (range [-1, 1]; mean 0.5, std 0.5 on [0, 1])"  # what to_model_input computes
+TEMPLATE = ARCFACE_TEMPLATE.tolist()  # the crops this version makes (export records it in the sidecar)
+PROGRAM_SUFFIXES = {".onnx": "onnx", ".pt2": "pt2"}  # run as exported; other files load into the PyTorch model
+
+
+def is_exported(path: Path) -> bool:
+    """An exported program (run as exported, on the CPU), not weights to load into the PyTorch model."""
+    return path.is_file() and path.suffix.lower() in PROGRAM_SUFFIXES
+
+
+def sidecar_path(model_file: Path) -> Path:
+    """``model.onnx`` -> ``model.onnx.json``: what a deployment needs to feed the model."""
+    return model_file.with_name(model_file.name + ".json")
+
+
+def read_sidecar(model_file: Path) -> dict[str, Any] | None:
+    path = sidecar_path(model_file)
+    if not path.is_file():
+        return None
+    sidecar = read_json_object(path, "an export description", "re-export the model to rewrite it", CheckpointError)
+    threshold = sidecar.get("threshold")
+    checks = {
+        "image_size": isinstance(sidecar.get("image_size"), int) and 16 <= sidecar["image_size"] <= 4096,
+        "arch": sidecar.get("arch") is None or sidecar.get("arch") in ZOO,
+        "use_pos_emb": sidecar.get("use_pos_emb") is None or (isinstance(sidecar["use_pos_emb"], list) and len(
+            sidecar["use_pos_emb"]) == 4 and all(isinstance(flag, bool) for flag in sidecar["use_pos_emb"])),
+        "non_square": sidecar.get("non_square") in (None, "center_crop", "stretch"),
+        "source_checkpoint": sidecar.get("source_checkpoint") is None
+                             or (isinstance(sidecar["source_checkpoint"], str) and "\x00" not in sidecar["source_checkpoint"]),
+        "threshold": threshold is None or (isinstance(threshold, dict) and isinstance(threshold.get("value"), (int, float))
+                                           and isinstance(threshold.get("source", ""), str)),
+        "threshold_note": isinstance(sidecar.get("threshold_note", ""), str),
+    }
+    model_input = sidecar.get("input")
+    if isinstance(model_input, dict) and (model_input.get("channels", "RGB") != "RGB"
+                                          or model_input.get("normalization", NORMALIZATION) != NORMALIZATION):
+        raise CheckpointError(f"{path} asks for {model_input.get('channels')} input normalised as "
+                              f"{model_input.get('normalization')!r}; edgeface feeds RGB, {NORMALIZATION}")
+    alignment = sidecar.get("alignment")
+    checks["alignment"] = alignment is None or (isinstance(alignment, dict) and alignment.get("template") == TEMPLATE)
+    damaged = [name for name, valid in checks.items() if not valid]
+    if damaged:
+        raise CheckpointError(f"{path} is damaged ({', '.join(damaged)}); re-export the model to rewrite it")
+    return sidecar
+
+
+class OnnxBackbone(nn.Module):
+    """An ONNX file on onnxruntime (CPU), callable like the PyTorch backbone.
+
+    A batch is split across ``threads`` concurrent runs of a one-thread session (onnxruntime releases the
+    GIL): EdgeNeXt's many small operators parallelise poorly inside a run, and splitting the batch measured
+    1.04-1.08x faster than two intra-op threads at batch 64 on XXS. A batch too small to split runs on a session
+    with ``threads`` intra-op threads, which halves batch-1 latency on the larger variants.
+    """
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        super().__init__()
+        self.path = path
+        self.threads = max(1, threads or torch.get_num_threads())
+        self.sessions: dict[int, Any] = {}
+        model_input = self._session(1).get_inputs()[0]
+        self.input_name = model_input.name
+        batch = model_input.shape[0]
+        self.fixed_batch = batch if isinstance(batch, int) else None  # exported without --dynamic-batch
+        side = model_input.shape[-1]
+        self.image_size = side if isinstance(side, int) else None
+        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="onnx") if self.threads > 1 else None
+
+    def _session(self, intra_op_threads: int) -> Any:
+        if intra_op_threads not in self.sessions:
+            onnxruntime = import_extra("onnxruntime", "running an ONNX model", "export")
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = intra_op_threads, 1
+            try:
+                self.sessions[intra_op_threads] = onnxruntime.InferenceSession(
+                    str(self.path), options, providers=["CPUExecutionProvider"])
+            except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for every kind of bad file
+                raise CheckpointError(f"{self.path} is not a loadable ONNX model: "
+                                      f"{str(exc).splitlines()[0][:200]}") from None
+        return self.sessions[intra_op_threads]
+
+    def chunks(self, count: int) -> list[tuple[int, int]]:
+        """(start, stop) of the runs a batch of ``count`` images is split into."""
+        step = self.fixed_batch or -(-count // min(self.threads, count))
+        return [(start, min(start + step, count)) for start in range(0, count, step)]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        array = images.detach().float().cpu().contiguous().numpy()
+        spans = self.chunks(len(array))
+        parallel = self.pool is not None and len(spans) > 1
+        session = self._session(1 if parallel else self.threads)
+
+        def run(span: tuple[int, int]) -> np.ndarray:
+            return session.run(None, {self.input_name: array[span[0]:span[1]]})[0]
+
+        try:
+            outputs = list(self.pool.map(run, spans)) if parallel else [run(span) for span in spans]  # type: ignore[union-attr]
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types: the model does not fit the input
+            raise CheckpointError(f"the ONNX model cannot embed {tuple(array.shape)} images: "
+                                  f"{str(exc).splitlines()[0][:200]}; was it exported by edgeface export?") from None
+        return torch.from_numpy(np.concatenate(outputs))
+
+
+class ExportedProgram(nn.Module):
+    """A ``torch.export`` archive (pt2), callable like the backbone; a batch-1 export runs image by image."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        program = torch.export.load(path)
+        inputs = [node for node in program.graph.nodes
+                  if node.op == "placeholder" and node.name in program.graph_signature.user_inputs]
+        shape = inputs[0].meta["val"].shape
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None  # a SymInt when exported with any batch
+        self.image_size = shape[-1] if isinstance(shape[-1], int) else None
+        # Not registered as a child module: an exported module refuses train()/eval(), which would reach it.
+        self.__dict__["program"] = program.module()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        step = self.fixed_batch or len(images)
+        return torch.cat([self.program(images[start:start + step]) for start in range(0, len(images), step)])
+
+
+def load_program(path: Path, kind: str) -> nn.Module:
+    """An exported program, runnable: ``onnx`` (onnxruntime), ``pt2`` (torch.export), ``torchscript``."""
+    if kind == "onnx":
+        return OnnxBackbone(path)
+    try:
+        if kind == "pt2":
+            return ExportedProgram(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation: export says it once
+            return torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - a damaged archive fails in many ways: all mean "cannot load"
+        raise CheckpointError(f"{path} is not a loadable {kind} model: {str(exc).splitlines()[0][:200]}") from None
