@@ -54,18 +54,27 @@ class ModelFingerprint:
     image_size: int
     preprocessing: str  # ImageSettings.recipe: center_crop | stretch | mtcnn-arcface-best | ...
     flip: bool
+    # An fp32 export computes its source checkpoint's embeddings (export checked it, min cosine >= 0.9999):
+    # the source's SHA-256, so that a gallery enrolled with the run is matched with the file deployed from it.
+    same_as_sha256: str | None = None
 
     @classmethod
-    def of(cls, model_file: Path, image_size: int, preprocessing: str, flip: bool) -> "ModelFingerprint":
-        return cls(str(model_file.resolve()), file_sha256(model_file), image_size, preprocessing, flip)
+    def of(cls, model_file: Path, image_size: int, preprocessing: str, flip: bool,
+           same_as_sha256: str | None = None) -> "ModelFingerprint":
+        return cls(str(model_file.resolve()), file_sha256(model_file), image_size, preprocessing, flip, same_as_sha256)
 
     @classmethod
     def from_json(cls, data: Any) -> "ModelFingerprint | None":
         try:
+            same_as = data.get("same_as_sha256")
             return cls(str(data["file"]), str(data["sha256"]), int(data["image_size"]), str(data["preprocessing"]),
-                       bool(data["flip"]))
-        except (KeyError, TypeError, ValueError):
+                       bool(data["flip"]), str(same_as) if same_as else None)
+        except (AttributeError, KeyError, TypeError, ValueError):
             return None
+
+    def weights(self) -> set[str]:
+        """The weights whose embeddings these are: the file's own, and its source's for an fp32 export."""
+        return {self.sha256} | ({self.same_as_sha256} if self.same_as_sha256 else set())
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,7 +82,7 @@ class ModelFingerprint:
     def differences(self, other: "ModelFingerprint") -> list[str]:
         """How ``other`` differs, in words (empty: the same model and preprocessing)."""
         found = []
-        if self.sha256 != other.sha256:
+        if not self.weights() & other.weights():
             found.append(f"other weights ({Path(self.file).name} {self.sha256[:12]} vs {Path(other.file).name} "
                          f"{other.sha256[:12]})")
         if self.image_size != other.image_size:

@@ -22,7 +22,7 @@ from ..data.folder import IMAGE_EXTENSIONS, ImageSettings, scan_image_folder, un
 from ..data.loaders import inference_loader
 from ..errors import CheckpointError, DataError
 from ..evaluation.evaluator import exported_model, load_eval_model, model_image_settings
-from ..evaluation.exported import PROGRAM_SUFFIXES, read_sidecar
+from ..evaluation.exported import PROGRAM_SUFFIXES, read_sidecar, same_weights_as
 from ..evaluation.inference import extract, extract_files
 from ..events import StepCallback, step_reporter
 from ..model.runtime import FP32, Precision, resolve_device, resolve_precision
@@ -53,7 +53,8 @@ class Embedder:
 
     def fingerprint(self, flip: bool = False) -> ModelFingerprint:
         """What its similarities depend on: these weights, this input size and squaring, flip or not."""
-        return ModelFingerprint.of(self.source, self.settings.image_size, self.settings.non_square, flip)
+        return ModelFingerprint.of(self.source, self.settings.image_size, self.settings.non_square, flip,
+                                   same_weights_as(self.sidecar))
 
     def embed(self, images: list[str | Path], flip: bool = False) -> np.ndarray:
         """(N, D) L2-normalised embeddings of image files, in order; DataError names any unreadable file

@@ -28,14 +28,15 @@ from ..atomic import atomic_write_file, atomic_write_text
 from ..data.augment import normalize
 from ..data.folder import ImageSettings, check_image, decode_image
 from ..errors import DataError, ParityError, import_extra
-from ..evaluation.exported import NORMALIZATION, load_program, sidecar_path
+from ..evaluation.exported import NORMALIZATION, SAME_EMBEDDINGS_MIN_COSINE, load_program, sidecar_path
 from ..model.backbones import EdgeFace
 from ..model.checkpoints import load_backbone
 from ..preflight import EXPORT_SUFFIXES, check_export_request, int8_path
+from ..thresholds import file_sha256
 from .embedder import list_images
 from .inference_graph import ChannelsLastEdgeFace, UnsupportedLayout
 
-MIN_COSINE = 0.9999  # fp32 exports: anything lower is a broken export, not rounding
+MIN_COSINE = SAME_EMBEDDINGS_MIN_COSINE  # fp32 exports: anything lower is a broken export, not rounding
 MIN_COSINE_INT8 = 0.99
 PARITY_IMAGES = 32
 INPUT_NAME, OUTPUT_NAME = "images", "embeddings"
@@ -314,6 +315,7 @@ def describe(backbone: EdgeFace, settings: ImageSettings, fmt: str, path: Path, 
         "output": {"name": OUTPUT_NAME, "dim": backbone.embedding_dim, "l2_normalized": False,
                    "compare_with": "cosine similarity of the L2-normalised outputs"},
         "source_checkpoint": str(source.resolve()),
+        "source_sha256": file_sha256(source) if source.is_file() else None,
         "parity": {**asdict(checked), "reference": "the PyTorch model in fp32"},
         # Measured without flip at this size: embed/verify on the export use it only so (deploy.decisions).
         "threshold": ({"value": threshold[0], "source": threshold[1], "image_size": settings.image_size, "flip": False}

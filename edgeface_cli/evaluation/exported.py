@@ -22,7 +22,8 @@ from ..zoo import ZOO
 
 NORMALIZATION = "pixel / 127.5 - 1 (range [-1, 1]; mean 0.5, std 0.5 on [0, 1])"  # what to_model_input computes
 TEMPLATE = ARCFACE_TEMPLATE.tolist()  # the crops this version makes (export records it in the sidecar)
-PROGRAM_SUFFIXES = {".onnx": "onnx", ".pt2": "pt2"}  # run as exported; other files load into the PyTorch model
+PROGRAM_SUFFIXES = {".onnx": "onnx", ".pt2": "pt2"}
+SAME_EMBEDDINGS_MIN_COSINE = 0.9999  # an fp32 export's parity bar: below it the file is broken, not rounded  # run as exported; other files load into the PyTorch model
 
 
 def is_exported(path: Path) -> bool:
@@ -52,6 +53,8 @@ def read_sidecar(model_file: Path) -> dict[str, Any] | None:
         "threshold": threshold is None or (isinstance(threshold, dict) and isinstance(threshold.get("value"), (int, float))
                                            and isinstance(threshold.get("source", ""), str)),
         "threshold_note": isinstance(sidecar.get("threshold_note", ""), str),
+        "source_sha256": sidecar.get("source_sha256") is None or (isinstance(sidecar["source_sha256"], str) and len(
+            sidecar["source_sha256"]) == 64 and all(char in "0123456789abcdef" for char in sidecar["source_sha256"])),
     }
     model_input = sidecar.get("input")
     if isinstance(model_input, dict) and (model_input.get("channels", "RGB") != "RGB"
@@ -64,6 +67,16 @@ def read_sidecar(model_file: Path) -> dict[str, Any] | None:
     if damaged:
         raise CheckpointError(f"{path} is damaged ({', '.join(damaged)}); re-export the model to rewrite it")
     return sidecar
+
+
+def same_weights_as(sidecar: dict[str, Any] | None) -> str | None:
+    """The SHA-256 of the checkpoint whose embeddings an export computes: an fp32 export whose parity export
+    checked (not an int8 one, whose similarities move); None otherwise."""
+    if not sidecar or sidecar.get("int8") or not sidecar.get("source_sha256"):
+        return None
+    parity = sidecar.get("parity")
+    minimum = parity.get("min_cosine") if isinstance(parity, dict) else None
+    return sidecar["source_sha256"] if isinstance(minimum, (int, float)) and minimum >= SAME_EMBEDDINGS_MIN_COSINE else None
 
 
 class OnnxBackbone(nn.Module):

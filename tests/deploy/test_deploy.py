@@ -256,6 +256,23 @@ def test_identify_finds_enrolled_people_and_calls_strangers_unknown(gallery_file
     assert "eval.json" in report["threshold_source"]
 
 
+def test_a_gallery_enrolled_with_the_run_is_matched_with_its_fp32_export_not_its_int8_one(
+        gallery_file: Path, data: Path, onnx_export: tuple[Path, dict]) -> None:
+    """Enrol on a server with the run, identify at the door with the ONNX file: the fp32 file computes the same
+    embeddings (export checked it), so the gallery applies; the int8 file's similarities move, so it does not."""
+    probes = [str(data / "val" / name / "0000.png") for name in ENROLLED]
+    by_run = invoke_json("identify", *probes, "--gallery", str(gallery_file))
+    by_file = invoke_json("identify", *probes, "--gallery", str(gallery_file), "--checkpoint", str(onnx_export[0]))
+    assert by_file["threshold"] == by_run["threshold"] is not None
+    for run_answer, file_answer in zip(by_run["probes"], by_file["probes"], strict=True):
+        assert file_answer["answer"] == run_answer["answer"]
+        assert file_answer["matches"][0]["identity"] == run_answer["matches"][0]["identity"]
+        assert file_answer["matches"][0]["similarity"] == pytest.approx(run_answer["matches"][0]["similarity"], abs=1e-3)
+    code, output = invoke("identify", probes[0], "--gallery", str(gallery_file), "--checkpoint",
+                          onnx_export[1]["int8"]["file"])
+    assert code == 2 and "another model" in output and "model.int8.onnx" in output
+
+
 def test_identify_reports_open_set_metrics_on_a_labelled_probe_set(gallery_file: Path, data: Path) -> None:
     metrics = invoke_json("identify", "--probe-dir", str(data / "val"), "--gallery", str(gallery_file))["open_set"]
     assert metrics["enrolled_probes"] == 16 and metrics["non_enrolled_probes"] == 8
