@@ -91,8 +91,10 @@ def export(
         console.print(f"parity with PyTorch: min cosine {result.parity.min_cosine:.6f}, mean {result.parity.mean_cosine:.6f} "
                       f"on {escape(result.parity.source)}")
         if result.speed is not None:
-            console.print(f"speed here: {result.speed.images_per_s:.0f} images/s, PyTorch eager "
-                          f"{result.speed.pytorch_images_per_s:.0f} on the same images ({result.speed.threads} threads)")
+            runs = "one image per run" if result.speed.batch == 1 else f"batches of {result.speed.batch}"
+            console.print(f"speed here: {result.speed.images_per_s:.0f} images/s ({runs}); PyTorch eager "
+                          f"{result.speed.pytorch_images_per_s:.0f} on the same {result.parity.images} images as one batch "
+                          f"({result.speed.threads} threads)")
         if result.int8 is not None:
             console.print(f"int8: {escape(str(result.int8.path))}, {result.int8.size_bytes / 2**20:.1f} MiB "
                           f"({result.int8.size_bytes / result.int8.fp32_size_bytes:.0%} of fp32); min cosine "
