@@ -103,9 +103,9 @@ def load_image(path: Path, image_size: int, non_square: str = "center_crop", ali
     resolution (no draft mode: the official crops come from the full image), NoFaceError without one.
     """
     if align != "off":
-        from .alignment.photos import aligned_face, read_photo
+        from .alignment.photos import aligned_file
 
-        rgb = aligned_face(read_photo(path), align)  # type: ignore[arg-type]
+        rgb = aligned_file(path, align)  # type: ignore[arg-type]
         if rgb.size != (image_size, image_size):
             rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
         return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).copy(), False

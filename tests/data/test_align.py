@@ -209,6 +209,28 @@ def test_verify_align_on_raw_photos(photos: Path, xxs_checkpoint: Path) -> None:
     assert no_face.exit_code == 2 and "no face found" in no_face.output and "wall.png" in no_face.output
 
 
+@needs_photos
+def test_each_photo_is_detected_once_per_command(photos: Path, xxs_checkpoint: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """verify --align checks that each photo shows a face, then decodes it for the model: one detection each."""
+    detected: list[tuple[int, int]] = []
+    original = MTCNN.detect
+
+    def counting(self: MTCNN, image: Image.Image) -> list:
+        detected.append(image.size)
+        return original(self, image)
+
+    monkeypatch.setattr(MTCNN, "detect", counting)
+    photo = photos / "bob" / "b.jpg"
+    photo.touch()  # a photo changed since an earlier test: not remembered from then
+    other = photos / "ann" / "a.jpg"
+    other.touch()
+    result = runner.invoke(app, ["verify", str(photo), str(other), "--checkpoint", str(xxs_checkpoint), "--align",
+                                 "--threshold", "0.5", "--set", "data.workers=0"])
+    assert result.exit_code == 0, result.output
+    assert len(detected) == 2
+
+
 def test_read_photo_applies_exif(tmp_path: Path) -> None:
     image = Image.new("RGB", (40, 20), (255, 0, 0))
     exif = Image.Exif()

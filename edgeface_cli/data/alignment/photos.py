@@ -8,6 +8,7 @@ weights once.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,10 @@ from .warp import CROP_SIZE, warp_face
 NO_FACE = "no face found"  # the reason every command gives for a photo without a face
 _detectors: dict[str, Detector] = {}
 _lock = threading.Lock()
+# The crops of the photos aligned last in this process (and, forked, in its loader workers): commands check
+# that each photo shows a face before decoding it for the model, and should not detect it twice.
+RECENT_CROPS = 256  # 112x112x3 bytes each: under 10 MB
+_recent: OrderedDict[tuple[object, ...], np.ndarray] = OrderedDict()
 
 
 class NoFaceError(DataError):
@@ -63,3 +68,20 @@ def aligned_face(image: Image.Image, choice: FaceChoice, device: str = "cpu") ->
     if not crops:
         raise NoFaceError(NO_FACE)
     return Image.fromarray(crops[0])
+
+
+def aligned_file(path: Path, choice: FaceChoice, device: str = "cpu") -> Image.Image:
+    """``aligned_face`` of the photo at ``path``, remembered for an unchanged file (size, mtime, ctime)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, choice, device)
+    with _lock:
+        crop = _recent.get(key)
+        if crop is not None:
+            _recent.move_to_end(key)
+    if crop is None:
+        crop = np.asarray(aligned_face(read_photo(path), choice, device), dtype=np.uint8)
+        with _lock:
+            _recent[key] = crop
+            while len(_recent) > RECENT_CROPS:
+                _recent.popitem(last=False)
+    return Image.fromarray(crop)
