@@ -176,6 +176,9 @@ def read_checkpoint(path: Path | str) -> LoadedCheckpoint:
         raise CheckpointError(f"{path} is a directory, not a checkpoint file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the download or copy did not finish")
+    if path.suffix.lower() in (".onnx", ".pt2"):
+        raise CheckpointError(f"{path} is an exported model (edgeface export writes these), not weights to inspect or "
+                              "load; embed, verify, enroll, identify and eval run it as it is")
     kind = _sniff(path)
     extras: dict[str, Any] = {}
     if kind == "gallery":

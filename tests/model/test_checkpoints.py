@@ -163,3 +163,13 @@ def test_detect_arch_on_pos_emb_variant() -> None:
     state = EdgeFace("edgeface_xxs", (False, True, True, True)).state_dict()
     match = detect_arch(state)
     assert match.exact and match.arch == "edgeface_xxs" and match.use_pos_emb == (False, True, True, True)
+
+
+@pytest.mark.parametrize("name", ["edgeface.onnx", "edgeface.pt2"])
+def test_an_exported_model_is_named_as_such_not_called_corrupt(name: str, tmp_path: Path) -> None:
+    path = tmp_path / name
+    path.write_bytes(b"PK\x03\x04 an archive of a program")  # a pt2 archive is a zip, as torch checkpoints are
+    with pytest.raises(CheckpointError, match="is an exported model .* eval run it as it is"):
+        read_checkpoint(path)
+    result = CliRunner().invoke(app, ["inspect-keys", "--edgeface", str(path)])
+    assert result.exit_code == 2 and "exported model" in result.output and "Traceback" not in result.output
