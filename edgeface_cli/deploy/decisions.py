@@ -38,8 +38,7 @@ class Verification:
 def _sidecar_threshold(embedder: Embedder, flip: bool) -> tuple[Threshold | None, str]:
     entry = (embedder.sidecar or {}).get("threshold")
     if not isinstance(entry, dict):
-        note = (embedder.sidecar or {}).get("threshold_note")
-        return None, note or f"{embedder.source.name} was exported without a threshold (its run had no eval then)"
+        return None, f"{embedder.source.name} was exported without a threshold (its run had no eval then)"
     recorded = {"image_size": entry.get("image_size", embedder.settings.image_size), "flip": entry.get("flip", False)}
     now = {"image_size": embedder.settings.image_size, "flip": flip}
     if recorded != now:
@@ -55,7 +54,8 @@ def decision_threshold(embedder: Embedder, explicit: float | None = None, flip: 
     found, why = recorded_threshold(embedder.fingerprint(flip), embedder.run_dir)
     if found is None and embedder.kind != "pytorch":
         found, carried = _sidecar_threshold(embedder, flip)
-        why = f"{carried}; and {why}"
+        # An int8 export says itself why it carries none; ``why`` says how to measure its own.
+        why = f"{(embedder.sidecar or {}).get('threshold_note') or carried}; {why}"
     if found is not None:
         return found, ""
     configured = embedder.config.eval.threshold

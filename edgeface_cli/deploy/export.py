@@ -229,10 +229,9 @@ def _require_parity(result: Parity, bar: float, what: str, path: Path, hint: str
 
 
 def int8_threshold_note(path: Path, checked: Parity) -> str:
-    """Why an int8 file carries no threshold, and how to get its own."""
+    """Why an int8 file carries no threshold (``eval`` of the file records its own)."""
     return (f"{path.name} is int8 (min cosine {checked.min_cosine:.4f} against the fp32 model): its similarities move, "
-            f"so the fp32 model's threshold is not carried over; measure its own with "
-            f"`edgeface eval --checkpoint {path} --val-dir DIR`")
+            "so the fp32 model's threshold is not carried over")
 
 
 def quantize_int8(fp32_path: Path, out: Path) -> None:
