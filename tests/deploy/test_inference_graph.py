@@ -11,7 +11,7 @@ import torch
 
 from edgeface_cli.deploy.export import write_program
 from edgeface_cli.deploy.inference_graph import ChannelsLastEdgeFace, UnsupportedLayout
-from edgeface_cli.evaluation.exported import OnnxBackbone
+from edgeface_cli.evaluation.exported import IMAGES_PER_RUN, OnnxBackbone
 from edgeface_cli.model.backbones import EdgeFace
 from edgeface_cli.zoo import ZOO
 
@@ -104,7 +104,24 @@ def test_the_onnx_runner_splits_a_batch_without_changing_it(threads: int, export
     images = torch.rand(7, 3, SIZE, SIZE) * 2 - 1
     spans = runner.chunks(len(images))
     assert spans[0][0] == 0 and spans[-1][1] == 7 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
-    assert len(spans) == min(threads, 7)
+    assert len(spans) >= min(threads, 7) and max(stop - start for start, stop in spans) <= IMAGES_PER_RUN
     whole = OnnxBackbone(exported[1], threads=1).sessions[1].run(None, {"images": images.numpy()})[0]
     np.testing.assert_allclose(runner(images).numpy(), whole, rtol=1e-5, atol=1e-5)
     assert runner(images[:1]).shape == (1, 512)  # too small to split: the intra-op session
+
+
+def test_a_dynamic_int8_file_embeds_each_image_as_it_would_alone(exported: tuple[EdgeFace, Path], tmp_path: Path) -> None:
+    """Dynamic int8 scales each layer's input over the whole run: run with others, an image's embedding would
+    depend on them (measured: cosine 0.99994 against the same image alone)."""
+    from edgeface_cli.deploy.export import quantize_int8
+
+    int8_file = tmp_path / "model.int8.onnx"
+    quantize_int8(exported[1], int8_file)
+    runner = OnnxBackbone(int8_file, threads=2)
+    assert runner.one_image_per_run and not OnnxBackbone(exported[1], threads=2).one_image_per_run
+    images = torch.rand(6, 3, SIZE, SIZE) * 2 - 1
+    images[1:] *= 3  # batch-mates with a wider range of values
+    alone = runner.sessions[1].run(None, {"images": images[:1].numpy()})[0]
+    together = runner.sessions[1].run(None, {"images": images.numpy()})[0][:1]
+    assert not np.array_equal(alone, together)  # what one scale per run does
+    np.testing.assert_array_equal(runner(images)[:1].numpy(), alone)
