@@ -130,8 +130,8 @@ def reference_images(folders: list[Path], settings: ImageSettings, counts: list[
 
 def exportable(backbone: EdgeFace, fmt: str, image_size: int) -> nn.Module:
     """What goes into the file (input in [-1, 1], output the raw embedding): for ONNX the same function written
-    channels-last (``inference_graph``: 1.27x faster than the module as written, on onnxruntime at batch 64,
-    ``make bench``); the backbone itself for the formats
+    channels-last (``inference_graph``: 1.2x faster than the module as written, on onnxruntime at
+    batch 64, ``make bench``); the backbone itself for the formats
     whose users may want the published module and weight names back (pt2 gained nothing measurable from it)."""
     if fmt == "onnx":
         try:
@@ -239,9 +239,9 @@ def quantize_int8(fp32_path: Path, out: Path) -> None:
     quantised at run time), as EdgeFace's own ``_q`` models quantise their Linear layers in PyTorch.
 
     Measured against the alternatives on XXS at 112 px, batch 64, 2 threads, on the channels-last graph
-    (``benchmarks/deploy.py``, an AVX2 CPU without VNNI): dynamic MatMul/Gemm 1.00x fp32 at min cosine 0.995,
-    static QDQ on Conv+MatMul+Gemm 0.95x at 0.968, static QDQ on MatMul/Gemm 0.94x at 0.996, static QOperator
-    0.94x at 0.968. Layer by layer (onnxruntime profile) int8 ran 0.8-1.2x its fp32 Gemm: without int8
+    (``benchmarks/deploy.py``, an AVX2 CPU without VNNI): dynamic MatMul/Gemm 0.96x fp32 at min cosine 0.99
+    (one image per run: see ``OnnxBackbone``), static QDQ on Conv+MatMul+Gemm 0.92x at 0.968, static QDQ on
+    MatMul/Gemm 0.90x at 0.996, static QOperator 0.92x at 0.968. Layer by layer (onnxruntime profile) int8 ran 0.8-1.2x its fp32 Gemm: without int8
     dot-product instructions the products cost what fp32 ones do and quantising the activations is extra.
     The depthwise convolutions lose the most accuracy, so they stay fp32; no calibration is needed.
     """
