@@ -91,7 +91,7 @@ def export(
         console.print(f"parity with PyTorch: min cosine {result.parity.min_cosine:.6f}, mean {result.parity.mean_cosine:.6f} "
                       f"on {escape(result.parity.source)}")
         if result.speed is not None:
-            runs = "one image per run" if result.speed.batch == 1 else f"batches of {result.speed.batch}"
+            runs = "one image per call" if result.speed.batch == 1 else f"{result.speed.batch} images per call"
             console.print(f"speed here: {result.speed.images_per_s:.0f} images/s ({runs}); PyTorch eager "
                           f"{result.speed.pytorch_images_per_s:.0f} on the same {result.parity.images} images as one batch "
                           f"({result.speed.threads} threads)")

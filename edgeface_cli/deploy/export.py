@@ -57,7 +57,7 @@ class Speed:
     """Throughput measured at export, on the exporting machine, beside PyTorch eager on the same images."""
     images_per_s: float
     pytorch_images_per_s: float
-    batch: int  # images per run of the file (1 for a batch-1 export: the images are run one by one)
+    batch: int  # images per call: 1 for a batch-1 export, else all of them (the runner cuts them into runs)
     threads: int
     cpu_features: list[str]
     note: str = "measured at export, on the exporting machine, on the parity images"
