@@ -64,7 +64,8 @@ bench: install
 	$(BIN)/python benchmarks/regularisers.py --out bench-regularisers.json
 	$(BIN)/python benchmarks/deploy.py --out bench-deploy.json
 
-# On a machine with a CUDA GPU (installs nothing): CUDA tests, bench on the GPU, a 2-epoch CUDA run -> gpu-check/.
+# On a machine with a CUDA GPU (installs nothing): CUDA tests, bench on the GPU, a 2-epoch CUDA run, deploy,
+# alignment and the ONNX file on onnxruntime's CUDA provider -> gpu-check/.
 gpu-check:
 	PYTHON=$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) bash benchmarks/gpu_check.sh
 
