@@ -22,8 +22,9 @@ def export(
     opset: int = typer.Option(18, "--opset", min=13, help="ONNX opset."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Any batch size (default: batch 1)."),
     int8: bool = typer.Option(False, "--int8", help="Also write an int8 ONNX model (dynamic int8 MatMul/Gemm layers) beside --out."),
-    calibration_dir: Optional[Path] = typer.Option(
-        None, "--calibration-dir", help="Images for the parity checks (default: the run's val/train data)."),
+    parity_dir: Optional[Path] = typer.Option(
+        None, "--parity-dir", "--calibration-dir",
+        help="Images the file is checked on against PyTorch (default: the run's val/train data)."),
     int8_min_cosine: float = typer.Option(0.99, "--int8-min-cosine", min=0.0, max=1.0, help="Parity the int8 model must reach."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -41,8 +42,8 @@ def export(
 
     check_export_request(fmt, int8)
     out = out or Path(f"edgeface{EXPORT_SUFFIXES[fmt]}")
-    if calibration_dir is not None and not calibration_dir.is_dir():
-        raise DataError(f"--calibration-dir {calibration_dir} is not a folder of images")
+    if parity_dir is not None and not parity_dir.is_dir():
+        raise DataError(f"--parity-dir {parity_dir} is not a folder of images")
     for path in (out, int8_path(out) if int8 else None):
         if path is not None:
             check_output_file(path, force)
@@ -56,7 +57,7 @@ def export(
     if embedder.kind != "pytorch":
         raise DataError(f"{checkpoint} is already an exported {embedder.kind} model; export from the run or checkpoint")
     run_dir = run_dir_of(checkpoint)
-    folders = [calibration_dir] if calibration_dir is not None else []
+    folders = [parity_dir] if parity_dir is not None else []
     if run_dir is not None:  # the run's own images, when they are still there
         from ..config import build_config
 

@@ -216,7 +216,7 @@ def parity(candidate: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tens
 
 
 EXPORT_HINT = "This is a bug in the export path; please report it with the command used"
-INT8_HINT = ("Int8 loses too much for this model: check it on more, real images (--calibration-dir), "
+INT8_HINT = ("Int8 loses too much for this model: check it on more, real images (--parity-dir), "
              "or lower --int8-min-cosine if the loss is acceptable")
 
 
