@@ -84,7 +84,7 @@ def load_embedder(path: Path, config: EdgeFaceConfig, image_size: int | None = N
     run_dir = run_dir_of(path) or (run_dir_of(source_run) if source_run is not None and source_run.exists() else None)
     kind = PROGRAM_SUFFIXES.get(path.suffix.lower()) if path.is_file() else None
     if kind is not None:
-        model = exported_model(path, kind)
+        model = exported_model(path, kind, sidecar)  # the sidecar read once, above
         settings = model_image_settings(model.training_config, config, image_size)
         return Embedder(model.backbone, path, kind, settings, torch.device("cpu"), FP32, run_dir, config, sidecar)
     exported_size = sidecar.get("image_size") if sidecar else None

@@ -50,12 +50,11 @@ class EvalModel:
     training_config: dict[str, Any] | None
 
 
-def exported_model(path: Path, kind: str) -> EvalModel:
-    """An exported file as it runs in deployment (CPU); its sidecar, else the program's fixed input, says how
-    to feed it."""
+def exported_model(path: Path, kind: str, sidecar: dict[str, Any] | None) -> EvalModel:
+    """An exported file as it runs in deployment (CPU); its sidecar (``read_sidecar``), else the program's
+    fixed input, says how to feed it."""
     program = load_program(path, kind)
-    sidecar = read_sidecar(path) or {}
-    data = {key: sidecar[key] for key in ("image_size", "non_square") if sidecar.get(key)}
+    data = {key: sidecar[key] for key in ("image_size", "non_square") if sidecar and sidecar.get(key)}
     if "image_size" not in data and getattr(program, "image_size", None):
         data["image_size"] = program.image_size
     return EvalModel(program.eval(), None, None, path, {"data": data} if data else None)
@@ -66,7 +65,7 @@ def load_eval_model(checkpoint: Path, config: EdgeFaceConfig) -> EvalModel:
     exported ONNX/pt2 file."""
     kind = PROGRAM_SUFFIXES.get(checkpoint.suffix.lower()) if checkpoint.is_file() else None
     if kind is not None:
-        return exported_model(checkpoint, kind)
+        return exported_model(checkpoint, kind, read_sidecar(checkpoint))
     if checkpoint.is_dir():
         best = checkpoint / "best.pt"
         if not best.is_file():
