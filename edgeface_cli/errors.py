@@ -32,6 +32,11 @@ class RunDirError(EdgeFaceError):
     pass
 
 
+class OutputError(EdgeFaceError):
+    """A command may not write where it was asked to: the file exists (no --force), it is the command's own
+    input, or it is a directory."""
+
+
 class MissingExtraError(EdgeFaceError):
     """An optional dependency group is not installed: the message names the pip command."""
 

@@ -1,0 +1,101 @@
+"""The one output rule (issue 27): an existing file needs --force, a command never overwrites its own input,
+writes are atomic and strict JSON, and files have their final mode from the moment they exist."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from edgeface_cli.atomic import (atomic_write_file, atomic_write_stream, output_file, strict_json,
+                                 write_json)
+from edgeface_cli.errors import EdgeFaceError, OutputError
+
+
+def test_output_file_allows_a_new_file(tmp_path: Path) -> None:
+    target = tmp_path / "new.json"
+    assert output_file(target, force=False) == target
+
+
+def test_output_file_refuses_an_existing_file_without_force(tmp_path: Path) -> None:
+    target = tmp_path / "old.json"
+    target.write_text("{}")
+    with pytest.raises(OutputError, match=r"exists; pass --force to replace it"):
+        output_file(target, force=False)
+    assert output_file(target, force=True) == target
+    with pytest.raises(OutputError, match=r"pass --overwrite"):
+        output_file(target, force=False, flag="--overwrite")
+
+
+def test_output_error_is_a_user_error() -> None:
+    assert issubclass(OutputError, EdgeFaceError) and OutputError.exit_code == 2
+
+
+def test_output_file_refuses_its_own_input_even_with_force(tmp_path: Path) -> None:
+    source = tmp_path / "model.pt"
+    source.write_bytes(b"weights")
+    spelled_otherwise = tmp_path / "sub" / ".." / "model.pt"
+    (tmp_path / "sub").mkdir()
+    hard_link = tmp_path / "link.pt"
+    os.link(source, hard_link)
+    symlink = tmp_path / "sym.pt"
+    symlink.symlink_to(source)
+    for target in (source, spelled_otherwise, hard_link, symlink):
+        with pytest.raises(OutputError, match=r"is this command's input; choose another --out"):
+            output_file(target, force=True, inputs=[source])
+    with pytest.raises(OutputError, match=r"choose another --write-fixed"):
+        output_file(source, force=True, inputs=[source], out_flag="--write-fixed")
+    # Another file, or no input at all, is not refused for being an input.
+    assert output_file(tmp_path / "other.pt", force=False, inputs=[source, None]) == tmp_path / "other.pt"
+
+
+def test_output_file_refuses_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match=r"is a directory"):
+        output_file(tmp_path, force=True)
+
+
+def test_strict_json_names_where_the_non_finite_value_is() -> None:
+    assert json.loads(strict_json({"a": [1.0, None]})) == {"a": [1.0, None]}
+    with pytest.raises(ValueError, match=r"\$\.epochs\[1\]\.loss is not finite"):
+        strict_json({"epochs": [{"loss": 1.0}, {"loss": float("nan")}]})
+    with pytest.raises(ValueError, match=r"\$\.auc is not finite"):
+        strict_json({"auc": float("inf")})
+
+
+def test_write_json_is_strict_indented_and_ends_with_a_newline(tmp_path: Path) -> None:
+    target = tmp_path / "out.json"
+    write_json(target, {"b": 1, "a": [0.5]})
+    text = target.read_text()
+    assert text.endswith("}\n") and '\n  "b": 1' in text
+    assert json.loads(text) == {"b": 1, "a": [0.5]}
+    target.write_text("previous")
+    with pytest.raises(ValueError):
+        write_json(target, {"x": float("nan")})
+    assert target.read_text() == "previous"  # a refused write leaves the previous file
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # and no temp file
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_files_have_their_final_mode_before_any_byte_is_written(tmp_path: Path, umask: int) -> None:
+    expected = 0o666 & ~umask
+    seen: list[int] = []
+    previous = os.umask(umask)
+    try:
+        def stream_writer(stream: object) -> None:
+            seen.append(stat.S_IMODE(os.fstat(stream.fileno()).st_mode))  # type: ignore[attr-defined]
+            stream.write(b"x")  # type: ignore[attr-defined]
+
+        def path_writer(temp_path: Path) -> None:
+            seen.append(stat.S_IMODE(temp_path.stat().st_mode))
+            temp_path.write_bytes(b"y")
+
+        atomic_write_stream(tmp_path / "a.bin", stream_writer)
+        atomic_write_file(tmp_path / "b.bin", path_writer)
+    finally:
+        os.umask(previous)
+    assert seen == [expected, expected]
+    assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == expected
+    assert stat.S_IMODE((tmp_path / "b.bin").stat().st_mode) == expected
