@@ -11,8 +11,9 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -28,8 +29,23 @@ def on_off_from_yaml(value: Any) -> Any:
     return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
+def _on_off_choices(annotation: Any) -> bool:
+    """Whether a field is a choice (Literal) that offers "on" or "off": YAML 1.1 booleans mean those words."""
+    return get_origin(annotation) is Literal and bool({"on", "off"} & set(get_args(annotation)))
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_booleans_as_words(cls, data: Any) -> Any:
+        """``amp: off``, ``align: off``, ``cache: on``: YAML 1.1 reads the bare words as booleans; in a field
+        whose choices include on/off they mean the words (a True where only "off" exists then fails as 'on')."""
+        if not isinstance(data, dict):
+            return data
+        return {key: on_off_from_yaml(value) if key in cls.model_fields
+                and _on_off_choices(cls.model_fields[key].annotation) else value for key, value in data.items()}
 
 
 class ModelSection(_Section):
@@ -92,8 +108,6 @@ class DataSection(_Section):
         4, ge=0, le=32, description="check-data: perceptual hashes (64 bits) this many bits apart or closer are near duplicates"
     )
 
-    _yaml_on_off = field_validator("cache", mode="before")(on_off_from_yaml)
-
     @field_validator("image_size")
     @classmethod
     def _multiple_of_32(cls, value: int) -> int:
@@ -137,8 +151,6 @@ class ArcFaceSection(_Section):
     sharded: Literal["auto", "on", "off"] = Field(
         "auto", description="split the class centres across data-parallel ranks (auto = on under torchrun from 100,000 identities)"
     )
-
-    _yaml_on_off = field_validator("sharded", mode="before")(on_off_from_yaml)
 
     @field_validator("margin")
     @classmethod
@@ -196,7 +208,11 @@ class RuntimeSection(_Section):
     )
     compile: bool = Field(False, description="run the backbone through torch.compile (falls back to eager, with a message, if it fails)")
     collective_timeout_s: int = Field(
-        600, ge=10, description="under torchrun: how long a rank waits in a collective for one that died or hangs"
+        600, ge=1, description="under torchrun: how long a rank waits in a collective for one that died or hangs"
+    )
+    rank0_timeout_s: int = Field(
+        86400, ge=1, description="under torchrun: how long the other ranks wait for work rank 0 does alone (the data "
+                                 "scan and cache, validation, held-out checks, writing checkpoints)"
     )
 
 
@@ -205,6 +221,10 @@ class DebugSection(_Section):
     inject_nan_rank: int | None = Field(None, ge=0, description="under torchrun: inject only on this rank (none = every rank)")
     crash_rank_at_step: list[int] = Field(
         default_factory=list, description="[rank, step]: that process dies abruptly at that global step (tests that the others stop)"
+    )
+    slow_scan_s: float = Field(
+        0.0, ge=0, le=3600, description="seconds the scanning rank sleeps in its data scan (tests that the others wait "
+                                        "for it beyond runtime.collective_timeout_s)"
     )
 
 
@@ -351,7 +371,9 @@ def build_config(
     if config_file is None and search_default_file and Path(DEFAULT_CONFIG_FILE).is_file():
         config_file = Path(DEFAULT_CONFIG_FILE)
     if config_file is not None:
-        merged = read_yaml_file(config_file)
+        # A path written in a config file means the same file wherever the command runs: relative to the file.
+        merged = _paths_relative_to(read_yaml_file(config_file),
+                                    Path(os.path.normpath(config_file.expanduser().absolute())).parent)
         sources.update((dotted, str(config_file)) for dotted in _leaf_paths(merged))
     for dotted, value in (flags or {}).items():
         if value is not None:
@@ -391,19 +413,56 @@ def default_of(dotted: str) -> Any:
     return getattr(getattr(EdgeFaceConfig(), section), name)
 
 
+def path_fields() -> list[tuple[str, str, bool]]:
+    """(section, field, is a list) of every path setting: data, checkpoint, cache, held-out, .bin and output paths."""
+    found = []
+    for section_name, section_field in EdgeFaceConfig.model_fields.items():
+        section = section_field.annotation
+        if not (isinstance(section, type) and issubclass(section, BaseModel)):
+            continue
+        for name, info in section.model_fields.items():
+            annotation = info.annotation
+            if annotation == list[Path]:
+                found.append((section_name, name, True))
+            elif annotation is Path or Path in get_args(annotation):
+                found.append((section_name, name, False))
+    return found
+
+
+def _paths_relative_to(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``data`` (a config file's mapping) with its relative path settings anchored at ``folder``; values of
+    the wrong type are left for validation to report."""
+    anchored = copy.deepcopy(data)
+
+    def anchor(value: Any) -> Any:
+        if not isinstance(value, str) or not value:
+            return value
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else folder / path)
+
+    for section, name, is_list in path_fields():
+        values = anchored.get(section)
+        if not isinstance(values, dict) or values.get(name) is None:
+            continue
+        values[name] = [anchor(item) for item in values[name]] if is_list and isinstance(values[name], list) \
+            else anchor(values[name])
+    return anchored
+
+
 def with_absolute_paths(config: EdgeFaceConfig) -> EdgeFaceConfig:
-    """Data, checkpoint, cache and output paths made absolute: a run's config.yaml works from any folder."""
+    """Every path setting made absolute (flags and --set are relative to the current folder; a config file's
+    were anchored at its folder when read): a run's config.yaml then works from any folder, --resume included."""
 
-    def absolute(path: Path | None) -> Path | None:
-        return None if path is None else path.expanduser().absolute()
+    def absolute(value: Any) -> Any:
+        if isinstance(value, list):
+            return [absolute(item) for item in value]
+        return None if value is None else value.expanduser().absolute()
 
+    updates: dict[str, dict[str, Any]] = {}
+    for section, name, _ in path_fields():
+        updates.setdefault(section, {})[name] = absolute(getattr(getattr(config, section), name))
     return config.model_copy(update={
-        "model": config.model.model_copy(update={"checkpoint": absolute(config.model.checkpoint)}),
-        "data": config.data.model_copy(update={
-            "train_dir": absolute(config.data.train_dir), "val_dir": absolute(config.data.val_dir),
-            "cache_dir": absolute(config.data.cache_dir),
-        }),
-        "runtime": config.runtime.model_copy(update={"out": absolute(config.runtime.out)}),
+        section: getattr(config, section).model_copy(update=fields) for section, fields in updates.items()
     })
 
 

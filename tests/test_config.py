@@ -123,3 +123,79 @@ def test_cache_on_and_off_survive_yaml_booleans(tmp_path) -> None:
     assert build_config(config_file).data.cache == "off"
     with pytest.raises(ConfigError, match="data.cache"):
         build_config(None, {}, ["data.cache=sometimes"], search_default_file=False)
+
+
+@pytest.mark.parametrize("text, field, expected", [
+    ("runtime:\n  amp: off\n", ("runtime", "amp"), "off"),
+    ("data:\n  align: off\n", ("data", "align"), "off"),
+    ("data:\n  align: no\n", ("data", "align"), "off"),
+    ("data:\n  cache: on\n", ("data", "cache"), "on"),
+    ("arcface:\n  sharded: off\n", ("arcface", "sharded"), "off"),
+])
+def test_yaml_1_1_on_off_means_the_word_in_choices_that_offer_it(tmp_path: Path, text: str, field: tuple[str, str],
+                                                                  expected: str) -> None:
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text(text)
+    section, name = field
+    assert getattr(getattr(build_config(config_file), section), name) == expected
+    # --set values are parsed as YAML too
+    assert getattr(getattr(build_config(None, None, [f"{section}.{name}={text.split(': ')[1].strip()}"],
+                                        search_default_file=False), section), name) == expected
+
+
+def test_every_choice_offering_on_or_off_reads_yaml_booleans() -> None:
+    """A new on/off choice gets the same reading without anyone remembering to add it."""
+    from typing import Literal, get_args, get_origin
+
+    choices = [(section_name, name) for section_name, section in EdgeFaceConfig.model_fields.items()
+               if hasattr(section.annotation, "model_fields")
+               for name, info in section.annotation.model_fields.items()
+               if get_origin(info.annotation) is Literal and "off" in get_args(info.annotation)]
+    assert ("runtime", "amp") in choices and ("data", "align") in choices and len(choices) >= 4
+    for section, name in choices:
+        assert getattr(getattr(build_config(None, None, [f"{section}.{name}=off"], search_default_file=False),
+                               section), name) == "off"
+
+
+def test_true_where_a_choice_has_no_on_is_named_as_on(tmp_path: Path) -> None:
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("runtime:\n  amp: on\n")
+    with pytest.raises(ConfigError, match=r"runtime.amp: Input should be .*'off' \(got 'on'\); set by"):
+        build_config(config_file)
+
+
+def test_paths_in_a_config_file_are_relative_to_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeface_cli.config import with_absolute_paths
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "c.yaml").write_text(yaml.safe_dump({
+        "model": {"checkpoint": "weights/xxs.pt"},
+        "data": {"train_dir": "data/train", "holdout_dir": "strangers", "val_bins": ["bins/lfw.bin", "/abs/cfp.bin"],
+                 "cache_dir": "~/cache"},
+        "runtime": {"out": "runs/a"},
+    }))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = with_absolute_paths(build_config(Path("../project/c.yaml"), {"data.val_dir": Path("val")}))
+    assert config.model.checkpoint == folder / "weights/xxs.pt"
+    assert config.data.train_dir == folder / "data/train" and config.data.holdout_dir == folder / "strangers"
+    assert config.data.val_bins == [folder / "bins/lfw.bin", Path("/abs/cfp.bin")]
+    assert config.data.cache_dir == Path("~/cache").expanduser()
+    assert config.runtime.out == folder / "runs/a"
+    assert config.data.val_dir == elsewhere / "val"  # a flag is relative to where the command runs
+
+
+def test_with_absolute_paths_covers_every_path_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeface_cli.config import path_fields, with_absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    fields = path_fields()
+    assert {("data", "holdout_dir", False), ("data", "val_bins", True)} <= set(fields)
+    overrides = {f"{section}.{name}": ["rel/x.bin"] if is_list else "rel/x" for section, name, is_list in fields}
+    config = with_absolute_paths(build_config(None, overrides, [], search_default_file=False))
+    for section, name, is_list in fields:
+        value = getattr(getattr(config, section), name)
+        for path in value if is_list else [value]:
+            assert path.is_absolute() and path.is_relative_to(tmp_path), (section, name)
