@@ -25,7 +25,8 @@ def align(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Detect faces (MTCNN), align each to the ArcFace template and write 112x112 crops; OUT/align.jsonl keeps
-    the boxes, scores and landmarks. A second run only processes new or changed photos."""
+    the boxes, scores and landmarks. A second run only processes new or changed photos, and removes (and lists)
+    the crops of photos that are gone; it never removes a file it did not write or one changed since."""
     from ..errors import DataError
     from ..preflight import check_writable_folder
 
@@ -58,17 +59,21 @@ def align(
         print_json(summary.to_json() | {"out": str(out)})
         return
     table = Table(title=f"align: {src} -> {out}")
-    for column in ("photos", "aligned now", "already aligned", "no face", "several faces", "unreadable"):
+    for column in ("photos", "aligned now", "already aligned", "no face", "several faces", "unreadable",
+                   "crops removed"):
         table.add_column(column)
     table.add_row(str(summary.photos), f"{summary.aligned} ({summary.crops} crops)", str(summary.reused),
-                  str(len(summary.no_face)), str(len(summary.several)), str(len(summary.unreadable)))
+                  str(len(summary.no_face)), str(len(summary.several)), str(len(summary.unreadable)),
+                  str(len(summary.removed)))
     console.print(table)
     for label, names in (("no face found", summary.no_face),
-                         ("unreadable", [f"{name}: {why}" for name, why in summary.unreadable])):
+                         ("unreadable", [f"{name}: {why}" for name, why in summary.unreadable]),
+                         ("removed", [f"{crop} ({why}: {source})" for crop, source, why in summary.removed]),
+                         ("kept", [f"{crop}: {why}" for crop, why in summary.kept])):
         for name in names[:SHOWN]:
             console.print(f"{label}: {escape(name)}")
         if len(names) > SHOWN:
-            console.print(f"... and {len(names) - SHOWN} more ({label}); OUT/align.jsonl lists every photo")
+            console.print(f"... and {len(names) - SHOWN} more ({label}); --json lists every one")
     if summary.several and faces != "all":
         console.print(f"{len(summary.several)} photo(s) show several faces: the {faces} one was kept "
                       "(--faces all writes each)")
