@@ -19,9 +19,9 @@ EVAL_RESULT = "eval.json"  # the last `eval` of the run's best.pt (thresholds.py
 RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "backbone.pt", EVAL_RESULT,
              "eval-last.json", "eval-backbone.json")
 CSV_FIELDS = (
-    "epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "val_sim_pos", "val_sim_neg",
+    "epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "val_sim_pos", "val_sim_neg", "val_auc",
     "skipped_batches", "skipped_steps", "overflow_steps", "optimizer_steps", "grad_norm_mean", "grad_norm_max", "lr_backbone", "lr_head",
-    "images_per_s", "seconds", "troubleshoot_level",
+    "images_per_s", "seconds", "troubleshoot_level", "best_by",
 )
 
 

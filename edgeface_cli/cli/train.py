@@ -147,7 +147,8 @@ def run_and_report(
     from ..training.run import train as run_training
     from .render import TrainRenderer
 
-    distributed = from_environment(resolved.runtime.device, resolved.runtime.collective_timeout_s)  # torchrun
+    distributed = from_environment(resolved.runtime.device, resolved.runtime.collective_timeout_s,  # torchrun
+                                   resolved.runtime.rank0_timeout_s)
     if not distributed.is_main:
         quiet = True  # rank 0 reports for all; the others only show errors
     renderer = TrainRenderer(console, quiet)
@@ -199,7 +200,10 @@ def run_and_report(
     elif resolved.data.val_dir is None:
         best = "n/a: no --val-dir"
     else:
-        best = "n/a: no val identity is in the training set (similarity metrics were still computed)"
+        chosen = next((row for row in result.records if "event" not in row and row.get("epoch") == result.best_epoch), {})
+        auc = chosen.get("val_auc")
+        best = ("n/a: no val identity is in the training set; best by val verification AUC "
+                + ("n/a" if auc is None else f"{auc:.4f}"))
     console.print(
         f"done: {result.last_epoch} epochs; best epoch {result.best_epoch} (val acc {best}). "
         f"Files in {result.run_dir}: best.pt, last.pt, backbone.pt (published layout), metrics.jsonl, metrics.csv",

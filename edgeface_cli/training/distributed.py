@@ -8,7 +8,7 @@ on its share of every epoch; NCCL on CUDA, Gloo on CPU.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -33,6 +33,9 @@ class Distributed:
     world_size: int = 1
     local_rank: int = 0
     backend: str | None = None
+    # A Gloo group with runtime.rank0_timeout_s: where the ranks wait for work one of them does alone, which
+    # may take far longer than runtime.collective_timeout_s allows a collective of the training step.
+    rank0_work_group: Any = field(default=None, compare=False, repr=False)
 
     @property
     def enabled(self) -> bool:
@@ -51,6 +54,17 @@ class Distributed:
     def barrier(self) -> None:
         if self.enabled:
             torch_dist.barrier()
+
+    def wait_for_rank0_work(self) -> None:
+        """Every rank meets here after work only rank 0 (or each machine's local rank 0) does: the data scan,
+        validation, checkpoints. It waits up to runtime.rank0_timeout_s, not the training collectives'
+        timeout: a scan of millions of images outlasts that, and must not kill the job."""
+        if not self.enabled:
+            return
+        if self.rank0_work_group is None:
+            torch_dist.barrier()
+        else:
+            torch_dist.barrier(group=self.rank0_work_group)
 
     def broadcast(self, value: Any) -> Any:
         """Rank 0's ``value`` on every rank (any picklable object)."""
@@ -110,11 +124,12 @@ class Distributed:
 SINGLE = Distributed()
 
 
-def from_environment(device_spec: str, timeout_s: int = 600) -> Distributed:
+def from_environment(device_spec: str, timeout_s: int = 600, rank0_timeout_s: int = 86400) -> Distributed:
     """Join the process group torchrun describes (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``); else a single process.
 
     A rank that dies is noticed by torchrun, which stops the others; a rank that hangs leaves the others
-    blocked in a collective, which they give up after ``timeout_s`` (``runtime.collective_timeout_s``).
+    blocked in a collective, which they give up after ``timeout_s`` (``runtime.collective_timeout_s``). Waits
+    for work rank 0 does alone have their own group and limit, ``rank0_timeout_s`` (``runtime.rank0_timeout_s``).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
@@ -126,7 +141,9 @@ def from_environment(device_spec: str, timeout_s: int = 600) -> Distributed:
         torch.cuda.set_device(local_rank)
     if not torch_dist.is_initialized():
         torch_dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
-    return Distributed(rank, world_size, local_rank, backend)
+    # Gloo whatever the training backend: the wait is a CPU barrier, and NCCL's watchdog is not involved.
+    rank0_work_group = torch_dist.new_group(backend="gloo", timeout=timedelta(seconds=rank0_timeout_s))
+    return Distributed(rank, world_size, local_rank, backend, rank0_work_group)
 
 
 def shutdown(context: Distributed, together: bool = False) -> None:

@@ -4,6 +4,7 @@ restarts here with the new backbone."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -91,14 +92,17 @@ def train(
         on_event = lambda event: None  # noqa: E731 - rank 0 speaks for all
     # The decoded-image cache lives on each machine's disk: each machine's local rank 0 scans and builds it
     # (all machines at once), the other ranks wait for them and then read it.
+    # The wait has its own limit (runtime.rank0_timeout_s): a scan of millions of files outlasts a collective's.
     builds_cache = distributed.local_rank == 0
     if not builds_cache:
-        distributed.barrier()
+        distributed.wait_for_rank0_work()
     try:
+        if builds_cache and config.debug.slow_scan_s:
+            time.sleep(config.debug.slow_scan_s)  # tests: a scan slower than the collective timeout
         train_scan, val_scan = scan_datasets(config, on_event)
     finally:
         if builds_cache:
-            distributed.barrier()  # also on failure: the others then hit the same error instead of waiting
+            distributed.wait_for_rank0_work()  # also on failure: the others then hit the same error instead of waiting
     result = _train_once(config, train_scan, val_scan, on_event, resume_dir, force, auto_troubleshoot, distributed)
     previous: list[Path] = []
     while result.status == "switched" and result.next_config is not None:

@@ -97,16 +97,18 @@ class RunState:
         """best.pt and backbone.pt before last.pt: a kill in between never leaves last.pt naming a best
         epoch that best.pt does not hold (a resume re-runs the epoch and writes all three again)."""
         state = self._state()
-        if not self.distributed.is_main:
-            return
-        if is_best:
-            atomic_torch_save(state, self.run_dir / "best.pt")
-            # The published EdgeFace layout: loadable with strict=True into the official architecture.
-            atomic_torch_save(state["backbone"], self.run_dir / "backbone.pt")
-            # The last eval measured the model best.pt held until now: its threshold no longer applies.
-            (self.run_dir / EVAL_RESULT).unlink(missing_ok=True)
-        atomic_torch_save(state, self.run_dir / "last.pt")
-        drop_replaced(self.run_dir)  # a --force run's predecessor is let go only now
+        if self.distributed.is_main:
+            if is_best:
+                atomic_torch_save(state, self.run_dir / "best.pt")
+                # The published EdgeFace layout: loadable with strict=True into the official architecture.
+                atomic_torch_save(state["backbone"], self.run_dir / "backbone.pt")
+                # The last eval measured the model best.pt held until now: its threshold no longer applies.
+                (self.run_dir / EVAL_RESULT).unlink(missing_ok=True)
+            atomic_torch_save(state, self.run_dir / "last.pt")
+            drop_replaced(self.run_dir)  # a --force run's predecessor is let go only now
+        # Writing gigabytes can outlast the collective timeout the others would otherwise wait under in the
+        # next epoch's first step.
+        self.distributed.wait_for_rank0_work()
 
     def _write_config(self, config: EdgeFaceConfig) -> None:
         if self.distributed.is_main:  # one set of files, whatever the number of ranks

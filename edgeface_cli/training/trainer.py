@@ -32,7 +32,6 @@ from ..model.runtime import BackboneForward, Precision, prepare_device, resolve_
 from .anchor import Anchor
 from .distributed import SINGLE, Distributed
 from .generality import GeneralityCheck
-from .heldout import held_out_score
 from .meter import EpochMeter
 from .optim import build_optimizer, gated_step, lr_factor, stage_of
 from .outcome import GuardStop, RunResult, SwitchBackbone
@@ -315,7 +314,8 @@ class Trainer(RunState, EpochValidation, Recovery):
             self.on_event(Notice("info", "stage 1 runs the frozen backbone every epoch: colour jitter changes each "
                                          "image every epoch, so its embeddings cannot be computed once"))
         self._write_config(config)
-        self._generality_baseline()
+        self._generality_baseline()  # rank 0 alone: held-out identities and .bin sets, before the first step
+        self.distributed.wait_for_rank0_work()
         epoch = self.epoch + 1
         while epoch <= self.config.optim.epochs:
             stage = stage_of(epoch, self.config)
@@ -340,9 +340,7 @@ class Trainer(RunState, EpochValidation, Recovery):
             self._validate_into(record)
             record["seconds"] = time.perf_counter() - epoch_started
             record["troubleshoot_level"] = self.config.troubleshoot_level
-            score = record["val_acc"] if record["val_acc"] is not None else record["train_acc"]
-            if self.config.runtime.select_best == "holdout" and held_out_score(record) is not None:
-                score = held_out_score(record)
+            score, record["best_by"] = self._selection_score(record)
             is_best = not record.get("val_nonfinite") and (self.best_score is None or score > self.best_score)
             if is_best:
                 self.best_score, self.best_epoch = score, epoch

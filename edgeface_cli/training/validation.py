@@ -34,12 +34,25 @@ class EpochValidation:
                 f"guard.holdout_drop {self.config.guard.holdout_drop:.0%}): the model is forgetting what it knew about "
                 "other people; lower the learning rates, or regularise (optim.l2sp, distill.weight)")
 
+    def _selection_score(self, record: dict[str, Any]) -> tuple[float, str]:
+        """(the figure best.pt is chosen by, its name). Val accuracy needs val identities the head knows; an
+        open-set val folder (none of them trained on) is judged by its verification AUC instead, never by
+        training accuracy, which rises as the head memorises the training set. Training accuracy decides only
+        when there is no val folder at all."""
+        if self.config.runtime.select_best == "holdout" and held_out_score(record) is not None:
+            return float(held_out_score(record)), "holdout"  # type: ignore[arg-type]
+        for key in ("val_acc", "val_auc"):
+            if record.get(key) is not None:
+                return float(record[key]), key
+        return float(record["train_acc"]), "train_acc"
+
     def _validate_into(self, record: dict[str, Any]) -> None:
         if self.distributed.enabled:
             # Rank 0 validates; every rank then holds the same record, so all take the same decisions.
             head = self.head.gathered() if self.val_images else self.head  # a collective when sharded
             if self.distributed.is_main:
                 self._validate_locally(record, head)
+            self.distributed.wait_for_rank0_work()  # validation may outlast the collective timeout
             record.update(self.distributed.broadcast(record))
             return
         self._validate_locally(record, self.head)
@@ -52,7 +65,8 @@ class EpochValidation:
             else:
                 record.update(self.generality.measure(self.forward, self.device, self.precision, self.channels_last))
         if self.val_loader is None:
-            record.update(val_loss=None, val_acc=None, val_top5=None, val_sim_pos=None, val_sim_neg=None)
+            record.update(val_loss=None, val_acc=None, val_top5=None, val_sim_pos=None, val_sim_neg=None,
+                          val_auc=None)
             return
         guard = self.config.guard
         epoch = record["epoch"]
@@ -67,5 +81,6 @@ class EpochValidation:
         record.update(
             val_loss=result.loss, val_acc=result.accuracy, val_top5=result.top5,
             val_sim_pos=result.stats.sim_pos_mean, val_sim_neg=result.stats.sim_neg_mean,
+            val_auc=result.stats.roc_auc,  # verification over all val pairs: open-set val has no accuracy
             val_collapsed=result.stats.collapsed, val_nonfinite=result.nonfinite,
         )

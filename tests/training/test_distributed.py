@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from edgeface_cli.data.loaders import EpochBatches
 
@@ -49,16 +50,21 @@ def common_options(sample_dataset: Path) -> list[str]:
             "--set", "data.batch_size=4", "--stage1-epochs", "1", "--epochs", "2", "--set", "optim.head_lr=0.05"]
 
 
+SLOW_SCAN_S, SHORT_TIMEOUT_S = 5, 3  # a rank-0 scan longer than the collective timeout
+
+
 @pytest.fixture(scope="module")
 def ddp_runs(sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
     """Three 2-process runs of one configuration, shared by the tests below (a torchrun launch costs ~7 s here):
     the plain one (stage-1 embeddings shared between ranks), the same with the margin head sharded, and the
-    same with stage-1 embeddings recomputed every batch."""
+    same with stage-1 embeddings recomputed every batch, whose rank 0 also scans for longer than the
+    collective timeout (the others must wait for it, not die: +5 s)."""
     work = tmp_path_factory.mktemp("ddp")
     runs = {}
     for name, settings in (("plain", ["arcface.sharded=off", "optim.stage1_cache=true"]),
                            ("sharded", ["arcface.sharded=on", "optim.stage1_cache=true"]),
-                           ("uncached", ["arcface.sharded=off", "optim.stage1_cache=false"])):
+                           ("uncached", ["arcface.sharded=off", "optim.stage1_cache=false",
+                                         f"debug.slow_scan_s={SLOW_SCAN_S}", f"runtime.collective_timeout_s={SHORT_TIMEOUT_S}"])):
         options = [option for setting in settings for option in ("--set", setting)]
         done = torchrun(work, "train", *common_options(sample_dataset), "--out", str(work / name), *options)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -89,6 +95,17 @@ def test_two_process_run_writes_one_set_of_files_and_resumes(ddp_runs: dict, sam
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert [row["epoch"] for row in rows_of(run_dir)] == [1, 2, 3]
     assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == 3
+
+
+def test_a_rank_0_scan_longer_than_the_collective_timeout_does_not_kill_the_job(ddp_runs: dict) -> None:
+    """Rank 1 waits for rank 0's slowed scan under runtime.rank0_timeout_s, not the 3-s collective timeout
+    (with runtime.rank0_timeout_s=1 the same launch dies: rank 1 times out in the wait; checked by hand)."""
+    run_dir, done = ddp_runs["uncached"]
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["debug"]["slow_scan_s"] > saved["runtime"]["collective_timeout_s"] == SHORT_TIMEOUT_S
+    assert saved["runtime"]["rank0_timeout_s"] > SLOW_SCAN_S
+    assert done.returncode == 0 and done.stdout.count("done: 2 epochs") == 1
+    assert [row["epoch"] for row in rows_of(run_dir)] == [1, 2]  # both epochs, validation and checkpoints too
 
 
 def test_a_nan_on_one_rank_stops_every_rank_together(sample_dataset: Path, tmp_path: Path) -> None:
@@ -218,7 +235,7 @@ def test_each_machine_builds_its_decoded_image_cache_once(monkeypatch: pytest.Mo
     order: list[str] = []
 
     class Recording(Distributed):
-        def barrier(self) -> None:
+        def wait_for_rank0_work(self) -> None:  # the wait with runtime.rank0_timeout_s, not a training collective's
             order.append("barrier")
 
     def scanned(config, on_event):
