@@ -438,7 +438,7 @@ def _paths_relative_to(data: dict[str, Any], folder: Path) -> dict[str, Any]:
         if not isinstance(value, str) or not value:
             return value
         path = Path(value).expanduser()
-        return str(path if path.is_absolute() else folder / path)
+        return str(path if path.is_absolute() else os.path.normpath(folder / path))  # no ../ left in config.yaml
 
     for section, name, is_list in path_fields():
         values = anchored.get(section)

@@ -95,3 +95,20 @@ def test_selection_never_falls_back_to_training_accuracy_when_val_was_measured()
     assert probe._selection_score({"train_acc": 0.5, "val_acc": None, "val_auc": None}) == (0.5, "train_acc")
     holdout = _Probe("holdout")
     assert holdout._selection_score({"train_acc": 0.5, "val_acc": 0.7, "holdout_tar_at_far": 0.4}) == (0.4, "holdout")
+
+
+def test_relative_paths_in_a_runs_config_yaml_are_relative_to_the_run(relative_run: tuple[Path, Path], tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config.yaml with relative paths (hand-edited, or written before every path was made absolute) means
+    them from the run's own folder, wherever the resume is launched."""
+    project, original = relative_run
+    run_dir = project / "runs" / "edited"
+    shutil.copytree(original, run_dir)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    saved["data"].update(train_dir="../../data/train", val_dir="../../data/open_val", holdout_dir="../../data/holdout")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    monkeypatch.chdir(tmp_path)
+    resumed = runner.invoke(app, ["train", "--resume", str(run_dir), "--set", "optim.epochs=4"])
+    assert resumed.exit_code == 0, resumed.output
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["holdout_dir"] == str(project / "data" / "holdout")
+    assert [row["epoch"] for row in rows_of(run_dir)][-1] == 4 and rows_of(run_dir)[-1]["holdout_auc"] is not None
