@@ -9,6 +9,11 @@ added or removed file, or another image size, never reads a stale row.
 Writes are atomic: a cache is built in a temporary folder and renamed into place only when
 complete, so a killed build leaves nothing that is later trusted. A rebuild of the same
 dataset copies the rows of unchanged files from its predecessor instead of decoding them again.
+
+What a cache reads back names only places inside its own roots: a cache key (a lineage pointer's
+content) is a digest naming a real folder of the cache directory, not a link out of it, and each file
+of ``meta.json`` is a relative path inside the dataset. Anything else was not written here, and the
+command stops (DataError) before it reads or writes through it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -25,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_write_text, strict_json
 from ..errors import DataError
 
 # Bump when decoding changes (draft mode, EXIF, crop, resampling): old caches are then never read.
@@ -33,6 +40,7 @@ HEADROOM_BYTES = 256 * 2**20  # leave this much free on the disk after the cache
 # A superseded cache may still be mapped by a running train or a second build: it is removed only once it
 # has been superseded this long (a process maps its cache once, so a later removal cannot hurt it).
 RECLAIM_AFTER_S = 24 * 3600
+_KEY = re.compile(r"[0-9a-f]{32}")  # what _digest gives: the only names a cache folder has
 
 
 @dataclass(frozen=True)
@@ -95,17 +103,50 @@ class CachedImages:
         return {**self.__dict__, "_mapped": None}  # a worker process maps the file itself
 
 
+def _relative_inside(relpath: str) -> bool:
+    """A dataset file's path as the scan records it: relative, with no ``..`` (so it stays inside the root)."""
+    parts = relpath.split("/")
+    return bool(relpath) and "\x00" not in relpath and not relpath.startswith("/") and ".." not in parts
+
+
+def _cache_folder(cache_dir: Path, key: str, named_by: Path | None = None) -> Path:
+    """``cache_dir/key``, when ``key`` is a cache key and that folder is not a link out of ``cache_dir``."""
+    source = f"{named_by} names" if named_by is not None else "asked for"
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
+        raise DataError(f"{source} the decoded-image cache {key!r}, which is not a cache key this tool writes; "
+                        f"remove {named_by or 'it'} (the cache is rebuilt) or set data.cache=off")
+    directory = cache_dir / key
+    if directory.is_symlink() or (directory.exists() and directory.resolve().parent != cache_dir.resolve()):
+        raise DataError(f"the decoded-image cache {directory} is a link out of {cache_dir}, which this tool never "
+                        "makes; remove it (the cache is rebuilt) or set data.cache=off")
+    return directory
+
+
 def _read_meta(directory: Path) -> dict[str, Any] | None:
+    """The cache's meta.json when it is one this decoder wrote whole; None for a damaged one (rebuilt).
+    DataError when it names a file outside the dataset (never written here)."""
     try:
         meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return meta if isinstance(meta, dict) and meta.get("decoder") == DECODER_VERSION else None
+    if not isinstance(meta, dict) or meta.get("decoder") != DECODER_VERSION:
+        return None
+    files, image_size = meta.get("files"), meta.get("image_size")
+    if (not isinstance(files, list) or not isinstance(image_size, int) or isinstance(image_size, bool)
+            or not all(isinstance(item, list) and len(item) >= 6 and isinstance(item[0], str)
+                       and all(isinstance(value, int) for value in item[1:4])
+                       and (item[4] is None or isinstance(item[4], str)) for item in files)):
+        return None
+    for item in files:
+        if not _relative_inside(item[0]):
+            raise DataError(f"{directory / 'meta.json'} lists {item[0]!r}, which is not inside the dataset; this "
+                            f"tool never writes that: remove {directory} (the cache is rebuilt) or set data.cache=off")
+    return meta
 
 
 def open_cache(cache_dir: Path, key: str) -> CachedImages | None:
     """The finished cache for ``key``, or None (never built, or damaged)."""
-    directory = cache_dir / key
+    directory = _cache_folder(cache_dir, key)
     meta = _read_meta(directory)
     if meta is None or meta.get("key") != key or not (directory / "images.npy").is_file():
         return None
@@ -173,10 +214,12 @@ class CacheBuilder:
 
     def _predecessor(self) -> tuple[CachedImages, dict[FileEntry, int]] | None:
         """The previous cache of the same dataset and size: rows of unchanged files are copied, not decoded."""
+        pointer = self.cache_dir / "lineage" / self.lineage
         try:
-            previous_key = (self.cache_dir / "lineage" / self.lineage).read_text(encoding="utf-8").strip()
-        except OSError:
+            previous_key = pointer.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
             return None
+        _cache_folder(self.cache_dir, previous_key, named_by=pointer)  # a key, not a path: checked before use
         previous = open_cache(self.cache_dir, previous_key) if previous_key != self.key else None
         if previous is None or previous.image_size != self.image_size:
             return None
@@ -206,18 +249,14 @@ class CacheBuilder:
             "files": [[e.relpath, e.size, e.mtime_ns, e.ctime_ns, v.problem, v.non_square]
                       for e, v in zip(self.entries, verdicts)],
         }
-        (self.tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+        (self.tmp / "meta.json").write_text(strict_json(meta), encoding="utf-8")
         _fsync(self.tmp / "meta.json")
         final = self.cache_dir / self.key
         try:
             os.rename(self.tmp, final)
         except OSError:  # another process finished the same cache first: keep theirs
             shutil.rmtree(self.tmp, ignore_errors=True)
-        lineage_dir = self.cache_dir / "lineage"
-        lineage_dir.mkdir(exist_ok=True)
-        tmp_pointer = lineage_dir / f".{self.lineage}.{os.getpid()}"
-        tmp_pointer.write_text(self.key, encoding="utf-8")
-        os.replace(tmp_pointer, lineage_dir / self.lineage)
+        atomic_write_text(self.cache_dir / "lineage" / self.lineage, self.key)
         if self.predecessor is not None:  # superseded: reclaimed once no running process can still need it
             _mark_superseded(self.predecessor[0].directory)
         _reclaim_superseded(self.cache_dir)
@@ -248,6 +287,8 @@ def _reclaim_superseded(cache_dir: Path, now: float | None = None) -> None:
     """Caches superseded more than RECLAIM_AFTER_S ago are removed (a process still reading one holds its map)."""
     now = time.time() if now is None else now
     for marker in cache_dir.glob("*/superseded"):
+        if marker.parent.is_symlink() or not _KEY.fullmatch(marker.parent.name):
+            continue  # not a cache folder of ours: never removed
         try:
             since = float(marker.read_text(encoding="utf-8"))
         except (OSError, ValueError):
