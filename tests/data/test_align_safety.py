@@ -185,3 +185,31 @@ def test_a_run_killed_before_its_removals_removes_them_next_time(tmp_path: Path,
     monkeypatch.undo()
     summary = AlignJob(src, out, shared_detector("cpu")).run()
     assert [crop for crop, _, _ in summary.removed] == ["a.png"] and summary.reused == 1
+
+
+@needs_photos
+def test_every_file_align_writes_has_its_final_mode_and_no_temp_file_is_left(tmp_path: Path) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    _face(src / "ann" / "a.jpg")
+    previous = os.umask(0o027)
+    try:
+        _align(src, out)
+        _face(src / "ann" / "b.jpg", mirrored=True)
+        _align(src, out)  # the manifest appended to, then rewritten
+    finally:
+        os.umask(previous)
+    written = sorted(path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file())
+    assert written == ["align.jsonl", "ann/a.png", "ann/b.png"]  # no temp file beside them
+    assert {(out / name).stat().st_mode & 0o777 for name in written} == {0o640}  # the umask's, like any tool's
+
+
+@needs_photos
+def test_a_folder_of_out_that_links_elsewhere_gets_no_crop(tmp_path: Path) -> None:
+    src, out, elsewhere = tmp_path / "in", tmp_path / "out", tmp_path / "elsewhere"
+    _face(src / "ann" / "a.jpg")
+    elsewhere.mkdir()
+    out.mkdir()
+    (out / "ann").symlink_to(elsewhere, target_is_directory=True)
+    result = runner.invoke(app, ["align", str(src), str(out)])
+    assert result.exit_code == 2 and "link" in result.output and "Traceback" not in result.output
+    assert list(elsewhere.iterdir()) == []

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from ...atomic import atomic_write_stream, atomic_write_text
+from ...atomic import atomic_write_stream, atomic_write_text, strict_json
 from ...errors import DataError
 from ...preflight import IMAGE_EXTENSIONS, IMAGE_KINDS, is_system_file
 from ..folder import decode_failure
@@ -245,6 +245,9 @@ class AlignJob:
                    else [f"{crop_stem}{suffix}"] * len(crops))
         hashes = []
         for name, crop in zip(outputs, crops):
+            if not _stays_inside(self.out, name):  # a folder of OUT that is a link elsewhere
+                raise DataError(f"{self.out / name} is not inside {self.out} (a folder on its way is a link out of "
+                                "it); align writes only inside OUT: replace the link with a folder")
             data = _encode(crop, self.fmt)
             atomic_write_stream(self.out / name, lambda stream, data=data: stream.write(data))
             hashes.append(_sha256(data))
@@ -285,14 +288,19 @@ class AlignJob:
         _remove_empty_folders(path.parent, self.out)
 
     def _remove_unclaimed(self, doomed: Iterable[tuple[str, str | None, str, str]], current: list[dict[str, Any]]) -> None:
-        """Remove each (crop, hash, photo, why) that no current record names (case-insensitively: one file on
-        a case-insensitive disk)."""
-        claimed = {name.lower() for record in current for name in record["outputs"]}
+        """Remove each (crop, hash, photo, why) that no current record names: not by the same name, nor by one
+        that differs in case only where the disk holds the two as one file."""
+        claimed = {name for record in current for name in record["outputs"]}
+        by_case = {name.lower(): name for name in claimed}
         seen: set[str] = set()
         for name, sha256, source, why in doomed:
-            if name.lower() in claimed or name.lower() in seen:
+            if name in claimed or name in seen:
                 continue
-            seen.add(name.lower())
+            seen.add(name)
+            twin = by_case.get(name.lower())
+            if (twin is not None and os.path.lexists(self.out / name) and os.path.lexists(self.out / twin)
+                    and os.path.samefile(self.out / name, self.out / twin)):
+                continue
             self._remove_if_written_here(name, sha256, source, why)
 
     def run(self, progress: Callable[[int, int], None] | None = None) -> AlignSummary:
@@ -319,7 +327,7 @@ class AlignJob:
                                 *((name, sha) for name, sha in previous["superseded"])] if previous else [])
                     record["superseded"] = [[name, sha] for name, sha in dict(earlier).items()
                                             if name not in record["outputs"]]
-                    log.write(json.dumps(record, allow_nan=False) + "\n")
+                    log.write(strict_json(record) + "\n")
                     log.flush()
                     os.fsync(log.fileno())
                     records[relative] = record
@@ -335,6 +343,6 @@ class AlignJob:
                     for name, sha in [*zip(record["outputs"], record["sha256"]), *record["superseded"]])]
         self._remove_unclaimed(doomed, current)  # before the rewrite: a killed run removes them next time
         atomic_write_text(self.out / RECORDS, "".join(
-            json.dumps({key: value for key, value in record.items() if key != "superseded"}, allow_nan=False) + "\n"
+            strict_json({key: value for key, value in record.items() if key != "superseded"}) + "\n"
             for record in current))
         return self.summary
