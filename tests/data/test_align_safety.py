@@ -213,3 +213,18 @@ def test_a_folder_of_out_that_links_elsewhere_gets_no_crop(tmp_path: Path) -> No
     result = runner.invoke(app, ["align", str(src), str(out)])
     assert result.exit_code == 2 and "link" in result.output and "Traceback" not in result.output
     assert list(elsewhere.iterdir()) == []
+
+
+@needs_photos
+def test_a_crop_changed_since_align_wrote_it_is_not_overwritten_when_its_photo_changes(tmp_path: Path) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    _face(src / "a.jpg")
+    _align(src, out)
+    Image.fromarray(np.full((112, 112, 3), 200, dtype=np.uint8)).save(out / "a.png")  # the user's edit
+    user_bytes = (out / "a.png").read_bytes()
+    _face(src / "a.jpg", mirrored=True)  # and the photo changes
+    summary = _align(src, out)
+    assert (out / "a.png").read_bytes() == user_bytes and summary["aligned"] == 0
+    assert [item["crop"] for item in summary["kept"]] == ["a.png"] and "a.jpg" in summary["kept"][0]["why"]
+    (out / "a.png").rename(tmp_path / "mine.png")  # moved away: the photo's new crop is written
+    assert _align(src, out)["aligned"] == 1 and (out / "a.png").read_bytes() != user_bytes

@@ -221,6 +221,14 @@ class AlignJob:
             raise DataError(f"unknown --format {fmt!r}; choose png or jpg")
         self.root, self.out, self.detector, self.choice, self.fmt = root, out, detector, choice, fmt
         self.summary = AlignSummary()
+        self.written: dict[str, str | None] = {}  # every crop name the manifest records, with the hash written
+
+    def _changed_since_written(self, name: str) -> bool:
+        """The file at ``name`` is one align recorded, and its bytes are no longer the ones align wrote."""
+        path, recorded = self.out / name, self.written.get(name)
+        if recorded is None or not os.path.lexists(path):
+            return False  # not recorded (a run killed before its record) or recorded without a hash: align's own
+        return path.is_symlink() or not path.is_file() or _sha256(path.read_bytes()) != recorded
 
     def _done(self, record: dict[str, Any] | None, stamp: list[int], crop_stem: str) -> bool:
         # A record without its crops' hashes (an earlier align's) is done again once: align must know the bytes
@@ -230,7 +238,9 @@ class AlignJob:
                 and record.get("crop_stem") == crop_stem and None not in record["sha256"]
                 and all((self.out / name).is_file() for name in record["outputs"]))
 
-    def _process(self, photo: Path, crop_stem: str) -> dict[str, Any]:
+    def _process(self, photo: Path, crop_stem: str) -> dict[str, Any] | None:
+        """The photo's new record, its crops written; None when a crop it would overwrite was changed by the user
+        since align wrote it (kept and reported: nothing is written, the photo is tried again next run)."""
         relative = photo.relative_to(self.root).as_posix()
         record: dict[str, Any] = {"source": relative, "stamp": _stamp(photo), "choice": self.choice,
                                   "format": self.fmt, "detector": self.detector.name, "crop_stem": crop_stem}
@@ -243,6 +253,12 @@ class AlignJob:
         suffix = FORMATS[self.fmt]
         outputs = ([f"{crop_stem}_{k}{suffix}" for k in range(len(crops))] if self.choice == "all"
                    else [f"{crop_stem}{suffix}"] * len(crops))
+        changed = [name for name in outputs if self._changed_since_written(name)]
+        for name in changed:
+            self.summary.kept.append((name, f"changed since align wrote it: kept, and the new crop of {relative} is "
+                                            "not written (move the file away, then run again)"))
+        if changed:
+            return None
         hashes = []
         for name, crop in zip(outputs, crops):
             if not _stays_inside(self.out, name):  # a folder of OUT that is a link elsewhere
@@ -251,6 +267,7 @@ class AlignJob:
             data = _encode(crop, self.fmt)
             atomic_write_stream(self.out / name, lambda stream, data=data: stream.write(data))
             hashes.append(_sha256(data))
+            self.written[name] = hashes[-1]
         record |= {"size": list(image.size), "faces": [face.to_json() for face in faces],
                    "chosen": [faces.index(face) for face in chosen], "outputs": outputs, "sha256": hashes,
                    "status": "aligned" if crops else "no_face"}
@@ -312,6 +329,8 @@ class AlignJob:
         records = read_records(self.out)  # every path checked before anything is written
         self.out.mkdir(parents=True, exist_ok=True)
         stems = crop_stems(photos, self.root, records)
+        self.written = {name: sha for record in records.values()
+                        for name, sha in [*zip(record["outputs"], record["sha256"]), *record["superseded"]]}
         with open(self.out / RECORDS, "a", encoding="utf-8") as log:
             for done, photo in enumerate(photos, start=1):
                 relative = photo.relative_to(self.root).as_posix()
@@ -321,6 +340,10 @@ class AlignJob:
                     self._count(previous, fresh=False)  # type: ignore[arg-type]
                 else:
                     record = self._process(photo, stems[photo])
+                    if record is None:  # its earlier record stays, and so do the crops it names
+                        if progress is not None:
+                            progress(done, len(photos))
+                        continue
                     # The crops the previous version wrote and this one does not: recorded here so that a run
                     # killed before they are removed (at the end) still removes them next time.
                     earlier = ([*zip(previous["outputs"], previous["sha256"]),
