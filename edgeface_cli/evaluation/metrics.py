@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -99,12 +100,46 @@ class VerificationStats:
     best_accuracy: float | None
     collapsed: bool
     roc: tuple[np.ndarray, np.ndarray] | None = None  # (far, tar), thresholds high to low
-    # The deployment threshold: the lowest that keeps the false-accept rate at or below the target.
+    # The deployment threshold: the lowest that keeps the false-accept rate at or below operating_far, the FAR
+    # really used: the target when the pairs resolve it, else the smallest FAR they measure (far_measurable False).
     operating_far: float = 1e-3
     operating_threshold: float | None = None
     operating_tar: float | None = None
     operating_far_measured: float | None = None
     threshold_reason: str | None = None  # why there is no operating threshold
+    target_far: float = 1e-3  # the FAR asked for (eval.operating_far)
+    resolvable_far: float | None = None  # 1 / different-identity pairs: the smallest FAR these pairs can measure
+    far_measurable: bool = False  # the target FAR is resolvable by these pairs
+    far_note: str | None = None  # why the FAR used is not the target
+    tar_at_far_reason: dict[str, str | None] = field(default_factory=dict)  # why a TAR@FAR is None
+
+    def operating_point(self) -> dict[str, Any]:
+        """The threshold's provenance, as eval records it: which FAR it holds, and on how many pairs."""
+        return {"target_far": self.target_far, "far": self.operating_far if self.operating_threshold is not None else None,
+                "resolvable_far": self.resolvable_far, "positives": self.pairs_positive,
+                "negatives": self.pairs_negative, "measurable": self.far_measurable, "note": self.far_note}
+
+
+def percent(value: float) -> str:
+    """A rate for a sentence: 8.3%, 0.1%, 0.0012%."""
+    return f"{value * 100:.2g}%" if value * 100 < 10 else f"{value:.0%}"
+
+
+def resolved_far(target: float, negatives: int) -> tuple[float | None, bool, str | None]:
+    """(the FAR a threshold can honestly hold, whether that is ``target``, why not).
+
+    A FAR of f can only be measured when at least one false accept is possible at it (negatives >= 1/f);
+    below that the pairs cannot tell f from 0, so the smallest FAR they measure, 1/negatives, is used
+    and labelled as such: never the unresolvable target.
+    """
+    if negatives <= 0:
+        return None, False, None
+    resolvable = 1.0 / negatives
+    if target * negatives >= 1.0 - 1e-9:
+        return target, True, None
+    needed = math.ceil(1.0 / target - 1e-9)
+    return resolvable, False, (f"FAR ≥ {percent(resolvable)} measurable from {negatives:,} negatives (FAR {target:g} "
+                               f"needs ≥ {needed:,} different-identity pairs): the threshold is at FAR {percent(resolvable)}")
 
 
 def verification_stats(
@@ -118,6 +153,14 @@ def verification_stats(
     roc_auc = eer = best_threshold = best_accuracy = None
     operating_threshold = operating_tar = operating_far_measured = threshold_reason = None
     tar_at_far: dict[str, float | None] = {name: None for name in FAR_TARGETS}
+    tar_at_far_reason: dict[str, str | None] = {}
+    for name, target in FAR_TARGETS.items():
+        needed = math.ceil(MIN_FALSE_ACCEPTS / target - 1e-9)
+        tar_at_far_reason[name] = (
+            "no same-identity pairs" if not n_pos else
+            f"needs ≥ {needed:,} different-identity pairs ({MIN_FALSE_ACCEPTS} possible false accepts), has {n_neg:,}"
+            if n_neg * target < MIN_FALSE_ACCEPTS else None)
+    used_far, far_measurable, far_note = resolved_far(operating_far, n_neg)
     roc = None
     if n_pos and n_neg:
         # Threshold k accepts bins >= k: k = bins accepts nothing, k = 0 accepts everything.
@@ -131,21 +174,24 @@ def verification_stats(
         crossing = int(np.argmin(np.abs(far - frr)))
         eer = float((far[crossing] + frr[crossing]) / 2.0)
         for name, target in FAR_TARGETS.items():
-            if n_neg * target >= MIN_FALSE_ACCEPTS:
-                allowed = np.nonzero(far <= target)[0]
-                tar_at_far[name] = float(tar[allowed].max()) if allowed.size else 0.0
+            if tar_at_far_reason[name] is None:
+                # far is 0 at the top threshold (nothing accepted), so some threshold always qualifies.
+                tar_at_far[name] = float(tar[far <= target].max())
         correct = accepted_pos + (n_neg - accepted_neg)
         best = int(np.argmax(correct))
         best_accuracy = float(correct[best] / (n_pos + n_neg))
         # A threshold that scores no better than answering the majority for every pair decides nothing.
         best_threshold = float(-1.0 + 2.0 * best / histogram.bins) if correct[best] > max(n_pos, n_neg) else None
         roc = (far_rev, tar_rev)
-        operating = int(np.argmax(far <= operating_far))  # far falls as the threshold rises: the first is the lowest
+        assert used_far is not None
+        # Counted in whole false accepts, so that 1 / negatives is not lost to float rounding.
+        allowed_false_accepts = math.floor(used_far * n_neg + 1e-9)
+        operating = int(np.argmax(accepted_neg <= allowed_false_accepts))  # far falls as the threshold rises: the first is the lowest
         operating_tar, operating_far_measured = float(tar[operating]), float(far[operating])
         if operating_tar > 0:
             operating_threshold = float(-1.0 + 2.0 * operating / histogram.bins)
         else:
-            threshold_reason = (f"at a false-accept rate of {operating_far:g} the model accepts no same-identity pair "
+            threshold_reason = (f"at a false-accept rate of {used_far:g} the model accepts no same-identity pair "
                                 "of the val set: it does not separate these identities")
     elif not n_pos:
         threshold_reason = ("the val set has no same-identity pairs: a threshold needs at least 2 images of some "
@@ -158,7 +204,8 @@ def verification_stats(
     return VerificationStats(
         n_pos, n_neg, pos_mean, pos_std, neg_mean, neg_std, gap, roc_auc, eer, tar_at_far,
         best_threshold, best_accuracy, collapsed, roc,
-        operating_far, operating_threshold, operating_tar, operating_far_measured, threshold_reason,
+        used_far if used_far is not None else operating_far, operating_threshold, operating_tar, operating_far_measured,
+        threshold_reason, operating_far, 1.0 / n_neg if n_neg else None, far_measurable, far_note, tar_at_far_reason,
     )
 
 
@@ -301,3 +348,62 @@ def kfold_accuracy(similarities: np.ndarray, same: np.ndarray, folds: int = 10) 
         "folds_accuracy": accuracies,
         "folds_threshold_mean": float(np.mean(thresholds)),
     }
+
+
+def balanced_folds(same: np.ndarray, folds: int) -> list[np.ndarray]:
+    """Fold k: the k-th of ``folds`` slices of the same pairs and of the different pairs, each in file order.
+
+    On LFW's pairs.txt (each set: its same pairs, then its different pairs) these are exactly the protocol's
+    folds; on a list sorted by label every fold still gets its share of both kinds, where contiguous folds
+    would hold only one (a threshold then learnt on nine folds of mostly the other kind).
+    """
+    same = np.asarray(same, dtype=bool)
+    positive_slices = np.array_split(np.flatnonzero(same), folds)
+    negative_slices = np.array_split(np.flatnonzero(~same), folds)
+    return [np.sort(np.concatenate([pos, neg])) for pos, neg in zip(positive_slices, negative_slices)]
+
+
+def pairs_protocol(similarities: np.ndarray, same: np.ndarray, folds: int = 10) -> dict[str, Any]:
+    """The k-fold accuracy of a listed pair set, on balanced folds (``balanced_folds``), JSON-safe.
+
+    Each fold needs a same and a different pair, so a list with fewer than ``folds`` of one kind gets that many
+    folds (said in ``folds_note``); below 2 there is no k-fold figure (``folds_reason``). A fold where no
+    threshold beats calling every pair different has no threshold: the mean threshold is then None, with why.
+    """
+    similarities = np.asarray(similarities, dtype=np.float64)
+    same = np.asarray(same, dtype=bool)
+    positives, negatives = int(same.sum()), int((~same).sum())
+    usable = min(folds, positives, negatives)
+    result: dict[str, Any] = {"folds": usable if usable >= 2 else 0, "folds_accuracy_mean": None,
+                              "folds_accuracy_std": None, "folds_accuracy": [], "folds_threshold_mean": None,
+                              "folds_threshold_reason": None, "folds_reason": None, "folds_note": None,
+                              "fold_split": "balanced: fold k holds the k-th share of the same pairs and of the "
+                                            "different pairs, in file order (LFW's own folds on its pairs.txt)"}
+    if usable < 2:
+        result["folds_reason"] = (f"k-fold accuracy needs at least 2 same and 2 different pairs; the list has "
+                                  f"{positives} same and {negatives} different")
+        return result
+    if usable < folds:
+        result["folds_note"] = (f"{usable} folds, not {folds}: the list has only {min(positives, negatives)} "
+                                f"{'same' if positives < negatives else 'different'} pairs")
+    accuracies, thresholds = [], []
+    for held_out in balanced_folds(same, usable):
+        train_mask = np.ones(len(similarities), dtype=bool)
+        train_mask[held_out] = False
+        threshold, _ = best_threshold_exact(similarities[train_mask], same[train_mask])
+        accuracies.append(float(((similarities[held_out] >= threshold) == same[held_out]).mean()))
+        thresholds.append(threshold)
+    result.update(folds_accuracy_mean=float(np.mean(accuracies)), folds_accuracy_std=float(np.std(accuracies)),
+                  folds_accuracy=accuracies)
+    if all(math.isfinite(value) for value in thresholds):
+        result["folds_threshold_mean"] = float(np.mean(thresholds))
+    else:
+        result["folds_threshold_reason"] = "in some fold no threshold beats calling every pair different"
+    return result
+
+
+def singleton_queries(labels: torch.Tensor) -> torch.Tensor:
+    """Queries that are the only image of their identity: left out of their own centroid, they have no
+    possible match, so leave-one-out accuracy must not count them."""
+    counts = torch.bincount(labels)
+    return counts[labels] < 2
