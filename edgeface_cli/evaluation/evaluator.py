@@ -102,7 +102,10 @@ def runtime_of(checkpoint: Path, config: EdgeFaceConfig) -> tuple[torch.device, 
 
 def evaluate_bins(config: EdgeFaceConfig, checkpoint: Path, bins: list[Path], image_size: int | None = None,
                   progress: StepCallback | None = None) -> list[dict[str, Any]]:
-    """The ``.bin`` verification protocol (``benchmark``) on each file, named as the field names them."""
+    """insightface's ``.bin`` verification protocol (``benchmark``) on each file, named as the field names them;
+    a model giving NaN or infinite embeddings is a CheckpointError naming it, never a 50 % score."""
+    from .inference import refuse_nonfinite  # (imported here: this function's lines are edited apart from the rest)
+
     sets = [read_bin(path) for path in bins]  # every file checked (and any hostile one refused) before the model
     model = load_eval_model(checkpoint, config)
     device, precision = runtime_of(checkpoint, config)
@@ -111,9 +114,10 @@ def evaluate_bins(config: EdgeFaceConfig, checkpoint: Path, bins: list[Path], im
     results = []
     for binset in sets:
         pixels = decode_bin_images(binset, size, step_reporter(progress, f"decoding {binset.name}"))
-        results.append(evaluate_binset(backbone, binset, torch.from_numpy(pixels), device, precision,
-                                       config.data.batch_size, config.eval.operating_far,
-                                       step_reporter(progress, f"embedding {binset.name}")))
+        entry = evaluate_binset(backbone, binset, torch.from_numpy(pixels), device, precision, config.data.batch_size,
+                                config.eval.operating_far, step_reporter(progress, f"embedding {binset.name}"))
+        refuse_nonfinite(entry["nonfinite"], len(pixels), f"images of {binset.path}", model.source)
+        results.append(entry)
     return results
 
 

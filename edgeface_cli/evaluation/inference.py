@@ -13,6 +13,7 @@ from torch import nn
 from ..data.augment import to_model_input
 from ..data.folder import ImageSettings, Sample
 from ..data.loaders import BatchLoader, inference_loader
+from ..errors import CheckpointError
 from ..model.heads import MarginHead
 from ..model.runtime import Precision
 from .metrics import SimilarityHistogram, VerificationStats, all_pairs_histogram, topk_correct, verification_stats
@@ -30,6 +31,17 @@ class Extracted:
         return int((~torch.isfinite(self.embeddings).all(dim=1)).sum())
 
 
+def refuse_nonfinite(nonfinite: int, total: int, what: str, model: str | Path | None = None) -> None:
+    """CheckpointError when ``nonfinite`` of ``total`` embeddings of ``what`` (``val images``, ...) hold a NaN or an
+    infinity: no figure, threshold or gallery can come from them. An exported graph can do this with no weight to
+    inspect, so outputs are checked, not only weights."""
+    if nonfinite:
+        raise CheckpointError(
+            f"{model if model is not None else 'the model'} gives non-finite (NaN or infinite) embeddings for "
+            f"{nonfinite} of {total} {what}: the model is broken (a diverged run, or a broken export); "
+            "use an earlier checkpoint or export again")
+
+
 @torch.inference_mode()
 def extract(
     backbone: Callable[[torch.Tensor], torch.Tensor] | nn.Module,
@@ -39,10 +51,15 @@ def extract(
     flip: bool = False,
     progress: Callable[[int, int], None] | None = None,
     channels_last: bool = False,
+    *,
+    model: str | Path | None = None,
+    allow_nonfinite: bool = False,
 ) -> Extracted:
     """Embeddings of every image (``flip``: plus its mirror's, as the verification protocol does).
 
-    ``progress(done_batches, total_batches)`` is called after each batch.
+    ``progress(done_batches, total_batches)`` is called after each batch. A NaN or infinite embedding is a
+    CheckpointError naming ``model`` (``refuse_nonfinite``) unless ``allow_nonfinite``: training's validation
+    records the count and carries on under its own guards.
     """
     backbone.eval()
     embeddings, labels, identities = [], [], []
@@ -57,7 +74,10 @@ def extract(
         identities.append(batch_identities)
         if progress is not None:
             progress(len(embeddings), len(loader))
-    return Extracted(torch.cat(embeddings), torch.cat(labels), torch.cat(identities))
+    extracted = Extracted(torch.cat(embeddings), torch.cat(labels), torch.cat(identities))
+    if not allow_nonfinite:
+        refuse_nonfinite(extracted.nonfinite, len(extracted.embeddings), "images", model)
+    return extracted
 
 
 def extract_files(
@@ -70,12 +90,14 @@ def extract_files(
     precision: Precision,
     flip: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    *,
+    model: str | Path | None = None,
 ) -> Extracted:
     """Embeddings of loose image files, in order, decoded as they are read (no scan, no cache); the
-    caller has checked that they are readable."""
+    caller has checked that they are readable. Non-finite embeddings are refused, naming ``model``."""
     samples = [Sample(path, -1, index) for index, path in enumerate(files)]
     loader = inference_loader(samples, None, settings, batch_size, workers, device)
-    return extract(backbone, loader, device, precision, flip, progress)
+    return extract(backbone, loader, device, precision, flip, progress, model=model)
 
 
 @torch.no_grad()  # not inference_mode: stage 1 trains the head on these tensors
@@ -158,10 +180,12 @@ def validate(
 ) -> Validation:
     """Embed (unless ``extracted`` is given: a frozen backbone's embeddings do not change), then score.
 
-    ``stats`` (histogram and statistics of the same embeddings) skips the all-pairs pass likewise.
+    ``stats`` (histogram and statistics of the same embeddings) skips the all-pairs pass likewise. Non-finite
+    embeddings are counted (``nonfinite``), not refused: training keeps going under its own guards, and ``eval``
+    refuses them itself, naming the model.
     """
     if extracted is None:
-        extracted = extract(backbone, loader, device, precision, flip, progress, channels_last)
+        extracted = extract(backbone, loader, device, precision, flip, progress, channels_last, allow_nonfinite=True)
     nonfinite = extracted.nonfinite
     scored = head_metrics(head, extracted, device) if head is not None and nonfinite == 0 else None
     has_head = scored is not None and scored.known > 0

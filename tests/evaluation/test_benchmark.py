@@ -1,37 +1,23 @@
-"""The field's .bin verification sets: the published byte layout, a hostile file, and the 10-fold protocol."""
+"""The field's .bin verification sets: the published byte layout, a hostile file, and insightface's protocol."""
 
 from __future__ import annotations
 
 import io
 import json
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from typer.testing import CliRunner
 
 from edgeface_cli.cli import app
 from edgeface_cli.data.binsets import read_bin
 from edgeface_cli.errors import DataError
+from .bin_reference import insightface_reference, python2_bin, sklearn_normalize
 
 runner = CliRunner()
-
-
-def python2_bin(images: list[bytes], same: list[bool]) -> bytes:
-    """A pickle as Python 2 wrote the published files (protocol 2: str as SHORT_BINSTRING/BINSTRING, bools as
-    NEWTRUE/NEWFALSE), written opcode by opcode, independently of the reader under test."""
-    out = bytearray(b"\x80\x02")  # PROTO 2
-    out += b"]q\x00("  # EMPTY_LIST, BINPUT 0, MARK
-    for image in images:
-        out += (b"U" + bytes([len(image)]) if len(image) < 256 else b"T" + struct.pack("<i", len(image))) + image
-    out += b"e]q\x01("  # APPENDS, EMPTY_LIST, BINPUT 1, MARK
-    out += b"".join(b"\x88" if flag else b"\x89" for flag in same)
-    out += b"e\x86q\x02."  # APPENDS, TUPLE2, BINPUT 2, STOP
-    return bytes(out)
 
 
 @pytest.fixture(scope="module")
@@ -86,16 +72,20 @@ def test_a_hostile_bin_is_refused_and_runs_nothing(tmp_path: Path) -> None:
         read_bin(tmp_path / "junk.bin")
 
 
-def test_eval_bin_follows_the_10_fold_protocol(lfw_like: tuple[Path, list[Path], list[bool]], recognition_run: Path) -> None:
+def test_eval_bin_follows_insightfaces_protocol(lfw_like: tuple[Path, list[Path], list[bool]], recognition_run: Path) -> None:
     path, images, same = lfw_like
     result = runner.invoke(app, ["eval", "--bin", str(path), "--checkpoint", str(recognition_run), "--json"])
     assert result.exit_code == 0, result.output
-    entry = json.loads(result.output[result.output.index("{"):])["bins"][0]
-    assert entry["name"] == "LFW" and entry["pairs"] == 60 and len(entry["folds_accuracy"]) == 10
 
-    # Independently: embed each JPEG-decoded image and its mirror with the run's backbone, sum, normalise;
-    # folds of 6 pairs in file order; each fold judged at the best threshold of the other nine (ties go to the
-    # strictest threshold, as insightface's argmax over ascending distances does).
+    def no_nan(constant: str) -> None:
+        raise AssertionError(f"{constant} in the JSON")
+
+    entry = json.loads(result.output[result.output.index("{"):], parse_constant=no_nan)["bins"][0]
+    assert entry["name"] == "LFW" and entry["pairs"] == 60 and len(entry["folds_accuracy"]) == 10
+    assert entry["protocol"].startswith("insightface verification") and entry["nonfinite"] == 0
+
+    # Independently: embed each JPEG-decoded image and its mirror with the run's backbone, sum in float64,
+    # normalise as sklearn does, then insightface's grid-threshold folds (bin_reference).
     from edgeface_cli.config import EdgeFaceConfig
     from edgeface_cli.evaluation.evaluator import load_eval_model
 
@@ -105,7 +95,15 @@ def test_eval_bin_follows_the_10_fold_protocol(lfw_like: tuple[Path, list[Path],
                        for data in binset.images])
     inputs = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     with torch.no_grad():
-        embedded = F.normalize(backbone(inputs) + backbone(inputs.flip(-1)), dim=1).numpy()
+        summed = backbone(inputs).double().numpy() + backbone(inputs.flip(-1)).double().numpy()
+    embedded = sklearn_normalize(summed)
+    mean, std, folds = insightface_reference(embedded, np.array(same))
+    assert entry["accuracy_mean"] == pytest.approx(mean, abs=1e-4)  # within 0.01 pp
+    assert entry["accuracy_std"] == pytest.approx(std, abs=1e-4)
+    assert entry["accuracy_mean"] > 0.65  # well above chance (0.5): the recognising model tells them apart
+
+    # The labelled extra: the same folds, each judged at the exact best cosine threshold of the other nine (ties
+    # go to the strictest threshold).
     similarity = (embedded[0::2] * embedded[1::2]).sum(axis=1)
     labels = np.array(same)
     accuracies = []
@@ -116,6 +114,9 @@ def test_eval_bin_follows_the_10_fold_protocol(lfw_like: tuple[Path, list[Path],
         train_accuracy = [((similarity[~test] >= t) == labels[~test]).mean() for t in candidates]
         threshold = candidates[int(np.argmax(train_accuracy))]
         accuracies.append(((similarity[test] >= threshold) == labels[test]).mean())
-    assert entry["accuracy_mean"] == pytest.approx(float(np.mean(accuracies)), abs=1e-9)
-    assert entry["accuracy_std"] == pytest.approx(float(np.std(accuracies)), abs=1e-9)
-    assert entry["accuracy_mean"] > 0.65  # well above chance (0.5): the recognising model tells them apart
+    assert entry["exact_cosine"]["accuracy"] == pytest.approx(float(np.mean(accuracies)), abs=1e-4)
+    assert entry["exact_cosine"]["accuracy_std"] == pytest.approx(float(np.std(accuracies)), abs=1e-4)
+
+    table = runner.invoke(app, ["eval", "--bin", str(path), "--checkpoint", str(recognition_run)])
+    flat = " ".join(table.output.split())
+    assert table.exit_code == 0 and "insightface protocol" in flat and f"{entry['accuracy_mean']:.2%}" in flat
