@@ -255,8 +255,8 @@ class AlignJob:
                    else [f"{crop_stem}{suffix}"] * len(crops))
         changed = [name for name in outputs if self._changed_since_written(name)]
         for name in changed:
-            self.summary.kept.append((name, f"changed since align wrote it: kept, and the new crop of {relative} is "
-                                            "not written (move the file away, then run again)"))
+            self.summary.kept.append((name, f"changed since align wrote it: not overwritten, so the new crop of "
+                                            f"{relative} is not written (move the file away, then run again)"))
         if changed:
             return None
         hashes = []
@@ -298,7 +298,7 @@ class AlignJob:
                                             "(delete it yourself if it is not wanted)"))
             return
         if _sha256(path.read_bytes()) != sha256:
-            self.summary.kept.append((name, f"{why}, but it was changed since align wrote it: kept"))
+            self.summary.kept.append((name, f"{why}, but it was changed since align wrote it: not removed"))
             return
         path.unlink()
         self.summary.removed.append((name, source, why))
