@@ -65,7 +65,76 @@ class TrainStep(nn.Module):
         if backbone_trains and self.anchor is not None:
             loss = loss + self.anchor.penalty(self.backbone, inputs, embeddings)
         return loss, correct
-class Trainer(RunState, EpochValidation, Recovery):
+def free_memory_bytes(device: torch.device) -> int | None:
+    """What new tensors on ``device`` can use (None when unknown): free GPU memory plus what the allocator holds
+    unused; on the CPU the kernel's MemAvailable (page cache counts as free)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type == "cpu":
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, AttributeError):
+            return None
+    return None
+
+
+def stage1_cache_bytes(images: int, embedding_dim: int, mirror: bool) -> tuple[int, int]:
+    """(bytes the stage-1 embeddings hold, bytes needed while they are built): fp32, the mirror's too, on every
+    rank. Exchanging them between ranks holds the gathered parts and the joined copy at once: twice the size."""
+    held = images * embedding_dim * 4 * (2 if mirror else 1)
+    return held, 2 * held
+
+
+def stage1_cache_shortfall(images: int, embedding_dim: int, mirror: bool, device: torch.device,
+                           distributed: Distributed) -> str | None:
+    """Why the stage-1 embeddings cannot be kept in memory, or None when they fit on every rank (a collective
+    under torchrun: every rank must take the same path, or the exchange would wait forever)."""
+    held, needed = stage1_cache_bytes(images, embedding_dim, mirror)
+    free = free_memory_bytes(device)
+    short = torch.tensor([1.0 if free is not None and needed > free else 0.0], device=device)
+    if not distributed.max_(short).item():
+        return None
+    where = f"{free / 1e9:.1f} GB free on {device}" if free is not None and needed > free else "the memory of another rank"
+    return (f"stage 1 runs the frozen backbone every epoch: the embeddings of {images:,} images"
+            f"{' and their mirrors' if mirror else ''} ({held / 1e9:.1f} GB, {needed / 1e9:.1f} GB while they are built) "
+            f"do not fit in {where} (set optim.stage1_cache: false to skip this check)")
+
+
+class Stage1Embeddings:
+    """Stage 1 on a frozen backbone's embeddings, computed once: whether they can be (colour jitter, memory),
+    and computing them. Mixed into the Trainer."""
+
+    def _uses_stage1_cache(self) -> bool:
+        return self.config.optim.stage1_cache and self.config.data.color_jitter == 0 and self._stage1_memory_note() is None
+
+    def _stage1_memory_note(self) -> str | None:
+        """Why the stage-1 embeddings do not fit in memory (None: they do); decided once, by every rank together."""
+        if self.stage1_memory_verdict is None:
+            self.stage1_memory_verdict = (stage1_cache_shortfall(len(self.train_labels), self.backbone.embedding_dim,
+                                                                 self.config.data.hflip, self.device, self.distributed),)
+        return self.stage1_memory_verdict[0]
+
+    def _frozen_embeddings(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every training image's embedding (and its mirror's, when flipping), computed once per stage 1."""
+        if self.stage1_embeddings is None:
+            epoch = self.epoch + 1
+            plain, mirrored = embed_with_mirror(
+                self.forward, self.train_embedding_loader, self.device, self.precision, self.config.data.hflip,
+                self.channels_last, lambda done, total: self.on_event(EmbeddingProgress(epoch, done, total)),
+            )
+            total = len(self.train_labels)
+            self.stage1_embeddings = (
+                self.distributed.interleave(plain.to(self.device), total),
+                None if mirrored is None else self.distributed.interleave(mirrored.to(self.device), total),
+            )
+        return self.stage1_embeddings
+
+
+class Trainer(RunState, EpochValidation, Recovery, Stage1Embeddings):
     def __init__(
         self,
         config: EdgeFaceConfig,
@@ -137,6 +206,7 @@ class Trainer(RunState, EpochValidation, Recovery):
         # A frozen backbone's outputs cannot change: stage 1 computes them once (see _frozen_*).
         self.stage1_embeddings: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.frozen_val: tuple[Extracted, tuple[SimilarityHistogram, VerificationStats]] | None = None
+        self.stage1_memory_verdict: tuple[str | None] | None = None  # (why they do not fit,) once decided
         if auto_troubleshoot:
             # An escalation in epoch 1 (no last.pt yet) rewinds to the start: keep a copy only then.
             self.initial_backbone = {key: value.detach().clone() for key, value in self.backbone.state_dict().items()}
@@ -192,24 +262,6 @@ class Trainer(RunState, EpochValidation, Recovery):
         return head, backbone
 
     # -------------------------------------------------------------- one epoch
-
-    def _uses_stage1_cache(self) -> bool:
-        return self.config.optim.stage1_cache and self.config.data.color_jitter == 0
-
-    def _frozen_embeddings(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Every training image's embedding (and its mirror's, when flipping), computed once per stage 1."""
-        if self.stage1_embeddings is None:
-            epoch = self.epoch + 1
-            plain, mirrored = embed_with_mirror(
-                self.forward, self.train_embedding_loader, self.device, self.precision, self.config.data.hflip,
-                self.channels_last, lambda done, total: self.on_event(EmbeddingProgress(epoch, done, total)),
-            )
-            total = len(self.train_labels)
-            self.stage1_embeddings = (
-                self.distributed.interleave(plain.to(self.device), total),
-                None if mirrored is None else self.distributed.interleave(mirrored.to(self.device), total),
-            )
-        return self.stage1_embeddings
 
     def _batches(self, stage: int, plan: EpochAugmentation) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]:
         """(labels, model input or None, frozen embeddings or None) per batch, on the device."""
@@ -311,8 +363,8 @@ class Trainer(RunState, EpochValidation, Recovery):
             )
         )
         if self.epoch < config.optim.stage1_epochs and config.optim.stage1_cache and not self._uses_stage1_cache():
-            self.on_event(Notice("info", "stage 1 runs the frozen backbone every epoch: colour jitter changes each "
-                                         "image every epoch, so its embeddings cannot be computed once"))
+            self.on_event(Notice("info", self._stage1_memory_note() or "stage 1 runs the frozen backbone every epoch: "
+                                 "colour jitter changes each image every epoch, so its embeddings cannot be computed once"))
         self._write_config(config)
         self._generality_baseline()  # rank 0 alone: held-out identities and .bin sets, before the first step
         self.distributed.wait_for_rank0_work()
