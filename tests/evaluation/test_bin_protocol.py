@@ -149,6 +149,20 @@ def test_extraction_refuses_non_finite_embeddings_naming_the_model() -> None:
     assert result.nonfinite == 2
 
 
+def test_training_records_no_bin_accuracy_for_non_finite_embeddings_and_carries_on() -> None:
+    """The per-epoch .bin figure of a broken model is None (never the 50 % a NaN distance scores), and
+    the held-out summary skips it instead of failing."""
+    from edgeface_cli.training.generality import GeneralityCheck
+    from edgeface_cli.training.heldout import describe_generality, held_out_score
+
+    pixels = torch.zeros(20, 3, 4, 4, dtype=torch.uint8)
+    pixels[7, :, 0, 0] = 255  # one image's embedding is NaN
+    binset = BinSet("LFW", Path("lfw.bin"), [], np.array([True, False] * 5))
+    row = GeneralityCheck(None, [(binset, pixels)], batch_size=8).measure(Broken(), torch.device("cpu"), FP32)
+    assert row == {"bin_lfw_acc": None}
+    assert held_out_score(row) is None and describe_generality(row) == ""
+
+
 @pytest.fixture(scope="module")
 def overflowing_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Finite weights whose outputs overflow: the final norm scaled to 3e38, so its outputs reach infinity and
