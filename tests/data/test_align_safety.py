@@ -228,3 +228,20 @@ def test_a_crop_changed_since_align_wrote_it_is_not_overwritten_when_its_photo_c
     assert [item["crop"] for item in summary["kept"]] == ["a.png"] and "a.jpg" in summary["kept"][0]["why"]
     (out / "a.png").rename(tmp_path / "mine.png")  # moved away: the photo's new crop is written
     assert _align(src, out)["aligned"] == 1 and (out / "a.png").read_bytes() != user_bytes
+
+
+@needs_photos
+def test_a_renamed_photo_does_not_overwrite_the_changed_crop_of_its_old_name(tmp_path: Path) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    _face(src / "x.jpg")
+    _align(src, out)
+    Image.fromarray(np.full((112, 112, 3), 200, dtype=np.uint8)).save(out / "x.png")  # the user's edit
+    user_bytes = (out / "x.png").read_bytes()
+    (src / "x.jpg").rename(src / "x.jpeg")  # the same stem: its crop would be x.png again
+    for _ in range(2):  # said on every run until the user decides
+        summary = _align(src, out)
+        assert (out / "x.png").read_bytes() == user_bytes and summary["removed"] == []
+        assert [item["crop"] for item in summary["kept"]] == ["x.png"] and "x.jpeg" in summary["kept"][0]["why"]
+    (out / "x.png").unlink()
+    summary = _align(src, out)
+    assert summary["aligned"] == 1 and summary["kept"] == [] and set(read_records(out)) == {"x.jpeg"}

@@ -222,6 +222,7 @@ class AlignJob:
         self.root, self.out, self.detector, self.choice, self.fmt = root, out, detector, choice, fmt
         self.summary = AlignSummary()
         self.written: dict[str, str | None] = {}  # every crop name the manifest records, with the hash written
+        self.blocked: set[str] = set()  # crops the user changed, which a new crop would have overwritten
 
     def _changed_since_written(self, name: str) -> bool:
         """The file at ``name`` is one align recorded, and its bytes are no longer the ones align wrote."""
@@ -258,6 +259,7 @@ class AlignJob:
             self.summary.kept.append((name, f"changed since align wrote it: not overwritten, so the new crop of "
                                             f"{relative} is not written (move the file away, then run again)"))
         if changed:
+            self.blocked.update(changed)
             return None
         hashes = []
         for name, crop in zip(outputs, crops):
@@ -309,7 +311,7 @@ class AlignJob:
         that differs in case only where the disk holds the two as one file."""
         claimed = {name for record in current for name in record["outputs"]}
         by_case = {name.lower(): name for name in claimed}
-        seen: set[str] = set()
+        seen: set[str] = set(self.blocked)  # already reported, and still recorded
         for name, sha256, source, why in doomed:
             if name in claimed or name in seen:
                 continue
@@ -358,8 +360,11 @@ class AlignJob:
                 if progress is not None:
                     progress(done, len(photos))
         kept = sorted({photo.relative_to(self.root).as_posix() for photo in photos})
-        current = [records[name] for name in kept]
+        current = [records[name] for name in kept if name in records]  # a blocked new photo has none yet
         gone = [record for source, record in sorted(records.items()) if source not in set(kept)]
+        # A gone photo's record that names a blocked crop stays: it is what says the crop was align's, so that
+        # the next run does not overwrite the user's change either.
+        holding = [record for record in gone if self.blocked.intersection(record["outputs"])]
         doomed = [*((name, sha, record["source"], REPLACED) for record in current
                     for name, sha in record["superseded"]),
                   *((name, sha, record["source"], PHOTO_GONE) for record in gone
@@ -367,5 +372,5 @@ class AlignJob:
         self._remove_unclaimed(doomed, current)  # before the rewrite: a killed run removes them next time
         atomic_write_text(self.out / RECORDS, "".join(
             strict_json({key: value for key, value in record.items() if key != "superseded"}) + "\n"
-            for record in current))
+            for record in sorted([*current, *holding], key=lambda record: record["source"])))
         return self.summary
