@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data.augment import to_model_input
@@ -40,8 +39,9 @@ def flip_embeddings(backbone: Callable[[torch.Tensor], torch.Tensor] | nn.Module
                     progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """L2-normalised embedding(image) + embedding(mirror) of uint8 (N, 3, S, S) pixels, float64 on the CPU.
 
-    Summed and normalised in float64, as insightface does (it copies the network's output into float64 arrays):
-    a distance within rounding of a grid threshold then falls on the same side of it.
+    Summed and normalised in float64 the way insightface does (the network's output copied into float64
+    arrays, then sklearn's ``normalize``: each row over the square root of its einsum'd squares, an all-zero
+    row left as it is), so a distance within rounding of a grid threshold falls on the same side of it.
     """
     if isinstance(backbone, nn.Module):
         backbone.eval()
@@ -52,10 +52,13 @@ def flip_embeddings(backbone: Callable[[torch.Tensor], torch.Tensor] | nn.Module
         with torch.autocast(device_type=device.type, dtype=precision.dtype, enabled=precision.dtype is not None):
             plain = backbone(inputs).float().cpu().double()
             mirrored = backbone(inputs.flip(-1)).float().cpu().double()
-        out.append(F.normalize(plain + mirrored, dim=1))
+        out.append((plain + mirrored).numpy())
         if progress is not None:
             progress(index + 1, batches)
-    return torch.cat(out)
+    summed = np.concatenate(out)
+    norms = np.sqrt(np.einsum("ij,ij->i", summed, summed))
+    norms[norms == 0] = 1.0
+    return torch.from_numpy(summed / norms[:, None])
 
 
 def nonfinite_rows(embeddings: torch.Tensor) -> int:
@@ -95,7 +98,8 @@ def _exact_cosine(similarities: np.ndarray, same: np.ndarray) -> dict[str, Any]:
     threshold = folds["folds_threshold_mean"]
     finite = threshold is not None and bool(np.isfinite(threshold))
     return {"protocol": EXACT_PROTOCOL, "accuracy": folds["folds_accuracy_mean"],
-            "accuracy_std": folds["folds_accuracy_std"], "folds_accuracy": folds["folds_accuracy"], "threshold": float(threshold) if finite else None,
+            "accuracy_std": folds["folds_accuracy_std"], "folds_accuracy": folds["folds_accuracy"],
+            "threshold": float(threshold) if finite else None,
             "threshold_reason": None if finite else "in some fold no threshold beats calling every pair different"}
 
 
@@ -113,7 +117,8 @@ def bin_metrics(embeddings: torch.Tensor, binset: BinSet, operating_far: float =
                 "folds_threshold_distance": None, "best_threshold_distance": None, "exact_cosine": None,
                 "roc_auc": None, "eer": None, "tar_at_far_1e-3": None}
     first, second = embeddings[0::2].double(), embeddings[1::2].double()
-    distances = ((first - second) ** 2).sum(dim=1).numpy()
+    # numpy's own sum, as insightface computes it: the same float64 distances, to the last bit.
+    distances = np.sum(np.square(np.subtract(first.numpy(), second.numpy())), 1)
     similarities = (first * second).sum(dim=1)
     stats = verification_stats(pair_histogram(similarities.float(), torch.from_numpy(binset.same)),
                                operating_far=operating_far)

@@ -72,7 +72,8 @@ def test_a_hostile_bin_is_refused_and_runs_nothing(tmp_path: Path) -> None:
         read_bin(tmp_path / "junk.bin")
 
 
-def test_eval_bin_follows_insightfaces_protocol(lfw_like: tuple[Path, list[Path], list[bool]], recognition_run: Path) -> None:
+def test_eval_bin_follows_insightfaces_protocol(lfw_like: tuple[Path, list[Path], list[bool]],
+                                                recognition_run: Path) -> None:
     path, images, same = lfw_like
     result = runner.invoke(app, ["eval", "--bin", str(path), "--checkpoint", str(recognition_run), "--json"])
     assert result.exit_code == 0, result.output
