@@ -103,6 +103,26 @@ class Distributed:
         torch_dist.gather(padded, parts, dst=0)
         return _joined(parts, sizes)
 
+    def concat_on_main_in_host_memory(self, local: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        """As ``concat_on_main``, into host memory: rank 0 receives one rank's rows at a time and copies them
+        to the host at once, so its device never holds more than one other block (a checkpoint of a
+        2M-identity head and its AdamW moments is 12 GB, which a device that trains need not find room for)."""
+        if not self.enabled:
+            return local.detach().cpu()
+        padded = _padded(local, max(sizes))
+        if not self.is_main:
+            torch_dist.send(padded, dst=0)
+            return local
+        whole = torch.empty((sum(sizes), *local.shape[1:]), dtype=local.dtype)
+        whole[: sizes[0]] = local.detach().cpu()
+        received = torch.empty_like(padded)
+        start = sizes[0]
+        for rank in range(1, self.world_size):
+            torch_dist.recv(received, src=rank)
+            whole[start:start + sizes[rank]] = received[: sizes[rank]].cpu()
+            start += sizes[rank]
+        return whole
+
     def _all_gather_padded(self, local: torch.Tensor, rows: int) -> list[torch.Tensor]:
         """Every rank's ``local``, zero-padded to ``rows`` rows (collectives need equal shapes)."""
         padded = _padded(local, rows)

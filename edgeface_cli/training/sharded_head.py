@@ -5,7 +5,8 @@ GPU's memory trains. Per step the ranks all-gather the batch's embeddings and la
 the logits of its own centres for the whole global batch, and the softmax is combined across ranks
 (all-reduce of the row maxima, of the exponential sums and of the target logits). The loss is the
 mean over the global batch: the same number the unsharded head gives. Checkpoints hold the whole
-head (gathered on rank 0, which writes them), so a run resumes on any number of ranks.
+head (gathered block by block into rank 0's host memory, rank 0 writes them), so a run resumes on any number
+of ranks.
 """
 
 from __future__ import annotations
@@ -131,13 +132,18 @@ class ShardedMarginHead(MarginHead):
         validates and saves; the other ranks get their block back. A collective: every rank calls it."""
         return self.distributed.concat_on_main(local.detach().contiguous(), self.shard_sizes)
 
+    def checkpoint_rows(self, local: torch.Tensor) -> torch.Tensor:
+        """As ``full_rows``, but made whole in rank 0's host memory, block by block: a checkpoint goes to disk
+        from there, and rank 0's device holds one other block at a time, not the whole head and its moments."""
+        return self.distributed.concat_on_main_in_host_memory(local.detach().contiguous(), self.shard_sizes)
+
     def local_rows(self, full: torch.Tensor) -> torch.Tensor:
         if len(full) != self.num_classes:
             raise ValueError(f"the saved head has {len(full)} identities, this run {self.num_classes}")
         return full[self.start:self.end]
 
     def full_state_dict(self) -> dict[str, Any]:
-        return {"weight": self.full_rows(self.weight)}
+        return {"weight": self.checkpoint_rows(self.weight)}
 
     def load_full_state_dict(self, state: dict[str, Any]) -> None:
         self.load_state_dict({"weight": self.local_rows(state["weight"])})

@@ -11,7 +11,7 @@ from ..events import Notice
 from ..model.checkpoint_io import atomic_torch_save
 from ..rundir import EVAL_RESULT, drop_replaced, read_metrics, write_metrics
 from .optim import HEAD, apply_hyperparameters, optimizer_kind
-from .sharded_head import map_head_state
+from .sharded_head import ShardedMarginHead, map_head_state
 from .training_state import load_scaler_state, restore_rng_state, rng_state, to_cpu
 
 CHECKPOINT_FORMAT = "edgeface-train/1"
@@ -24,7 +24,9 @@ class RunState:
         """Everything a resume needs. A collective when the head is sharded: every rank calls it."""
         assert self.optimizer is not None
         head = self.head.full_state_dict()
-        optimizer = map_head_state(self.optimizer.state_dict(), HEAD, self.head.full_rows)
+        # A sharded head's rows go to rank 0's host memory block by block (its device need not hold them all).
+        rows = self.head.checkpoint_rows if isinstance(self.head, ShardedMarginHead) else self.head.full_rows
+        optimizer = map_head_state(self.optimizer.state_dict(), HEAD, rows)
         if not self.distributed.is_main:
             return {}
         return to_cpu({
