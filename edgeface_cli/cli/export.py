@@ -12,6 +12,8 @@ from rich.markup import escape
 
 from .common import ArchOpt, ConfigOpt, SetOpt, app, console, err_console, print_json, resolve_config, user_errors
 
+ONNX_OPSETS = (17, 18, 20)  # deploy.export.ONNX_OPSETS, here to answer a wrong --opset before torch loads (tested equal)
+
 
 @app.command("export")
 @user_errors
@@ -19,8 +21,11 @@ def export(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A run dir (its best.pt), best.pt/last.pt, or a bare backbone."),
     fmt: str = typer.Option("onnx", "--format", help="onnx, pt2 (torch.export), torchscript (deprecated) or safetensors."),
     out: Optional[Path] = typer.Option(None, "--out", help="The file to write (default: edgeface.<format suffix> here)."),
-    opset: int = typer.Option(18, "--opset", min=13, help="ONNX opset."),
-    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Any batch size (default: batch 1)."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset: 17 (GELU as Erf), 18, or 20 (the standard Gelu)."),
+    static_batch: Optional[int] = typer.Option(
+        None, "--static-batch", min=1, metavar="N",
+        help="A fixed batch of N images, for runtimes that want fixed shapes (onnx; pt2: 1). Default: any batch."),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Any batch: the default now (kept for old scripts)."),
     int8: bool = typer.Option(False, "--int8", help="Also write an int8 ONNX model (dynamic int8 MatMul/Gemm layers) beside --out."),
     parity_dir: Optional[Path] = typer.Option(
         None, "--parity-dir", "--calibration-dir",
@@ -34,19 +39,30 @@ def export(
 ) -> None:
     """Write the backbone for deployment and check it computes the same embeddings as PyTorch.
 
-    Input: N×3×S×S RGB in [-1, 1] (pixel / 127.5 - 1), S from the run; output: the raw embedding (compare
-    L2-normalised outputs by cosine). A sidecar <file>.json records how to feed it and the parity found.
+    Input: N×3×S×S float32 RGB in [-1, 1] (pixel / 127.5 - 1), S from the run, any N unless --static-batch;
+    output: N×512, the raw embedding, not L2-normalised (compare normalised outputs by cosine). An ONNX file
+    is standard ONNX (onnx.checker full check, only the ai.onnx domain). A sidecar <file>.json records how
+    to feed it and the parity found.
     """
+    from ..atomic import output_file
     from ..errors import DataError
-    from ..preflight import EXPORT_SUFFIXES, check_export_request, check_output_file, int8_path
+    from ..preflight import EXPORT_SUFFIXES, check_export_request, int8_path
 
     check_export_request(fmt, int8)
     out = out or Path(f"edgeface{EXPORT_SUFFIXES[fmt]}")
     if parity_dir is not None and not parity_dir.is_dir():
         raise DataError(f"--parity-dir {parity_dir} is not a folder of images")
-    for path in (out, int8_path(out) if int8 else None):
-        if path is not None:
-            check_output_file(path, force)
+    if fmt == "onnx" and opset not in ONNX_OPSETS:
+        raise DataError(f"--opset {opset}: use one of {', '.join(map(str, ONNX_OPSETS))} (17: GELU as Erf, "
+                        "LayerNormalization native; 20: the standard Gelu operator)")
+    if dynamic_batch and static_batch is not None:
+        raise DataError("--dynamic-batch and --static-batch contradict each other; pass one (any batch is the default)")
+    if static_batch is not None and not (fmt == "onnx" or (fmt == "pt2" and static_batch == 1)):
+        raise DataError(f"--static-batch {static_batch}: an onnx file takes any static batch, a pt2 archive only 1; "
+                        f"{fmt} files take any batch")
+    outputs = [out, int8_path(out)] if int8 else [out]
+    for path in outputs:
+        output_file(path, force=force, inputs=[checkpoint])
     resolved = resolve_config(config, set_, **{"runtime.device": "cpu", "model.arch": arch})
     from ..deploy.decisions import decision_threshold
     from ..deploy.embedder import load_embedder
@@ -56,6 +72,8 @@ def export(
     embedder = load_embedder(checkpoint, resolved)
     if embedder.kind != "pytorch":
         raise DataError(f"{checkpoint} is already an exported {embedder.kind} model; export from the run or checkpoint")
+    for path in outputs:  # the checkpoint file a run directory resolved to is an input too
+        output_file(path, force=force, inputs=[checkpoint, embedder.source])
     run_dir = run_dir_of(checkpoint)
     folders = [parity_dir] if parity_dir is not None else []
     if run_dir is not None:  # the run's own images, when they are still there
@@ -68,8 +86,8 @@ def export(
     with console.status("exporting", spinner="dots") if console.is_terminal else nullcontext() as status:
         (images, source), = reference_images(folders, embedder.settings, [PARITY_IMAGES])
         result = export_backbone(
-            embedder.backbone, embedder.settings, fmt, out, images, source, embedder.source, opset, dynamic_batch,
-            int8, int8_min_cosine, threshold,
+            embedder.backbone, embedder.settings, fmt, out, images, source, embedder.source, opset=opset,
+            static_batch=static_batch, int8=int8, int8_min_cosine=int8_min_cosine, threshold=threshold,
             progress=(lambda text: status.update(text)) if status is not None else None,
         )
     report = {
@@ -82,26 +100,31 @@ def export(
             "images_per_s": result.int8.images_per_s, "fp32_images_per_s": result.int8.fp32_images_per_s,
         },
         "speed": None if result.speed is None else asdict(result.speed),
+        "batch": static_batch or "any", "opset": opset if fmt == "onnx" else None,
+        "loading_runs_code": fmt in ("pt2", "torchscript"),
     }
     if as_json:
         print_json(report)
     else:
-        console.print(f"wrote {escape(str(result.path))} ({fmt}, {result.size_bytes / 2**20:.1f} MiB; input 1×3×"
-                      f"{embedder.settings.image_size}×{embedder.settings.image_size}"
-                      f"{' with any batch' if dynamic_batch else ''}) and {escape(result.sidecar.name)}")
+        side = embedder.settings.image_size
+        console.print(f"wrote {escape(str(result.path))} ({fmt}{f', opset {opset}' if fmt == 'onnx' else ''}, "
+                      f"{result.size_bytes / 2**20:.1f} MiB; input {static_batch or 'N'}×3×{side}×{side}"
+                      f"{'' if static_batch else ', any batch N'}) and {escape(result.sidecar.name)}")
         console.print(f"parity with PyTorch: min cosine {result.parity.min_cosine:.6f}, mean {result.parity.mean_cosine:.6f} "
                       f"on {escape(result.parity.source)}")
         if result.speed is not None:
             runs = "one image per call" if result.speed.batch == 1 else f"{result.speed.batch} images per call"
-            console.print(f"speed here: {result.speed.images_per_s:.0f} images/s ({runs}); PyTorch eager "
+            console.print(f"speed here: {result.speed.images_per_s:.0f} images/s ({runs}); PyTorch eager, warm, "
                           f"{result.speed.pytorch_images_per_s:.0f} on the same {result.parity.images} images as one batch "
-                          f"({result.speed.threads} threads)")
+                          f"({result.speed.threads} threads, interleaved rounds)")
         if result.int8 is not None:
             console.print(f"int8: {escape(str(result.int8.path))}, {result.int8.size_bytes / 2**20:.1f} MiB "
                           f"({result.int8.size_bytes / result.int8.fp32_size_bytes:.0%} of fp32); min cosine "
                           f"{result.int8.parity.min_cosine:.4f}, mean {result.int8.parity.mean_cosine:.4f} "
                           + (f"; {result.int8.images_per_s:.0f} images/s against fp32's "
                              f"{result.int8.fp32_images_per_s:.0f} here" if result.int8.images_per_s else ""))
+    if dynamic_batch:
+        result.notes.append("--dynamic-batch is the default now and changes nothing (--static-batch N fixes the batch)")
     for note in result.notes:
         err_console.print(f"note: {escape(note)}", soft_wrap=True)
     if threshold is None:

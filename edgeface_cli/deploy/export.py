@@ -5,15 +5,23 @@ TorchScript (deprecated by PyTorch: for older C++ deployments only) and safetens
 published key layout). Every file is written under a temporary name, run on real images against the
 PyTorch model, and renamed into place only when the smallest cosine similarity between the two
 outputs reaches the bar; a sidecar JSON beside it says how to feed it.
+
+An ONNX file is standard ONNX (``require_standard_onnx``), any batch unless a static one is asked for, with no
+runtime's own fusions: opset 17 by default (LayerNormalization native, GELU as Erf), 18, or 20 (the standard
+``Gelu``). On XXS, OpenCV DNN 5.1 and OpenVINO 2026.4 (f32) run the default file at min cosine 0.9999999
+against PyTorch (``tests/deploy/test_standard_onnx.py``).
 """
 
 from __future__ import annotations
 
-import json
+import inspect
+import logging
 import random
+import statistics
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,10 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
-from ..atomic import atomic_write_file, atomic_write_text
+from ..atomic import atomic_write_file, write_json
 from ..data.augment import normalize
 from ..data.folder import ImageSettings, check_image, decode_image
-from ..errors import DataError, ParityError, import_extra
+from ..errors import CheckpointError, DataError, ParityError, import_extra
 from ..evaluation.exported import NORMALIZATION, SAME_EMBEDDINGS_MIN_COSINE, load_program, sidecar_path
 from ..model.backbones import EdgeFace
 from ..model.checkpoints import load_backbone
@@ -41,7 +49,13 @@ MIN_COSINE_INT8 = 0.99
 PARITY_IMAGES = 32
 INPUT_NAME, OUTPUT_NAME = "images", "embeddings"
 CHANNELS_LAST_GRAPH = "channels-last rewrite of the backbone (same function; edgeface_cli.deploy.inference_graph)"
-DEFAULT_OPSET = 18
+ONNX_OPSETS = (17, 18, 20)  # 17: LayerNormalization native, GELU as Erf; 20: the standard Gelu operator
+DEFAULT_OPSET = 17
+NATIVE_GELU_OPSET = 20
+PROGRAM_FORMATS = ("pt2", "torchscript")  # loading one runs code; onnx and safetensors are data
+RUNS_CODE_NOTE = ("a torch.export/TorchScript archive is a program: edgeface loads it only with --trust-code; "
+                  "the .onnx and .safetensors formats are data")
+SPEED_WARMUP_CALLS, SPEED_ROUNDS = 2, 5
 
 
 @dataclass
@@ -54,13 +68,15 @@ class Parity:
 
 @dataclass
 class Speed:
-    """Throughput measured at export, on the exporting machine, beside PyTorch eager on the same images."""
+    """Throughput measured at export, on the exporting machine, beside PyTorch eager on the same images: both
+    warm (warm-up calls first), with the same threads, timed in interleaved rounds (``compare_speed``)."""
     images_per_s: float
-    pytorch_images_per_s: float
-    batch: int  # images per call: 1 for a batch-1 export, else all of them (the runner cuts them into runs)
+    pytorch_images_per_s: float  # warm eager, the whole set of images as one batch
+    batch: int  # images per call of the file: its static batch, else all of them (the runner cuts them into runs)
     threads: int
     cpu_features: list[str]
-    note: str = "measured at export, on the exporting machine, on the parity images"
+    note: str = (f"measured at export, on the exporting machine, on the parity images: {SPEED_WARMUP_CALLS} warm-up "
+                 f"calls each, then the median of {SPEED_ROUNDS} interleaved rounds; PyTorch eager warm, same threads")
 
 
 @dataclass
@@ -83,9 +99,6 @@ class ExportResult:
     int8: Int8Result | None = None
     notes: list[str] = field(default_factory=list)
     speed: Speed | None = None
-
-
-# ------------------------------------------------------------------ images to check against
 
 
 def generated_faces(count: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -125,17 +138,14 @@ def reference_images(folders: list[Path], settings: ImageSettings, counts: list[
             for k, count in enumerate(counts)]
 
 
-# ------------------------------------------------------------------ writing and checking
-
-
-def exportable(backbone: EdgeFace, fmt: str, image_size: int) -> nn.Module:
+def exportable(backbone: EdgeFace, fmt: str, image_size: int, opset: int = DEFAULT_OPSET) -> nn.Module:
     """What goes into the file (input in [-1, 1], output the raw embedding): for ONNX the same function written
-    channels-last (``inference_graph``: 1.2x faster than the module as written, on onnxruntime at
-    batch 64, ``make bench``); the backbone itself for the formats
-    whose users may want the published module and weight names back (pt2 gained nothing measurable from it)."""
+    channels-last (``inference_graph``: 1.2x the module as written on onnxruntime, ``make bench``), GELU the
+    standard operator from opset 20; the backbone itself for the formats whose users may want the published
+    module and weight names back (pt2 gained nothing measurable from it)."""
     if fmt == "onnx":
         try:
-            return ChannelsLastEdgeFace(backbone, image_size)
+            return ChannelsLastEdgeFace(backbone, image_size, native_gelu=opset >= NATIVE_GELU_OPSET)
         except UnsupportedLayout:
             return backbone  # another timm layout: exported as it is, slower but the same function
     return backbone
@@ -145,17 +155,60 @@ def _batch_dimension(dynamic_batch: bool) -> dict[str, Any] | None:
     return {INPUT_NAME: {0: torch.export.Dim("batch", min=1)}} if dynamic_batch else None
 
 
+@contextmanager
+def _quiet(*loggers: str) -> Iterator[None]:
+    """The exporters and the quantiser log and warn about their own choices (building at opset 18 and converting
+    down, each weight left alone): library code does not print, and the checks that follow say what matters."""
+    levels = {name: logging.getLogger(name).level for name in loggers}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            for name in loggers:
+                logging.getLogger(name).setLevel(logging.ERROR)
+            yield
+        finally:
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+
+
+def require_standard_onnx(path: Path, what: str, opset: int | None = None) -> None:
+    """``path`` passes ``onnx.checker.check_model(full_check=True)`` (topologically sorted, every shape
+    inferable), uses only the default ``ai.onnx`` domain and has ``opset``: what any runtime (OpenCV DNN,
+    OpenVINO, TensorRT, ...) can load. Else a CheckpointError saying why."""
+    import onnx
+
+    model = onnx.load(str(path))
+    foreign = sorted(({node.domain for node in model.graph.node} | {entry.domain for entry in model.opset_import}
+                      | {function.domain for function in model.functions}) - {"", "ai.onnx"})
+    written = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None)
+    problem = None
+    if foreign:
+        problem = f"it uses operators outside the standard ai.onnx domain ({', '.join(foreign)})"
+    elif opset is not None and written != opset:
+        problem = (f"torch's ONNX exporter wrote opset {written}, not the requested {opset} (its version converter "
+                   f"could not convert this graph); pass --opset {max(ONNX_OPSETS)}")
+    else:
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except Exception as exc:  # noqa: BLE001 - the checker raises several types, all meaning "not valid ONNX"
+            problem = f"onnx.checker rejects it: {str(exc).strip().splitlines()[0][:200]}"
+    if problem is not None:
+        raise CheckpointError(f"{what} is not standard ONNX, so it was not kept: {problem}")
+
+
 def write_program(module: nn.Module, fmt: str, path: Path, example: torch.Tensor, opset: int, dynamic_batch: bool) -> None:
-    """``module`` as a ``fmt`` file at ``path`` (``example``: one input batch, shapes as exported)."""
+    """``module`` as a ``fmt`` file at ``path`` (``example``: one input batch, shapes as exported; its batch is
+    the file's static batch unless ``dynamic_batch``). An ONNX file is checked to be standard ONNX at ``opset``."""
     if fmt == "onnx":
         for name in ("onnx", "onnxscript", "onnxruntime"):
             import_extra(name, "ONNX export", "export")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        if opset not in ONNX_OPSETS:
+            raise DataError(f"--opset {opset}: use one of {', '.join(map(str, ONNX_OPSETS))}")
+        with _quiet("torch.onnx", "torch.export", "onnxscript"):
             torch.onnx.export(module, (example,), str(path), dynamo=True, external_data=False, verbose=False,
                               opset_version=opset, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_shapes=_batch_dimension(dynamic_batch))
-        fuse_gelu(path)
+        require_standard_onnx(path, "the ONNX file", opset)
     elif fmt == "pt2":
         program = torch.export.export(module, (example,), dynamic_shapes=_batch_dimension(dynamic_batch))
         torch.export.save(program, path)
@@ -172,45 +225,40 @@ def write_program(module: nn.Module, fmt: str, path: Path, example: torch.Tensor
         raise DataError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_SUFFIXES)}")
 
 
-def fuse_gelu(path: Path) -> int:
-    """Replace each GELU the exporter wrote out as Erf/Div/Add/Mul with one fused ``Gelu`` node (onnxruntime's
-    ``com.microsoft`` operator), in place; the number fused.
-
-    Profiled on XXS (onnxruntime, batch 64, 2 threads), the unfused GELUs were about 15 % of the run time and
-    onnxruntime's own graph optimiser does not recognise the exporter's pattern; fused, the fp32 model runs
-    1.26x faster with the same outputs (min cosine 1.0000000). The file then needs onnxruntime (or another
-    runtime with its contrib operators), which is what embed, verify and the README's targets use.
-    """
-    import onnx
-    from onnxruntime.transformers.fusion_gelu import FusionGelu
-    from onnxruntime.transformers.onnx_model import OnnxModel
-
-    graph = OnnxModel(onnx.load(str(path)))
-    before = sum(node.op_type == "Erf" for node in graph.model.graph.node)
-    FusionGelu(graph).apply()
-    graph.prune_graph()
-    fused = before - sum(node.op_type == "Erf" for node in graph.model.graph.node)
-    if fused:
-        if not any(entry.domain == "com.microsoft" for entry in graph.model.opset_import):
-            graph.model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
-        onnx.save(graph.model, str(path))
-    return fused
+def load_written(path: Path, fmt: str) -> nn.Module:
+    """A program this export has just written, runnable. Loading a pt2/TorchScript archive runs its code: this
+    one is the file export itself wrote a moment ago (under a name only it knows), so it is trusted."""
+    if "trust_code" in inspect.signature(load_program).parameters:
+        return load_program(path, fmt, trust_code=True)  # type: ignore[call-arg]
+    return load_program(path, fmt)
 
 
 def load_export(path: Path, fmt: str, like: EdgeFace) -> nn.Module:
     """The written file, runnable: the program itself, or the weights loaded into ``like``'s architecture."""
     if fmt == "safetensors":
         return load_backbone(path, like.arch, like.use_pos_emb, like.embedding_dim, allow_missing=False).backbone.eval()
-    return load_program(path, fmt)
+    return load_written(path, fmt)
+
+
+def in_fixed_batches(candidate: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor,
+                     fixed_batch: int | None) -> torch.Tensor:
+    """``candidate`` on ``inputs``, called with exactly ``fixed_batch`` images at a time (the last call padded
+    with copies of its first image, whose outputs are dropped); all at once without a fixed batch."""
+    if not fixed_batch:
+        return torch.as_tensor(candidate(inputs)).float()
+    outputs = []
+    for start in range(0, len(inputs), fixed_batch):
+        chunk = inputs[start:start + fixed_batch]
+        padding = chunk[:1].expand(fixed_batch - len(chunk), *chunk.shape[1:])
+        outputs.append(torch.as_tensor(candidate(torch.cat([chunk, padding]))).float()[:len(chunk)])
+    return torch.cat(outputs)
 
 
 @torch.no_grad()
 def parity(candidate: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, reference: torch.Tensor,
            source: str, fixed_batch: int | None) -> Parity:
     """Cosine similarity between ``candidate``'s and the reference embeddings of the same inputs."""
-    step = fixed_batch or len(inputs)
-    outputs = torch.cat([torch.as_tensor(candidate(inputs[start:start + step])).float()
-                         for start in range(0, len(inputs), step)])
+    outputs = in_fixed_batches(candidate, inputs, fixed_batch)
     cosine = F.cosine_similarity(torch.nan_to_num(outputs, nan=0.0), reference, dim=1)
     return Parity(float(cosine.min()), float(cosine.mean()), len(inputs), source)
 
@@ -236,39 +284,40 @@ def int8_threshold_note(path: Path, checked: Parity) -> str:
 
 def quantize_int8(fp32_path: Path, out: Path) -> None:
     """Dynamic int8 quantisation of the MatMul/Gemm layers (onnxruntime; per-channel int8 weights, activations
-    quantised at run time), as EdgeFace's own ``_q`` models quantise their Linear layers in PyTorch.
+    quantised at run time), as EdgeFace's own ``_q`` models quantise their Linear layers in PyTorch. Its
+    operators (DynamicQuantizeLinear, MatMulInteger) are standard ai.onnx ones.
 
-    Measured against the alternatives on XXS at 112 px, batch 64, 2 threads, on the channels-last graph
-    (``benchmarks/deploy.py``, an AVX2 CPU without VNNI): dynamic MatMul/Gemm 0.96x fp32 at min cosine 0.99
-    (one image per run: see ``OnnxBackbone``), static QDQ on Conv+MatMul+Gemm 0.92x at 0.968, static QDQ on
-    MatMul/Gemm 0.90x at 0.996, static QOperator 0.92x at 0.968. Layer by layer (onnxruntime profile) int8 ran 0.8-1.2x its fp32 Gemm: without int8
-    dot-product instructions the products cost what fp32 ones do and quantising the activations is extra.
-    The depthwise convolutions lose the most accuracy, so they stay fp32; no calibration is needed.
-    """
+    Measured on XXS at 112 px, batch 64, 2 threads (``benchmarks/deploy.py``, an AVX2 CPU without VNNI):
+    dynamic MatMul/Gemm 0.96x fp32 at min cosine 0.99 (one image per run: see ``OnnxBackbone``), static QDQ on
+    Conv+MatMul+Gemm 0.92x at 0.968, static QDQ on MatMul/Gemm 0.90x at 0.996, static QOperator 0.92x at
+    0.968. Without int8 dot-product instructions the products cost what fp32 ones do. The depthwise
+    convolutions lose the most accuracy, so they stay fp32; no calibration is needed."""
     import_extra("onnxruntime", "--int8", "export")
-    import logging
-
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quiet = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)  # onnxruntime logs a warning per weight it leaves alone
-    try:
+    with _quiet(""):  # the root logger: onnxruntime logs a warning per weight it leaves alone
         quantize_dynamic(str(fp32_path), str(out), weight_type=QuantType.QInt8, per_channel=True,
                          op_types_to_quantize=["MatMul", "Gemm"])
-    finally:
-        logging.getLogger().setLevel(quiet)
 
 
-def images_per_second(model: nn.Module, inputs: torch.Tensor, repeats: int = 3) -> float:
-    """Throughput of ``model`` on ``inputs`` as one batch on this machine (the median of ``repeats`` runs)."""
+def compare_speed(candidate: Callable[[torch.Tensor], Any], eager: nn.Module, inputs: torch.Tensor,
+                  fixed_batch: int | None) -> tuple[float, float]:
+    """Images per second of ``candidate`` (``fixed_batch`` images a call, else all of them) and of PyTorch
+    ``eager`` (all of them as one batch) here, with the same threads: ``SPEED_WARMUP_CALLS`` untimed calls
+    each first (a cold first eager call allocates and plans its kernels: the issue saw 86 images/s cold
+    against 684 warm), then ``SPEED_ROUNDS`` rounds timing each in turn, so that a shared machine's drift
+    hits both alike; the medians."""
+    runs = {"file": lambda: in_fixed_batches(candidate, inputs, fixed_batch), "eager": lambda: eager(inputs)}
+    times: dict[str, list[float]] = {name: [] for name in runs}
     with torch.inference_mode():
-        model(inputs)  # warm-up: the first run allocates
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            model(inputs)
-            times.append(time.perf_counter() - started)
-    return len(inputs) / sorted(times)[len(times) // 2]
+        for run in [run for run in runs.values() for _ in range(SPEED_WARMUP_CALLS)]:
+            run()
+        for _ in range(SPEED_ROUNDS):
+            for name, run in runs.items():
+                started = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - started)
+    return len(inputs) / statistics.median(times["file"]), len(inputs) / statistics.median(times["eager"])
 
 
 INT8_DOT_PRODUCT = {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"}  # int8 products in one instruction
@@ -294,10 +343,23 @@ def alignment_contract() -> dict[str, Any]:
             "make_with": "edgeface align PHOTOS CROPS, or --align on embed/verify/enroll/identify/eval"}
 
 
+def loading_contract(fmt: str) -> dict[str, Any]:
+    """Whether loading the file runs code: what a deployment must know before it opens one from elsewhere."""
+    runs_code = fmt in PROGRAM_FORMATS
+    return {"runs_code": runs_code, "note": RUNS_CODE_NOTE if runs_code else f"a {fmt} file is data: loading it runs no code"}
+
+
+def non_finite_weights(backbone: nn.Module) -> list[str]:
+    """The names of the tensors of ``backbone`` that hold a NaN or an infinity."""
+    return [name for name, tensor in backbone.state_dict().items()
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+
+
 def describe(backbone: EdgeFace, settings: ImageSettings, fmt: str, path: Path, source: Path, checked: Parity,
-             dynamic_batch: bool, opset: int | None, threshold: tuple[float, str] | None, quantized: bool = False,
+             static_batch: int | None, opset: int | None, threshold: tuple[float, str] | None, quantized: bool = False,
              graph: str = "the backbone as trained") -> dict[str, Any]:
     """The sidecar: everything a deployment needs to feed the file and trust its output."""
+    batch: int | str = static_batch or "batch"
     return {
         "format": fmt,
         "file": path.name,
@@ -309,11 +371,12 @@ def describe(backbone: EdgeFace, settings: ImageSettings, fmt: str, path: Path, 
         "image_size": settings.image_size,
         "non_square": settings.non_square,
         "input": {"name": INPUT_NAME, "layout": "NCHW", "channels": "RGB", "dtype": "float32",
-                  "shape": ["batch" if dynamic_batch else 1, 3, settings.image_size, settings.image_size],
-                  "normalization": NORMALIZATION},
+                  "shape": [batch, 3, settings.image_size, settings.image_size], "normalization": NORMALIZATION},
         "alignment": alignment_contract(),
-        "output": {"name": OUTPUT_NAME, "dim": backbone.embedding_dim, "l2_normalized": False,
+        "output": {"name": OUTPUT_NAME, "dim": backbone.embedding_dim, "shape": [batch, backbone.embedding_dim],
+                   "dtype": "float32", "l2_normalized": False,
                    "compare_with": "cosine similarity of the L2-normalised outputs"},
+        "loading": loading_contract(fmt),
         "source_checkpoint": str(source.resolve()),
         "source_sha256": file_sha256(source) if source.is_file() else None,
         "parity": {**asdict(checked), "reference": "the PyTorch model in fp32"},
@@ -321,6 +384,8 @@ def describe(backbone: EdgeFace, settings: ImageSettings, fmt: str, path: Path, 
         "threshold": ({"value": threshold[0], "source": threshold[1], "image_size": settings.image_size, "flip": False}
                       if threshold else None),
         "opset": opset,
+        "standard": {"domains": ["ai.onnx"], "checker": "onnx.checker.check_model(full_check=True) passed",
+                     "runtime_fusions": "none in the file (onnxruntime fuses GELU itself at load)"} if fmt == "onnx" else None,
         "exported_by": f"edgeface-cli {__version__}, torch {torch.__version__}",
     }
 
@@ -334,22 +399,33 @@ def export_backbone(
     images_source: str,
     source: Path,
     opset: int = DEFAULT_OPSET,
-    dynamic_batch: bool = False,
+    static_batch: int | None = None,
     int8: bool = False,
     int8_min_cosine: float = MIN_COSINE_INT8,
     threshold: tuple[float, str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
-    """Write ``backbone`` as ``fmt`` to ``out``, check it on ``images`` (uint8), write the sidecar; and,
-    with ``int8`` (ONNX only), an int8 copy beside it, checked likewise; ONNX sidecars record the throughput
-    measured at export on this machine."""
+    """Write ``backbone`` as ``fmt`` to ``out`` (any batch, or ``static_batch`` images per call: onnx and pt2),
+    check it on ``images`` (uint8), write the sidecar; and, with ``int8`` (ONNX only), an int8 copy beside it,
+    checked likewise; ONNX and pt2 sidecars record the throughput measured at export on this machine."""
     check_export_request(fmt, int8)
+    if static_batch is not None and not ((fmt == "onnx" and static_batch >= 1) or (fmt == "pt2" and static_batch == 1)):
+        raise DataError(f"--static-batch {static_batch}: an onnx file takes any static batch, a pt2 archive only 1 "
+                        "(its runner cannot pad a last, smaller batch); the other formats take any batch")
+    broken = non_finite_weights(backbone)
+    if broken:
+        raise CheckpointError(f"the model has non-finite weights (NaN or infinity in {len(broken)} of "
+                              f"{len(backbone.state_dict())} tensors, first {broken[0]}): nothing was exported; "
+                              "export an earlier checkpoint of the run")
     say = progress or (lambda text: None)
     backbone = backbone.cpu().eval()
     inputs = normalize(images)
     with torch.no_grad():
         reference = backbone(inputs)
-    fixed_batch = None if dynamic_batch or fmt in ("torchscript", "safetensors") else 1
+    if not bool(torch.isfinite(reference).all()):
+        raise CheckpointError(f"the model computes non-finite embeddings on {images_source} although its weights "
+                              "are finite (its activations overflow): nothing was exported")
+    fixed_batch = static_batch if fmt in ("onnx", "pt2") else None
 
     def write_checked(path: Path, write: Callable[[Path], object], load: Callable[[Path], nn.Module], bar: float,
                       what: str, hint: str) -> Parity:
@@ -366,11 +442,12 @@ def export_backbone(
         atomic_write_file(path, write_and_check)
         return checked[0]
 
-    example = inputs[:1] if fixed_batch else inputs[:2]
-    program = exportable(backbone, fmt, settings.image_size)
+    # A static file is traced with its own batch; a dynamic one with two images, so that no size is baked in.
+    example = inputs.repeat(-(-(fixed_batch or 2) // len(inputs)), 1, 1, 1)[:fixed_batch or 2]
+    program = exportable(backbone, fmt, settings.image_size, opset)
     graph = CHANNELS_LAST_GRAPH if isinstance(program, ChannelsLastEdgeFace) else "the backbone as trained"
     exported = write_checked(
-        out, lambda temp: write_program(program, fmt, temp, example, opset, dynamic_batch),
+        out, lambda temp: write_program(program, fmt, temp, example, opset, fixed_batch is None),
         lambda temp: load_export(temp, fmt, backbone), MIN_COSINE, "the export", EXPORT_HINT)
     notes = []
     if fmt == "onnx" and program is backbone:
@@ -378,31 +455,37 @@ def export_backbone(
                      "trained, which runs slower on onnxruntime")
     if fmt == "torchscript":
         notes.append("TorchScript is deprecated in PyTorch: kept for older C++ deployments only; prefer onnx or pt2")
+    if fmt in PROGRAM_FORMATS:
+        notes.append(RUNS_CODE_NOTE)
     opset_used = opset if fmt == "onnx" else None
     speed = None
-    if fmt in ("onnx", "pt2"):  # the deployable programs: how fast they run here, beside PyTorch
+    if fmt in ("onnx", "pt2"):  # the deployable programs: how fast they run here, beside warm PyTorch
         say("measuring the speed")
-        speed = Speed(images_per_second(load_export(out, fmt, backbone), inputs), images_per_second(backbone, inputs),
-                      len(inputs) if dynamic_batch else 1, torch.get_num_threads(), cpu_features())
+        file_speed, eager_speed = compare_speed(load_export(out, fmt, backbone), backbone, inputs, fixed_batch)
+        speed = Speed(file_speed, eager_speed, fixed_batch or len(inputs), torch.get_num_threads(), cpu_features())
     sidecar = sidecar_path(out)
-    atomic_write_text(sidecar, json.dumps(
-        {**describe(backbone, settings, fmt, out, source, exported, dynamic_batch, opset_used, threshold, graph=graph),
-         "speed": asdict(speed) if speed else None}, indent=2) + "\n")
+    write_json(sidecar, {**describe(backbone, settings, fmt, out, source, exported, fixed_batch, opset_used, threshold,
+                                    graph=graph), "speed": asdict(speed) if speed else None})
     result = ExportResult(out, fmt, exported, out.stat().st_size, sidecar, notes=notes, speed=speed)
     if int8:
         quantized_path = int8_path(out)
-        quantized = write_checked(
-            quantized_path, lambda temp: quantize_int8(out, temp),
-            lambda temp: load_program(temp, "onnx"), int8_min_cosine, "the int8 model", INT8_HINT)
+
+        def quantize_checked(temp: Path) -> None:
+            quantize_int8(out, temp)
+            require_standard_onnx(temp, "the int8 file")
+
+        quantized = write_checked(quantized_path, quantize_checked, lambda temp: load_written(temp, "onnx"),
+                                  int8_min_cosine, "the int8 model", INT8_HINT)
         say("measuring the speed of the int8 model")
         assert speed is not None  # int8 is ONNX only, whose speed was measured above
-        int8_speed = replace(speed, images_per_s=images_per_second(load_program(quantized_path, "onnx"), inputs))
-        atomic_write_text(sidecar_path(quantized_path), json.dumps(
-            {**describe(backbone, settings, fmt, quantized_path, source, quantized, dynamic_batch, opset_used, None,
-                        quantized=True, graph=graph), "quantization": "dynamic int8: MatMul/Gemm weights per channel, activations at "
-                                                         "run time; convolutions fp32",
-             "threshold_note": int8_threshold_note(quantized_path, quantized),
-             "speed": {**asdict(int8_speed), "fp32_images_per_s": speed.images_per_s}}, indent=2) + "\n")
+        int8_speed = replace(speed, images_per_s=compare_speed(load_written(quantized_path, "onnx"), backbone, inputs,
+                                                               fixed_batch)[0])
+        write_json(sidecar_path(quantized_path), {
+            **describe(backbone, settings, fmt, quantized_path, source, quantized, fixed_batch, opset_used, None,
+                       quantized=True, graph=graph),
+            "quantization": "dynamic int8: MatMul/Gemm weights per channel, activations at run time; convolutions fp32",
+            "threshold_note": int8_threshold_note(quantized_path, quantized),
+            "speed": {**asdict(int8_speed), "fp32_images_per_s": speed.images_per_s}})
         result.int8 = Int8Result(quantized_path, quantized, quantized_path.stat().st_size, result.size_bytes,
                                  int8_speed.images_per_s, speed.images_per_s)
         if int8_speed.images_per_s <= speed.images_per_s:

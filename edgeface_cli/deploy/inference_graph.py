@@ -15,12 +15,26 @@ onnxruntime folds into its blocked-layout reorders:
 - the layer-scale ``gamma`` folded into the preceding linear layer's weights;
 - the Fourier positional encoding, which depends only on the map's size, precomputed for the image size.
 
+The graph is standard ONNX at every opset ``edgeface export`` offers (17, 18, 20), with no runtime's own
+operators in it; what a runtime fuses it fuses itself, when it loads the file:
+
+- GELU below opset 20 is written as ``x * (1 + erf(x / sqrt 2)) * 0.5``: the exact GELU in standard operators,
+  in the order onnxruntime's GeluFusion recognises at session start (the exporter's own decomposition,
+  ``(0.5 * (1 + erf)) * x``, is not: onnxruntime 1.32 fused none of XXS's 12 GELUs in that form, all 12 in
+  this one, which ran 1.08x faster at 112 px). At opset 20
+  the exporter writes the standard ``Gelu`` operator instead (``native_gelu``);
+- splits take explicit sizes, the per-channel L2 norm is a ``ReduceSum`` and the final pooling a sum times
+  1/(H*W): the operators whose schema changed in opset 18 (``Split``'s ``num_outputs``, ``ReduceL2`` and
+  ``ReduceMean`` with axes as an input) never appear, so the graph written at opset 18 is valid at 17
+  unchanged (onnx's version converter has no Split 18->17 adapter, and torch then silently keeps 18).
+
 The parity check of ``edgeface export`` compares this module's file with the original PyTorch model.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +61,24 @@ def _layer_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
+def _split_sizes(channels: int, parts: int) -> list[int]:
+    """The sizes ``torch.chunk`` cuts ``channels`` into (what timm's blocks do), as explicit split sizes."""
+    return [len(part) for part in torch.arange(channels).chunk(parts)]
+
+
+def _unit_columns(x: torch.Tensor) -> torch.Tensor:
+    """``F.normalize(x, dim=1)`` (x / max(||x||, 1e-12)) as ReduceSum and Sqrt: no ReduceL2 (see the module
+    docstring)."""
+    return x / (x * x).sum(dim=1, keepdim=True).clamp_min(1e-24).sqrt()
+
+
+class ErfGelu(nn.Module):
+    """The exact GELU (``nn.GELU()``), written so that onnxruntime fuses it at session start (module docstring)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * (1 + torch.erf(x / math.sqrt(2.0))) * 0.5
+
+
 def _scaled(linear: nn.Module, scale: torch.Tensor | None) -> nn.Module:
     """A copy of ``linear`` (nn.Linear or a low-rank pair) whose outputs are multiplied by ``scale``."""
     linear = copy.deepcopy(linear)
@@ -65,11 +97,14 @@ def _scaled(linear: nn.Module, scale: torch.Tensor | None) -> nn.Module:
 class TokenMlp(nn.Module):
     """timm's Mlp on a (tokens, C) matrix, with the block's layer scale folded into its second layer."""
 
-    def __init__(self, mlp: nn.Module, gamma: torch.Tensor | None) -> None:
+    def __init__(self, mlp: nn.Module, gamma: torch.Tensor | None, native_gelu: bool) -> None:
         super().__init__()
         if not isinstance(getattr(mlp, "norm", nn.Identity()), nn.Identity):
             raise UnsupportedLayout("an MLP with an inner norm")
-        self.fc1, self.act, self.fc2 = copy.deepcopy(mlp.fc1), copy.deepcopy(mlp.act), _scaled(mlp.fc2, gamma)
+        if not isinstance(mlp.act, nn.GELU) or mlp.act.approximate != "none":
+            raise UnsupportedLayout(f"an MLP activated by {mlp.act!r}, not the exact GELU")
+        self.fc1, self.fc2 = copy.deepcopy(mlp.fc1), _scaled(mlp.fc2, gamma)
+        self.act = nn.GELU() if native_gelu else ErfGelu()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape  # 2-D, so that each linear layer exports as one Gemm with its bias
@@ -77,11 +112,11 @@ class TokenMlp(nn.Module):
 
 
 class ConvBlockNHWC(nn.Module):
-    def __init__(self, block: ConvBlock) -> None:
+    def __init__(self, block: ConvBlock, native_gelu: bool) -> None:
         super().__init__()
         self.conv_dw, self.norm = copy.deepcopy(block.conv_dw), copy.deepcopy(block.norm)
         self.shortcut_after_dw = block.shortcut_after_dw
-        self.mlp = TokenMlp(block.mlp, block.gamma)
+        self.mlp = TokenMlp(block.mlp, block.gamma, native_gelu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -102,21 +137,23 @@ class ChannelAttention(nn.Module):
         self.temperature = nn.Parameter(attention.temperature.detach().reshape(heads, 1)
                                         .repeat_interleave(channels // heads, dim=0).clone())
         self.qkv, self.proj = copy.deepcopy(attention.qkv), _scaled(attention.proj, gamma)
+        self.channels = channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)  # over the tokens, per channel, as timm
+        q, k, v = self.qkv(x).split([self.channels] * 3, dim=-1)
+        q, k = _unit_columns(q), _unit_columns(k)  # over the tokens, per channel, as timm
         attention = ((q.transpose(1, 2) @ k) * self.temperature + self.mask).softmax(dim=-1)
         return self.proj(v @ attention.transpose(1, 2))
 
 
 class SplitTransposeBlockNHWC(nn.Module):
-    def __init__(self, block: SplitTransposeBlock, side: int) -> None:
+    def __init__(self, block: SplitTransposeBlock, side: int, native_gelu: bool) -> None:
         super().__init__()
         self.convs = copy.deepcopy(block.convs)
         self.norm_xca, self.norm = copy.deepcopy(block.norm_xca), copy.deepcopy(block.norm)
+        self.split_sizes = _split_sizes(block.norm_xca.normalized_shape[0], len(block.convs) + 1)
         self.xca = ChannelAttention(block.xca, block.gamma_xca)
-        self.mlp = TokenMlp(block.mlp, block.gamma)
+        self.mlp = TokenMlp(block.mlp, block.gamma, native_gelu)
         position = None
         if block.pos_embd is not None:
             with torch.no_grad():
@@ -125,7 +162,7 @@ class SplitTransposeBlockNHWC(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
-        parts = _nchw(x).chunk(len(self.convs) + 1, dim=1)  # timm's multi-scale depthwise convolutions
+        parts = _nchw(x).split(self.split_sizes, dim=1)  # timm's multi-scale depthwise convolutions (its chunk)
         outputs, running = [], parts[0]
         for index, conv in enumerate(self.convs):
             running = conv(running if index == 0 else running + parts[index])
@@ -159,9 +196,10 @@ def _attention_map_sides(net: nn.Module, image_size: int) -> dict[nn.Module, int
 
 class ChannelsLastEdgeFace(nn.Module):
     """``backbone``'s function at ``image_size``, channels-last (see the module docstring); input and output
-    as the backbone's: (B, 3, S, S) in [-1, 1] -> (B, embedding_dim)."""
+    as the backbone's: (B, 3, S, S) in [-1, 1] -> (B, embedding_dim). ``native_gelu``: GELU as ``F.gelu``,
+    which the exporter writes as the standard ``Gelu`` operator from opset 20 on (Erf operators below)."""
 
-    def __init__(self, backbone: EdgeFace, image_size: int) -> None:
+    def __init__(self, backbone: EdgeFace, image_size: int, native_gelu: bool = False) -> None:
         super().__init__()
         net = backbone.model
         head = getattr(net, "head", None)
@@ -182,9 +220,9 @@ class ChannelsLastEdgeFace(nn.Module):
             blocks = []
             for block in stage.blocks:
                 if isinstance(block, ConvBlock):
-                    blocks.append(ConvBlockNHWC(block))
+                    blocks.append(ConvBlockNHWC(block, native_gelu))
                 elif isinstance(block, SplitTransposeBlock):
-                    blocks.append(SplitTransposeBlockNHWC(block, sides[block]))
+                    blocks.append(SplitTransposeBlockNHWC(block, sides[block], native_gelu))
                 else:
                     raise UnsupportedLayout(f"a stage block of type {type(block).__name__}")
             self.stages.append(nn.Sequential(*blocks))
@@ -197,4 +235,5 @@ class ChannelsLastEdgeFace(nn.Module):
             if isinstance(downsample, nn.ModuleDict):
                 x = _nhwc(downsample["conv"](_nchw(_layer_norm(downsample["norm"], x))))
             x = blocks(x)
-        return self.head_fc(_layer_norm(self.head_norm, x.mean(dim=(1, 2))))
+        pooled = x.sum(dim=(1, 2)) * (1.0 / (x.shape[1] * x.shape[2]))  # the mean, without ReduceMean
+        return self.head_fc(_layer_norm(self.head_norm, pooled))

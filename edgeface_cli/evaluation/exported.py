@@ -118,7 +118,7 @@ class OnnxBackbone(nn.Module):
         model_input = self._session(1).get_inputs()[0]
         self.input_name = model_input.name
         batch = model_input.shape[0]
-        self.fixed_batch = batch if isinstance(batch, int) else None  # exported without --dynamic-batch
+        self.fixed_batch = batch if isinstance(batch, int) else None  # exported with --static-batch
         side = model_input.shape[-1]
         self.image_size = side if isinstance(side, int) else None
         self.pool = _shared_pool(self.threads) if self.threads > 1 else None
@@ -129,6 +129,8 @@ class OnnxBackbone(nn.Module):
             onnxruntime = import_extra("onnxruntime", "running an ONNX model", "export")
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads, options.inter_op_num_threads = intra_op_threads, 1
+            # The file is standard ONNX; onnxruntime's own fusions (GELU, the NCHWc convolutions) are made here.
+            options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
             try:
                 self.sessions[intra_op_threads] = onnxruntime.InferenceSession(
                     str(self.path), options, providers=["CPUExecutionProvider"])
@@ -151,7 +153,10 @@ class OnnxBackbone(nn.Module):
         session = self._session(1 if parallel else self.threads)
 
         def run(span: tuple[int, int]) -> np.ndarray:
-            return session.run(None, {self.input_name: array[span[0]:span[1]]})[0]
+            batch = array[span[0]:span[1]]
+            if self.fixed_batch and len(batch) < self.fixed_batch:  # a static file's last run: padded, then dropped
+                batch = np.concatenate([batch, np.repeat(batch[:1], self.fixed_batch - len(batch), axis=0)])
+            return session.run(None, {self.input_name: batch})[0][:span[1] - span[0]]
 
         try:
             outputs = list(self.pool.map(run, spans)) if parallel else [run(span) for span in spans]  # type: ignore[union-attr]
