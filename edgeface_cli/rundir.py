@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, strict_json
 from .errors import RunDirError
 
 EVAL_RESULT = "eval.json"  # the last `eval` of the run's best.pt (thresholds.py: eval-last.json for last.pt, ...)
@@ -119,9 +120,20 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def strict_row(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with each non-finite number (a NaN loss, an infinite gradient norm) as None, and the fields
+    that held one listed under ``nonfinite``: strict JSON has no NaN, and a reader must not mistake the
+    gap for a measurement that was never taken."""
+    bad = sorted(key for key, value in row.items() if isinstance(value, float) and not math.isfinite(value))
+    if not bad:
+        return row
+    return {**{key: None if key in bad else value for key, value in row.items()}, "nonfinite": bad}
+
+
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     """Rewrite metrics.jsonl and metrics.csv atomically: a kill never leaves half a line."""
-    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    rows = [strict_row(row) for row in rows]
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(strict_json(row) + "\n" for row in rows))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
     writer.writeheader()

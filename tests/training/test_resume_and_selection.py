@@ -112,3 +112,17 @@ def test_relative_paths_in_a_runs_config_yaml_are_relative_to_the_run(relative_r
     assert resumed.exit_code == 0, resumed.output
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["holdout_dir"] == str(project / "data" / "holdout")
     assert [row["epoch"] for row in rows_of(run_dir)][-1] == 4 and rows_of(run_dir)[-1]["holdout_auc"] is not None
+
+
+def test_metrics_files_are_strict_json_with_non_finite_values_named(tmp_path: Path) -> None:
+    from edgeface_cli.rundir import read_metrics, write_metrics
+
+    write_metrics(tmp_path, [{"epoch": 1, "stage": 1, "train_loss": float("nan"), "grad_norm_max": float("inf"),
+                              "train_acc": 0.5}, {"event": "guard_stop", "epoch": 2, "reason": "loss is nan"}])
+    text = (tmp_path / "metrics.jsonl").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    rows = [json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in metrics.jsonl")) for line in text.splitlines()]
+    assert rows[0]["train_loss"] is None and rows[0]["grad_norm_max"] is None and rows[0]["train_acc"] == 0.5
+    assert rows[0]["nonfinite"] == ["grad_norm_max", "train_loss"] and "nonfinite" not in rows[1]
+    assert read_metrics(tmp_path) == rows
+    assert "nan" not in (tmp_path / "metrics.csv").read_text().lower().replace("nonfinite", "")
