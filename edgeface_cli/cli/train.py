@@ -101,6 +101,7 @@ def train(
         flags["runtime.out"] = resume
         resolved = resolve_config(resume / "config.yaml", set_, **flags)
         source = resume / "config.yaml"
+        _check_resumed_inputs(resume, resolved)
     else:
         resolved = resolve_config(config, set_, **flags)
         from ..config import DEFAULT_CONFIG_FILE
@@ -109,6 +110,19 @@ def train(
     if source is not None and not quiet:
         console.print(f"config: {source}" + (" (found in this folder)" if config is None and resume is None else ""))
     run_and_report(resolved, resume=resume, force=force, auto_troubleshoot=auto_troubleshoot, quiet=quiet)
+
+
+def _check_resumed_inputs(resume: Path, resolved: Any) -> None:
+    """The data a resumed run reads again, as its config.yaml names it: a folder moved since (or a relative
+    path, which means one beside config.yaml) is named with the setting that fixes it, not found later."""
+    data = resolved.data
+    named = [("data.train_dir", data.train_dir), ("data.val_dir", data.val_dir), ("data.holdout_dir", data.holdout_dir)]
+    named += [(f"data.val_bins[{index}]", path) for index, path in enumerate(data.val_bins)]
+    for setting, path in named:
+        if path is not None and not path.exists():
+            fix = "data.val_bins=[...]" if setting.startswith("data.val_bins") else f"{setting}=PATH"
+            fail(f"cannot resume {resume}: {setting} is {path}, which does not exist (its config.yaml's relative "
+                 f"paths are relative to {resume}); pass --set {fix} with where it is now")
 
 
 @contextmanager

@@ -126,3 +126,22 @@ def test_metrics_files_are_strict_json_with_non_finite_values_named(tmp_path: Pa
     assert rows[0]["nonfinite"] == ["grad_norm_max", "train_loss"] and "nonfinite" not in rows[1]
     assert read_metrics(tmp_path) == rows
     assert "nan" not in (tmp_path / "metrics.csv").read_text().lower().replace("nonfinite", "")
+
+
+def test_a_resume_whose_data_moved_names_the_setting_that_fixes_it(relative_run: tuple[Path, Path], tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    _, original = relative_run
+    run_dir = tmp_path / "copied"
+    shutil.copytree(original, run_dir)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    saved["data"]["holdout_dir"] = "strangers"  # relative: beside config.yaml, where there is none
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    monkeypatch.chdir(tmp_path)
+    refused = runner.invoke(app, ["train", "--resume", str(run_dir)])
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+    message = " ".join(refused.output.split())
+    assert f"data.holdout_dir is {run_dir / 'strangers'}, which does not exist" in message
+    assert "--set data.holdout_dir=PATH" in message
+    fixed = runner.invoke(app, ["train", "--resume", str(run_dir), "--set", f"data.holdout_dir={saved['data']['val_dir']}",
+                                "--set", "optim.epochs=4"])
+    assert fixed.exit_code == 0, fixed.output
