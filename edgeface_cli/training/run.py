@@ -164,6 +164,9 @@ def _run_trainer(config: EdgeFaceConfig, run_dir: Path, train_scan: ScanResult, 
                  loaded: BackboneLoad, on_event: EventHandler, auto_troubleshoot: bool, distributed: Distributed,
                  resume_state: dict | None) -> RunResult:
     trainer = Trainer(config, run_dir, train_scan, val_scan, loaded, on_event, auto_troubleshoot, distributed)
+    # Rank 0 alone scanned the held-out folder and read the .bin sets: the others wait for it here, not in the
+    # first collective of a resume (DDP's parameter broadcast), which has only the collective timeout.
+    distributed.wait_for_rank0_work()
     if resume_state is not None:
         trainer.load_state(resume_state)
         if trainer.epoch >= config.optim.epochs:
