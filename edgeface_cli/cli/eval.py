@@ -18,7 +18,6 @@ from .common import (
     app,
     console,
     err_console,
-    print_json,
     resolve_config,
     user_errors,
 )
@@ -37,15 +36,66 @@ METRIC_ROWS = [
     ("roc_auc", ".4f", "chance a same pair scores above a different pair (1 = perfect)"),
     ("eer", ".4f", "error rate where false accepts equal false rejects (0 = perfect)"),
     ("operating_threshold", ".4f", "the threshold verify and identify use: different people accepted at most "
-                                   "{far:g} of the time (eval.operating_far)"),
+                                   "{far} of the time{far_note}"),
     ("operating_tar", ".2%", "same-identity pairs accepted at that threshold"),
     ("best_threshold", ".4f", "information: the threshold with the best pair accuracy (depends on the pair mix)"),
     ("best_accuracy", ".2%", "pair accuracy at that threshold (the majority answer for every pair scores {baseline})"),
 ]
 
 
-def _format_metric(value: Any, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
+def _format_metric(value: Any, spec: str, why: Optional[str] = None) -> str:
+    """A figure; one that could not be measured says why (never 0.00%), one that does not apply is n/a."""
+    if value is None:
+        return f"not measurable ({why})" if why else "n/a"
+    return format(value, spec)
+
+
+def _why_not(metrics: dict[str, Any], name: str) -> Optional[str]:
+    """Why the figure ``name`` is None, when it could not be measured (rather than not apply)."""
+    if name in ("accuracy", "top5"):
+        if metrics["identities"] is None:
+            return "a flat folder has no identities"
+        if metrics["accuracy_method"].startswith("nearest centroid (leave-one-out") and not metrics["accuracy_images"]:
+            return "every val identity has one image; --train-dir gives a gallery"
+        return None
+    if name in ("operating_threshold", "operating_tar"):
+        return metrics["threshold_reason"]
+    if name in ("roc_auc", "eer", "sim_gap", "best_accuracy") and not (metrics["pairs_positive"] and metrics["pairs_negative"]):
+        return "needs same- and different-identity pairs"
+    return None
+
+
+def _print_table(metrics: dict[str, Any]) -> None:
+    table = Table(title=f"eval of {escape(metrics['checkpoint'])}")
+    for column in ("metric", "value", "meaning"):
+        table.add_column(column, overflow="fold")
+    point = metrics["operating_point"]
+    far = f"{metrics['operating_far']:g}" if metrics["operating_far"] is not None else f"{point['target_far']:g}"
+    far_note = (f" ({point['note']}; the target was {point['target_far']:g})" if point["note"]
+                else " (eval.operating_far)")
+    method = metrics["accuracy_method"] + (f"; {metrics['accuracy_skipped']} single-image identities' images not counted"
+                                           if metrics.get("accuracy_skipped") else "")
+    for name, spec, meaning in METRIC_ROWS:
+        table.add_row(name, _format_metric(metrics[name], spec, _why_not(metrics, name)),
+                      meaning.format(method=method, far=far, far_note=far_note,
+                                     baseline=_format_metric(metrics["best_accuracy_baseline"], ".2%")))
+    for target, value in metrics["tar_at_far"].items():
+        table.add_row(f"tar@far={target}", _format_metric(value, ".2%", metrics["tar_at_far_reason"].get(target)),
+                      "true accepts at that false-accept rate")
+    if metrics["pairs"]:
+        folds = metrics["pairs"]
+        accuracy = (_format_metric(None, "", folds["folds_reason"]) if folds["folds_accuracy_mean"] is None
+                    else f"{folds['folds_accuracy_mean']:.2%} ± {folds['folds_accuracy_std']:.2%}")
+        table.add_row(f"pairs {folds['folds']}-fold", accuracy,
+                      f"accuracy over {folds['pairs']} listed pairs ({folds['same']} same), balanced folds, threshold "
+                      "chosen on the other folds" + (f"; {folds['folds_note']}" if folds["folds_note"] else ""))
+        both = "needs same and different pairs"
+        table.add_row("pairs roc_auc", _format_metric(folds["roc_auc"], ".4f", both), "ROC AUC on the listed pairs")
+        table.add_row("pairs eer", _format_metric(folds["eer"], ".4f", both), "EER on the listed pairs")
+        for target, value in folds["tar_at_far"].items():
+            table.add_row(f"pairs tar@far={target}", _format_metric(value, ".2%", folds["tar_at_far_reason"].get(target)),
+                          "true accepts of the listed pairs at that false-accept rate")
+    console.print(table)
 
 
 @app.command("eval")
@@ -54,7 +104,9 @@ def eval_(
     val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Images to evaluate, one folder per identity."),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A run dir (its best.pt), best.pt/last.pt, a bare backbone, or an exported .onnx/.pt2 file."),
     train_dir: Optional[Path] = typer.Option(None, "--train-dir", help="Gallery for nearest-centroid accuracy when the checkpoint has no head."),
-    pairs: Optional[Path] = typer.Option(None, "--pairs", help="LFW pairs.txt or CSV path1,path2,same (paths relative to --val-dir)."),
+    pairs: Optional[Path] = typer.Option(
+        None, "--pairs", help="LFW pairs.txt, or a CSV img1,img2,label (labels 1/0, same/different, yes/no, true/false; "
+                              "paths relative to --val-dir, which may then be a flat folder)."),
     bins: Optional[list[Path]] = typer.Option(
         None, "--bin", help="An insightface verification .bin (lfw.bin, cfp_fp.bin, agedb_30.bin, ...): the 10-fold "
                             "protocol with flip. Repeatable; --val-dir is then optional."),
@@ -66,13 +118,21 @@ def eval_(
     save_embeddings_to: Optional[Path] = typer.Option(None, "--save-embeddings", help="Write embeddings, labels, paths to an .npz."),
     plot: Optional[Path] = typer.Option(
         None, "--plot", help="Write the ROC curve and similarity histograms (png, pdf, svg, ...; no suffix: .png; needs matplotlib)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing --save-embeddings / --plot files."),
+    force: bool = typer.Option(
+        False, "--force", help="Overwrite existing --save-embeddings / --plot files, and replace the model's eval record "
+                               "when it measured another recipe or other data (its threshold then changes)."),
     config: Optional[Path] = ConfigOpt,
     align: bool = AlignOpt,
     faces: str = FacesOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
-    """Closed-set accuracy, cosine similarity and verification metrics (ROC AUC, EER, TAR@FAR, 10-fold)."""
+    """Closed-set accuracy, cosine similarity and verification metrics (ROC AUC, EER, TAR@FAR, 10-fold).
+
+    The eval record (RUN/eval.json, ...) is the threshold verify and identify use. Replacing one that measured the
+    same model, recipe and data (or weights the file no longer holds) just says so; one measured with another
+    image size, preprocessing, flip, val data or target FAR is refused before any image is embedded, saying what
+    differs, unless --force.
+    """
     from ..evaluation.evaluator import evaluate, plot_path, save_embeddings, save_plot
     from ..preflight import check_output_file
 
@@ -98,19 +158,20 @@ def eval_(
             bin_results = evaluate_bins(resolved, checkpoint, bins, explicit_size, progress=progress.update)
         if resolved.data.val_dir is None:
             if as_json:
-                print_json({"checkpoint": str(checkpoint), "bins": bin_results})
+                _print_strict_json({"checkpoint": str(checkpoint), "bins": bin_results})
             else:
                 _print_bins(bin_results)
             return
 
     with StepProgress(console) as progress:
-        result = evaluate(resolved, checkpoint, pairs, flip, explicit_size, progress=progress.update)
+        result = evaluate(resolved, checkpoint, pairs, flip, explicit_size, progress=progress.update,
+                          refuse_record_conflict=not force)
     if bin_results is not None:
         result.metrics["bins"] = bin_results
     from ..evaluation.evaluator import record_eval
 
     try:
-        stored: Optional[Path] = record_eval(result, resolved.data.val_dir)
+        stored: Optional[Path] = record_eval(result, resolved.data.val_dir, force)
     except OSError as exc:  # a published checkpoint in a read-only folder: the metrics still show
         stored = None
         result.notes.append(f"cannot keep the threshold beside {result.fingerprint.file if result.fingerprint else checkpoint}"
@@ -121,25 +182,9 @@ def eval_(
         save_plot(result, plot)
     metrics = result.metrics
     if as_json:
-        print_json(metrics)
+        _print_strict_json(metrics)
     else:
-        table = Table(title=f"eval of {metrics['checkpoint']}")
-        for column in ("metric", "value", "meaning"):
-            table.add_column(column, overflow="fold")
-        for name, spec, meaning in METRIC_ROWS:
-            table.add_row(name, _format_metric(metrics[name], spec),
-                          meaning.format(method=metrics["accuracy_method"], far=metrics["operating_far"],
-                                         baseline=_format_metric(metrics["best_accuracy_baseline"], ".2%")))
-        for far, value in metrics["tar_at_far"].items():
-            table.add_row(f"tar@far={far}", _format_metric(value, ".2%"),
-                          "true accepts at that false-accept rate" + (" (too few different pairs)" if value is None else ""))
-        if metrics["pairs"]:
-            folds = metrics["pairs"]
-            table.add_row("pairs 10-fold", f"{folds['folds_accuracy_mean']:.2%} ± {folds['folds_accuracy_std']:.2%}",
-                          f"accuracy over {folds['pairs']} listed pairs, threshold chosen on nine folds")
-            table.add_row("pairs roc_auc", _format_metric(folds["roc_auc"], ".4f"), "ROC AUC on the listed pairs")
-            table.add_row("pairs eer", _format_metric(folds["eer"], ".4f"), "EER on the listed pairs")
-        console.print(table)
+        _print_table(metrics)
         if bin_results:
             _print_bins(bin_results)
     for note in result.notes:
@@ -150,10 +195,18 @@ def eval_(
         if written is not None:
             err_console.print(f"wrote {written}")
     if stored is not None:
-        what = (f"its threshold {metrics['operating_threshold']:.4f} (FAR {metrics['operating_far']:g})"
+        measurable = "" if metrics["operating_point"]["measurable"] else ", the smallest these pairs measure"
+        what = (f"its threshold {metrics['operating_threshold']:.4f} (FAR {metrics['operating_far']:g}{measurable})"
                 if metrics["operating_threshold"] is not None else "no threshold (see the note above)")
         err_console.print(f"wrote {stored}: verify, identify and export use {what} for this model only "
                           f"(these weights, {metrics['image_size']} px, flip {'on' if metrics['flip'] else 'off'})")
+
+
+def _print_strict_json(obj: Any) -> None:
+    """JSON as every reader parses it: a NaN or infinity is a bug upstream, never printed as one."""
+    from ..atomic import strict_json
+
+    typer.echo(strict_json(obj, indent=2, default=str))
 
 
 def _print_bins(results: list[dict[str, Any]]) -> None:

@@ -4,6 +4,9 @@ all-pairs similarity/verification and the LFW-style pairs protocol.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,17 +28,21 @@ from ..model.checkpoints import load_backbone
 from ..model.heads import MarginHead
 from ..model.runtime import FP32, Precision, resolve_device, resolve_precision
 from ..rundir import run_dir_of
-from ..thresholds import ModelFingerprint, eval_record_path, write_eval_record
+from ..preflight import is_system_file
+from ..thresholds import ModelFingerprint, eval_record_path, read_eval_record, write_eval_record
 from .benchmark import evaluate_binset
 from .exported import PROGRAM_SUFFIXES, is_exported, load_program, read_sidecar
 from .inference import extract, extract_files, validate
 from .metrics import (
     SimilarityHistogram,
-    kfold_accuracy,
+    VerificationStats,
     leave_one_out_centroid_scores,
     nearest_centroid_scores,
     pair_histogram,
+    pairs_protocol,
+    singleton_queries,
     topk_correct,
+    verification_fields,
     verification_stats,
 )
 from .pairs import PairList, read_pairs  # noqa: F401  (PairList: re-exported for callers of the old home)
@@ -121,13 +128,69 @@ def evaluate_bins(config: EdgeFaceConfig, checkpoint: Path, bins: list[Path], im
     return results
 
 
-def record_eval(result: EvalResult, val_dir: Path) -> Path:
+def record_verdict(fingerprint: ModelFingerprint, val_data: dict[str, Any], target_far: float) -> tuple[str, str, Path]:
+    """(verdict, what differs, the record's path) for writing this eval's record over the one there now.
+
+    ``new``: none there. ``same``: it measured this model and recipe on the same data at the same target FAR
+    (replacing it re-measures the same thing). ``stale``: it measured weights the file no longer holds, or it is
+    unreadable or too old to say what it measured: no command can use it, so it is replaced. ``older``: an older
+    edgeface's record of this model and recipe that did not say which data it measured: replaced, saying so.
+    ``different``: the same weights with another recipe (image size, preprocessing, flip), other val data or another target FAR:
+    verify and identify use that threshold now, so replacing it needs ``--force``.
+    """
+    model_file = Path(fingerprint.file)
+    path = eval_record_path(model_file, run_dir_of(model_file))
+    if not path.is_file():
+        return "new", "", path
+    try:
+        record = read_eval_record(path)
+    except DataError:
+        return "stale", "unreadable", path
+    measured = ModelFingerprint.from_json(record.get("model"))
+    if measured is None:
+        return "stale", "a record that does not say which model it measured", path
+    if not measured.weights() & fingerprint.weights():
+        return "stale", f"the eval of earlier weights of {model_file.name} ({measured.sha256[:12]})", path
+    found = measured.differences(fingerprint)
+    old_data = record.get("val_data") if isinstance(record.get("val_data"), dict) else {}
+    if old_data:
+        if (old_data.get("kind"), old_data.get("path")) != (val_data["kind"], val_data["path"]):
+            found.append(f"val data {old_data.get('kind')} {old_data.get('path')} vs {val_data['kind']} {val_data['path']}")
+        elif old_data.get("sha256") != val_data["sha256"]:
+            found.append(f"other images in {val_data['path']} ({old_data.get('images')} vs {val_data['images']})")
+    elif not found:
+        return "older", "a record of an older edgeface, which did not say which val data it measured", path
+    old_target = (record.get("operating_point") or {}).get("target_far") if isinstance(record.get("operating_point"), dict) else None
+    if old_target is not None and old_target != target_far:
+        found.append(f"target FAR {old_target:g} vs {target_far:g}")
+    return ("different", "; ".join(found), path) if found else ("same", "", path)
+
+
+def refusal(path: Path, detail: str) -> str:
+    return (f"{path} holds the eval verify and identify use for this model, measured with {detail} (recorded vs now): "
+            "pass --force to replace it (its threshold then changes), or evaluate a copy of the checkpoint")
+
+
+def record_eval(result: EvalResult, val_dir: Path, force: bool = False) -> Path:
     """Keep the metrics and threshold where verify, identify, enroll and export look for them, bound to the model
-    measured (``thresholds``): the run's eval.json for its best.pt, else beside the checkpoint."""
+    measured (``thresholds``): the run's eval.json for its best.pt, else beside the checkpoint.
+
+    The record is the threshold store, so it is not replaced silently (``record_verdict``): one that measured this
+    model with another recipe or other data, or at another target FAR, is refused without ``force`` (DataError
+    saying what differs); replacing an equivalent or a stale one, or one with ``force``, adds a note saying so.
+    """
     assert result.fingerprint is not None
-    model_file = Path(result.fingerprint.file)
-    return write_eval_record(eval_record_path(model_file, run_dir_of(model_file)), result.metrics, result.fingerprint,
-                             val_dir)
+    verdict, detail, path = record_verdict(result.fingerprint, result.metrics["val_data"],
+                                           result.metrics["operating_point"]["target_far"])
+    if verdict == "different" and not force:
+        raise DataError(refusal(path, detail))
+    if verdict == "same":
+        result.notes.append(f"replaced {path}: it measured the same model, recipe and data (figures re-measured)")
+    elif verdict != "new":
+        result.notes.append(f"replaced {path} (--force): it measured with {detail} (recorded vs now)"
+                            if verdict == "different" else f"replaced {path}: it was {detail}")
+    json.dumps(result.metrics, allow_nan=False)  # every figure is finite or None: a NaN here is a bug, never written
+    return write_eval_record(path, result.metrics, result.fingerprint, val_dir)
 
 
 def run_config(checkpoint: Path) -> dict[str, Any] | None:
@@ -179,10 +242,25 @@ def evaluate(
     flip: bool = False,
     image_size: int | None = None,
     progress: StepCallback | None = None,
+    refuse_record_conflict: bool = False,
 ) -> EvalResult:
-    """``progress(what, done, total)`` reports image checks and embedding batches as they go."""
-    if config.data.val_dir is None:
+    """A checkpoint's metrics on ``config.data.val_dir``; ``progress(what, done, total)`` reports image checks and
+    embedding batches as they go.
+
+    The operating threshold (the one verify and identify use) comes from all pairs of the val folder when it
+    holds identity folders; with ``pairs_file`` and a flat folder (images only) it comes from the listed pairs.
+    ``metrics["val_data"]`` says which, and ``metrics["operating_point"]`` at which FAR, from how many pairs.
+
+    A pairs file is read (and any error in it raised) before the model is loaded. ``refuse_record_conflict``:
+    raise, before any image is embedded, when ``record_eval`` would refuse to replace the existing record.
+    """
+    val_dir = config.data.val_dir
+    if val_dir is None:
         raise DataError("no validation data: pass --val-dir DIR (one folder per identity) or --bin FILE (lfw.bin, ...)")
+    if pairs_file is not None and not val_dir.is_dir():
+        raise DataError(f"val dir not found: {val_dir}; pass the folder the pairs file's images are in with --val-dir")
+    pairs = read_pairs(pairs_file, val_dir) if pairs_file is not None else None
+    by_identity = pairs is None or any(entry.is_dir() and not is_system_file(entry) for entry in val_dir.iterdir())
     model = load_eval_model(checkpoint, config)
     device, precision = runtime_of(checkpoint, config)
     model.backbone.to(device)
@@ -190,12 +268,71 @@ def evaluate(
         model.head.to(device)
     trained = model.training_config or {}
     settings = model_image_settings(trained, config, image_size)
-    size = settings.image_size
     guard = trained.get("guard", {})
     collapse_similarity = guard.get("collapse_similarity", config.guard.collapse_similarity)
     min_gap = guard.get("min_similarity_gap", config.guard.min_similarity_gap)
+    fingerprint = ModelFingerprint.of(model.source, settings.image_size, settings.non_square, flip)
     notes: list[str] = []
 
+    def check_record(val_data: dict[str, Any]) -> None:
+        if refuse_record_conflict:
+            verdict, detail, path = record_verdict(fingerprint, val_data, config.eval.operating_far)
+            if verdict == "different":
+                raise DataError(refusal(path, detail))
+
+    if by_identity:
+        result = _evaluate_folder(config, model, settings, flip, device, precision, collapse_similarity, min_gap,
+                                  notes, progress, check_record)
+    else:
+        assert pairs is not None and pairs_file is not None
+        data = {"kind": "pairs", "path": str(pairs_file.resolve()), "sha256": pairs.sha256,
+                "images": len(set(pairs.first + pairs.second))}
+        check_record(data)
+        result = EvalResult({"checkpoint": str(model.source), "images": data["images"], "identities": None,
+                             "accuracy": None, "top5": None, "val_loss": None, "left_out_identities": 0,
+                             "accuracy_method": f"none: {val_dir} is a flat folder (no identity folders)",
+                             "accuracy_images": 0, "accuracy_skipped": 0, "val_data": data}, notes)
+    result.fingerprint = fingerprint
+    result.metrics.update(flip=flip, image_size=settings.image_size, pairs=None)
+    if pairs is not None and pairs_file is not None:
+        pair_stats, result.metrics["pairs"], embedded = _pairs_metrics(
+            model, pairs, pairs_file, settings, config, device, precision, flip, collapse_similarity, min_gap)
+        if not by_identity:  # the listed pairs are all the val data there is: the threshold comes from them
+            result.metrics.update(verification_fields(pair_stats))
+            result.roc, result.histogram = pair_stats.roc, pair_histogram(*embedded[1])
+            unique = embedded[0]
+            result.embeddings, result.paths = embedded[2].numpy(), [str(path) for path in unique]
+            result.labels = result.identities = np.full(len(unique), -1, dtype=np.int64)
+            _threshold_notes(pair_stats, notes, "the listed pairs")
+    return result
+
+
+def _threshold_notes(stats: VerificationStats, notes: list[str], pairs_of: str) -> None:
+    if stats.threshold_reason:
+        notes.append(f"no operating threshold: {stats.threshold_reason}")
+    elif stats.far_note:
+        notes.append(f"operating threshold from {pairs_of}: {stats.far_note}; more different-identity pairs measure "
+                     "a lower FAR")
+    if stats.operating_threshold is not None and stats.best_threshold is None:
+        notes.append("no threshold beats answering the majority for every pair: the accuracy-optimal threshold is not kept")
+    if stats.collapsed:
+        notes.append(
+            "embeddings look collapsed: same-identity similarity is near 1 or barely above different-identity similarity"
+        )
+
+
+def folder_data(scan: Any) -> dict[str, Any]:
+    """Which val images were measured: the SHA-256 of the sorted (relative path, size) listing of those used."""
+    listing = sorted((sample.path.relative_to(scan.root).as_posix(), sample.path.stat().st_size) for sample in scan.samples)
+    digest = hashlib.sha256("".join(f"{path}\t{size}\n" for path, size in listing).encode("utf-8")).hexdigest()
+    return {"kind": "folder", "path": str(Path(scan.root).resolve()), "sha256": digest, "images": len(listing)}
+
+
+def _evaluate_folder(config: EdgeFaceConfig, model: EvalModel, settings: ImageSettings, flip: bool, device: torch.device,
+                     precision: Precision, collapse_similarity: float, min_gap: float, notes: list[str],
+                     progress: StepCallback | None, check_record: Callable[[dict[str, Any]], None]) -> EvalResult:
+    """Closed-set accuracy and all-pairs verification of a folder of identity folders."""
+    assert config.data.val_dir is not None
     train_scan = None
     class_names = model.class_names
     if model.head is None and config.data.train_dir is not None:
@@ -204,6 +341,8 @@ def evaluate(
         class_names = train_scan.classes
     val_scan = scan_image_folder(config.data.val_dir, "val", class_names=class_names, settings=settings,
                                  progress=step_reporter(progress, "checking val images"))
+    val_data = folder_data(val_scan)
+    check_record(val_data)
     for scan in (train_scan, val_scan):
         if scan is not None and scan.cache_note:
             notes.append(scan.cache_note)
@@ -221,6 +360,7 @@ def evaluate(
     left_out = val_scan.unknown_classes
 
     accuracy, top5, method = result.accuracy, result.top5, "margin head"
+    counted, skipped = (result.known if model.head is not None else result.images), 0
     if model.head is None:
         if train_scan is not None:
             method = "nearest centroid (train)"
@@ -234,15 +374,22 @@ def evaluate(
         else:
             method = "nearest centroid (leave-one-out on val)"
             left_out = []
-            labels = extracted.identities
-            scores = leave_one_out_centroid_scores(extracted.embeddings, labels, len(val_scan.classes))
-        if len(labels):
-            accuracy = topk_correct(scores, labels, 1) / len(labels)
-            top5 = topk_correct(scores, labels, 5) / len(labels)
+            # An identity's only image, left out of its own centroid, has no possible match: it is not counted.
+            single = singleton_queries(extracted.identities)
+            skipped = int(single.sum())
+            scores = leave_one_out_centroid_scores(extracted.embeddings, extracted.identities, len(val_scan.classes))[~single]
+            labels = extracted.identities[~single]
+            if skipped:
+                notes.append(f"leave-one-out accuracy skips {skipped} val images that are their identity's only one "
+                             f"(no possible match with themselves left out); it counts the other {len(labels)}")
+            if not len(labels):
+                notes.append("leave-one-out accuracy is not measurable: every val identity has one image; pass "
+                             "--train-dir DIR for a gallery to match them against")
+        counted = len(labels)
+        accuracy = topk_correct(scores, labels, 1) / len(labels) if len(labels) else None
+        top5 = topk_correct(scores, labels, 5) / len(labels) if len(labels) else None
     if left_out:
         notes.append(left_out_note(len(left_out)))
-
-    stats = result.stats
     metrics: dict[str, Any] = {
         "checkpoint": str(model.source),
         "images": result.images,
@@ -250,73 +397,45 @@ def evaluate(
         "accuracy": accuracy,
         "top5": top5,
         "accuracy_method": method,
-        "accuracy_images": result.known if model.head is not None or train_scan is not None else result.images,
+        "accuracy_images": counted,
+        "accuracy_skipped": skipped,
         "left_out_identities": len(left_out),
         "val_loss": result.loss,
-        "sim_pos_mean": stats.sim_pos_mean,
-        "sim_pos_std": stats.sim_pos_std,
-        "sim_neg_mean": stats.sim_neg_mean,
-        "sim_neg_std": stats.sim_neg_std,
-        "sim_gap": stats.sim_gap,
-        "pairs_positive": stats.pairs_positive,
-        "pairs_negative": stats.pairs_negative,
-        "roc_auc": stats.roc_auc,
-        "eer": stats.eer,
-        "tar_at_far": stats.tar_at_far,
-        # The operating point verify and identify use: different people accepted at most operating_far of the time.
-        "operating_far": stats.operating_far,
-        "operating_threshold": stats.operating_threshold,
-        "operating_tar": stats.operating_tar if stats.operating_threshold is not None else None,
-        "operating_far_measured": stats.operating_far_measured if stats.operating_threshold is not None else None,
-        "threshold_reason": stats.threshold_reason,
-        # Information only: the accuracy-optimal threshold depends on the mix of same and different pairs.
-        "best_threshold": stats.best_threshold,
-        "best_accuracy": stats.best_accuracy,
-        # Calling every pair "different" (or "same") already scores this: best_accuracy must beat it.
-        "best_accuracy_baseline": (max(stats.pairs_positive, stats.pairs_negative) / (stats.pairs_positive + stats.pairs_negative)
-                                   if stats.pairs_positive + stats.pairs_negative else None),
-        "collapsed": stats.collapsed,
-        "flip": flip,
-        "image_size": size,
-        "pairs": None,
+        **verification_fields(result.stats),
+        "val_data": val_data,
     }
-    if stats.threshold_reason:
-        notes.append(f"no operating threshold: {stats.threshold_reason}")
-    elif stats.best_threshold is None:
-        notes.append("no threshold beats answering the majority for every pair: the accuracy-optimal threshold is not kept")
-    if stats.collapsed:
-        notes.append(
-            "embeddings look collapsed: same-identity similarity is near 1 or barely above different-identity similarity"
-        )
-    if pairs_file is not None:
-        pairs = read_pairs(pairs_file, config.data.val_dir)
-        unique = sorted(set(pairs.first + pairs.second))
-        index_of = {path: index for index, path in enumerate(unique)}
-        embedded = F.normalize(
-            _embed_paths(model, unique, settings, config.data.batch_size, config.data.workers, device, precision, flip), dim=1
-        )
-        first = embedded[[index_of[path] for path in pairs.first]]
-        second = embedded[[index_of[path] for path in pairs.second]]
-        pair_sims = (first * second).sum(dim=1)
-        same = torch.tensor(pairs.same)
-        pair_stats = verification_stats(pair_histogram(pair_sims, same), collapse_similarity, min_gap)
-        folds = kfold_accuracy(pair_sims.numpy(), same.numpy())
-        metrics["pairs"] = {
-            "file": str(pairs_file),
-            "pairs": len(pairs.same),
-            "same": int(same.sum()),
-            **folds,
-            "roc_auc": pair_stats.roc_auc,
-            "eer": pair_stats.eer,
-            "tar_at_far": pair_stats.tar_at_far,
-            "sim_pos_mean": pair_stats.sim_pos_mean,
-            "sim_neg_mean": pair_stats.sim_neg_mean,
-        }
+    _threshold_notes(result.stats, notes, "the val folder")
     return EvalResult(
         metrics, notes, extracted.embeddings.numpy(), extracted.labels.numpy(), extracted.identities.numpy(),
-        [str(sample.path) for sample in val_scan.samples], stats.roc, result.histogram,
-        ModelFingerprint.of(model.source, size, settings.non_square, flip),
+        [str(sample.path) for sample in val_scan.samples], result.stats.roc, result.histogram,
     )
+
+
+def _pairs_metrics(model: EvalModel, pairs: PairList, pairs_file: Path, settings: ImageSettings, config: EdgeFaceConfig,
+                   device: torch.device, precision: Precision, flip: bool, collapse_similarity: float, min_gap: float,
+                   ) -> tuple[VerificationStats, dict[str, Any], tuple[list[Path], tuple[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """The listed pairs' figures: (their stats, the ``pairs`` metrics, (images, (similarities, same), embeddings))."""
+    unique = sorted(set(pairs.first + pairs.second))
+    index_of = {path: index for index, path in enumerate(unique)}
+    embedded = F.normalize(
+        _embed_paths(model, unique, settings, config.data.batch_size, config.data.workers, device, precision, flip), dim=1
+    )
+    broken = int((~torch.isfinite(embedded).all(dim=1)).sum())
+    if broken:
+        raise CheckpointError(f"{model.source} gives non-finite (NaN or infinite) embeddings for {broken} of "
+                              f"{len(unique)} listed images: the weights are broken; evaluate an earlier checkpoint")
+    pair_sims = (embedded[[index_of[path] for path in pairs.first]] * embedded[[index_of[path] for path in pairs.second]]).sum(dim=1)
+    same = torch.tensor(pairs.same)
+    stats = verification_stats(pair_histogram(pair_sims, same), collapse_similarity, min_gap, config.eval.operating_far)
+    block = {
+        "file": str(pairs_file.resolve()), "sha256": pairs.sha256, "format": pairs.kind,
+        "pairs": len(pairs.same), "same": int(same.sum()), "images": len(unique),
+        **pairs_protocol(pair_sims.double().numpy(), same.numpy()),
+        "roc_auc": stats.roc_auc, "eer": stats.eer, "tar_at_far": stats.tar_at_far,
+        "tar_at_far_reason": stats.tar_at_far_reason,
+        "sim_pos_mean": stats.sim_pos_mean, "sim_neg_mean": stats.sim_neg_mean,
+    }
+    return stats, block, (unique, (pair_sims, same), embedded)
 
 
 def save_embeddings(result: EvalResult, path: Path) -> None:

@@ -209,6 +209,34 @@ def verification_stats(
     )
 
 
+def verification_fields(stats: VerificationStats) -> dict[str, Any]:
+    """The similarity, ROC and threshold figures of a set of pairs, as the metrics (and the record) name them."""
+    decided = stats.operating_threshold is not None
+    return {
+        "sim_pos_mean": stats.sim_pos_mean, "sim_pos_std": stats.sim_pos_std,
+        "sim_neg_mean": stats.sim_neg_mean, "sim_neg_std": stats.sim_neg_std, "sim_gap": stats.sim_gap,
+        "pairs_positive": stats.pairs_positive, "pairs_negative": stats.pairs_negative,
+        "roc_auc": stats.roc_auc, "eer": stats.eer, "tar_at_far": stats.tar_at_far,
+        "tar_at_far_reason": stats.tar_at_far_reason,
+        # The operating point verify and identify use: different people accepted at most operating_far of the
+        # time, where operating_far is the FAR really used (the target only when these pairs resolve it).
+        "operating_far": stats.operating_far if decided else None,
+        "operating_threshold": stats.operating_threshold,
+        "operating_tar": stats.operating_tar if decided else None,
+        "operating_far_measured": stats.operating_far_measured if decided else None,
+        "operating_point": stats.operating_point(),
+        "threshold_reason": stats.threshold_reason,
+        # Information only: the accuracy-optimal threshold depends on the mix of same and different pairs.
+        "best_threshold": stats.best_threshold,
+        "best_accuracy": stats.best_accuracy,
+        # Calling every pair "different" (or "same") already scores this: best_accuracy must beat it.
+        "best_accuracy_baseline": (max(stats.pairs_positive, stats.pairs_negative) / (stats.pairs_positive + stats.pairs_negative)
+                                   if stats.pairs_positive + stats.pairs_negative else None),
+        "collapsed": stats.collapsed,
+    }
+
+
+
 def pair_moments(normalized: torch.Tensor) -> tuple[float, float]:
     """(sum, sum of squares) of x_i . x_j over all pairs i < j, in closed form and float64:
 

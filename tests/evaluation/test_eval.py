@@ -27,6 +27,15 @@ def trained_run(sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory) 
     return run_dir
 
 
+def run_copy(run_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the run's model files (no eval record), for tests that write records."""
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for name in ("best.pt", "last.pt", "backbone.pt", "config.yaml", "metrics.jsonl"):
+        shutil.copy(run_dir / name, copy / name)
+    return copy
+
+
 def eval_json(*args: str) -> tuple[int, dict, str]:
     result = runner.invoke(app, ["eval", "--json", "--device", "cpu", "--set", "data.workers=0", *args])
     text = result.stdout if hasattr(result, "stdout") else result.output
@@ -70,6 +79,7 @@ def test_bare_backbone_uses_nearest_centroid(trained_run: Path, sample_dataset: 
 
 
 def test_pairs_protocol_lfw_and_csv(trained_run: Path, sample_dataset: Path, tmp_path: Path) -> None:
+    run = run_copy(trained_run, tmp_path)
     root = tmp_path / "lfw"
     for folder in sorted((sample_dataset / "val").iterdir()):
         (root / folder.name).mkdir(parents=True)
@@ -84,18 +94,24 @@ def test_pairs_protocol_lfw_and_csv(trained_run: Path, sample_dataset: Path, tmp
             lines.append(f"{name} 1 {names[(offset + 1 + fold) % len(names)]} 3")
     pairs = tmp_path / "pairs.txt"
     pairs.write_text("\n".join(lines) + "\n")
-    code, metrics, output = eval_json("--val-dir", str(root), "--checkpoint", str(trained_run), "--pairs", str(pairs), "--flip")
+    code, metrics, output = eval_json("--val-dir", str(root), "--checkpoint", str(run), "--pairs", str(pairs), "--flip")
     assert code == 0, output
-    assert metrics["pairs"]["pairs"] == 20 and metrics["pairs"]["same"] == 10
+    assert metrics["pairs"]["pairs"] == 20 and metrics["pairs"]["same"] == 10 and metrics["pairs"]["format"] == "lfw"
     assert 0.0 <= metrics["pairs"]["folds_accuracy_mean"] <= 1.0 and len(metrics["pairs"]["folds_accuracy"]) == 10
     assert metrics["flip"] is True
     csv_file = tmp_path / "pairs.csv"
     csv_file.write_text("path1,path2,same\n" + "\n".join(
         f"{names[0]}/{names[0]}_0001.png,{names[i % 5]}/{names[i % 5]}_0002.png,{int(i % 5 == 0)}" for i in range(10)
     ) + "\n")
-    code, metrics, output = eval_json("--val-dir", str(root), "--checkpoint", str(trained_run), "--pairs", str(csv_file))
+    # Without flip, the run's eval.json (measured with flip) is replaced only with --force.
+    code, _, output = eval_json("--val-dir", str(root), "--checkpoint", str(run), "--pairs", str(csv_file))
+    assert code == 2 and "measured with flip on vs off" in output and "--force" in output
+    code, metrics, output = eval_json("--val-dir", str(root), "--checkpoint", str(run), "--pairs", str(csv_file), "--force")
     assert code == 0, output
+    assert "(--force): it measured with flip on vs off (recorded vs now)" in " ".join(output.split())
     assert metrics["pairs"]["pairs"] == 10 and metrics["pairs"]["same"] == 2
+    # 2 same pairs make 2 balanced folds, not 10 folds of one pair each.
+    assert metrics["pairs"]["folds"] == 2 and "2 folds, not 10" in metrics["pairs"]["folds_note"]
 
 
 @pytest.mark.parametrize("case", ["missing_val", "absent_pair_image", "missing_checkpoint", "run_without_best"])
