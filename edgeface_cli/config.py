@@ -467,7 +467,10 @@ def with_absolute_paths(config: EdgeFaceConfig) -> EdgeFaceConfig:
 
 
 def dump_yaml(config: EdgeFaceConfig) -> str:
-    return yaml.safe_dump(config.to_yaml_dict(), sort_keys=False)
+    """The config as YAML, its paths absolute: a config file's relative paths are read relative to the file,
+    so a file written with CWD-relative ones (troubleshoot's config.level<N>.yaml in a run folder) would name
+    other files when read back."""
+    return yaml.safe_dump(with_absolute_paths(config).to_yaml_dict(), sort_keys=False)
 
 
 def commented_default_yaml() -> str:

@@ -199,3 +199,16 @@ def test_with_absolute_paths_covers_every_path_setting(tmp_path: Path, monkeypat
         value = getattr(getattr(config, section), name)
         for path in value if is_list else [value]:
             assert path.is_absolute() and path.is_relative_to(tmp_path), (section, name)
+
+
+def test_a_written_config_names_the_same_files_wherever_it_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeface_cli.config import dump_yaml
+
+    monkeypatch.chdir(tmp_path)
+    config = build_config(None, {"data.train_dir": Path("data/train"), "runtime.out": Path("runs/next")}, [],
+                          search_default_file=False)
+    written = tmp_path / "runs" / "old" / "config.level1.yaml"  # troubleshoot writes into a run folder
+    written.parent.mkdir(parents=True)
+    written.write_text(dump_yaml(config))
+    read_back = build_config(written)
+    assert read_back.data.train_dir == tmp_path / "data/train" and read_back.runtime.out == tmp_path / "runs/next"
