@@ -70,7 +70,7 @@ def _print_table(metrics: dict[str, Any]) -> None:
     for column in ("metric", "value", "meaning"):
         table.add_column(column, overflow="fold")
     point = metrics["operating_point"]
-    far = f"{metrics['operating_far']:g}" if metrics["operating_far"] is not None else f"{point['target_far']:g}"
+    far = f"{metrics['operating_far']:.3g}" if metrics["operating_far"] is not None else f"{point['target_far']:g}"
     far_note = (f" ({point['note']}; the target was {point['target_far']:g})" if point["note"]
                 else " (eval.operating_far)")
     method = metrics["accuracy_method"] + (f"; {metrics['accuracy_skipped']} single-image identities' images not counted"
@@ -92,7 +92,7 @@ def _print_table(metrics: dict[str, Any]) -> None:
         both = "needs same and different pairs"
         table.add_row("pairs roc_auc", _format_metric(folds["roc_auc"], ".4f", both), "ROC AUC on the listed pairs")
         table.add_row("pairs eer", _format_metric(folds["eer"], ".4f", both), "EER on the listed pairs")
-        for target, value in folds["tar_at_far"].items():
+        for target, value in folds["tar_at_far"].items() if metrics["identities"] is not None else ():  # else: above
             table.add_row(f"pairs tar@far={target}", _format_metric(value, ".2%", folds["tar_at_far_reason"].get(target)),
                           "true accepts of the listed pairs at that false-accept rate")
     console.print(table)
@@ -196,7 +196,7 @@ def eval_(
             err_console.print(f"wrote {written}")
     if stored is not None:
         measurable = "" if metrics["operating_point"]["measurable"] else ", the smallest these pairs measure"
-        what = (f"its threshold {metrics['operating_threshold']:.4f} (FAR {metrics['operating_far']:g}{measurable})"
+        what = (f"its threshold {metrics['operating_threshold']:.4f} (FAR {metrics['operating_far']:.3g}{measurable})"
                 if metrics["operating_threshold"] is not None else "no threshold (see the note above)")
         err_console.print(f"wrote {stored}: verify, identify and export use {what} for this model only "
                           f"(these weights, {metrics['image_size']} px, flip {'on' if metrics['flip'] else 'off'})")

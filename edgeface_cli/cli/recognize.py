@@ -293,7 +293,11 @@ def _print_open_set(metrics: dict[str, Any]) -> None:
     table.add_row("dir@threshold", percent(metrics["dir_at_threshold"]), "enrolled probes ranked first and above the threshold")
     table.add_row("far@threshold", percent(metrics["far_at_threshold"]), "non-enrolled probes wrongly accepted")
     for far, entry in metrics["dir_at_far"].items():
-        table.add_row(f"dir@far={far}", "n/a" if entry is None else percent(entry["dir"]),
-                      "needs enrolled and non-enrolled probes" if entry is None
-                      else f"detection-and-identification rate at threshold {entry['threshold']:.4f}")
+        if entry is None or entry["dir"] is None:  # None: a report of an older edgeface
+            why = entry["why"] if entry is not None else "needs enrolled and non-enrolled probes"
+            table.add_row(f"dir@far={far}", f"not measurable ({escape(why)})",
+                          "detection-and-identification rate at that false-alarm rate")
+        else:
+            table.add_row(f"dir@far={far}", percent(entry["dir"]),
+                          f"detection-and-identification rate at threshold {entry['threshold']:.4f}")
     console.print(table)

@@ -180,7 +180,12 @@ def _threshold_at_far(unknown_best: np.ndarray, far: float) -> float:
 
 def open_set_metrics(gallery: Gallery, probes: np.ndarray, probe_identities: list[str], threshold: float | None,
                      far_targets: list[float]) -> dict[str, Any]:
-    """Rank-1/rank-5 over enrolled-identity probes; DIR at each FAR target and at ``threshold``."""
+    """Rank-1/rank-5 over enrolled-identity probes; DIR at each FAR target and at ``threshold``.
+
+    DIR at a false-alarm rate f is only measured when f is resolvable: at least 1/f non-enrolled probes (one
+    false alarm possible) and some enrolled ones. Otherwise its entry says ``measurable: False`` and ``why``,
+    never a rate the probes cannot show (with 19 strangers, "FAR 1%" would be FAR 0 of 19).
+    """
     scores = similarities(gallery, probes)
     index_of = {name: index for index, name in enumerate(gallery.identities)}
     truth = np.array([index_of.get(name, -1) for name in probe_identities])
@@ -205,13 +210,23 @@ def open_set_metrics(gallery: Gallery, probes: np.ndarray, probe_identities: lis
         "dir_at_far": {},
     }
     for far in far_targets:
-        if not len(unknown_best) or not known.any():
-            metrics["dir_at_far"][str(far)] = None
+        why = None
+        if not known.any():
+            why = "no probe of an enrolled identity"
+        elif far <= 0:
+            why = "a false-alarm rate of 0 cannot be measured on a finite set of probes"
+        elif far * len(unknown_best) < 1.0 - 1e-9:
+            needed = int(np.ceil(1.0 / far - 1e-9))
+            why = f"needs ≥ {needed:,} probes not enrolled (one false alarm possible), has {len(unknown_best):,}"
+        if why is not None:
+            metrics["dir_at_far"][str(far)] = {"dir": None, "threshold": None, "far": None, "measurable": False, "why": why}
             continue
         at = _threshold_at_far(unknown_best, far)
         metrics["dir_at_far"][str(far)] = {
             "dir": float((found & (best >= at))[known].mean()),
             "threshold": at,
             "far": float((unknown_best >= at).mean()),
+            "measurable": True,
+            "why": None,
         }
     return metrics

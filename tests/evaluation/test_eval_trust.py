@@ -147,3 +147,29 @@ def test_the_eval_record_is_not_replaced_silently(model: Path, recognition_data:
     torch.save({key: value + 0.01 if value.is_floating_point() else value for key, value in weights.items()}, model)
     code, output = invoke("eval", "--val-dir", str(recognition_data / "val"), "--checkpoint", str(model), *CPU)
     assert code == 0 and "it was the eval of earlier weights of model.pt" in " ".join(output.split()), output
+
+
+def test_dir_at_a_far_the_strangers_cannot_resolve_is_not_measurable(monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+    from rich.console import Console
+
+    from edgeface_cli.cli import recognize
+    from edgeface_cli.deploy.gallery import Gallery, open_set_metrics
+
+    gallery = Gallery(["A", "B"], np.eye(2, dtype=np.float32), np.eye(2, dtype=np.float32), np.array([0, 1]), ["a", "b"],
+                      "model", 32, False, None)
+    angles = np.array([0.1, 0.7, 1.3, 0.8, 0.9])
+    probes = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    metrics = open_set_metrics(gallery, probes, ["A", "A", "B", "X", "Y"], threshold=0.8, far_targets=[0.0, 0.1, 0.5])
+    assert metrics["non_enrolled_probes"] == 2
+    half = metrics["dir_at_far"]["0.5"]  # 2 strangers resolve FAR 1/2: one may pass
+    assert half["measurable"] and half["far"] == 0.5 and half["why"] is None
+    assert metrics["dir_at_far"]["0.1"] == {"dir": None, "threshold": None, "far": None, "measurable": False,
+                                            "why": "needs ≥ 10 probes not enrolled (one false alarm possible), has 2"}
+    assert "cannot be measured" in metrics["dir_at_far"]["0.0"]["why"]
+    shown = Console(record=True, width=300)
+    monkeypatch.setattr(recognize, "console", shown)
+    recognize._print_open_set(metrics)
+    text = shown.export_text()
+    assert "not measurable (needs ≥ 10 probes not enrolled (one false alarm possible), has 2)" in text
+    assert "0.00%" not in [line for line in text.splitlines() if "dir@far=0.1" in line][0]
