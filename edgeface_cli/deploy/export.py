@@ -300,14 +300,15 @@ def quantize_int8(fp32_path: Path, out: Path) -> None:
                          op_types_to_quantize=["MatMul", "Gemm"])
 
 
-def compare_speed(candidate: Callable[[torch.Tensor], Any], eager: nn.Module, inputs: torch.Tensor,
-                  fixed_batch: int | None) -> tuple[float, float]:
-    """Images per second of ``candidate`` (``fixed_batch`` images a call, else all of them) and of PyTorch
-    ``eager`` (all of them as one batch) here, with the same threads: ``SPEED_WARMUP_CALLS`` untimed calls
-    each first (a cold first eager call allocates and plans its kernels: the issue saw 86 images/s cold
-    against 684 warm), then ``SPEED_ROUNDS`` rounds timing each in turn, so that a shared machine's drift
-    hits both alike; the medians."""
-    runs = {"file": lambda: in_fixed_batches(candidate, inputs, fixed_batch), "eager": lambda: eager(inputs)}
+def compare_speed(candidate: Callable[[torch.Tensor], Any], eager: nn.Module, inputs: torch.Tensor) -> tuple[float, float]:
+    """Images per second of the file's runner ``candidate`` and of PyTorch ``eager``, each given all of
+    ``inputs`` (the runner runs a static file its own batch at a time, as embed does), with the same threads:
+    ``SPEED_WARMUP_CALLS`` untimed calls each first (a cold first eager call allocates and plans its kernels:
+    the issue saw 86 images/s cold against 684 warm), then ``SPEED_ROUNDS`` rounds timing each in turn, so
+    that a shared machine's drift hits both alike; the medians. Not one image per call from here: a lone
+    image runs on onnxruntime's intra-op threads, which spin after the run and slowed the eager call timed
+    next (measured: 351-430 images/s against 471-513)."""
+    runs = {"file": lambda: candidate(inputs), "eager": lambda: eager(inputs)}
     times: dict[str, list[float]] = {name: [] for name in runs}
     with torch.inference_mode():
         for run in [run for run in runs.values() for _ in range(SPEED_WARMUP_CALLS)]:
@@ -461,7 +462,7 @@ def export_backbone(
     speed = None
     if fmt in ("onnx", "pt2"):  # the deployable programs: how fast they run here, beside warm PyTorch
         say("measuring the speed")
-        file_speed, eager_speed = compare_speed(load_export(out, fmt, backbone), backbone, inputs, fixed_batch)
+        file_speed, eager_speed = compare_speed(load_export(out, fmt, backbone), backbone, inputs)
         speed = Speed(file_speed, eager_speed, fixed_batch or len(inputs), torch.get_num_threads(), cpu_features())
     sidecar = sidecar_path(out)
     write_json(sidecar, {**describe(backbone, settings, fmt, out, source, exported, fixed_batch, opset_used, threshold,
@@ -478,8 +479,7 @@ def export_backbone(
                                   int8_min_cosine, "the int8 model", INT8_HINT)
         say("measuring the speed of the int8 model")
         assert speed is not None  # int8 is ONNX only, whose speed was measured above
-        int8_speed = replace(speed, images_per_s=compare_speed(load_written(quantized_path, "onnx"), backbone, inputs,
-                                                               fixed_batch)[0])
+        int8_speed = replace(speed, images_per_s=compare_speed(load_written(quantized_path, "onnx"), backbone, inputs)[0])
         write_json(sidecar_path(quantized_path), {
             **describe(backbone, settings, fmt, quantized_path, source, quantized, fixed_batch, opset_used, None,
                        quantized=True, graph=graph),
