@@ -5,7 +5,6 @@ all-pairs similarity/verification and the LFW-style pairs protocol.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..atomic import atomic_write_stream
+from ..atomic import atomic_write_stream, strict_json
 from ..config import EdgeFaceConfig, build_config
 from ..data.binsets import decode_bin_images, read_bin
 from ..data.folder import ImageSettings, left_out_note, scan_image_folder, unreadable_images
@@ -189,7 +188,7 @@ def record_eval(result: EvalResult, val_dir: Path, force: bool = False) -> Path:
     elif verdict != "new":
         result.notes.append(f"replaced {path} (--force): it measured with {detail} (recorded vs now)"
                             if verdict == "different" else f"replaced {path}: it was {detail}")
-    json.dumps(result.metrics, allow_nan=False)  # every figure is finite or None: a NaN here is a bug, never written
+    strict_json(result.metrics)  # every figure is finite or None: a NaN here is a bug (it names where), never written
     return write_eval_record(path, result.metrics, result.fingerprint, val_dir)
 
 
