@@ -120,7 +120,7 @@ def export(
         if result.int8 is not None:
             console.print(f"int8: {escape(str(result.int8.path))}, {result.int8.size_bytes / 2**20:.1f} MiB "
                           f"({result.int8.size_bytes / result.int8.fp32_size_bytes:.0%} of fp32); min cosine "
-                          f"{result.int8.parity.min_cosine:.4f}, mean {result.int8.parity.mean_cosine:.4f} "
+                          f"{result.int8.parity.min_cosine:.4f}, mean {result.int8.parity.mean_cosine:.4f}"
                           + (f"; {result.int8.images_per_s:.0f} images/s against fp32's "
                              f"{result.int8.fp32_images_per_s:.0f} here" if result.int8.images_per_s else ""))
     if dynamic_batch:

@@ -6,6 +6,7 @@ rule."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 from edgeface_cli.data.folder import ImageSettings
 from edgeface_cli.deploy.export import ONNX_OPSETS, ExportResult, export_backbone, generated_faces
 from edgeface_cli.errors import CheckpointError
-from edgeface_cli.evaluation.exported import OnnxBackbone
+from edgeface_cli.model.programs import OnnxBackbone
 from edgeface_cli.model.backbones import EdgeFace
 
 from ..clirun import invoke
@@ -153,6 +154,28 @@ def test_openvino_runs_the_default_file(default_export: ExportResult, backbone: 
         inputs = images(batch, seed=batch)
         got = compiled(inputs.numpy())[0]
         assert got.shape == (batch, 512) and min_cosine(got, eager(backbone, inputs)) >= MIN_COSINE
+
+
+def test_the_speed_baseline_is_warm_eager_timed_in_turn_with_the_file() -> None:
+    """A cold first call (allocation, kernel plans) never counts, and the two are timed in alternation."""
+    from edgeface_cli.deploy.export import SPEED_ROUNDS, SPEED_WARMUP_CALLS, compare_speed
+
+    calls: list[str] = []
+
+    class Timed(torch.nn.Module):
+        def __init__(self, name: str, cold_s: float) -> None:
+            super().__init__()
+            self.name, self.cold_s = name, cold_s
+
+        def forward(self, batch: torch.Tensor) -> torch.Tensor:
+            time.sleep(self.cold_s if self.name not in calls else 0.001)
+            calls.append(self.name)
+            return batch
+
+    file_speed, eager_speed = compare_speed(Timed("file", 0.0), Timed("eager", 0.5), torch.zeros(8, 3, 4, 4))
+    assert eager_speed > 8 / 0.1 and file_speed > 8 / 0.1  # the cold 0.5 s call is not in the figure
+    timed = calls[2 * SPEED_WARMUP_CALLS:]
+    assert len(timed) == 2 * SPEED_ROUNDS and timed == ["file", "eager"] * SPEED_ROUNDS
 
 
 # ------------------------------------------------------------------ refusals
