@@ -11,7 +11,7 @@ import torch
 
 from edgeface_cli.deploy.export import write_program
 from edgeface_cli.deploy.inference_graph import ChannelsLastEdgeFace, UnsupportedLayout
-from edgeface_cli.evaluation.exported import IMAGES_PER_RUN, OnnxBackbone
+from edgeface_cli.model.programs import IMAGES_PER_RUN, OnnxBackbone
 from edgeface_cli.model.backbones import EdgeFace
 from edgeface_cli.zoo import ZOO
 
@@ -96,6 +96,21 @@ def test_onnxruntime_runs_the_exported_graph_without_the_layout_transposes(expor
         expected = backbone(images)
     got = OnnxBackbone(path, threads=1)(images)
     assert float(torch.nn.functional.cosine_similarity(got, expected).min()) >= 0.9999
+
+
+def test_the_file_is_standard_and_onnxruntime_fuses_its_gelus_itself(exported: tuple[EdgeFace, Path],
+                                                                     tmp_path: Path) -> None:
+    """No runtime's own operator in the file; onnxruntime recognises the GELU's Erf form when it loads it."""
+    import onnx
+
+    from edgeface_cli.deploy.inference_graph import TokenMlp
+
+    backbone, path = exported
+    assert {node.domain for node in onnx.load(str(path)).graph.node} <= {""}
+    transposes_after_optimisation(path, tmp_path)  # writes the graph onnxruntime runs
+    optimised = [(node.domain, node.op_type) for node in onnx.load(str(tmp_path / "optimised.onnx")).graph.node]
+    mlps = sum(isinstance(module, TokenMlp) for module in ChannelsLastEdgeFace(backbone, SIZE).modules())
+    assert ("", "Erf") not in optimised and optimised.count(("com.microsoft", "Gelu")) == mlps == 12
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
