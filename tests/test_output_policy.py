@@ -99,3 +99,93 @@ def test_files_have_their_final_mode_before_any_byte_is_written(tmp_path: Path, 
     assert seen == [expected, expected]
     assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == expected
     assert stat.S_IMODE((tmp_path / "b.bin").stat().st_mode) == expected
+
+
+# ------------------------------------------------------------------ the commands that follow it
+
+from typer.testing import CliRunner  # noqa: E402
+
+from edgeface_cli.cli import app  # noqa: E402
+
+runner = CliRunner()
+
+
+def one_line_refusal(args: list[str], wanted: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert wanted in " ".join(result.output.split()) and "Traceback" not in result.output
+
+
+def test_config_init_needs_force_to_replace_a_file(tmp_path: Path) -> None:
+    target = tmp_path / "edgeface.yaml"
+    target.write_text("mine: true\n")
+    one_line_refusal(["config", "init", str(target)], "exists; pass --force to replace it")
+    assert target.read_text() == "mine: true\n"
+    assert runner.invoke(app, ["config", "init", str(target), "--force"]).exit_code == 0
+    assert "optim:" in target.read_text()
+    one_line_refusal(["config", "init", str(tmp_path)], "is a directory")
+
+
+def test_troubleshoot_out_needs_force_and_never_replaces_its_input(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    source = tmp_path / "mine.yaml"
+    source.write_text("optim:\n  head_lr: 2.0e-4\n")
+    out = tmp_path / "remedy.yaml"
+    out.write_text("keep me\n")
+    one_line_refusal(["troubleshoot", "--level", "1", "--config", str(source), "--out", str(out)],
+                     "remedy.yaml exists; pass --force")
+    assert out.read_text() == "keep me\n"
+    for force in ([], ["--force"]):
+        one_line_refusal(["troubleshoot", "--level", "1", "--config", str(source), "--out", str(source), *force],
+                         "mine.yaml is this command's input; choose another --out")
+    assert source.read_text() == "optim:\n  head_lr: 2.0e-4\n"
+    assert runner.invoke(app, ["troubleshoot", "--level", "1", "--config", str(source), "--out", str(out),
+                               "--force"]).exit_code == 0
+    assert "head_lr: 5.0e-05" in out.read_text()
+    # ./edgeface.yaml, picked up as the input, is updated in place only as the default (with its backup).
+    (tmp_path / "edgeface.yaml").write_text("optim:\n  head_lr: 2.0e-4\n")
+    one_line_refusal(["troubleshoot", "--level", "1", "--out", "edgeface.yaml", "--force"], "is this command's input")
+    assert runner.invoke(app, ["troubleshoot", "--level", "1"]).exit_code == 0
+    assert (tmp_path / "edgeface.yaml.level0.bak").read_text() == "optim:\n  head_lr: 2.0e-4\n"
+
+
+def test_inspect_keys_write_fixed_needs_force_and_never_replaces_its_input(tmp_path: Path,
+                                                                           zoo_checkpoints: dict[str, Path]) -> None:
+    checkpoint = tmp_path / "edgeface_xxs.pt"
+    checkpoint.write_bytes(zoo_checkpoints["edgeface_xxs"].read_bytes())
+    original = checkpoint.read_bytes()
+    layout = ["--set", "model.use_pos_emb=[false,true,true,true]"]
+    for force in ([], ["--force"]):
+        one_line_refusal(["inspect-keys", "--edgeface", str(checkpoint), *layout, "--write-fixed", str(checkpoint),
+                          *force], "edgeface_xxs.pt is this command's input; choose another --write-fixed")
+    assert checkpoint.read_bytes() == original
+    fixed = tmp_path / "fixed.pt"
+    fixed.write_bytes(b"previous")
+    one_line_refusal(["inspect-keys", "--edgeface", str(checkpoint), *layout, "--write-fixed", str(fixed)],
+                     "fixed.pt exists; pass --force")
+    assert fixed.read_bytes() == b"previous"
+    result = runner.invoke(app, ["inspect-keys", "--edgeface", str(checkpoint), *layout, "--write-fixed", str(fixed),
+                                 "--force"])
+    assert result.exit_code == 0, result.output
+    assert fixed.read_bytes() != b"previous" and checkpoint.read_bytes() == original
+
+
+def test_plot_needs_force_to_replace_a_picture(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "stage": 1, "train_loss": 1.0}\n')
+    existing = tmp_path / "curves.png"
+    existing.write_bytes(b"old")
+    one_line_refusal(["plot", str(run), "--out", str(existing)], "curves.png exists; pass --force")
+    assert existing.read_bytes() == b"old"
+    assert runner.invoke(app, ["plot", str(run), "--out", str(existing), "--force"]).exit_code == 0
+    assert existing.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_print_json_is_strict() -> None:
+    from edgeface_cli.cli.common import print_json
+
+    with pytest.raises(ValueError, match=r"\$\.report\.auc is not finite"):
+        print_json({"report": {"auc": float("nan")}})

@@ -74,6 +74,8 @@ SetOpt = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override any fie
 ArchOpt = typer.Option(None, "--arch", help="Zoo variant of a bare backbone, or 'auto' (runs and exports know theirs).")
 AlignOpt = typer.Option(False, "--align", help="Raw photos: detect the face (MTCNN) and align it to 112x112 first, "
                                                "as the official EdgeFace pipeline does (see edgeface align).")
+TrustCodeOpt = typer.Option(False, "--trust-code", help="Load TorchScript and torch.export (.pt2) files too: they "
+                             "are programs, and loading one runs its code. Only for files from a source you trust.")
 FacesOpt = typer.Option("best", "--faces", help="With --align: the best (highest-scoring) or the largest face.")
 
 
@@ -152,4 +154,8 @@ def middle_ellipsis(text: str, width: int = 56) -> str:
 
 
 def print_json(obj: Any) -> None:
-    typer.echo(json.dumps(obj, indent=2, default=str))
+    """Strict JSON (no NaN/Infinity, which strict parsers reject): a non-finite value must reach here as None
+    with a reason; one that does not raises, naming its key path."""
+    from ..atomic import strict_json
+
+    typer.echo(strict_json(obj, indent=2, default=str))

@@ -34,10 +34,9 @@ def config_init(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
 ) -> None:
     """Write a commented default config file."""
-    from ..atomic import atomic_write_text
+    from ..atomic import atomic_write_text, output_file
     from ..config import commented_default_yaml
-    from ..preflight import check_output_file
 
-    check_output_file(file, force)
+    output_file(file, force=force)
     atomic_write_text(file, commented_default_yaml())
     console.print(f"wrote {file}")

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import EXIT_DIFFERENCES, ConfigOpt, SetOpt, app, console, fail, print_json, resolve_config, user_errors
+from .common import EXIT_DIFFERENCES, ConfigOpt, SetOpt, TrustCodeOpt, app, console, fail, print_json, resolve_config, user_errors
 
 MAX_TABLE_ROWS = 30
 
@@ -39,6 +39,8 @@ def inspect_keys(
     arch: Optional[str] = typer.Option(None, "--arch", help="Zoo variant to compare against, or 'auto'."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     write_fixed: Optional[Path] = typer.Option(None, "--write-fixed", help="Write a repaired checkpoint in the architecture's layout (then exit 0)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --write-fixed file (never the checkpoint read)."),
+    trust_code: bool = TrustCodeOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
@@ -61,7 +63,12 @@ def inspect_keys(
             fail(f"{source} is a folder but not a training run (no best.pt and config.yaml): pass a checkpoint file")
         resolved = resolve_config(source / "config.yaml", set_, **{"model.arch": arch})
         source = source / "best.pt"
-    inspection = inspect_checkpoint(source, resolved.model.arch, resolved.model.use_pos_emb, resolved.model.embedding_dim)
+    if write_fixed is not None:  # before the checkpoint is read: a refused output costs nothing
+        from ..atomic import output_file
+
+        output_file(write_fixed, force=force, inputs=[source], out_flag="--write-fixed")
+    inspection = inspect_checkpoint(source, resolved.model.arch, resolved.model.use_pos_emb, resolved.model.embedding_dim,
+                                    trust_code)
     checkpoint, model, report, diagnosis = inspection.checkpoint, inspection.model, inspection.report, inspection.diagnosis
     chosen_arch, layout, embedding_dim = model.arch, model.use_pos_emb, model.embedding_dim
 

@@ -18,8 +18,8 @@ def plot(
     force: bool = typer.Option(False, "--force", help="Overwrite --out."),
 ) -> None:
     """Loss, accuracy, similarity, learning rates and skipped batches per epoch; stages, escalations and guard stops marked."""
+    from ..atomic import output_file
     from ..errors import RunDirError
-    from ..preflight import check_output_file
 
     for run in runs:  # before matplotlib and torch load
         if not (run / "metrics.jsonl").is_file():
@@ -29,7 +29,7 @@ def plot(
     from ..evaluation.plots import plot_runs
 
     out = plot_path(out, "--out")
-    check_output_file(out, force)
+    output_file(out, force=force, inputs=[run / "metrics.jsonl" for run in runs])
     summary = plot_runs(runs, out)
     console.print(f"wrote {escape(str(out))}: {summary.runs} run(s), {summary.epochs} epochs, "
                   f"{summary.escalations} escalation(s), {summary.guard_stops} guard stop(s)")

@@ -19,6 +19,7 @@ def troubleshoot(
     level: Optional[int] = typer.Option(None, "--level", "-l", help="Fallback level 1-4 (cumulative); with --from-run, defaults to the recommended one."),
     from_run: Optional[Path] = typer.Option(None, "--from-run", help="Diagnose this run and start from its config."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write the new config (default edgeface.yaml, or <config>.level<N>.yaml)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out file (never the config read)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the changes, write nothing."),
     as_json: bool = typer.Option(False, "--json", help="Print the changes as JSON."),
     run: bool = typer.Option(False, "--run", help="Start `edgeface train` with the new config right away."),
@@ -32,7 +33,7 @@ def troubleshoot(
     """
     import shutil
 
-    from ..atomic import atomic_write_text
+    from ..atomic import atomic_write_text, output_file
     from ..config import DEFAULT_CONFIG_FILE, dump_yaml
     from ..training.troubleshoot import (
         advice_without_level,
@@ -74,9 +75,14 @@ def troubleshoot(
         new_config = new_config.model_copy(update={"runtime": new_config.runtime.model_copy(
             update={"out": next_run_dir(from_run, level)})})
     target = out or output_path(level, config, from_run)
-    if config is not None and target.resolve() == config.resolve():
-        fail(f"refusing to overwrite the input config {config}; pass another --out")
-    in_place = target.resolve() == Path(DEFAULT_CONFIG_FILE).resolve() and target.is_file()
+    # Updating ./edgeface.yaml without --out is this command's documented default (the previous version is kept
+    # as a .bak); every other target follows the one output rule, and no target is ever the config read.
+    in_place = out is None and target.resolve() == Path(DEFAULT_CONFIG_FILE).resolve() and target.is_file()
+    if not in_place and not dry_run:
+        read_configs = [config, from_run / "config.yaml" if from_run is not None else None]
+        if config is None and from_run is None and Path(DEFAULT_CONFIG_FILE).is_file():  # resolve_config read it
+            read_configs.append(Path(DEFAULT_CONFIG_FILE))
+        output_file(target, force=force, inputs=read_configs)
     backup = backup_path(target, base.troubleshoot_level) if in_place else None
     if not dry_run:
         if backup is not None:
