@@ -51,7 +51,8 @@ def troubleshoot(
         if level is None and diagnosis.recommended_level is None:
             advice = advice_without_level(diagnosis, from_run)
             if as_json:
-                print_json({"level": None, "findings": diagnosis.findings, "recommended_level": None, "advice": advice})
+                print_json({"level": None, "findings": diagnosis.findings, "signs": diagnosis.signs,
+                            "healthy": diagnosis.healthy, "recommended_level": None, "advice": advice})
                 return
             console.print(f"[bold]diagnosis of {escape(str(from_run))}[/]")
             for finding in diagnosis.findings:
@@ -93,6 +94,8 @@ def troubleshoot(
             "level": level, "changes": changes, "written": None if dry_run else str(target),
             "backup": None if dry_run or backup is None else str(backup),
             "findings": diagnosis.findings if diagnosis else None,
+            "signs": diagnosis.signs if diagnosis else None,
+            "remedies": diagnosis.remedies if diagnosis else None,
             "recommended_level": diagnosis.recommended_level if diagnosis else None,
         })
     else:
@@ -101,6 +104,8 @@ def troubleshoot(
             for finding in diagnosis.findings:
                 console.print(f"- {escape(finding)}", soft_wrap=True)
             console.print(f"recommended level: {diagnosis.recommended_level}")
+            for remedy in diagnosis.remedies:  # what the fallback levels do not address
+                console.print(f"- also: {escape(remedy)}", soft_wrap=True)
         table = Table(title=f"troubleshoot level {level} (cumulative)")
         for column in ("level", "setting", "before", "after", "why"):
             table.add_column(column, overflow="fold")
