@@ -45,30 +45,48 @@ def file_sha256(path: Path) -> str:
     return _hashes[key]
 
 
+# Precisions whose similarities agree to about 1e-3 (a float model run in fp32 or under autocast): a threshold
+# carries across them. An int8 model's similarities move by more; it is measured on its own.
+FLOAT_PRECISIONS = {"fp32", "fp16", "bf16"}
+
+
 @dataclass(frozen=True)
 class ModelFingerprint:
-    """What a similarity depends on: the weights and how images become the model's input."""
+    """The one identity of a model in use: what every similarity it gives depends on.
 
-    file: str  # the weights file, resolved
-    sha256: str
+    The weights (the SHA-256 of the bytes that were loaded, and the architecture), the whole preprocessing
+    recipe (``ImageSettings.recipe``: normalisation, squaring or the aligner with its version; and the size),
+    flip, and how it runs (precision, runtime or format). Thresholds, galleries and eval records are keyed by
+    it: ``differences`` says what stands between two of them.
+    """
+
+    file: str  # the model file, resolved (where it was; the SHA-256 is what identifies it)
+    sha256: str  # of the bytes loaded
     image_size: int
-    preprocessing: str  # ImageSettings.recipe: center_crop | stretch | mtcnn-arcface-best | ...
+    preprocessing: str  # ImageSettings.recipe, e.g. "rgb/127.5-1 center_crop" or "rgb/127.5-1 mtcnn-v1 arcface112 best"
     flip: bool
     # An fp32 export computes its source checkpoint's embeddings (export checked it, min cosine >= 0.9999):
     # the source's SHA-256, so that a gallery enrolled with the run is matched with the file deployed from it.
     same_as_sha256: str | None = None
+    arch: str | None = None  # the zoo variant, when known (an exported program says it in its sidecar)
+    precision: str = "fp32"  # fp32 | fp16 | bf16 | int8
+    runtime: str = "pytorch"  # pytorch | onnx | pt2 | torchscript
 
     @classmethod
-    def of(cls, model_file: Path, image_size: int, preprocessing: str, flip: bool,
-           same_as_sha256: str | None = None) -> "ModelFingerprint":
-        return cls(str(model_file.resolve()), file_sha256(model_file), image_size, preprocessing, flip, same_as_sha256)
+    def of(cls, model_file: Path, sha256: str, image_size: int, preprocessing: str, flip: bool,
+           same_as_sha256: str | None = None, arch: str | None = None, precision: str = "fp32",
+           runtime: str = "pytorch") -> "ModelFingerprint":
+        return cls(str(model_file.resolve()), sha256, image_size, preprocessing, flip, same_as_sha256, arch,
+                   precision, runtime)
 
     @classmethod
     def from_json(cls, data: Any) -> "ModelFingerprint | None":
         try:
             same_as = data.get("same_as_sha256")
             return cls(str(data["file"]), str(data["sha256"]), int(data["image_size"]), str(data["preprocessing"]),
-                       bool(data["flip"]), str(same_as) if same_as else None)
+                       bool(data["flip"]), str(same_as) if same_as else None,
+                       str(data["arch"]) if data.get("arch") else None, str(data.get("precision", "fp32")),
+                       str(data.get("runtime", "pytorch")))
         except (AttributeError, KeyError, TypeError, ValueError):
             return None
 
@@ -87,10 +105,14 @@ class ModelFingerprint:
                          f"{other.sha256[:12]})")
         if self.image_size != other.image_size:
             found.append(f"image size {self.image_size} vs {other.image_size}")
+        if self.arch and other.arch and self.arch != other.arch:
+            found.append(f"architecture {self.arch} vs {other.arch}")
         if self.preprocessing != other.preprocessing:
-            found.append(f"preprocessing {self.preprocessing} vs {other.preprocessing}")
+            found.append(f"preprocessing {self.preprocessing!r} vs {other.preprocessing!r}")
         if self.flip != other.flip:
             found.append(f"flip {'on' if self.flip else 'off'} vs {'on' if other.flip else 'off'}")
+        if self.precision != other.precision and not {self.precision, other.precision} <= FLOAT_PRECISIONS:
+            found.append(f"precision {self.precision} vs {other.precision}")
         return found
 
 
@@ -100,6 +122,13 @@ class Threshold:
     source: str  # where it comes from, for the user
     far: float | None = None  # the false-accept rate it was chosen for, when it comes from an eval
     tar: float | None = None  # the true-accept rate measured there
+    # Where it came from, for --explain and --json: the data (kind, path, SHA-256), the pairs it was chosen
+    # from, the FAR asked for and the FAR those pairs resolve (about 1 / negatives).
+    provenance: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"value": self.value, "source": self.source, "far": self.far, "tar": self.tar,
+                "provenance": self.provenance}
 
 
 def eval_record_path(model_file: Path, run_dir: Path | None) -> Path:
@@ -138,5 +167,12 @@ def recorded_threshold(fingerprint: ModelFingerprint, run_dir: Path | None) -> t
     if not isinstance(value, (int, float)):
         return None, f"{path}: {record.get('threshold_reason') or 'eval found no usable threshold'}"
     far, tar = record.get("operating_far"), record.get("operating_tar")
+    point = record.get("operating_point") if isinstance(record.get("operating_point"), dict) else {}
     detail = f"FAR {far:g}, TAR {tar:.1%}" if isinstance(far, (int, float)) and isinstance(tar, (int, float)) else "eval"
-    return Threshold(float(value), f"eval at {detail} ({path})", far, tar), str(path)
+    if point.get("measurable") is False and point.get("note"):
+        detail += f"; {point['note']}"  # the FAR asked for was not resolvable: the one used is named, never it
+    provenance = {"eval_record": str(path), "evaluated_at": record.get("evaluated_at"),
+                  "data": record.get("val_data") or {"path": record.get("val_dir")},
+                  **{key: point.get(key) for key in ("positives", "negatives", "target_far", "far", "resolvable_far",
+                                                     "measurable", "note")}}
+    return Threshold(float(value), f"eval at {detail} ({path})", far, tar, provenance), str(path)

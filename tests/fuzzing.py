@@ -177,7 +177,7 @@ def run_deploy(folder: Path, per_seed: int) -> Iterator[tuple[str, Callable[[], 
     from edgeface_cli.config import EdgeFaceConfig
     from edgeface_cli.deploy.embedder import load_embedder
     from edgeface_cli.deploy.gallery import load_gallery
-    from edgeface_cli.evaluation.exported import OnnxBackbone, read_sidecar
+    from edgeface_cli.model.programs import OnnxBackbone, read_sidecar
 
     rng = random.Random(SEED + 4)
     seeds = deploy_seeds(folder)

@@ -17,6 +17,7 @@ from .common import (
     ConfigOpt,
     FacesOpt,
     SetOpt,
+    TrustCodeOpt,
     align_flag,
     app,
     console,
@@ -59,6 +60,7 @@ def check_data(
     align: bool = AlignOpt,
     faces: str = FacesOpt,
     arch: Optional[str] = ArchOpt,
+    trust_code: bool = TrustCodeOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
@@ -82,7 +84,7 @@ def check_data(
     from ..data.doctor import check_data as run_checks
     from .render import StepProgress
 
-    model_findings = _label_noise_check(checkpoint, resolved) if checkpoint is not None else None
+    model_findings = _label_noise_check(checkpoint, resolved, trust_code) if checkpoint is not None else None
     with interrupt_says("no report written" + (f" ({out} is unchanged)" if out is not None else "")), \
             StepProgress(err_console) as progress:
         report = run_checks(resolved, model_findings, progress.update)
@@ -103,12 +105,12 @@ def check_data(
         raise typer.Exit(EXIT_DIFFERENCES)
 
 
-def _label_noise_check(checkpoint: Path, resolved: Any) -> Callable[[Path], list[Any]]:
+def _label_noise_check(checkpoint: Path, resolved: Any, trust_code: bool = False) -> Callable[[Path], list[Any]]:
     """The model-based findings on an identity-folder tree, with ``checkpoint``'s embeddings."""
     from ..deploy.embedder import embed_tree, load_embedder
     from ..evaluation.label_noise import label_noise_findings
 
-    embedder = load_embedder(checkpoint, resolved)
+    embedder = load_embedder(checkpoint, resolved, trust_code=trust_code)
 
     def findings(folder: Path) -> list[Any]:
         embedded = embed_tree(embedder, folder, resolved.data.batch_size, resolved.data.workers)

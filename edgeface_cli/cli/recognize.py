@@ -15,6 +15,7 @@ from .common import (
     ConfigOpt,
     FacesOpt,
     SetOpt,
+    TrustCodeOpt,
     align_flag,
     app,
     console,
@@ -30,15 +31,18 @@ ModelOpt = typer.Option(..., "--checkpoint", help="A run dir, a checkpoint, a ba
 FlipOpt = typer.Option(False, "--flip", help="Add the mirrored image's embedding.")
 DeviceOpt = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps (exported ONNX/pt2 models run on the CPU).")
 BatchOpt = typer.Option(None, "--batch-size", help="Images per batch.")
+ExplainOpt = typer.Option(False, "--explain", help="Say where the threshold comes from: the data, its pairs, the FAR "
+                                                   "asked for and the FAR those pairs can resolve.")
 
 
 def _embedder(checkpoint: Path, config: Optional[Path], set_: Optional[list[str]], device: Optional[str],
-              batch_size: Optional[int], align: Optional[str] = None, arch: Optional[str] = None) -> tuple[Any, Any]:
+              batch_size: Optional[int], align: Optional[str] = None, arch: Optional[str] = None,
+              trust_code: bool = False) -> tuple[Any, Any]:
     from ..deploy.embedder import load_embedder
 
     resolved = resolve_config(config, set_, **{"runtime.device": device, "data.batch_size": batch_size,
                                                "data.align": align, "model.arch": arch})
-    return resolved, load_embedder(checkpoint, resolved)
+    return resolved, load_embedder(checkpoint, resolved, trust_code=trust_code)
 
 
 def _embed(embedder: Any, resolved: Any, inputs: list[Path], flip: bool, tree: bool = False) -> Any:
@@ -55,7 +59,31 @@ def _embed(embedder: Any, resolved: Any, inputs: list[Path], flip: bool, tree: b
         err_console.print(f"skipped {escape(str(path))}: {escape(why)}", soft_wrap=True)
     if len(embedded.unreadable) > 10:
         err_console.print(f"... and {len(embedded.unreadable) - 10} more files skipped (unreadable or, with --align, no face)")
+    for warning in embedded.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     return embedded
+
+
+def _explain(threshold: Any) -> None:
+    """Where a threshold came from, line by line (``--explain``)."""
+    provenance = threshold.provenance or {}
+    console.print(f"threshold {threshold.value:.4f} from {escape(threshold.source)}")
+    data = provenance.get("data") or {}
+    if data.get("path"):
+        digest = f", sha256 {data['sha256'][:12]}" if data.get("sha256") else ""
+        console.print(f"  data: {escape(str(data.get('kind') or 'folder'))} {escape(str(data['path']))}{digest}")
+    if provenance.get("negatives") is not None:
+        console.print(f"  pairs: {provenance.get('positives'):,} same-identity, {provenance['negatives']:,} different")
+    if provenance.get("target_far") is not None:
+        far = provenance.get("far")
+        console.print(f"  FAR asked for {provenance['target_far']:g}; FAR held {far:g}" if far is not None
+                      else f"  FAR asked for {provenance['target_far']:g}")
+        if provenance.get("resolvable_far") is not None:
+            console.print(f"  smallest FAR these pairs resolve: {provenance['resolvable_far']:.3g} (1 / negatives)")
+        if provenance.get("note"):
+            console.print(f"  {escape(provenance['note'])}")
+    if provenance.get("given"):
+        console.print(f"  given with {escape(provenance['given'])}: not measured by edgeface")
 
 
 @app.command("embed")
@@ -71,6 +99,7 @@ def embed(
     align: bool = AlignOpt,
     faces: str = FacesOpt,
     arch: Optional[str] = ArchOpt,
+    trust_code: bool = TrustCodeOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
@@ -80,7 +109,8 @@ def embed(
 
     check_output_file(out, force)
     with interrupt_says(f"nothing written ({out} is written only whole, at the end)"):
-        resolved, embedder = _embedder(checkpoint, config, set_, device, batch_size, align_flag(align, faces), arch)
+        resolved, embedder = _embedder(checkpoint, config, set_, device, batch_size, align_flag(align, faces), arch,
+                                       trust_code)
         embedded = _embed(embedder, resolved, inputs, flip)
         atomic_write_stream(out, embedded.save)
     what = f" of {len(embedded.identities)} identities" if embedded.identities is not None else ""
@@ -99,10 +129,12 @@ def verify(
         help="Same identity at or above this similarity (default: the one eval recorded for this model)."),
     flip: bool = FlipOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    explain: bool = ExplainOpt,
     device: Optional[str] = DeviceOpt,
     align: bool = AlignOpt,
     faces: str = FacesOpt,
     arch: Optional[str] = ArchOpt,
+    trust_code: bool = TrustCodeOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
@@ -114,8 +146,8 @@ def verify(
             raise DataError(f"{path} is a folder: verify compares two image files (embed or identify take folders)")
         if not path.is_file():
             raise DataError(f"image not found: {path}")
-    _, embedder = _embedder(checkpoint, config, set_, device, None, align_flag(align, faces), arch)
-    result = embedder.verify(first, second, threshold, flip)
+    resolved, embedder = _embedder(checkpoint, config, set_, device, None, align_flag(align, faces), arch, trust_code)
+    result = _verify(embedder, resolved, first, second, threshold, flip)
     if as_json:
         print_json({"first": str(first), "second": str(second), **result.to_json(), "model": str(embedder.source)})
         return
@@ -126,6 +158,21 @@ def verify(
         return
     console.print(f"similarity {result.similarity:.4f} -> {'SAME person' if result.same else 'DIFFERENT people'} "
                   f"(threshold {result.threshold.value:.4f}, from {escape(result.threshold.source)})")
+    if explain:
+        _explain(result.threshold)
+
+
+def _verify(embedder: Any, resolved: Any, first: Path, second: Path, threshold: Optional[float], flip: bool) -> Any:
+    """Two images compared, saying what is wrong with the inputs (raw photos given unaligned, unreadable)."""
+    from ..deploy.decisions import decision_threshold, verify_embeddings
+    from ..errors import DataError
+
+    embedded = _embed(embedder, resolved, [first, second], flip)
+    if embedded.unreadable:
+        path, why = embedded.unreadable[0]
+        raise DataError(f"cannot use {path}: {why}")
+    vectors = embedded.vectors if len(embedded.vectors) == 2 else embedded.vectors[[0, 0]]  # the same file twice
+    return verify_embeddings(vectors[0], vectors[1], decision_threshold(embedder.threshold_sources(flip), threshold))
 
 
 @app.command("enroll")
@@ -146,6 +193,7 @@ def enroll(
     align: bool = AlignOpt,
     faces: str = FacesOpt,
     arch: Optional[str] = ArchOpt,
+    trust_code: bool = TrustCodeOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
@@ -172,19 +220,20 @@ def enroll(
 
     kept = f"{out} is unchanged" if editing or out.exists() else f"no gallery written ({out} is written only whole)"
     with interrupt_says(kept):
-        _enroll(gallery_dir, checkpoint, out, remove, flip, device, batch_size, align, faces, arch, config, set_, editing)
+        _enroll(gallery_dir, checkpoint, out, remove, flip, device, batch_size, align, faces, arch, config, set_, editing,
+                trust_code)
 
 
 def _enroll(gallery_dir: Optional[Path], checkpoint: Optional[Path], out: Path, remove: Optional[list[str]], flip: bool,
             device: Optional[str], batch_size: Optional[int], align: bool, faces: str, arch: Optional[str],
-            config: Optional[Path], set_: Optional[list[str]], editing: bool) -> None:
+            config: Optional[Path], set_: Optional[list[str]], editing: bool, trust_code: bool = False) -> None:
     from ..deploy.decisions import decision_threshold
     from ..deploy.gallery import add_identities, build_gallery, load_gallery, remove_identities, save_gallery
 
     existing = load_gallery(out) if editing else None
     model = checkpoint or Path(existing.model)  # type: ignore[union-attr]
     flip = existing.flip if existing is not None else flip
-    resolved, embedder = _embedder(model, config, set_, device, batch_size, align_flag(align, faces), arch)
+    resolved, embedder = _embedder(model, config, set_, device, batch_size, align_flag(align, faces), arch, trust_code)
     fingerprint = embedder.fingerprint(flip)
     if existing is not None:
         existing.check_model(fingerprint, out)
@@ -195,7 +244,7 @@ def _enroll(gallery_dir: Optional[Path], checkpoint: Optional[Path], out: Path, 
         if existing is not None:
             gallery = add_identities(existing, embedded, fingerprint)
         else:
-            found, _ = decision_threshold(embedder, None, flip)  # kept with the gallery when eval recorded one
+            found, _ = decision_threshold(embedder.threshold_sources(flip))  # kept with the gallery when eval recorded one
             gallery = build_gallery(embedded, fingerprint, (found.value, found.source) if found else None)
     save_gallery(gallery, out)
     console.print(f"wrote {escape(str(out))}: {len(gallery.identities)} identities, {len(gallery.paths)} images "
@@ -215,11 +264,13 @@ def identify(
         None, "--threshold", min=-1.0, max=1.0,
         help="Below this similarity a probe is unknown (default: the one eval recorded for this model)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    explain: bool = ExplainOpt,
     device: Optional[str] = DeviceOpt,
     batch_size: Optional[int] = BatchOpt,
     align: bool = AlignOpt,
     faces: str = FacesOpt,
     arch: Optional[str] = ArchOpt,
+    trust_code: bool = TrustCodeOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
@@ -238,14 +289,17 @@ def identify(
 
     gallery = load_gallery(gallery_file)
     model = checkpoint or Path(gallery.model)
-    resolved, embedder = _embedder(model, config, set_, device, batch_size, align_flag(align, faces), arch)
+    resolved, embedder = _embedder(model, config, set_, device, batch_size, align_flag(align, faces), arch, trust_code)
     gallery.check_model(embedder.fingerprint(gallery.flip), gallery_file)
-    found, why = decision_threshold(embedder, threshold, gallery.flip)
-    if found is None and gallery.threshold is not None:  # recorded at enroll, for this same model
-        found, why = Threshold(gallery.threshold[0], f"{gallery.threshold[1]} (kept with the gallery)"), ""
+    found, why = decision_threshold(embedder.threshold_sources(gallery.flip), threshold)
+    if found is None and gallery.threshold is not None:  # recorded at enroll, for this same model identity
+        found, why = Threshold(gallery.threshold[0], f"{gallery.threshold[1]} (kept with the gallery)",
+                               provenance={"given": f"the gallery {gallery_file} (recorded when it was enrolled)"}), ""
     value = found.value if found else None
     report: dict[str, Any] = {"gallery": str(gallery_file), "model": str(embedder.source), "threshold": value,
-                              "threshold_source": found.source if found else None, "threshold_reason": why or None}
+                              "threshold_source": found.source if found else None,
+                              "threshold_provenance": found.provenance if found else None,
+                              "threshold_reason": why or None}
     results = []
     if probes:
         embedded = _embed(embedder, resolved, probes, gallery.flip)
@@ -276,6 +330,8 @@ def identify(
     if found is None:
         console.print("no known/unknown decision: no threshold applies to this model (the ranking above still holds)")
         err_console.print(f"note: {escape(why)}", soft_wrap=True)
+    elif explain:
+        _explain(found)
     else:
         console.print(f"threshold {found.value:.4f}, from {escape(found.source)}")
 

@@ -15,6 +15,7 @@ from typer.core import TyperCommand
 
 from .common import (
     EXIT_GUARD_STOP,
+    TrustCodeOpt,
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
     ConfigOpt,
@@ -77,6 +78,7 @@ def train(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
     auto_troubleshoot: bool = typer.Option(False, "--auto-troubleshoot", help="On a guard stop, escalate one fallback level and go on."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors and the final summary."),
+    trust_code: bool = TrustCodeOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
@@ -109,7 +111,8 @@ def train(
         source = config or (Path(DEFAULT_CONFIG_FILE) if Path(DEFAULT_CONFIG_FILE).is_file() else None)
     if source is not None and not quiet:
         console.print(f"config: {source}" + (" (found in this folder)" if config is None and resume is None else ""))
-    run_and_report(resolved, resume=resume, force=force, auto_troubleshoot=auto_troubleshoot, quiet=quiet)
+    run_and_report(resolved, resume=resume, force=force, auto_troubleshoot=auto_troubleshoot, quiet=quiet,
+                   trust_code=trust_code)
 
 
 def _check_resumed_inputs(resume: Path, resolved: Any) -> None:
@@ -146,7 +149,8 @@ def sigterm_as_interrupt() -> Iterator[dict[str, int]]:
 
 
 def run_and_report(
-    resolved: Any, resume: Optional[Path] = None, force: bool = False, auto_troubleshoot: bool = False, quiet: bool = False
+    resolved: Any, resume: Optional[Path] = None, force: bool = False, auto_troubleshoot: bool = False, quiet: bool = False,
+    trust_code: bool = False,
 ) -> None:
     """Run training with live output; turn the outcome into the summary and the exit code."""
     from ..preflight import check_training_inputs
@@ -170,7 +174,7 @@ def run_and_report(
         result = None
         try:
             result = run_training(resolved, renderer, resume_dir=resume, force=force, auto_troubleshoot=auto_troubleshoot,
-                                  distributed=distributed)
+                                  distributed=distributed, trust_code=trust_code)
         finally:
             renderer.close()
             # Ranks that finished or stopped together also leave together: one exiting early while another

@@ -49,6 +49,13 @@ class Sample:
     row: int = -1  # row in the scan's decoded-image cache; -1 when not cached
 
 
+# The preprocessing recipe's parts that no setting changes. ALIGNER names the detector, its weights and the warp
+# onto the ArcFace template: bump it when any of them changes, so that no cache, threshold or gallery made
+# with the old crops is taken for the new ones.
+NORMALISATION = "rgb/127.5-1"
+ALIGNER = "mtcnn-v1 arcface112"
+
+
 @dataclass(frozen=True)
 class ImageSettings:
     """How files become model-sized pixels, and where their decoded copies are kept."""
@@ -65,8 +72,10 @@ class ImageSettings:
 
     @property
     def recipe(self) -> str:
-        """How file pixels become model pixels (besides the size): part of every cache key."""
-        return self.non_square if self.align == "off" else f"mtcnn-arcface-{self.align}"
+        """How file pixels become model pixels (besides the size), in one string: the one encoding of the
+        preprocessing, part of every cache key and model fingerprint (thresholds, galleries, eval records)."""
+        squaring = self.non_square if self.align == "off" else f"{ALIGNER} {self.align}"
+        return f"{NORMALISATION} {squaring}"
 
 
 @dataclass

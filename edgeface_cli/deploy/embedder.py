@@ -1,9 +1,9 @@
 """Any trained model as an embedding function, and the embeddings of images through the decoded-image path.
 
-A model is a training run (its best.pt), a checkpoint or bare backbone in any format ``inspect-keys``
-reads, or a file written by ``edgeface export``: ONNX runs on onnxruntime, a pt2 archive as the exported
-program; safetensors and TorchScript exports load into the PyTorch model. The sidecar JSON that
-``export`` writes beside the file says the image size and the run it came from.
+A model is whatever ``model.loading.load_model`` loads (a run, a checkpoint, a bare backbone, an exported
+file), fed by the preprocessing recipe its run or sidecar records. Its identity (``fingerprint``) is the
+loaded bytes' SHA-256 with that whole recipe, flip, precision and runtime: thresholds (``decisions``) and
+galleries are used only with the identity they were made for.
 """
 
 from __future__ import annotations
@@ -20,41 +20,59 @@ from torch import nn
 from ..config import EdgeFaceConfig
 from ..data.folder import IMAGE_EXTENSIONS, ImageSettings, scan_image_folder, unreadable_images
 from ..data.loaders import inference_loader
-from ..errors import CheckpointError, DataError
-from ..evaluation.evaluator import exported_model, load_eval_model, model_image_settings
-from ..evaluation.exported import PROGRAM_SUFFIXES, read_sidecar, same_weights_as
+from ..errors import DataError
+from ..evaluation.evaluator import model_image_settings
 from ..evaluation.inference import extract, extract_files
 from ..events import StepCallback, step_reporter
-from ..model.runtime import FP32, Precision, resolve_device, resolve_precision
+from ..model.loading import LoadedModel, load_model, runtime_of
+from ..model.runtime import Precision
 from ..preflight import IMAGE_KINDS, is_system_file
 from ..rundir import run_dir_of
 from ..thresholds import ModelFingerprint
-from .decisions import Verification, decision_threshold, verify_embeddings
+from .decisions import ThresholdSources, Verification, decision_threshold, verify_embeddings
 
 
 @dataclass
 class Embedder:
     """A model ready to embed faces: ``Embedder.load(path)``, then ``embed(images)`` or ``verify(a, b)``."""
 
-    backbone: nn.Module
-    source: Path
-    kind: str  # pytorch | onnx | pt2
+    model: LoadedModel
     settings: ImageSettings
     device: torch.device
     precision: Precision
-    run_dir: Path | None  # the training run behind the model, when known
+    run_dir: Path | None  # the training run the model file is part of, when it is
     config: EdgeFaceConfig  # batch size, workers, eval.threshold
-    sidecar: dict[str, Any] | None = None
 
     @classmethod
-    def load(cls, path: str | Path, config: EdgeFaceConfig | None = None, image_size: int | None = None) -> "Embedder":
+    def load(cls, path: str | Path, config: EdgeFaceConfig | None = None, image_size: int | None = None,
+             trust_code: bool = False) -> "Embedder":
         """A run directory, a checkpoint, a bare backbone or an exported file (``load_embedder``)."""
-        return load_embedder(Path(path), config or EdgeFaceConfig(), image_size)
+        return load_embedder(Path(path), config or EdgeFaceConfig(), image_size, trust_code)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.model.backbone
+
+    @property
+    def source(self) -> Path:
+        return self.model.source
+
+    @property
+    def kind(self) -> str:
+        return self.model.runtime
+
+    @property
+    def sidecar(self) -> dict[str, Any] | None:
+        return self.model.sidecar
 
     def fingerprint(self, flip: bool = False) -> ModelFingerprint:
-        """What its similarities depend on: these weights, this input size and squaring, flip or not."""
-        return ModelFingerprint.of(self.source, self.settings.image_size, self.settings.non_square, flip,
-                                   same_weights_as(self.sidecar))
+        """What its similarities depend on: these weights, this whole preprocessing recipe and size, flip,
+        precision and runtime."""
+        return self.model.fingerprint(self.settings.image_size, self.settings.recipe, flip, self.precision.label)
+
+    def threshold_sources(self, flip: bool = False) -> ThresholdSources:
+        return ThresholdSources(self.fingerprint(flip), self.run_dir, self.sidecar, self.settings.image_size,
+                                self.config.eval.threshold)
 
     def embed(self, images: list[str | Path], flip: bool = False) -> np.ndarray:
         """(N, D) L2-normalised embeddings of image files, in order; DataError names any unreadable file
@@ -72,30 +90,21 @@ class Embedder:
         vectors = self.embed([first, second], flip)
         if len(vectors) == 1:  # the same file twice
             vectors = vectors[[0, 0]]
-        return verify_embeddings(vectors[0], vectors[1], decision_threshold(self, threshold, flip))
+        return verify_embeddings(vectors[0], vectors[1], decision_threshold(self.threshold_sources(flip), threshold))
 
 
-def load_embedder(path: Path, config: EdgeFaceConfig, image_size: int | None = None) -> Embedder:
-    """A run directory, a checkpoint, a bare backbone or an exported file, ready to embed images."""
-    if not path.exists():
-        raise CheckpointError(f"model not found: {path}; pass a run directory, a checkpoint or an exported model")
-    sidecar = read_sidecar(path) if path.is_file() else None
-    source_run = Path(sidecar["source_checkpoint"]) if sidecar and sidecar.get("source_checkpoint") else None
-    run_dir = run_dir_of(path) or (run_dir_of(source_run) if source_run is not None and source_run.exists() else None)
-    kind = PROGRAM_SUFFIXES.get(path.suffix.lower()) if path.is_file() else None
-    if kind is not None:
-        model = exported_model(path, kind, sidecar)  # the sidecar read once, above
-        settings = model_image_settings(model.training_config, config, image_size)
-        return Embedder(model.backbone, path, kind, settings, torch.device("cpu"), FP32, run_dir, config, sidecar)
-    exported_size = sidecar.get("image_size") if sidecar else None
-    if sidecar and sidecar.get("arch"):  # a safetensors or TorchScript export: its architecture is known
-        built = {key: sidecar[key] for key in ("arch", "use_pos_emb", "embedding_dim") if sidecar.get(key) is not None}
-        config = config.model_copy(update={"model": config.model.model_copy(update=built)})
-    device = resolve_device(config.runtime.device)
-    model = load_eval_model(path, config)
-    settings = model_image_settings(model.training_config, config, image_size or exported_size)
-    return Embedder(model.backbone.to(device).eval(), model.source, "pytorch", settings, device,
-                    resolve_precision(config.runtime.amp, device), run_dir, config, sidecar)
+def load_embedder(path: Path, config: EdgeFaceConfig, image_size: int | None = None,
+                  trust_code: bool = False) -> Embedder:
+    """A run directory, a checkpoint, a bare backbone or an exported file, ready to embed images.
+
+    ``trust_code``: the model may be a TorchScript or pt2 archive, a program that runs code when loaded."""
+    model = load_model(path, config, trust_code)
+    settings = model_image_settings(model.training_config, config, image_size)
+    device, precision = runtime_of(model.source, config)
+    if model.runtime == "pytorch":
+        model.backbone.to(device).eval()
+    # Only the run the file itself is in: a path named inside a sidecar is never followed (it may point anywhere).
+    return Embedder(model, settings, device, precision, run_dir_of(model.source), config)
 
 
 # ------------------------------------------------------------------ images in, embeddings out
@@ -108,6 +117,7 @@ class Embeddings:
     labels: np.ndarray | None = None  # identity index per image, for an identity-folder tree
     identities: list[str] | None = None  # identity names
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # about the inputs, for the user (e.g. raw photos, unaligned)
 
     def save(self, stream: Any) -> None:
         arrays: dict[str, np.ndarray] = {"embeddings": self.vectors, "paths": np.array(self.paths, dtype=str)}
@@ -151,6 +161,34 @@ def list_images(inputs: list[Path]) -> list[Path]:
     return files
 
 
+RAW_PHOTO_SIDE = 2 * 112  # an aligned crop is 112 px; a square image over twice that is a photo, not a crop
+RAW_PHOTO_CHECKED = 32  # image headers read to tell (headers only: milliseconds)
+
+
+def raw_photo_warning(embedder: Embedder, files: list[Path]) -> str | None:
+    """A warning when images that look like raw photos (not square, or far larger than a crop) are given
+    without alignment to a model whose sidecar says its input must be aligned crops."""
+    if embedder.settings.align != "off" or not (embedder.sidecar or {}).get("alignment"):
+        return None
+    from PIL import Image
+
+    raw: list[tuple[Path, tuple[int, int]]] = []
+    for path in files[:RAW_PHOTO_CHECKED]:
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except Exception:  # noqa: BLE001 - an unreadable file is reported where it is decoded
+            continue
+        if abs(width - height) > 0.02 * max(width, height) or max(width, height) > RAW_PHOTO_SIDE:
+            raw.append((path, (width, height)))
+    if not raw:
+        return None
+    path, (width, height) = raw[0]
+    return (f"{len(raw)} of the first {min(len(files), RAW_PHOTO_CHECKED)} images look like raw photos, not aligned "
+            f"face crops (e.g. {path.name}, {width}x{height}), and {embedder.source.name}'s sidecar says its input "
+            "must be aligned crops: pass --align (or align them first with edgeface align)")
+
+
 def _normalised(embeddings: torch.Tensor) -> np.ndarray:
     return F.normalize(embeddings.float(), dim=1).numpy().astype(np.float32)
 
@@ -161,9 +199,10 @@ def embed_tree(embedder: Embedder, root: Path, batch_size: int, workers: int = 0
     scan = scan_image_folder(root, "image", progress=step_reporter(progress, "checking images"), settings=embedder.settings)
     loader = inference_loader(scan.samples, scan, embedder.settings, batch_size, workers, embedder.device)
     extracted = extract(embedder.backbone, loader, embedder.device, embedder.precision, flip,
-                        step_reporter(progress, "embedding"))
+                        step_reporter(progress, "embedding"), model=embedder.source)
+    warning = raw_photo_warning(embedder, [sample.path for sample in scan.samples])
     return Embeddings(_normalised(extracted.embeddings), [str(sample.path) for sample in scan.samples],
-                      extracted.identities.numpy(), scan.classes, scan.unreadable)
+                      extracted.identities.numpy(), scan.classes, scan.unreadable, [warning] if warning else [])
 
 
 def embed_files(embedder: Embedder, files: list[Path], batch_size: int, workers: int = 0, flip: bool = False,
@@ -175,8 +214,10 @@ def embed_files(embedder: Embedder, files: list[Path], batch_size: int, workers:
     if not readable:
         raise DataError(f"no readable image among {len(files)} file(s): {problems[0][0]}: {problems[0][1]}")
     extracted = extract_files(embedder.backbone, readable, embedder.settings, batch_size, workers, embedder.device,
-                              embedder.precision, flip, step_reporter(progress, "embedding"))
-    return Embeddings(_normalised(extracted.embeddings), [str(path) for path in readable], unreadable=problems)
+                              embedder.precision, flip, step_reporter(progress, "embedding"), model=embedder.source)
+    warning = raw_photo_warning(embedder, readable)
+    return Embeddings(_normalised(extracted.embeddings), [str(path) for path in readable], unreadable=problems,
+                      warnings=[warning] if warning else [])
 
 
 def embed_inputs(embedder: Embedder, inputs: list[Path], batch_size: int, workers: int = 0, flip: bool = False,

@@ -21,16 +21,11 @@ from ..data.folder import ImageSettings, left_out_note, scan_image_folder, unrea
 from ..data.loaders import inference_loader
 from ..errors import CheckpointError, DataError, import_extra
 from ..events import StepCallback, step_reporter
-from ..model.backbones import EdgeFace
-from ..model.checkpoint_io import read_checkpoint
-from ..model.checkpoints import load_backbone
-from ..model.heads import MarginHead
-from ..model.runtime import FP32, Precision, resolve_device, resolve_precision
+from ..model.loading import LoadedModel, load_model, run_config, runtime_of
 from ..rundir import run_dir_of
 from ..preflight import is_system_file
 from ..thresholds import ModelFingerprint, eval_record_path, read_eval_record, write_eval_record
 from .benchmark import evaluate_binset
-from .exported import PROGRAM_SUFFIXES, is_exported, load_program, read_sidecar
 from .inference import extract, extract_files, validate
 from .metrics import (
     SimilarityHistogram,
@@ -47,73 +42,14 @@ from .metrics import (
 from .pairs import PairList, read_pairs  # noqa: F401  (PairList: re-exported for callers of the old home)
 
 
-@dataclass
-class EvalModel:
-    backbone: EdgeFace
-    head: MarginHead | None
-    class_names: list[str] | None
-    source: Path
-    training_config: dict[str, Any] | None
-
-
-def exported_model(path: Path, kind: str, sidecar: dict[str, Any] | None) -> EvalModel:
-    """An exported file as it runs in deployment (CPU); its sidecar (``read_sidecar``), else the program's
-    fixed input, says how to feed it."""
-    program = load_program(path, kind)
-    data = {key: sidecar[key] for key in ("image_size", "non_square") if sidecar and sidecar.get(key)}
-    if "image_size" not in data and getattr(program, "image_size", None):
-        data["image_size"] = program.image_size
-    return EvalModel(program.eval(), None, None, path, {"data": data} if data else None)
-
-
-def load_eval_model(checkpoint: Path, config: EdgeFaceConfig) -> EvalModel:
-    """A run dir (its best.pt), a best.pt/last.pt, a bare backbone in any format inspect-keys reads, or an
-    exported ONNX/pt2 file."""
-    kind = PROGRAM_SUFFIXES.get(checkpoint.suffix.lower()) if checkpoint.is_file() else None
-    if kind is not None:
-        return exported_model(checkpoint, kind, read_sidecar(checkpoint))
-    if checkpoint.is_dir():
-        best = checkpoint / "best.pt"
-        if not best.is_file():
-            raise CheckpointError(f"{checkpoint} has no best.pt; pass a run directory of `edgeface train` or a checkpoint file")
-        checkpoint = best
-    loaded = read_checkpoint(checkpoint)
-    extras = loaded.extras
-    if "head" in extras and "class_names" in extras and "arch" in extras:
-        spec = extras["arch"]
-        backbone = EdgeFace(spec["arch"], spec["use_pos_emb"], spec["embedding_dim"])
-        backbone.load_state_dict(loaded.state_dict, strict=True)
-        arcface = extras.get("config", {}).get("arcface", {})
-        head = MarginHead(
-            len(extras["class_names"]), spec["embedding_dim"], arcface.get("kind", "arcface"),
-            arcface.get("scale", 32.0), arcface.get("margin", 0.3),
-            weight=torch.empty(len(extras["class_names"]), spec["embedding_dim"]),  # replaced by the saved one below
-        )
-        head.load_state_dict(extras["head"])
-        return EvalModel(backbone, head, list(extras["class_names"]), checkpoint, extras.get("config"))
-    trained = run_config(checkpoint)  # a bare backbone.pt of a run: the run says how it was built and fed
-    model = (config.model.model_copy(update={key: trained["model"][key] for key in ("arch", "use_pos_emb", "embedding_dim")})
-             if trained else config.model)
-    result = load_backbone(checkpoint, model.arch, model.use_pos_emb, model.embedding_dim, allow_missing=False)
-    return EvalModel(result.backbone, None, None, checkpoint, trained)
-
-
-def runtime_of(checkpoint: Path, config: EdgeFaceConfig) -> tuple[torch.device, Precision]:
-    """Where and how a model runs: an exported program on the CPU as exported; PyTorch weights as configured."""
-    if is_exported(checkpoint):
-        return torch.device("cpu"), FP32
-    device = resolve_device(config.runtime.device)
-    return device, resolve_precision(config.runtime.amp, device)
-
-
 def evaluate_bins(config: EdgeFaceConfig, checkpoint: Path, bins: list[Path], image_size: int | None = None,
-                  progress: StepCallback | None = None) -> list[dict[str, Any]]:
+                  progress: StepCallback | None = None, trust_code: bool = False) -> list[dict[str, Any]]:
     """insightface's ``.bin`` verification protocol (``benchmark``) on each file, named as the field names them;
     a model giving NaN or infinite embeddings is a CheckpointError naming it, never a 50 % score."""
     from .inference import refuse_nonfinite  # (imported here: this function's lines are edited apart from the rest)
 
     sets = [read_bin(path) for path in bins]  # every file checked (and any hostile one refused) before the model
-    model = load_eval_model(checkpoint, config)
+    model = load_model(checkpoint, config, trust_code)
     device, precision = runtime_of(checkpoint, config)
     backbone = model.backbone.to(device)
     size = model_image_settings(model.training_config, config, image_size).image_size
@@ -192,14 +128,6 @@ def record_eval(result: EvalResult, val_dir: Path, force: bool = False) -> Path:
     return write_eval_record(path, result.metrics, result.fingerprint, val_dir)
 
 
-def run_config(checkpoint: Path) -> dict[str, Any] | None:
-    """The config of the training run ``checkpoint`` belongs to (its config.yaml), or None outside a run."""
-    run_dir = run_dir_of(checkpoint)
-    if run_dir is None:
-        return None
-    return build_config(run_dir / "config.yaml", {}, []).model_dump(mode="json")
-
-
 def model_image_settings(trained: dict[str, Any] | None, config: EdgeFaceConfig, image_size: int | None = None) -> ImageSettings:
     """How to feed a model: at the size (and non-square handling) it was trained with, when its run says;
     else the config's. An explicit ``image_size`` wins."""
@@ -210,7 +138,7 @@ def model_image_settings(trained: dict[str, Any] | None, config: EdgeFaceConfig,
     return settings
 
 
-def _embed_paths(model: EvalModel, paths: list[Path], settings: ImageSettings, batch_size: int, workers: int,
+def _embed_paths(model: LoadedModel, paths: list[Path], settings: ImageSettings, batch_size: int, workers: int,
                  device: torch.device, precision: Precision, flip: bool) -> torch.Tensor:
     bad = unreadable_images(paths, settings.align)
     if bad:
@@ -242,6 +170,7 @@ def evaluate(
     image_size: int | None = None,
     progress: StepCallback | None = None,
     refuse_record_conflict: bool = False,
+    trust_code: bool = False,
 ) -> EvalResult:
     """A checkpoint's metrics on ``config.data.val_dir``; ``progress(what, done, total)`` reports image checks and
     embedding batches as they go.
@@ -252,6 +181,7 @@ def evaluate(
 
     A pairs file is read (and any error in it raised) before the model is loaded. ``refuse_record_conflict``:
     raise, before any image is embedded, when ``record_eval`` would refuse to replace the existing record.
+    ``trust_code``: the model may be a TorchScript or pt2 archive (a program: loading it runs its code).
     """
     val_dir = config.data.val_dir
     if val_dir is None:
@@ -260,7 +190,7 @@ def evaluate(
         raise DataError(f"val dir not found: {val_dir}; pass the folder the pairs file's images are in with --val-dir")
     pairs = read_pairs(pairs_file, val_dir) if pairs_file is not None else None
     by_identity = pairs is None or any(entry.is_dir() and not is_system_file(entry) for entry in val_dir.iterdir())
-    model = load_eval_model(checkpoint, config)
+    model = load_model(checkpoint, config, trust_code)
     device, precision = runtime_of(checkpoint, config)
     model.backbone.to(device)
     if model.head is not None:
@@ -270,7 +200,7 @@ def evaluate(
     guard = trained.get("guard", {})
     collapse_similarity = guard.get("collapse_similarity", config.guard.collapse_similarity)
     min_gap = guard.get("min_similarity_gap", config.guard.min_similarity_gap)
-    fingerprint = ModelFingerprint.of(model.source, settings.image_size, settings.non_square, flip)
+    fingerprint = model.fingerprint(settings.image_size, settings.recipe, flip, precision.label)
     notes: list[str] = []
 
     def check_record(val_data: dict[str, Any]) -> None:
@@ -327,7 +257,7 @@ def folder_data(scan: Any) -> dict[str, Any]:
     return {"kind": "folder", "path": str(Path(scan.root).resolve()), "sha256": digest, "images": len(listing)}
 
 
-def _evaluate_folder(config: EdgeFaceConfig, model: EvalModel, settings: ImageSettings, flip: bool, device: torch.device,
+def _evaluate_folder(config: EdgeFaceConfig, model: LoadedModel, settings: ImageSettings, flip: bool, device: torch.device,
                      precision: Precision, collapse_similarity: float, min_gap: float, notes: list[str],
                      progress: StepCallback | None, check_record: Callable[[dict[str, Any]], None]) -> EvalResult:
     """Closed-set accuracy and all-pairs verification of a folder of identity folders."""
@@ -410,7 +340,7 @@ def _evaluate_folder(config: EdgeFaceConfig, model: EvalModel, settings: ImageSe
     )
 
 
-def _pairs_metrics(model: EvalModel, pairs: PairList, pairs_file: Path, settings: ImageSettings, config: EdgeFaceConfig,
+def _pairs_metrics(model: LoadedModel, pairs: PairList, pairs_file: Path, settings: ImageSettings, config: EdgeFaceConfig,
                    device: torch.device, precision: Precision, flip: bool, collapse_similarity: float, min_gap: float,
                    ) -> tuple[VerificationStats, dict[str, Any], tuple[list[Path], tuple[torch.Tensor, torch.Tensor], torch.Tensor]]:
     """The listed pairs' figures: (their stats, the ``pairs`` metrics, (images, (similarities, same), embeddings))."""

@@ -1,11 +1,18 @@
 """Reading checkpoints of any common format safely, and writing them atomically.
 
 Pickles are only ever read with ``torch.load(weights_only=True)``: a file that needs arbitrary Python
-globals is refused, never executed. TorchScript archives and safetensors files are read as tensors only.
+globals is refused, never executed. safetensors files are data. A TorchScript archive is a program (loading
+it compiles and can run the code it carries): it is read only when the caller trusts its code
+(``--trust-code``), and refused otherwise with one line naming the safe formats.
+
+The file is read once into memory and the SHA-256 of exactly those bytes is kept with the weights: what a
+threshold, gallery or eval record is bound to is what was loaded, not what is on disk later.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import pickle
 import re
 import struct
@@ -25,7 +32,7 @@ from ..zoo import KEY_PREFIX
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "backbone")
 DATA_PARALLEL_PREFIXES = ("module.", "_orig_mod.")
 TIMM_TOP_LEVEL = ("stem.", "stages.", "head.", "norm_pre.")
-FIX_HINT = "pass a checkpoint saved with torch.save(model.state_dict(), PATH), a TorchScript archive or a .safetensors file"
+FIX_HINT = "pass a checkpoint saved with torch.save(model.state_dict(), PATH) or a .safetensors file"
 
 
 @dataclass
@@ -34,6 +41,24 @@ class LoadedCheckpoint:
     format: str  # e.g. "torch (wrapped under 'state_dict', 'module.' prefix stripped)"
     state_dict: dict[str, torch.Tensor]
     extras: dict[str, Any] = field(default_factory=dict)  # non-tensor entries of a training checkpoint
+    sha256: str = ""  # of the bytes that were loaded
+
+
+PROGRAM_REFUSAL = ("{path} is a {kind} archive: a program, and loading it runs the code it carries. edgeface "
+                   "loads it only with --trust-code; the safe formats are data (.pt state_dicts, .safetensors, "
+                   ".onnx): re-save it as one (edgeface export --format safetensors, or "
+                   "torch.save(model.state_dict(), 'clean.pt') where you trust it)")
+
+
+def refuse_program(path: Path, kind: str) -> CheckpointError:
+    """The one refusal of a file that runs code when loaded (``kind``: TorchScript or torch.export pt2)."""
+    return CheckpointError(PROGRAM_REFUSAL.format(path=path, kind=kind))
+
+
+def read_bytes_hashed(path: Path) -> tuple[bytes, str]:
+    """The file's bytes and their SHA-256: a later change of the file cannot be attributed to this load."""
+    data = path.read_bytes()
+    return data, hashlib.sha256(data).hexdigest()
 
 
 # ------------------------------------------------------------------ reading
@@ -46,9 +71,9 @@ def _refusal_detail(message: str) -> str:
     return "it needs Python objects beyond tensors"
 
 
-def _load_pickle(path: Path) -> Any:
+def _load_pickle(path: Path, data: bytes) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"refused to load {path}: {_refusal_detail(str(exc))}, so unpickling it could run code "
@@ -62,22 +87,22 @@ def _load_pickle(path: Path) -> Any:
         ) from None
 
 
-def _load_torchscript(path: Path) -> dict[str, torch.Tensor]:
+def _load_torchscript(path: Path, data: bytes) -> dict[str, torch.Tensor]:
     try:
         with warnings.catch_warnings():
             # torch>=2.9 flags TorchScript as deprecated; reading published .pt archives must stay quiet.
             warnings.simplefilter("ignore", FutureWarning)
-            scripted = torch.jit.load(str(path), map_location="cpu")
+            scripted = torch.jit.load(io.BytesIO(data), map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - a damaged archive fails in many ways; all mean "unreadable"
         raise CheckpointError(f"cannot read TorchScript archive {path}: {_first_line(exc)}") from None
     return {key: value for key, value in scripted.state_dict().items()}
 
 
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+def _load_safetensors(path: Path, data: bytes) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
 
     try:
-        return load_file(str(path), device="cpu")
+        return load(data)
     except Exception as exc:  # noqa: BLE001 - SafetensorError or any other parse failure: "not valid"
         raise CheckpointError(f"cannot read {path}: not a valid .safetensors file ({_first_line(exc)})") from None
 
@@ -167,8 +192,10 @@ def normalize_keys(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tens
     return state, notes
 
 
-def read_checkpoint(path: Path | str) -> LoadedCheckpoint:
-    """Read a backbone state_dict from any supported format. Raises CheckpointError with one clear line."""
+def read_checkpoint(path: Path | str, trust_code: bool = False) -> LoadedCheckpoint:
+    """Read a backbone state_dict from any supported format. Raises CheckpointError with one clear line.
+
+    ``trust_code``: a TorchScript archive (a program) is loaded too; without it, it is refused unread."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}; check the path given to --edgeface/--checkpoint")
@@ -190,20 +217,28 @@ def read_checkpoint(path: Path | str) -> LoadedCheckpoint:
         raise CheckpointError(f"{path} is a text file, not a checkpoint; {FIX_HINT}")
     if kind == "unknown":
         raise CheckpointError(f"{path} is not a checkpoint format edgeface knows; {FIX_HINT}")
+    if kind == "torchscript" and not trust_code:
+        raise refuse_program(path, "TorchScript")
+    data, sha256 = read_bytes_hashed(path)
     if kind == "safetensors":
-        raw: Any = _load_safetensors(path)
+        raw: Any = _load_safetensors(path, data)
         label = "safetensors"
     elif kind == "torchscript":
-        raw = _load_torchscript(path)
+        raw = _load_torchscript(path, data)
         label = "torchscript"
     else:
-        raw = _load_pickle(path)
+        raw = _load_pickle(path, data)
         label = "torch"
     state, notes, extras = _unwrap(raw, path)
     state, prefix_notes = normalize_keys(state)
     notes += prefix_notes
     fmt = label + (f" ({', '.join(notes)})" if notes else "")
-    return LoadedCheckpoint(path=path, format=fmt, state_dict=state, extras=extras)
+    return LoadedCheckpoint(path=path, format=fmt, state_dict=state, extras=extras, sha256=sha256)
+
+
+def nonfinite_tensors(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """The names of floating-point tensors holding NaN or infinity."""
+    return [key for key, value in state.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())]
 
 
 # ------------------------------------------------------------------ writing

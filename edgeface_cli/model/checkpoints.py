@@ -264,10 +264,12 @@ class Inspection:
 
 
 def inspect_checkpoint(
-    checkpoint_path: Path, arch: str, use_pos_emb: tuple[bool, ...] | list[bool], embedding_dim: int
+    checkpoint_path: Path, arch: str, use_pos_emb: tuple[bool, ...] | list[bool], embedding_dim: int,
+    trust_code: bool = False,
 ) -> Inspection:
-    """Read a checkpoint, build the architecture (``arch='auto'``: the matching variant) and diff them."""
-    checkpoint = read_checkpoint(checkpoint_path)
+    """Read a checkpoint, build the architecture (``arch='auto'``: the matching variant) and diff them.
+    ``trust_code``: a TorchScript archive (a program) may be loaded."""
+    checkpoint = read_checkpoint(checkpoint_path, trust_code)
     arch, layout, embedding_dim = resolve_arch(arch, checkpoint, use_pos_emb, embedding_dim)
     model = EdgeFace(arch, layout, embedding_dim)
     report = compare_keys(shapes_of(checkpoint.state_dict), shapes_of(model.state_dict()))
@@ -280,6 +282,7 @@ def load_backbone(
     use_pos_emb: tuple[bool, ...] | list[bool],
     embedding_dim: int,
     allow_missing: bool,
+    trust_code: bool = False,
 ) -> BackboneLoad:
     """Build the backbone and load the checkpoint through the same reader and key report as inspect-keys.
 
@@ -289,7 +292,7 @@ def load_backbone(
     if checkpoint_path is None:
         _, layout, embedding_dim = resolve_arch(arch, None, use_pos_emb, embedding_dim)
         return BackboneLoad(EdgeFace(arch, layout, embedding_dim), None, None, [], [])
-    inspection = inspect_checkpoint(checkpoint_path, arch, use_pos_emb, embedding_dim)
+    inspection = inspect_checkpoint(checkpoint_path, arch, use_pos_emb, embedding_dim, trust_code)
     report, diagnosis, backbone = inspection.report, inspection.diagnosis, inspection.model
     if not report.clean and not allow_missing:
         # allow_missing was made for the seed's case: a few positional-encoding tensors missing. Offered for

@@ -79,8 +79,11 @@ def train(
     force: bool = False,
     auto_troubleshoot: bool = False,
     distributed: Distributed = SINGLE,
+    trust_code: bool = False,
 ) -> RunResult:
     """Scan data, load the backbone, and run (or resume) the two-stage fine-tuning.
+
+    ``trust_code``: ``model.checkpoint`` may be a TorchScript archive, a program that runs code when loaded.
 
     With ``auto_troubleshoot`` a level-4 escalation restarts stage 1 with EdgeFace-S in ``<run>-level4``.
     Under torchrun (``distributed``) only rank 0 reports events and writes files.
@@ -103,13 +106,15 @@ def train(
     finally:
         if builds_cache:
             distributed.wait_for_rank0_work()  # also on failure: the others then hit the same error instead of waiting
-    result = _train_once(config, train_scan, val_scan, on_event, resume_dir, force, auto_troubleshoot, distributed)
+    result = _train_once(config, train_scan, val_scan, on_event, resume_dir, force, auto_troubleshoot, distributed,
+                         trust_code)
     previous: list[Path] = []
     while result.status == "switched" and result.next_config is not None:
         previous.append(result.run_dir)
         next_config = result.next_config
         on_event(Notice("info", f"restarting stage 1 with {next_config.model.arch} in {next_config.runtime.out}"))
-        result = _train_once(next_config, train_scan, val_scan, on_event, None, force, auto_troubleshoot, distributed)
+        result = _train_once(next_config, train_scan, val_scan, on_event, None, force, auto_troubleshoot, distributed,
+                             trust_code)
     result.previous_runs = previous
     return result
 
@@ -123,6 +128,7 @@ def _train_once(
     force: bool,
     auto_troubleshoot: bool,
     distributed: Distributed = SINGLE,
+    trust_code: bool = False,
 ) -> RunResult:
     seed_everything(config.runtime.seed)
     resume_state = None
@@ -141,7 +147,7 @@ def _train_once(
     else:
         loaded = load_backbone(
             config.model.checkpoint, config.model.arch, config.model.use_pos_emb,
-            config.model.embedding_dim, config.model.allow_missing,
+            config.model.embedding_dim, config.model.allow_missing, trust_code,
         )
         report_backbone(loaded, on_event)
         # Record what was built (arch: auto resolves here), so config.yaml describes the run exactly.

@@ -283,8 +283,10 @@ def test_identify_reports_open_set_metrics_on_a_labelled_probe_set(gallery_file:
     metrics = invoke_json("identify", "--probe-dir", str(data / "val"), "--gallery", str(gallery_file))["open_set"]
     assert metrics["enrolled_probes"] == 16 and metrics["non_enrolled_probes"] == 8
     assert metrics["rank1"] >= 0.75 and set(metrics["dir_at_far"]) == {"0.01", "0.1"}
-    for entry in metrics["dir_at_far"].values():
-        assert entry["far"] <= 0.1 and 0.0 <= entry["dir"] <= metrics["rank1"]
+    for far, entry in metrics["dir_at_far"].items():
+        # 8 strangers resolve neither FAR 0.1 (needs 10) nor 0.01 (needs 100): not measurable, saying why.
+        assert entry["measurable"] is False and entry["dir"] is None and entry["far"] is None
+        assert entry["why"] == f"needs ≥ {round(1 / float(far)):,} probes not enrolled (one false alarm possible), has 8"
 
 
 def test_a_file_that_is_not_a_gallery_is_refused(tmp_path: Path, data: Path) -> None:
@@ -306,8 +308,9 @@ def test_open_set_metrics_by_hand() -> None:
     best = (probes @ np.eye(2)).max(axis=1)
     assert metrics["rank1"] == 1.0 and metrics["non_enrolled_probes"] == 2
     # FAR 0: above both strangers' best scores (0.768, 0.832): only the probes scoring above 0.832 count.
+    # FAR 0 is no rate a finite set of strangers can show: not measurable, saying why.
     zero = metrics["dir_at_far"]["0.0"]
-    assert zero["far"] == 0.0 and zero["dir"] == pytest.approx(float((best[:3] > best[3:].max()).mean()))
+    assert zero["measurable"] is False and zero["dir"] is None and "cannot be measured" in zero["why"]
     half = metrics["dir_at_far"]["0.5"]  # one stranger may pass: the threshold drops to just above the lower one
     assert half["far"] == 0.5 and half["dir"] == pytest.approx(float((best[:3] > best[3:].min()).mean()))
     assert metrics["far_at_threshold"] == 0.5 and metrics["dir_at_threshold"] == pytest.approx(float((best[:3] >= 0.8).mean()))

@@ -59,12 +59,12 @@ def test_a_threshold_is_used_only_for_the_model_and_preprocessing_eval_measured(
     assert "eval-backbone.json not found" in _verify(a, b, run / "backbone.pt")["threshold_reason"]
     flipped = _verify(a, b, run, "--flip")
     assert flipped["same"] is None and "flip off vs on" in flipped["threshold_reason"]
-    _eval(run / "last.pt", val, "--set", "data.image_size=48")  # measured at another size than the run feeds it
+    _eval(run / "last.pt", val, "--set", "data.image_size=48", "--force")  # measured at another size than the run feeds it
     assert "image size 48 vs 32" in _verify(a, b, run / "last.pt")["threshold_reason"]
-    _eval(run, val, "--flip")  # eval --flip replaces best.pt's record: without flip no threshold applies now
+    _eval(run, val, "--flip", "--force")  # eval --flip replaces best.pt's record: without flip no threshold applies now
     assert "flip on vs off" in _verify(a, b, run)["threshold_reason"]
     assert _verify(a, b, run, "--flip")["threshold"] is not None
-    _eval(run, val)  # back to the plain record for the other tests
+    _eval(run, val, "--force")  # back to the plain record for the other tests
 
 
 def test_a_bare_backbone_in_a_run_is_fed_as_its_run_was(run: Path, recognition_data: Path) -> None:

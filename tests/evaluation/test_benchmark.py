@@ -88,9 +88,9 @@ def test_eval_bin_follows_insightfaces_protocol(lfw_like: tuple[Path, list[Path]
     # Independently: embed each JPEG-decoded image and its mirror with the run's backbone, sum in float64,
     # normalise as sklearn does, then insightface's grid-threshold folds (bin_reference).
     from edgeface_cli.config import EdgeFaceConfig
-    from edgeface_cli.evaluation.evaluator import load_eval_model
+    from edgeface_cli.model.loading import load_model
 
-    backbone = load_eval_model(recognition_run, EdgeFaceConfig()).backbone.eval()
+    backbone = load_model(recognition_run, EdgeFaceConfig()).backbone.eval()
     binset = read_bin(path)
     pixels = np.stack([np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((32, 32), Image.Resampling.BILINEAR))
                        for data in binset.images])

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+
 import json
 import os
 from pathlib import Path
@@ -64,11 +66,12 @@ def test_every_format_reads_to_the_same_tensors(tmp_path: Path, xxs_checkpoint: 
     model.eval()
     torch.jit.save(torch.jit.trace(model, torch.randn(1, 3, 64, 64)), str(tmp_path / "scripted.pt"))
     for path in sorted(tmp_path.iterdir()):
-        loaded = read_checkpoint(path)
+        loaded = read_checkpoint(path, trust_code=path.name == "scripted.pt")  # TorchScript is a program: trusted here
         assert set(loaded.state_dict) == set(reference), path.name
         for key, value in reference.items():
             assert torch.equal(loaded.state_dict[key], value), (path.name, key)
-    assert read_checkpoint(tmp_path / "scripted.pt").format.startswith("torchscript")
+        assert loaded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()  # the bytes loaded, hashed
+    assert read_checkpoint(tmp_path / "scripted.pt", trust_code=True).format.startswith("torchscript")
     assert "module." in read_checkpoint(tmp_path / "ddp.pt").format
     code, report = inspect("--edgeface", str(tmp_path / "bare_timm.pt"))
     assert code == 0 and report["matched"] == 160

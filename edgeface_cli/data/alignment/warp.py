@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-# The five ArcFace reference points (left eye, right eye, nose tip, mouth left, mouth right) in a 112x112 crop:
-# the 96x112 template of SphereFace/InsightFace shifted 8 px right to make it square.
-ARCFACE_TEMPLATE = np.array([
-    [38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041],
-], dtype=np.float64)
+from ...zoo import ARCFACE_TEMPLATE_POINTS
+
+ARCFACE_TEMPLATE = np.array(ARCFACE_TEMPLATE_POINTS, dtype=np.float64)  # where the five landmarks land
 CROP_SIZE = 112
 
 

@@ -1,11 +1,16 @@
 """Exported model files run as they were exported: ONNX on onnxruntime, pt2 as the ``torch.export`` program
 (TorchScript too), each callable like the PyTorch backbone; and the sidecar JSON ``edgeface export`` writes
-beside them, read strictly. Here, below deploy, so that ``eval`` measures an exported file as it measures a
-checkpoint (an int8 file's own threshold, its accuracy against the fp32 one).
+beside them, read strictly. Here, with the other model readers, so that every command loads a model through
+one ``loading.load_model`` and ``eval`` measures an exported file as it measures a checkpoint.
+
+ONNX is data: onnxruntime runs its graph of standard operators. A pt2 or TorchScript archive is a program:
+``torch.export.load`` unpickles and TorchScript compiles the code it carries, so loading one can run
+arbitrary code. Those load only with ``trust_code`` (``--trust-code``); otherwise they are refused unread.
 """
 
 from __future__ import annotations
 
+import io
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -17,12 +22,12 @@ import torch
 from torch import nn
 
 from ..atomic import read_json_object
-from ..data.alignment.warp import ARCFACE_TEMPLATE
 from ..errors import CheckpointError, import_extra
-from ..zoo import ZOO
+from ..zoo import ARCFACE_TEMPLATE_POINTS, ZOO
+from .checkpoint_io import read_bytes_hashed, refuse_program
 
 NORMALIZATION = "pixel / 127.5 - 1 (range [-1, 1]; mean 0.5, std 0.5 on [0, 1])"  # what to_model_input computes
-TEMPLATE = ARCFACE_TEMPLATE.tolist()  # the crops this version makes (export records it in the sidecar)
+TEMPLATE = [list(point) for point in ARCFACE_TEMPLATE_POINTS]  # the crops this version makes (export records it)
 PROGRAM_SUFFIXES = {".onnx": "onnx", ".pt2": "pt2"}
 SAME_EMBEDDINGS_MIN_COSINE = 0.9999  # an fp32 export's parity bar: below it the file is broken, not rounded  # run as exported; other files load into the PyTorch model
 
@@ -113,6 +118,8 @@ class OnnxBackbone(nn.Module):
     def __init__(self, path: Path, threads: int | None = None) -> None:
         super().__init__()
         self.path = path
+        # Every session is made from these bytes, read once: the model hashed is the model run.
+        self.model_bytes, self.sha256 = read_bytes_hashed(path)
         self.threads = max(1, threads or torch.get_num_threads())
         self.sessions: dict[int, Any] = {}
         model_input = self._session(1).get_inputs()[0]
@@ -122,7 +129,7 @@ class OnnxBackbone(nn.Module):
         side = model_input.shape[-1]
         self.image_size = side if isinstance(side, int) else None
         self.pool = _shared_pool(self.threads) if self.threads > 1 else None
-        self.one_image_per_run = DYNAMIC_QUANTIZATION in path.read_bytes()
+        self.one_image_per_run = DYNAMIC_QUANTIZATION in self.model_bytes
 
     def _session(self, intra_op_threads: int) -> Any:
         if intra_op_threads not in self.sessions:
@@ -133,7 +140,7 @@ class OnnxBackbone(nn.Module):
             options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
             try:
                 self.sessions[intra_op_threads] = onnxruntime.InferenceSession(
-                    str(self.path), options, providers=["CPUExecutionProvider"])
+                    self.model_bytes, options, providers=["CPUExecutionProvider"])
             except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for every kind of bad file
                 raise CheckpointError(f"{self.path} is not a loadable ONNX model: "
                                       f"{str(exc).splitlines()[0][:200]}") from None
@@ -171,7 +178,8 @@ class ExportedProgram(nn.Module):
 
     def __init__(self, path: Path) -> None:
         super().__init__()
-        program = torch.export.load(path)
+        data, self.sha256 = read_bytes_hashed(path)
+        program = torch.export.load(io.BytesIO(data))  # unpickles: the caller trusts its code (load_program)
         inputs = [node for node in program.graph.nodes
                   if node.op == "placeholder" and node.name in program.graph_signature.user_inputs]
         shape = inputs[0].meta["val"].shape
@@ -185,15 +193,22 @@ class ExportedProgram(nn.Module):
         return torch.cat([self.program(images[start:start + step]) for start in range(0, len(images), step)])
 
 
-def load_program(path: Path, kind: str) -> nn.Module:
-    """An exported program, runnable: ``onnx`` (onnxruntime), ``pt2`` (torch.export), ``torchscript``."""
+def load_program(path: Path, kind: str, trust_code: bool = False) -> nn.Module:
+    """An exported program, runnable: ``onnx`` (onnxruntime), ``pt2`` (torch.export), ``torchscript``; its
+    ``sha256`` attribute is that of the bytes loaded. A pt2 or TorchScript archive runs code when loaded:
+    without ``trust_code`` it is refused, unread."""
     if kind == "onnx":
         return OnnxBackbone(path)
+    if not trust_code:
+        raise refuse_program(path, "torch.export (.pt2)" if kind == "pt2" else "TorchScript")
     try:
         if kind == "pt2":
             return ExportedProgram(path)
+        data, sha256 = read_bytes_hashed(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation: export says it once
-            return torch.jit.load(str(path), map_location="cpu")
+            scripted = torch.jit.load(io.BytesIO(data), map_location="cpu")
+        scripted.sha256 = sha256
+        return scripted
     except Exception as exc:  # noqa: BLE001 - a damaged archive fails in many ways: all mean "cannot load"
         raise CheckpointError(f"{path} is not a loadable {kind} model: {str(exc).splitlines()[0][:200]}") from None
