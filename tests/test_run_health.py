@@ -129,6 +129,14 @@ def test_chance_accuracy_with_separating_embeddings_is_an_untrained_head(tmp_pat
     assert "optim.head_lr=0.001" in diagnosis.remedies[0]
 
 
+def test_val_names_that_do_not_match_the_training_people_are_named(tmp_path: Path) -> None:
+    run = synthetic_run(tmp_path, epochs_of([0.6, 0.9, 1.0], [0.0, 0.05, 0.0], [0.9, 0.92, 0.93]))
+    diagnosis = diagnose_run(run)
+    assert diagnosis.signs == ["labels_disagree"]
+    assert "the val folders' names do not match the training folders' people" in diagnosis.findings[0]
+    assert "edgeface check-data --train-dir" in diagnosis.remedies[0]
+
+
 def test_memorised_training_images_with_val_at_chance_point_at_the_labels(tmp_path: Path) -> None:
     run = synthetic_run(tmp_path, epochs_of([0.5, 0.9, 1.0], [0.2, 0.2, 0.2], [0.5, 0.5, 0.5]))
     diagnosis = diagnose_run(run)

@@ -99,7 +99,9 @@ class Recovery:
         self.scaler = self._new_scaler()
         restore_rng_state(self.initial_rng, self.device)
         self.stage1_embeddings = self.frozen_val = None
-        self.records = [row for row in self.records if "event" in row]
+        # Events stay, and so does the epoch-0 held-out baseline: it measured the pretrained model this rewind
+        # restores, and the forgetting warning and the plots compare every later epoch against it.
+        self.records = [row for row in self.records if "event" in row or row.get("epoch") == 0]
 
     def _escalate(self, stop: GuardStop) -> bool:
         """--auto-troubleshoot: reload the last good state, apply the next fallback level, go on."""

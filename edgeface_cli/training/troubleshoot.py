@@ -273,6 +273,18 @@ def judge_learning(config: EdgeFaceConfig, epochs: list[dict[str, Any]], run_dir
     guessing = f"guessing among {identities} identities ({counted}) gives {guess:.1%}" if guess else ""
     if best_acc is not None and guess is None and not auc_at_chance:
         judged.findings.append(f"val accuracy cannot be compared with chance: {counted}")
+    if acc_at_chance and best_auc is not None and not auc_at_chance and best_train is not None and not train_at_chance:
+        # The head knows the training identities and the embeddings separate the val ones, yet val accuracy is
+        # at chance: the val folders name other people than the training folders of the same name.
+        judged.signs.append("labels_disagree")
+        judged.findings.append(
+            f"val accuracy is at chance level (best {best_acc['val_acc']:.1%}; {guessing}) although train accuracy "
+            f"reached {best_train['train_acc']:.1%} and the embeddings separate val identities (val AUC "
+            f"{best_auc['val_auc']:.3f}): the val folders' names do not match the training folders' people")
+        data = config.data
+        judged.remedies.append(f"check that each val folder holds the same person as the training folder of its name "
+                               f"(edgeface check-data --train-dir {data.train_dir} --val-dir {data.val_dir})")
+        return judged
     if acc_at_chance and best_auc is not None and not auc_at_chance:
         judged.signs.append("head_untrained")
         judged.findings.append(

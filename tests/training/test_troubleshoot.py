@@ -247,3 +247,64 @@ def test_a_repeated_warning_is_shown_once_with_its_count() -> None:
     texts = [event.text for event in reporter.events]
     assert len(texts) == 3 and texts[0].startswith("epoch 7: val accuracy has not improved for 5 epochs")
     assert texts[1].startswith("epoch 9: same-identity") and "repeated in 2 more epoch(s), the last 9" in texts[2]
+
+
+def test_a_rewind_to_the_start_keeps_the_epoch_0_held_out_baseline(sample_dataset: Path, recognition_data: Path,
+                                                                     xxs_checkpoint: Path, tmp_path: Path) -> None:
+    run = tmp_path / "rewound"
+    result = runner.invoke(app, train_args(sample_dataset, run, "--edgeface", str(xxs_checkpoint), "--holdout-dir",
+                                           str(recognition_data / "val"), "--set", nan_epoch(1),
+                                           "--auto-troubleshoot", "--epochs", "2"))
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["to_level"] for row in rows if row.get("event") == "escalation"] == [1]  # epoch 1 failed: no last.pt
+    epochs = [row for row in rows if "event" not in row]
+    assert [row["epoch"] for row in epochs] == [0, 1, 2]
+    baseline = epochs[0]
+    assert baseline["stage"] == 0 and 0 <= baseline["holdout_auc"] <= 1
+    # Stage 1 freezes the pretrained backbone the rewind restored: its held-out quality is the baseline's.
+    assert epochs[1]["holdout_auc"] == baseline["holdout_auc"]
+
+
+# ------------------------------------------------------------------ health from failure, on real runs
+
+
+def test_a_real_run_that_learned_is_called_healthy(recognition_run: Path) -> None:
+    from edgeface_cli.training.troubleshoot import diagnose_run
+
+    diagnosis = diagnose_run(recognition_run)
+    assert diagnosis.healthy and diagnosis.signs == [], diagnosis.findings
+    result = runner.invoke(app, ["troubleshoot", "--from-run", str(recognition_run), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["healthy"] is True
+
+
+def test_a_real_run_whose_val_labels_are_scrambled_is_at_chance(recognition_data: Path, tmp_path: Path) -> None:
+    """The recognition run's recipe, with each val image filed under another person's name (never its own, and
+    no one-to-one renaming): the model learns the training people, val is no better than guessing."""
+    import shutil
+
+    from edgeface_cli.training.troubleshoot import diagnose_run
+
+    people = sorted(folder.name for folder in (recognition_data / "val").iterdir())
+    scrambled = tmp_path / "val"
+    for index, person in enumerate(people):
+        for number, image in enumerate(sorted((recognition_data / "val" / person).iterdir())):
+            other = people[(index + 1 + number % (len(people) - 1)) % len(people)]
+            (scrambled / other).mkdir(parents=True, exist_ok=True)
+            shutil.copy(image, scrambled / other / f"{person}_{image.name}")
+    run = tmp_path / "run"
+    result = runner.invoke(app, [
+        "train", "--train-dir", str(recognition_data / "train"), "--val-dir", str(scrambled), "--device", "cpu",
+        "--out", str(run), "--stage1-epochs", "1", "--epochs", "4", "--batch-size", "8",
+        "--set", "data.image_size=32", "--set", "data.workers=0", "--set", "optim.warmup_epochs=0",
+        "--set", "optim.head_lr=3e-3", "--set", "optim.backbone_lr=3e-3", "--set", "optim.head_lr_stage2=3e-3",
+        "--set", "arcface.scale=16", "--set", "arcface.margin=0.1",
+    ])
+    assert result.exit_code == 0, result.output
+    diagnosis = diagnose_run(run)
+    assert diagnosis.signs == ["chance"], diagnosis.findings
+    assert any("guessing among 6 identities" in finding for finding in diagnosis.findings)
+    assert "memorises its training images" in diagnosis.remedies[0] and "check-data" in diagnosis.remedies[-1]
+    text = " ".join(runner.invoke(app, ["troubleshoot", "--from-run", str(run)]).output.split())
+    assert "chance level after 4 epochs" in text and "no fallback level fits" in text
