@@ -77,6 +77,24 @@ def _first_non_finite(value: Any, where: str) -> str | None:
     return None
 
 
+def finite_or_none(obj: Any, where: str = "$") -> tuple[Any, list[str]]:
+    """``obj`` with every NaN/infinity replaced by None, and the key paths that held one: what a writer reports
+    beside the value (e.g. under ``nonfinite``), so that a reader never takes the gap for an unmeasured value."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None, [where]
+    if isinstance(obj, dict):
+        cleaned: dict[Any, Any] = {}
+        replaced: list[str] = []
+        for key, item in obj.items():
+            cleaned[key], found = finite_or_none(item, f"{where}.{key}")
+            replaced += found
+        return cleaned, replaced
+    if isinstance(obj, (list, tuple)):
+        pairs = [finite_or_none(item, f"{where}[{index}]") for index, item in enumerate(obj)]
+        return [item for item, _ in pairs], [path for _, found in pairs for path in found]
+    return obj, []
+
+
 def strict_json(obj: Any, **kwargs: Any) -> str:
     """``json.dumps(obj, allow_nan=False, **kwargs)``; a NaN or infinity raises ValueError naming where it is
     (a writer must turn such a value into None with a reason before it gets here)."""

@@ -189,3 +189,26 @@ def test_print_json_is_strict() -> None:
 
     with pytest.raises(ValueError, match=r"\$\.report\.auc is not finite"):
         print_json({"report": {"auc": float("nan")}})
+
+
+def test_finite_or_none_names_what_it_replaced() -> None:
+    from edgeface_cli.atomic import finite_or_none
+
+    cleaned, replaced = finite_or_none({"a": [1.0, float("inf")], "b": {"c": float("nan")}, "d": "x"})
+    assert cleaned == {"a": [1.0, None], "b": {"c": None}, "d": "x"}
+    assert replaced == ["$.a[1]", "$.b.c"]
+    assert finite_or_none([0.5, 2]) == ([0.5, 2], [])
+
+
+def test_an_infinite_setting_is_null_and_named_in_json_output(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    shown = runner.invoke(app, ["config", "show", "--json", "--set", "optim.l2sp=.inf"])
+    assert shown.exit_code == 0, shown.output
+    config = json.loads(shown.output, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+    assert config["optim"]["l2sp"] is None and config["nonfinite"] == ["optim.l2sp"]
+    changed = runner.invoke(app, ["troubleshoot", "--level", "1", "--dry-run", "--json", "--set", "optim.head_lr=.inf"])
+    assert changed.exit_code == 0, changed.output
+    report = json.loads(changed.output, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+    assert report["changes"][0]["before"] is None and report["changes"][0]["after"] == 5e-5
+    assert report["nonfinite"] == ["changes[0].before"]

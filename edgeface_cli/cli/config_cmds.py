@@ -22,7 +22,11 @@ def config_show(
 
     resolved = resolve_config(config, set_)
     if as_json:
-        print_json(resolved.to_yaml_dict())
+        from ..atomic import finite_or_none
+
+        # YAML has .inf and .nan, strict JSON has neither: such a value is null here, its field named.
+        shown, nonfinite = finite_or_none(resolved.to_yaml_dict())
+        print_json(shown if not nonfinite else {**shown, "nonfinite": [path[2:] for path in nonfinite]})
     else:
         typer.echo(dump_yaml(resolved), nl=False)
 

@@ -90,8 +90,12 @@ def troubleshoot(
             shutil.copy2(target, backup)
         atomic_write_text(target, dump_yaml(new_config))
     if as_json:
+        from ..atomic import finite_or_none
+
+        # A config can hold an infinite rate (YAML .inf): strict JSON has none, so it is null and named.
+        shown_changes, nonfinite = finite_or_none(changes, "changes")
         print_json({
-            "level": level, "changes": changes, "written": None if dry_run else str(target),
+            "level": level, "changes": shown_changes, "nonfinite": nonfinite, "written": None if dry_run else str(target),
             "backup": None if dry_run or backup is None else str(backup),
             "findings": diagnosis.findings if diagnosis else None,
             "signs": diagnosis.signs if diagnosis else None,
