@@ -81,7 +81,7 @@ def export(
 
         trained = build_config(run_dir / "config.yaml", search_default_file=False).data
         folders += [folder for folder in (trained.val_dir, trained.train_dir) if folder is not None]
-    found, why = decision_threshold(embedder)  # the one eval recorded for these weights, at this size, without flip
+    found, why = decision_threshold(embedder.threshold_sources())  # the one eval recorded for these weights, at this size, without flip
     threshold = (found.value, found.source) if found else None
     with console.status("exporting", spinner="dots") if console.is_terminal else nullcontext() as status:
         (images, source), = reference_images(folders, embedder.settings, [PARITY_IMAGES])

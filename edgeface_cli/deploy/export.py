@@ -14,7 +14,6 @@ against PyTorch (``tests/deploy/test_standard_onnx.py``).
 
 from __future__ import annotations
 
-import inspect
 import logging
 import random
 import statistics
@@ -36,7 +35,7 @@ from ..atomic import atomic_write_file, write_json
 from ..data.augment import normalize
 from ..data.folder import ImageSettings, check_image, decode_image
 from ..errors import CheckpointError, DataError, ParityError, import_extra
-from ..evaluation.exported import NORMALIZATION, SAME_EMBEDDINGS_MIN_COSINE, load_program, sidecar_path
+from ..model.programs import NORMALIZATION, SAME_EMBEDDINGS_MIN_COSINE, load_program, sidecar_path
 from ..model.backbones import EdgeFace
 from ..model.checkpoints import load_backbone
 from ..preflight import EXPORT_SUFFIXES, check_export_request, int8_path
@@ -186,7 +185,7 @@ def require_standard_onnx(path: Path, what: str, opset: int | None = None) -> No
         problem = f"it uses operators outside the standard ai.onnx domain ({', '.join(foreign)})"
     elif opset is not None and written != opset:
         problem = (f"torch's ONNX exporter wrote opset {written}, not the requested {opset} (its version converter "
-                   f"could not convert this graph); pass --opset {max(ONNX_OPSETS)}")
+                   "could not convert this graph); pass --opset 18 (the exporter's own) or 20")
     else:
         try:
             onnx.checker.check_model(model, full_check=True)
@@ -228,9 +227,7 @@ def write_program(module: nn.Module, fmt: str, path: Path, example: torch.Tensor
 def load_written(path: Path, fmt: str) -> nn.Module:
     """A program this export has just written, runnable. Loading a pt2/TorchScript archive runs its code: this
     one is the file export itself wrote a moment ago (under a name only it knows), so it is trusted."""
-    if "trust_code" in inspect.signature(load_program).parameters:
-        return load_program(path, fmt, trust_code=True)  # type: ignore[call-arg]
-    return load_program(path, fmt)
+    return load_program(path, fmt, trust_code=True)
 
 
 def load_export(path: Path, fmt: str, like: EdgeFace) -> nn.Module:

@@ -90,8 +90,9 @@ def test_pt2_and_torchscript_exports_match_pytorch(fmt: str, options: list[str],
     if fmt == "pt2":  # exported for batch 1: embed still runs it on a whole folder, image by image
         assert torch.export.load(out).module()(torch.zeros(1, 3, 32, 32)).shape == (1, 512)
         embedded = {}
-        for name, model in (("pt2", out), ("pytorch", run_dir)):
-            assert invoke("embed", str(data / "val"), "--checkpoint", str(model), "--out", str(tmp_path / f"{name}.npz"))[0] == 0
+        for name, model, trust in (("pt2", out, ["--trust-code"]), ("pytorch", run_dir, [])):
+            assert invoke("embed", str(data / "val"), "--checkpoint", str(model), "--out", str(tmp_path / f"{name}.npz"),
+                          *trust)[0] == 0
             embedded[name] = np.load(tmp_path / f"{name}.npz")["embeddings"]
         assert (embedded["pt2"] * embedded["pytorch"]).sum(axis=1).min() >= 0.9999
 
