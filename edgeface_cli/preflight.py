@@ -6,6 +6,7 @@ Each raises the same typed error the deeper code would, naming the problem and t
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import DataError, RunDirError
@@ -64,12 +65,12 @@ def check_writable_folder(folder: Path, what: str) -> None:
         raise RunDirError(f"cannot write {what} {folder}: {where} is not writable; choose another path")
 
 
-def check_output_file(path: Path, force: bool) -> None:
-    """An output file is never overwritten without --force (every command that writes one asks the same)."""
-    if path.exists() and not force:
-        raise DataError(f"{path} already exists; pass --force to overwrite it")
-    if path.is_dir():
-        raise DataError(f"{path} is a folder; pass a file path")
+def check_output_file(path: Path, force: bool, inputs: Iterable[Path | None] = ()) -> None:
+    """The one output rule (``atomic.output_file``), before any slow work: an existing file needs --force, a
+    command never writes over its own input, a folder is no output file."""
+    from .atomic import output_file
+
+    output_file(path, force=force, inputs=[item for item in inputs if item is not None])
 
 
 def check_training_inputs(train_dir: Path | None, val_dir: Path | None, out: Path | None,

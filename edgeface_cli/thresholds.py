@@ -14,14 +14,13 @@ Torch-free.
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_text, read_json_object
+from .atomic import read_json_object, write_json
 from .errors import DataError
 from .rundir import EVAL_RESULT
 
@@ -141,7 +140,7 @@ def eval_record_path(model_file: Path, run_dir: Path | None) -> Path:
 def write_eval_record(path: Path, metrics: dict[str, Any], fingerprint: ModelFingerprint, val_dir: Path) -> Path:
     record = {"evaluated_at": datetime.now().isoformat(timespec="seconds"), "val_dir": str(val_dir.resolve()),
               "model": fingerprint.to_json(), **metrics}
-    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    write_json(path, record)
     return path
 
 

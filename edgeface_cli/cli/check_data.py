@@ -92,9 +92,9 @@ def check_data(
     if out is not None:
         import json
 
-        from ..atomic import atomic_write_text
+        from ..atomic import atomic_write_text, strict_json
 
-        atomic_write_text(out, json.dumps(result, indent=2, default=str) + "\n")
+        atomic_write_text(out, strict_json(result, indent=2, default=str) + "\n")
     if as_json:
         print_json(result)
     else:

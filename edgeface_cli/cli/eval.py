@@ -14,6 +14,7 @@ from .common import (
     ConfigOpt,
     FacesOpt,
     SetOpt,
+    TrustCodeOpt,
     align_flag,
     app,
     console,
@@ -121,6 +122,7 @@ def eval_(
     force: bool = typer.Option(
         False, "--force", help="Overwrite existing --save-embeddings / --plot files, and replace the model's eval record "
                                "when it measured another recipe or other data (its threshold then changes)."),
+    trust_code: bool = TrustCodeOpt,
     config: Optional[Path] = ConfigOpt,
     align: bool = AlignOpt,
     faces: str = FacesOpt,
@@ -146,7 +148,7 @@ def eval_(
         plot = plot_path(plot)
     for output in (save_embeddings_to, plot):
         if output is not None:
-            check_output_file(output, force)
+            check_output_file(output, force, inputs=[checkpoint])
     explicit_size = resolved.data.image_size if any(item.startswith("data.image_size=") for item in set_ or []) else None
     from .render import StepProgress
 
@@ -155,7 +157,8 @@ def eval_(
         from ..evaluation.evaluator import evaluate_bins
 
         with StepProgress(console) as progress:
-            bin_results = evaluate_bins(resolved, checkpoint, bins, explicit_size, progress=progress.update)
+            bin_results = evaluate_bins(resolved, checkpoint, bins, explicit_size, progress=progress.update,
+                                        trust_code=trust_code)
         if resolved.data.val_dir is None:
             if as_json:
                 _print_strict_json({"checkpoint": str(checkpoint), "bins": bin_results})
@@ -165,7 +168,7 @@ def eval_(
 
     with StepProgress(console) as progress:
         result = evaluate(resolved, checkpoint, pairs, flip, explicit_size, progress=progress.update,
-                          refuse_record_conflict=not force)
+                          refuse_record_conflict=not force, trust_code=trust_code)
     if bin_results is not None:
         result.metrics["bins"] = bin_results
     from ..evaluation.evaluator import record_eval

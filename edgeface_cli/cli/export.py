@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from .common import ArchOpt, ConfigOpt, SetOpt, app, console, err_console, print_json, resolve_config, user_errors
+from .common import ArchOpt, ConfigOpt, SetOpt, TrustCodeOpt, app, console, err_console, print_json, resolve_config, user_errors
 
 ONNX_OPSETS = (17, 18, 20)  # deploy.export.ONNX_OPSETS, here to answer a wrong --opset before torch loads (tested equal)
 
@@ -34,6 +34,7 @@ def export(
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     arch: Optional[str] = ArchOpt,
+    trust_code: bool = TrustCodeOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
@@ -69,7 +70,7 @@ def export(
     from ..deploy.export import PARITY_IMAGES, export_backbone, reference_images
     from ..rundir import run_dir_of
 
-    embedder = load_embedder(checkpoint, resolved)
+    embedder = load_embedder(checkpoint, resolved, trust_code=trust_code)
     if embedder.kind != "pytorch":
         raise DataError(f"{checkpoint} is already an exported {embedder.kind} model; export from the run or checkpoint")
     for path in outputs:  # the checkpoint file a run directory resolved to is an input too
@@ -89,6 +90,7 @@ def export(
             embedder.backbone, embedder.settings, fmt, out, images, source, embedder.source, opset=opset,
             static_batch=static_batch, int8=int8, int8_min_cosine=int8_min_cosine, threshold=threshold,
             progress=(lambda text: status.update(text)) if status is not None else None,
+            source_sha256=embedder.model.sha256,
         )
     report = {
         "file": str(result.path), "format": fmt, "bytes": result.size_bytes, "sidecar": str(result.sidecar),

@@ -107,7 +107,7 @@ def embed(
     from ..atomic import atomic_write_stream
     from ..preflight import check_output_file
 
-    check_output_file(out, force)
+    check_output_file(out, force, inputs=[checkpoint, *inputs])
     with interrupt_says(f"nothing written ({out} is written only whole, at the end)"):
         resolved, embedder = _embedder(checkpoint, config, set_, device, batch_size, align_flag(align, faces), arch,
                                        trust_code)
@@ -214,7 +214,7 @@ def enroll(
     if editing and not out.is_file():
         raise DataError(f"gallery not found: {out}; --add and --remove change an existing gallery")
     if not editing:
-        check_output_file(out, force)
+        check_output_file(out, force, inputs=[checkpoint, gallery_dir])
         if checkpoint is None:
             raise DataError("a new gallery needs its model: pass --checkpoint (a run, checkpoint or exported model)")
 

@@ -355,7 +355,7 @@ def non_finite_weights(backbone: nn.Module) -> list[str]:
 
 def describe(backbone: EdgeFace, settings: ImageSettings, fmt: str, path: Path, source: Path, checked: Parity,
              static_batch: int | None, opset: int | None, threshold: tuple[float, str] | None, quantized: bool = False,
-             graph: str = "the backbone as trained") -> dict[str, Any]:
+             graph: str = "the backbone as trained", source_sha256: str | None = None) -> dict[str, Any]:
     """The sidecar: everything a deployment needs to feed the file and trust its output."""
     batch: int | str = static_batch or "batch"
     return {
@@ -376,11 +376,12 @@ def describe(backbone: EdgeFace, settings: ImageSettings, fmt: str, path: Path, 
                    "compare_with": "cosine similarity of the L2-normalised outputs"},
         "loading": loading_contract(fmt),
         "source_checkpoint": str(source.resolve()),
-        "source_sha256": file_sha256(source) if source.is_file() else None,
+        # Of the bytes that were loaded and exported (the caller's LoadedModel), else of the file now.
+        "source_sha256": source_sha256 or (file_sha256(source) if source.is_file() else None),
         "parity": {**asdict(checked), "reference": "the PyTorch model in fp32"},
         # Measured without flip at this size: embed/verify on the export use it only so (deploy.decisions).
-        "threshold": ({"value": threshold[0], "source": threshold[1], "image_size": settings.image_size, "flip": False}
-                      if threshold else None),
+        "threshold": ({"value": threshold[0], "source": threshold[1], "image_size": settings.image_size, "flip": False,
+                       "preprocessing": settings.recipe} if threshold else None),
         "opset": opset,
         "standard": {"domains": ["ai.onnx"], "checker": "onnx.checker.check_model(full_check=True) passed",
                      "runtime_fusions": "none in the file (onnxruntime fuses GELU itself at load)"} if fmt == "onnx" else None,
@@ -402,6 +403,7 @@ def export_backbone(
     int8_min_cosine: float = MIN_COSINE_INT8,
     threshold: tuple[float, str] | None = None,
     progress: Callable[[str], None] | None = None,
+    source_sha256: str | None = None,
 ) -> ExportResult:
     """Write ``backbone`` as ``fmt`` to ``out`` (any batch, or ``static_batch`` images per call: onnx and pt2),
     check it on ``images`` (uint8), write the sidecar; and, with ``int8`` (ONNX only), an int8 copy beside it,
@@ -463,7 +465,7 @@ def export_backbone(
         speed = Speed(file_speed, eager_speed, fixed_batch or len(inputs), torch.get_num_threads(), cpu_features())
     sidecar = sidecar_path(out)
     write_json(sidecar, {**describe(backbone, settings, fmt, out, source, exported, fixed_batch, opset_used, threshold,
-                                    graph=graph), "speed": asdict(speed) if speed else None})
+                                    graph=graph, source_sha256=source_sha256), "speed": asdict(speed) if speed else None})
     result = ExportResult(out, fmt, exported, out.stat().st_size, sidecar, notes=notes, speed=speed)
     if int8:
         quantized_path = int8_path(out)
@@ -479,7 +481,7 @@ def export_backbone(
         int8_speed = replace(speed, images_per_s=compare_speed(load_written(quantized_path, "onnx"), backbone, inputs)[0])
         write_json(sidecar_path(quantized_path), {
             **describe(backbone, settings, fmt, quantized_path, source, quantized, fixed_batch, opset_used, None,
-                       quantized=True, graph=graph),
+                       quantized=True, graph=graph, source_sha256=source_sha256),
             "quantization": "dynamic int8: MatMul/Gemm weights per channel, activations at run time; convolutions fp32",
             "threshold_note": int8_threshold_note(quantized_path, quantized),
             "speed": {**asdict(int8_speed), "fp32_images_per_s": speed.images_per_s}})

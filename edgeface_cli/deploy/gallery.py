@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_write_stream
+from ..atomic import atomic_write_stream, strict_json
 from ..errors import DataError
 from ..evaluation.metrics import class_centroids
 from ..thresholds import ModelFingerprint
@@ -104,7 +104,7 @@ def save_gallery(gallery: Gallery, path: Path) -> None:
     atomic_write_stream(path, lambda stream: np.savez(
         stream, identities=np.array(gallery.identities, dtype=str), centroids=gallery.centroids,
         embeddings=gallery.embeddings, labels=gallery.labels, paths=np.array(gallery.paths, dtype=str),
-        meta=np.array(json.dumps(meta)),
+        meta=np.array(strict_json(meta)),
     ))
 
 

@@ -399,7 +399,9 @@ def save_plot(result: EvalResult, path: Path) -> None:
         far, tar = result.roc
         roc_axis.plot(far, tar)
         roc_axis.set_xscale("symlog", linthresh=1e-3)
-    roc_axis.set(xlabel="false accept rate", ylabel="true accept rate", title=f"ROC (AUC {result.metrics['roc_auc'] or 0:.4f})")
+    auc = result.metrics.get("roc_auc")
+    roc_title = f"ROC (AUC {auc:.4f})" if auc is not None else "ROC (not measurable: needs same and different pairs)"
+    roc_axis.set(xlabel="false accept rate", ylabel="true accept rate", title=roc_title)
     if result.histogram is not None:
         # Re-bin the exact counts coarsely for display: no pair list is ever materialised.
         coarse = 256

@@ -53,7 +53,7 @@ class GeneralityCheck:
         if self.holdout is not None:  # the same all-pairs verification as per-epoch validation, without a head
             stats = validate(backbone, None, self.holdout, device, precision, channels_last=channels_last,
                              operating_far=self.operating_far).stats
-            row.update(holdout_auc=stats.roc_auc, holdout_tar_at_far=stats.operating_tar, holdout_far=self.operating_far)
+            row.update(holdout_auc=stats.roc_auc, holdout_tar_at_far=stats.operating_tar, holdout_far=stats.operating_far)
         for binset, pixels in self.bins:
             row[f"bin_{binset.path.stem.lower()}_acc"] = evaluate_binset(
                 backbone, binset, pixels, device, precision, self.batch_size, self.operating_far)["accuracy_mean"]

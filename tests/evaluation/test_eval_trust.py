@@ -80,7 +80,9 @@ def test_a_flat_folder_and_a_sorted_deepface_csv(model: Path, flat_pairs: tuple[
 
 def test_figures_that_cannot_be_measured_say_why(model: Path, flat_pairs: tuple[Path, Path],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COLUMNS", "400")  # table cells on one line each
+    from edgeface_cli.cli.common import console
+
+    monkeypatch.setattr(console, "_width", 400)  # table cells on one line each, whatever COLUMNS other tests left
     flat, csv_file = flat_pairs
     code, output = invoke("eval", "--val-dir", str(flat), "--pairs", str(csv_file), "--checkpoint", str(model), *CPU)
     assert code == 0, output
