@@ -6,10 +6,12 @@ Each raises the same typed error the deeper code would, naming the problem and t
 from __future__ import annotations
 
 import os
+import struct
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import DataError, RunDirError
+from .errors import CheckpointError, DataError, RunDirError
 
 HEIF_EXTENSIONS = {".heic", ".heif"}  # phone photos: read through the optional pillow-heif plugin
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", *HEIF_EXTENSIONS}
@@ -90,3 +92,125 @@ def check_training_inputs(train_dir: Path | None, val_dir: Path | None, out: Pat
         what = "is a folder, not a checkpoint file" if checkpoint.is_dir() else "not found"
         raise DataError(f"--edgeface {checkpoint}: {what}; pass the downloaded EdgeFace checkpoint (edgeface_xxs.pt, ...)")
     check_writable_folder(out or Path("runs"), "the run directory")
+
+
+# ------------------------------------------------------------------ model files and photos, judged by their bytes
+
+CHECKPOINT_FIX_HINT = "pass a checkpoint saved with torch.save(model.state_dict(), PATH) or a .safetensors file"
+EXPORTED_SUFFIXES = (".onnx", ".pt2")  # programs edgeface export writes: run as they are, never read as weights
+SNIFF_BYTES = 4096
+
+
+def sniff_model_file(path: Path) -> str:
+    """Which reader a model file needs, from its bytes rather than its name: torch, torchscript, safetensors,
+    or what it is instead (gallery, npz, text, unknown). Reads bytes only: no torch, no unpickling."""
+    with path.open("rb") as handle:
+        head = handle.read(SNIFF_BYTES)
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except Exception:  # noqa: BLE001 - BadZipFile, undecodable names, ...: torch.load reports the corruption
+            return "torch"
+        if any("/code/" in name or name.endswith("constants.pkl") for name in names):
+            return "torchscript"
+        if {"meta.npy", "centroids.npy"} <= set(names):
+            return "gallery"
+        if names and all(name.endswith(".npy") for name in names):
+            return "npz"
+        return "torch"
+    if head[:1] == b"\x80":  # pickle protocol marker: legacy torch.save
+        return "torch"
+    if len(head) >= 9:
+        (header_size,) = struct.unpack("<Q", head[:8])
+        if 0 < header_size < 100_000_000 and head[8:9] == b"{":
+            return "safetensors"
+    if _is_text(head):
+        return "text"
+    return "unknown"
+
+
+def _is_text(head: bytes) -> bool:
+    if b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def check_checkpoint_file(path: Path) -> str:
+    """What ``read_checkpoint`` refuses before it reads a tensor (missing, a folder, empty, an export, a
+    gallery, embeddings, text, unknown bytes), with its messages; returns the kind :func:`sniff_model_file` found."""
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}; check the path given to --edgeface/--checkpoint")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the download or copy did not finish")
+    if path.suffix.lower() in EXPORTED_SUFFIXES:
+        raise CheckpointError(f"{path} is an exported model (edgeface export writes these), not weights to inspect or "
+                              "load; embed, verify, enroll, identify and eval run it as it is")
+    kind = sniff_model_file(path)
+    if kind == "gallery":
+        raise CheckpointError(f"{path} is a gallery written by edgeface enroll (enrolled identities), not a checkpoint; "
+                              "pass the model that enrolled it, or a run directory")
+    if kind == "npz":
+        raise CheckpointError(f"{path} is a numpy archive (edgeface embed writes these: embeddings), not a checkpoint")
+    if kind == "text":
+        raise CheckpointError(f"{path} is a text file, not a checkpoint; {CHECKPOINT_FIX_HINT}")
+    if kind == "unknown":
+        raise CheckpointError(f"{path} is not a checkpoint format edgeface knows; {CHECKPOINT_FIX_HINT}")
+    return kind
+
+
+def check_model_path(path: Path) -> None:
+    """What ``load_model`` refuses before torch is needed: a path that is no model in any format (missing, a
+    folder without best.pt, an empty file, text, bytes of no format). Exported files are run as they are:
+    only an empty one is refused here."""
+    if not path.exists():
+        raise CheckpointError(f"model not found: {path}; pass a run directory, a checkpoint or an exported model")
+    if path.is_dir():
+        best = path / "best.pt"
+        if not best.is_file():
+            raise CheckpointError(f"{path} has no best.pt; pass a run directory of `edgeface train` or a checkpoint file")
+        path = best
+    if path.suffix.lower() in EXPORTED_SUFFIXES:
+        if path.stat().st_size == 0:
+            raise CheckpointError(f"exported model {path} is empty (0 bytes): the export or copy did not finish")
+        return
+    check_checkpoint_file(path)
+
+
+# The first bytes of the formats photos come in; PIL decodes by content, so any of them under any image suffix.
+IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*",
+                    b"II+\x00", b"MM\x00+")
+
+
+def image_file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a photo, judged without a decoder (its suffix, its size, text where pixels should
+    be), or None when only decoding can tell; the decoder's verdict stays the final word."""
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return f"not an image file ({path.suffix or 'no extension'})"
+    with path.open("rb") as handle:
+        head = handle.read(SNIFF_BYTES)
+    if not head:
+        return "empty file (0 bytes)"
+    riff_webp = head.startswith(b"RIFF") and head[8:12] == b"WEBP"
+    iso_media = head[4:8] == b"ftyp"  # HEIC/HEIF/AVIF
+    if head.startswith(IMAGE_SIGNATURES) or riff_webp or iso_media:
+        return None
+    if _is_text(head):
+        return f"not an image: the file holds text (an image is one of {IMAGE_KINDS})"
+    return None
+
+
+def identities_removal_problem(identities: list[str], names: list[str]) -> str | None:
+    """Why ``enroll --remove names`` cannot change a gallery of ``identities`` (unknown names, or all of them)."""
+    unknown = sorted(set(names) - set(identities))
+    if unknown:
+        return f"not in the gallery: {', '.join(unknown[:10])} (it holds {len(identities)} identities)"
+    if not set(identities) - set(names):
+        return "that would remove every identity; delete the gallery file instead"
+    return None

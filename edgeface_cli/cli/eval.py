@@ -135,7 +135,6 @@ def eval_(
     image size, preprocessing, flip, val data or target FAR is refused before any image is embedded, saying what
     differs, unless --force.
     """
-    from ..evaluation.evaluator import evaluate, plot_path, save_embeddings, save_plot
     from ..preflight import check_output_file
 
     resolved = resolve_config(
@@ -143,6 +142,9 @@ def eval_(
                          "data.batch_size": batch_size, "model.arch": arch,
                          "data.align": align_flag(align, faces)}
     )
+    _check_inputs(resolved.data.val_dir, pairs, bool(bins), checkpoint)
+    from ..evaluation.evaluator import evaluate, plot_path, save_embeddings, save_plot
+
     # Every output is checked before the slow part: a bad suffix or an existing file fails at once.
     if plot is not None:
         plot = plot_path(plot)
@@ -203,6 +205,22 @@ def eval_(
                 if metrics["operating_threshold"] is not None else "no threshold (see the note above)")
         err_console.print(f"wrote {stored}: verify, identify and export use {what} for this model only "
                           f"(these weights, {metrics['image_size']} px, flip {'on' if metrics['flip'] else 'off'})")
+
+
+def _check_inputs(val_dir: Optional[Path], pairs: Optional[Path], has_bins: bool, checkpoint: Path) -> None:
+    """The val data and the model, as far as their paths and bytes tell, before torch is imported: the same
+    messages the evaluation gives (a flat --val-dir is allowed with --pairs, whose images it holds)."""
+    from ..errors import DataError
+    from ..preflight import check_image_folder, check_model_path
+
+    if val_dir is None and not has_bins:
+        raise DataError("no validation data: pass --val-dir DIR (one folder per identity) or --bin FILE (lfw.bin, ...)")
+    if val_dir is not None:
+        if pairs is None:
+            check_image_folder(val_dir, "val")
+        elif not val_dir.is_dir():
+            raise DataError(f"val dir not found: {val_dir}; pass the folder the pairs file's images are in with --val-dir")
+    check_model_path(checkpoint)
 
 
 def _print_strict_json(obj: Any) -> None:

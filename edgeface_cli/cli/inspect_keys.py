@@ -49,8 +49,7 @@ def inspect_keys(
     Exit 0 when everything matches (or --write-fixed wrote a repaired file), 1 when anything differs,
     2 when the checkpoint cannot be read.
     """
-    from ..model.checkpoint_io import atomic_torch_save
-    from ..model.checkpoints import fix_state_dict, inspect_checkpoint
+    from ..preflight import check_checkpoint_file
 
     resolved = resolve_config(
         config, set_, **{"model.checkpoint": edgeface, "model.arch": arch}
@@ -67,6 +66,10 @@ def inspect_keys(
         from ..atomic import output_file
 
         output_file(write_fixed, force=force, inputs=[source], out_flag="--write-fixed")
+    check_checkpoint_file(source)  # no model in any format: answered before torch is imported
+    from ..model.checkpoint_io import atomic_torch_save
+    from ..model.checkpoints import fix_state_dict, inspect_checkpoint
+
     inspection = inspect_checkpoint(source, resolved.model.arch, resolved.model.use_pos_emb, resolved.model.embedding_dim,
                                     trust_code)
     checkpoint, model, report, diagnosis = inspection.checkpoint, inspection.model, inspection.report, inspection.diagnosis

@@ -104,10 +104,12 @@ def embed(
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """L2-normalised embeddings of images, with their paths (and identities for an identity-folder tree)."""
-    from ..atomic import atomic_write_stream
-    from ..preflight import check_output_file
+    from ..preflight import check_model_path, check_output_file
 
     check_output_file(out, force, inputs=[checkpoint, *inputs])
+    check_model_path(checkpoint)
+    from ..atomic import atomic_write_stream
+
     with interrupt_says(f"nothing written ({out} is written only whole, at the end)"):
         resolved, embedder = _embedder(checkpoint, config, set_, device, batch_size, align_flag(align, faces), arch,
                                        trust_code)
@@ -140,12 +142,17 @@ def verify(
 ) -> None:
     """1:1 verification: the cosine similarity of two faces, and whether they are the same person."""
     from ..errors import DataError
+    from ..preflight import check_model_path, image_file_problem
 
     for path in (first, second):
         if path.is_dir():
             raise DataError(f"{path} is a folder: verify compares two image files (embed or identify take folders)")
         if not path.is_file():
             raise DataError(f"image not found: {path}")
+        problem = image_file_problem(path)
+        if problem:  # the message the decoder's check gives, before torch is imported
+            raise DataError(f"cannot use {path}: {problem}")
+    check_model_path(checkpoint)
     resolved, embedder = _embedder(checkpoint, config, set_, device, None, align_flag(align, faces), arch, trust_code)
     result = _verify(embedder, resolved, first, second, threshold, flip)
     if as_json:
@@ -200,7 +207,7 @@ def enroll(
     """Enroll identities for identify: each identity's mean embedding, plus every image's. --add and --remove
     change an existing gallery, with the model that enrolled it."""
     from ..errors import DataError
-    from ..preflight import check_image_folder, check_output_file
+    from ..preflight import check_image_folder, check_model_path, check_output_file, identities_removal_problem
 
     editing = add or bool(remove)
     if add and remove:
@@ -217,11 +224,30 @@ def enroll(
         check_output_file(out, force, inputs=[checkpoint, gallery_dir])
         if checkpoint is None:
             raise DataError("a new gallery needs its model: pass --checkpoint (a run, checkpoint or exported model)")
+    if remove:  # an unknown name is answered from the gallery's identity list, before torch is imported
+        identities = _gallery_identities(out)
+        problem = identities_removal_problem(identities, remove) if identities is not None else None
+        if problem:
+            raise DataError(problem)
+    if checkpoint is not None:
+        check_model_path(checkpoint)
 
     kept = f"{out} is unchanged" if editing or out.exists() else f"no gallery written ({out} is written only whole)"
     with interrupt_says(kept):
         _enroll(gallery_dir, checkpoint, out, remove, flip, device, batch_size, align, faces, arch, config, set_, editing,
                 trust_code)
+
+
+def _gallery_identities(path: Path) -> Optional[list[str]]:
+    """The identities a gallery holds, read with numpy alone; None when the file cannot say (load_gallery then
+    names what is wrong with it)."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return [str(name) for name in arrays["identities"]]
+    except Exception:  # noqa: BLE001 - not a zip, no identities array, pickled strings: load_gallery explains
+        return None
 
 
 def _enroll(gallery_dir: Optional[Path], checkpoint: Optional[Path], out: Path, remove: Optional[list[str]], flip: bool,
@@ -282,6 +308,10 @@ def identify(
     if not gallery_file.is_file():
         raise DataError(f"gallery not found: {gallery_file}; write one with edgeface enroll GALLERY_DIR --checkpoint "
                         f"MODEL --out {gallery_file}")
+    if checkpoint is not None:
+        from ..preflight import check_model_path
+
+        check_model_path(checkpoint)
     from ..deploy.decisions import decision_threshold
     from ..deploy.gallery import identify as match
     from ..deploy.gallery import load_gallery, open_set_metrics
