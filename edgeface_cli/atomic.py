@@ -46,7 +46,8 @@ def output_file(path: Path, *, force: bool, inputs: Iterable[Path | None] = (), 
 
     Refused (``OutputError``, exit 2): a directory; one of the command's own ``inputs`` — even with
     ``force``, because the atomic rename would destroy what the command is reading; an existing file
-    without ``force``. ``flag`` and ``out_flag`` name the command's switches where they are spelled otherwise.
+    without ``force``; a path through a file. Missing folders on the way are created when the file is written,
+    and said (``missing_folder``). ``flag`` and ``out_flag`` name the command's switches where they are spelled otherwise.
     """
     path = Path(path)
     for input_path in inputs:
@@ -54,10 +55,29 @@ def output_file(path: Path, *, force: bool, inputs: Iterable[Path | None] = (), 
             raise OutputError(f"{path} is this command's input; choose another {out_flag}")
     if path.is_dir():
         raise OutputError(f"{path} is a directory; give a file name to write")
+    blocking = next((folder for folder in path.parents if folder.exists()), None)
+    if blocking is not None and not blocking.is_dir():  # a missing folder would have to be made inside a file
+        raise OutputError(f"cannot write {path}: {blocking} is a file, not a folder; choose another {out_flag}")
     if (path.exists() or path.is_symlink()) and not force:
         raise OutputError(f"{path} exists; pass {flag} to replace it "
                           "(the previous file is kept until the new one is complete)")
     return path
+
+
+def missing_folder(path: Path) -> Path | None:
+    """The folder that writing ``path`` will create (its parent, where that does not exist yet), else None.
+
+    The other half of the one output rule: a missing folder on the way to an output file is created (every
+    atomic writer does) and the command says so with ``created_folder_note`` — never silently, so that a typo
+    in a folder name is seen at once. Ask before writing: afterwards the folder exists.
+    """
+    parent = Path(path).parent
+    return None if parent.exists() else parent
+
+
+def created_folder_note(folder: Path | None) -> str | None:
+    """What a command prints after writing into ``folder`` when ``missing_folder`` found it missing."""
+    return None if folder is None else f"created folder {folder}"
 
 
 def _first_non_finite(value: Any, where: str) -> str | None:

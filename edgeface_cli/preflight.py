@@ -40,6 +40,48 @@ def int8_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.int8{out.suffix}")
 
 
+# Folder names that mean a split of a dataset, never a person: a "train" folder that holds identity folders
+# is a split given where its parent was expected.
+SPLIT_NAMES = ("train", "val", "valid", "validation", "test", "gallery", "probe")
+_SPLIT_FLAGS = {"train": "--train-dir", "val": "--val-dir", "valid": "--val-dir", "validation": "--val-dir",
+                "test": "--val-dir", "gallery": "GALLERY_DIR", "probe": "--val-dir"}
+
+
+def _holds_identity_folders(folder: Path) -> bool:
+    """``folder`` holds folders and no image directly: a tree of identities, not one person's photos."""
+    try:
+        entries = [entry for entry in folder.iterdir() if not is_system_file(entry)]
+    except OSError:
+        return False
+    return (any(entry.is_dir() for entry in entries)
+            and not any(entry.is_file() and entry.suffix.lower() in IMAGE_EXTENSIONS for entry in entries))
+
+
+def split_folders(root: Path) -> list[Path]:
+    """The folders of ``root`` that are dataset splits (named like one, and holding identity folders
+    themselves), not identities; empty for an ordinary identity tree, even one with a person called "train"."""
+    return sorted(entry for entry in root.iterdir()
+                  if not is_system_file(entry) and entry.is_dir() and entry.name.lower() in SPLIT_NAMES
+                  and _holds_identity_folders(entry))
+
+
+def _split_advice(splits: list[Path], role: str) -> str:
+    """The flags that take these splits: the one of ``role`` first, then the others this command has."""
+    flag_of_role = {"train": "--train-dir", "val": "--val-dir", "holdout": "--holdout-dir", "gallery": "GALLERY_DIR"}
+    wanted = flag_of_role.get(role)
+    command_flags = ({"--train-dir", "--val-dir"} if role in ("train", "val")
+                     else {wanted} if wanted else set())
+    advice: dict[str, Path] = {}
+    for split in splits:  # sorted: train before val; the first split per flag is the one named
+        flag = _SPLIT_FLAGS[split.name.lower()]
+        if flag in command_flags and flag not in advice:
+            advice[flag] = split
+    if wanted is not None and wanted not in advice:
+        advice = {wanted: splits[0]} | advice
+    ordered = sorted(advice.items(), key=lambda item: item[0] != wanted)
+    return " ".join(f"{path} as GALLERY_DIR" if flag == "GALLERY_DIR" else f"{flag} {path}" for flag, path in ordered)
+
+
 def check_image_folder(root: Path, role: str) -> None:
     """An existing folder of identity folders: the scan's first check, shared with preflight."""
     if not root.exists():
@@ -53,6 +95,12 @@ def check_image_folder(root: Path, role: str) -> None:
         found = f" holds {images} images directly but" if images else ""
         raise DataError(f"{role} dir {root}{found} has no identity folders: put each person's images in a folder of "
                         f"their own ({root}/<name>/<image>.jpg)")
+    splits = split_folders(root)
+    if splits:
+        # Training on the "identities" train and val would put every val photo into training.
+        names = ", ".join(split.name for split in splits)
+        raise DataError(f"{role} dir {root} holds the split folder(s) {names}, each a tree of identity folders, not "
+                        f"one person's photos: pass the splits themselves ({_split_advice(splits, role)})")
 
 
 def check_writable_folder(folder: Path, what: str) -> None:

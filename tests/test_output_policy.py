@@ -208,3 +208,35 @@ def test_an_infinite_setting_is_refused_naming_it(tmp_path: Path, monkeypatch: p
         shown = runner.invoke(app, args)
         assert shown.exit_code == 2 and ("optim.l2sp" in shown.output or "optim.head_lr" in shown.output), shown.output
         assert "Traceback" not in shown.output
+
+def test_a_missing_folder_is_created_and_said_never_silently(tmp_path: Path) -> None:
+    from edgeface_cli.atomic import created_folder_note, missing_folder
+
+    target = tmp_path / "missing" / "dir" / "m.onnx"
+    assert missing_folder(target) == tmp_path / "missing" / "dir"
+    assert created_folder_note(missing_folder(target)) == f"created folder {tmp_path / 'missing' / 'dir'}"
+    assert output_file(target, force=False) == target  # allowed: the write creates it
+    atomic_write_stream(target, lambda stream: stream.write(b"x"))
+    assert missing_folder(target) is None and created_folder_note(None) is None
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(OutputError, match="a-file is a file, not a folder; choose another --out"):
+        output_file(blocker / "sub" / "out.json", force=True)
+
+
+def test_every_writer_of_mine_says_which_folder_it_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "stage": 1, "train_loss": 1.0}\n')
+    folder = tmp_path / "new" / "plots"
+    result = runner.invoke(app, ["plot", str(run), "--out", str(folder / "curves.png")])
+    assert result.exit_code == 0 and f"created folder {folder}" in result.output, result.output
+    again = runner.invoke(app, ["plot", str(run), "--out", str(folder / "other.png")])
+    assert again.exit_code == 0 and "created folder" not in again.output  # it exists now: nothing to say
+    remedy = tmp_path / "fresh" / "remedy.yaml"
+    result = runner.invoke(app, ["troubleshoot", "--level", "1", "--out", str(remedy)])
+    assert result.exit_code == 0 and f"created folder {remedy.parent}" in result.output, result.output
+    dry = runner.invoke(app, ["troubleshoot", "--level", "1", "--out", str(tmp_path / "dry" / "x.yaml"), "--dry-run"])
+    assert dry.exit_code == 0 and "created folder" not in dry.output and not (tmp_path / "dry").exists()

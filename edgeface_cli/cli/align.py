@@ -55,6 +55,10 @@ def align(
         err_console.print(f"interrupted: {done.crops} new crops kept in {escape(str(out))} "
                           f"({done.reused} photos were already aligned); run the same command again to continue")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    if summary.none_readable:
+        name, why = next(item for item in summary.unreadable if not item[1].startswith("not an image file"))
+        raise DataError(f"no photo in {src} could be read: all {summary.photos} image files fail to decode "
+                        f"(e.g. {name}: {why}), so no crop was written; replace them with real photos")
     if as_json:
         print_json(summary.to_json() | {"out": str(out)})
         return
@@ -66,7 +70,11 @@ def align(
                   str(len(summary.no_face)), str(len(summary.several)), str(len(summary.unreadable)),
                   str(len(summary.removed)))
     console.print(table)
+    # Every photo that gave no crop (or more faces than one crop) is named, not only counted.
+    several = [f"{name} (the {faces} face kept; --faces all writes each)" for name in summary.several] \
+        if faces != "all" else []
     for label, names in (("no face found", summary.no_face),
+                         ("several faces", several),
                          ("unreadable", [f"{name}: {why}" for name, why in summary.unreadable]),
                          ("removed", [f"{crop} ({why}: {source})" for crop, source, why in summary.removed]),
                          ("kept", [f"{crop}: {why}" for crop, why in summary.kept])):
@@ -74,7 +82,4 @@ def align(
             console.print(f"{label}: {escape(name)}")
         if len(names) > SHOWN:
             console.print(f"... and {len(names) - SHOWN} more ({label}); --json lists every one")
-    if summary.several and faces != "all":
-        console.print(f"{len(summary.several)} photo(s) show several faces: the {faces} one was kept "
-                      "(--faces all writes each)")
     console.print(f"crops in {escape(str(out))}; boxes, scores and landmarks in {escape(str(out / 'align.jsonl'))}")

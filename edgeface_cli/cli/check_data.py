@@ -28,7 +28,7 @@ from .common import (
     user_errors,
 )
 
-SHOWN = 5  # files listed per finding on the terminal (--json and --out have up to 20)
+SHOWN = 5  # files listed per finding on the terminal (--json and --out have up to 20; --all: every one, everywhere)
 STYLE = {"problem": "bold red", "warning": "yellow", "info": "dim"}
 
 
@@ -54,6 +54,8 @@ def check_data(
     checkpoint: Optional[Path] = typer.Option(
         None, "--checkpoint", help="A run or model: also find images closer to another identity than to their own."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+    show_all: bool = typer.Option(False, "--all", help="List every file of every finding (default: the first 5 on "
+                                                       "the terminal, 20 in --json and --out)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the report as JSON to this file."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out."),
     device: Optional[str] = typer.Option(None, "--device", help="For --checkpoint: auto, cpu, cuda, cuda:N or mps."),
@@ -81,24 +83,28 @@ def check_data(
         check_image_folder(resolved.data.val_dir, "val")
     if out is not None:
         check_output_file(out, force)
+    from ..atomic import created_folder_note, missing_folder
+
+    new_folder = missing_folder(out) if out is not None else None
+    from ..data.doctor import LISTED
     from ..data.doctor import check_data as run_checks
     from .render import StepProgress
 
     model_findings = _label_noise_check(checkpoint, resolved, trust_code) if checkpoint is not None else None
     with interrupt_says("no report written" + (f" ({out} is unchanged)" if out is not None else "")), \
             StepProgress(err_console) as progress:
-        report = run_checks(resolved, model_findings, progress.update)
+        report = run_checks(resolved, model_findings, progress.update, listed=None if show_all else LISTED)
     result = report.to_dict()
     if out is not None:
-        import json
-
         from ..atomic import atomic_write_text, strict_json
 
         atomic_write_text(out, strict_json(result, indent=2, default=str) + "\n")
+        if new_folder is not None:
+            err_console.print(escape(str(created_folder_note(new_folder))))
     if as_json:
         print_json(result)
     else:
-        _print_report(report, resolved.data.train_dir, resolved.data.val_dir)
+        _print_report(report, resolved.data.train_dir, resolved.data.val_dir, show_all)
         if out is not None:
             err_console.print(f"wrote {escape(str(out))}")
     if report.has_problems:
@@ -120,7 +126,7 @@ def _label_noise_check(checkpoint: Path, resolved: Any, trust_code: bool = False
     return findings
 
 
-def _print_report(report: Any, train_dir: Path, val_dir: Optional[Path]) -> None:
+def _print_report(report: Any, train_dir: Path, val_dir: Optional[Path], show_all: bool = False) -> None:
     stats = report.stats
     table = Table(title=f"check-data: {train_dir}" + (f" + {val_dir}" if val_dir else ""))
     for column in ("split", "images", "identities", "per identity min / median / max", "imbalance"):
@@ -144,9 +150,13 @@ def _print_report(report: Any, train_dir: Path, val_dir: Optional[Path]) -> None
     console.print(findings)
     for finding in report.findings:
         console.print(f"[{STYLE[finding.severity]}]{escape(finding.check)}[/]: {escape(finding.summary)}")
-        for item in finding.items[:SHOWN]:
+        shown = finding.items if show_all else finding.items[:SHOWN]
+        for item in shown:
             console.print(f"  {escape(_describe(item))}")
-        if finding.count > SHOWN:
-            console.print(f"  ... {finding.count - SHOWN} more (--json or --out lists up to 20)")
+        if finding.count > len(shown):
+            # A count whose items are not listed would name files nobody can find: say how to see them.
+            more = finding.count - len(shown)
+            console.print(f"  ... {more} more, not listed by this check" if show_all
+                          else f"  ... {more} more (--all lists them)")
     problems = sum(finding.severity == "problem" for finding in report.findings)
     console.print(f"{problems} problem(s), {len(report.findings) - problems} warning(s)/note(s)")

@@ -45,7 +45,7 @@ def export(
     is standard ONNX (onnx.checker full check, only the ai.onnx domain). A sidecar <file>.json records how
     to feed it and the parity found.
     """
-    from ..atomic import output_file
+    from ..atomic import created_folder_note, missing_folder, output_file
     from ..errors import DataError
     from ..preflight import EXPORT_SUFFIXES, check_export_request, int8_path
 
@@ -64,11 +64,13 @@ def export(
     outputs = [out, int8_path(out)] if int8 else [out]
     for path in outputs:
         output_file(path, force=force, inputs=[checkpoint])
+    new_folder = missing_folder(out)  # the int8 file goes beside it
     resolved = resolve_config(config, set_, **{"runtime.device": "cpu", "model.arch": arch})
     from ..deploy.decisions import decision_threshold
     from ..deploy.embedder import load_embedder
     from ..deploy.export import PARITY_IMAGES, export_backbone, reference_images
     from ..rundir import run_dir_of
+    from ..thresholds import recorded_threshold
 
     embedder = load_embedder(checkpoint, resolved, trust_code=trust_code)
     if embedder.kind != "pytorch":
@@ -82,15 +84,19 @@ def export(
 
         trained = build_config(run_dir / "config.yaml", search_default_file=False).data
         folders += [folder for folder in (trained.val_dir, trained.train_dir) if folder is not None]
-    found, why = decision_threshold(embedder.threshold_sources())  # the one eval recorded for these weights, at this size, without flip
+    sources = embedder.threshold_sources()
+    found, _ = decision_threshold(sources)  # the one eval recorded for these weights, at this size, without flip
     threshold = (found.value, found.source) if found else None
+    # The eval record's own reason: decision_threshold's ends in "pass --threshold T", which export has not.
+    why = "" if found else recorded_threshold(sources.fingerprint, sources.run_dir)[1]
+    threshold_note = f"no threshold at export: {why}" if why else None
     with console.status("exporting", spinner="dots") if console.is_terminal else nullcontext() as status:
         (images, source), = reference_images(folders, embedder.settings, [PARITY_IMAGES])
         result = export_backbone(
             embedder.backbone, embedder.settings, fmt, out, images, source, embedder.source, opset=opset,
             static_batch=static_batch, int8=int8, int8_min_cosine=int8_min_cosine, threshold=threshold,
             progress=(lambda text: status.update(text)) if status is not None else None,
-            source_sha256=embedder.model.sha256,
+            source_sha256=embedder.model.sha256, threshold_note=threshold_note,
         )
     report = {
         "file": str(result.path), "format": fmt, "bytes": result.size_bytes, "sidecar": str(result.sidecar),
@@ -127,9 +133,10 @@ def export(
                              f"{result.int8.fp32_images_per_s:.0f} here" if result.int8.images_per_s else ""))
     if dynamic_batch:
         result.notes.append("--dynamic-batch is the default now and changes nothing (--static-batch N fixes the batch)")
-    for note in result.notes:
-        err_console.print(f"note: {escape(note)}", soft_wrap=True)
+    for note in [created_folder_note(new_folder), *result.notes]:
+        if note is not None:
+            err_console.print(f"note: {escape(note)}", soft_wrap=True)
     if threshold is None:
-        err_console.print(f"note: exported without a threshold ({escape(why)}); verify and identify on the "
-                          "export then need --threshold T", soft_wrap=True)
+        err_console.print(f"note: exported without a threshold: {escape(why)}, then export again to carry it; "
+                          "until then verify and identify on the export need --threshold T", soft_wrap=True)
 

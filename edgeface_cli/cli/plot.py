@@ -18,7 +18,7 @@ def plot(
     force: bool = typer.Option(False, "--force", help="Overwrite --out."),
 ) -> None:
     """Loss, accuracy, similarity, learning rates and skipped batches per epoch; stages, escalations and guard stops marked."""
-    from ..atomic import output_file
+    from ..atomic import created_folder_note, missing_folder, output_file
     from ..errors import RunDirError
 
     for run in runs:  # before matplotlib and torch load
@@ -30,6 +30,9 @@ def plot(
 
     out = plot_path(out, "--out")
     output_file(out, force=force, inputs=[run / "metrics.jsonl" for run in runs])
+    new_folder = missing_folder(out)
     summary = plot_runs(runs, out)
+    if new_folder is not None:
+        console.print(escape(str(created_folder_note(new_folder))))
     console.print(f"wrote {escape(str(out))}: {summary.runs} run(s), {summary.epochs} epochs, "
                   f"{summary.escalations} escalation(s), {summary.guard_stops} guard stop(s)")

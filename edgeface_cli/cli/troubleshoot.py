@@ -33,7 +33,7 @@ def troubleshoot(
     """
     import shutil
 
-    from ..atomic import atomic_write_text, output_file
+    from ..atomic import atomic_write_text, created_folder_note, missing_folder, output_file
     from ..config import DEFAULT_CONFIG_FILE, dump_yaml
     from ..training.troubleshoot import (
         advice_without_level,
@@ -85,10 +85,13 @@ def troubleshoot(
             read_configs.append(Path(DEFAULT_CONFIG_FILE))
         output_file(target, force=force, inputs=read_configs)
     backup = backup_path(target, base.troubleshoot_level) if in_place else None
+    new_folder = None if dry_run else missing_folder(target)
     if not dry_run:
         if backup is not None:
             shutil.copy2(target, backup)
         atomic_write_text(target, dump_yaml(new_config))
+    if new_folder is not None:
+        err_console.print(escape(str(created_folder_note(new_folder))))
     if as_json:
         from ..atomic import finite_or_none
 

@@ -32,7 +32,7 @@ from .loaders import inference_loader
 
 PROBLEM, WARNING, INFO = "problem", "warning", "info"
 TRAIN_FEW_IMAGES = 5  # fewer than this per training identity: a warning
-LISTED = 20  # items kept per finding (the count covers all)
+LISTED = 20  # items kept per finding by default (the count covers all; check_data(listed=None) keeps every one)
 
 @dataclass
 class Finding:
@@ -41,12 +41,12 @@ class Finding:
     summary: str
     advice: str = ""
     count: int = 0
-    items: list[dict[str, Any]] = field(default_factory=list)  # the files involved (the first LISTED)
+    items: list[dict[str, Any]] = field(default_factory=list)  # the files involved (check_data keeps the first LISTED)
 
     @classmethod
     def listing(cls, check: str, severity: str, summary: str, advice: str, items: list[dict[str, Any]]) -> "Finding":
-        """A finding about all of ``items``, keeping the first LISTED of them."""
-        return cls(check, severity, summary, advice, len(items), items[:LISTED])
+        """A finding about all of ``items`` (check_data keeps as many of them as it is asked to)."""
+        return cls(check, severity, summary, advice, len(items), items)
 
 
 @dataclass
@@ -211,19 +211,19 @@ def _count_findings(train: ScanResult, val: ScanResult | None, config: EdgeFaceC
             findings.append(Finding(
                 f"unreadable {split} files", PROBLEM, f"{len(scan.unreadable)} {split} files cannot be decoded",
                 "training skips them; replace or delete them", len(scan.unreadable),
-                [{"file": str(path), "why": why} for path, why in scan.unreadable[:LISTED]]))
+                [{"file": str(path), "why": why} for path, why in scan.unreadable]))
         if scan.empty_classes:
             findings.append(Finding(
                 f"empty {split} identities", WARNING, f"{len(scan.empty_classes)} {split} identity folders have no readable image",
                 "remove the folders, or add images", len(scan.empty_classes),
-                [{"identity": name} for name in scan.empty_classes[:LISTED]]))
+                [{"identity": name} for name in scan.empty_classes]))
     if val is not None:
         unknown = sorted(set(val.classes) - set(train.classes))
         if unknown:
             findings.append(Finding(
                 "val identities absent from training", INFO, f"{len(unknown)} val identities are not in train",
                 "they count for similarity and verification only, not for closed-set accuracy (open-set evaluation)",
-                len(unknown), [{"identity": name} for name in unknown[:LISTED]]))
+                len(unknown), [{"identity": name} for name in unknown]))
     return findings, stats
 
 
@@ -251,7 +251,7 @@ def _size_findings(images: list[Entry], settings: ImageSettings) -> tuple[list[F
         findings.append(Finding(
             "small images", WARNING, f"{small.mean():.0%} of images are smaller than the training size ({target} px) and get upscaled",
             "upscaled faces are blurry: collect larger crops, or train at a smaller data.image_size", int(small.sum()),
-            [{"file": str(images[i].path), "size": sizes[i]} for i in np.flatnonzero(small)[:LISTED]]))
+            [{"file": str(images[i].path), "size": sizes[i]} for i in np.flatnonzero(small)]))
     if settings.align != "off":  # raw photos, aligned as they are decoded: their geometry is not what trains
         return findings, stats
     if non_square.any():
@@ -259,21 +259,22 @@ def _size_findings(images: list[Entry], settings: ImageSettings) -> tuple[list[F
             "non-square images", WARNING, f"{non_square.mean():.0%} of images are not square "
                                           f"(handled by data.non_square: center crop or stretch)",
             "EdgeFace expects square face crops: crop them square yourself", int(non_square.sum()),
-            [{"file": str(images[i].path), "size": sizes[i]} for i in np.flatnonzero(non_square)[:LISTED]]))
+            [{"file": str(images[i].path), "size": sizes[i]} for i in np.flatnonzero(non_square)]))
     if len(ratio) and (large.mean() > 0.2 or ratio.max() / max(ratio.min(), 1) > 1.5):
         findings.append(Finding(
             "not aligned face crops?", WARNING,
             "the images look like photos rather than aligned face crops (large sizes or mixed aspect ratios)",
             "align the faces first: edgeface align PHOTOS CROPS (MTCNN, 5 landmarks to 112×112, as EdgeFace "
-            "was trained), then train on CROPS; or pass --align",
-            int((large | non_square).sum())))
+            "was trained), then train on CROPS; or pass --align", int((large | non_square).sum()),
+            [{"file": str(images[i].path), "size": sizes[i]} for i in np.flatnonzero(large | non_square)]))
     return findings, stats
 
 
 def check_data(config: EdgeFaceConfig, model_findings: Callable[[Path], list[Finding]] | None = None,
-               progress: StepCallback | None = None) -> DataReport:
+               progress: StepCallback | None = None, listed: int | None = LISTED) -> DataReport:
     """Every check on ``config.data.train_dir`` (and ``val_dir``); ``model_findings(train_dir)`` adds the checks
-    that need a model (``evaluation.label_noise``: a model's embeddings of the training images)."""
+    that need a model (``evaluation.label_noise``: a model's embeddings of the training images). Each finding
+    keeps the first ``listed`` of its items (None: all of them); its count covers all."""
     data = config.data
     settings = ImageSettings.from_config(data)
     assert data.train_dir is not None
@@ -312,8 +313,11 @@ def check_data(config: EdgeFaceConfig, model_findings: Callable[[Path], list[Fin
         findings.append(Finding(
             "grayscale images", INFO if gray.mean() < 0.5 else WARNING, f"{gray.mean():.0%} of images are grayscale",
             "fine in moderation; if most images are grayscale, so should be the ones the model will see",
-            int(gray.sum()), [{"file": str(images[i].path)} for i in np.flatnonzero(gray)[:LISTED]]))
+            int(gray.sum()), [{"file": str(images[i].path)} for i in np.flatnonzero(gray)]))
     if model_findings is not None:
         findings += model_findings(data.train_dir)
+    if listed is not None:
+        for finding in findings:
+            finding.items = finding.items[:listed]
     order = {PROBLEM: 0, WARNING: 1, INFO: 2}
     return DataReport(sorted(findings, key=lambda finding: order[finding.severity]), stats)

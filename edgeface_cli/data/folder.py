@@ -41,6 +41,11 @@ NON_SQUARE_HINT = (
 )
 
 
+# The manifest ``edgeface align`` writes at the root of its output (the only file it writes outside the
+# crops): ours, so a scan of that output skips it instead of calling it an unreadable image.
+ALIGN_RECORDS = "align.jsonl"
+
+
 @dataclass
 class Sample:
     path: Path
@@ -189,7 +194,7 @@ def _list_candidates(root: Path, role: str) -> tuple[list[Path], list[tuple[str,
         for file in sorted(folder.rglob("*")):
             if file.is_file() and not any(is_system_file(Path(part)) for part in file.relative_to(folder).parts):
                 candidates.append((folder.name, file))
-    loose = sorted(entry for entry in entries if entry.is_file())
+    loose = sorted(entry for entry in entries if entry.is_file() and entry.name != ALIGN_RECORDS)
     return folders, candidates, loose
 
 

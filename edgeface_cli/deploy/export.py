@@ -404,10 +404,13 @@ def export_backbone(
     threshold: tuple[float, str] | None = None,
     progress: Callable[[str], None] | None = None,
     source_sha256: str | None = None,
+    threshold_note: str | None = None,
 ) -> ExportResult:
     """Write ``backbone`` as ``fmt`` to ``out`` (any batch, or ``static_batch`` images per call: onnx and pt2),
     check it on ``images`` (uint8), write the sidecar; and, with ``int8`` (ONNX only), an int8 copy beside it,
-    checked likewise; ONNX and pt2 sidecars record the throughput measured at export on this machine."""
+    checked likewise; ONNX and pt2 sidecars record the throughput measured at export on this machine.
+    ``threshold_note``: why there is no ``threshold``, kept in the sidecar so that verify and identify on the
+    file give that reason (not a guessed one)."""
     check_export_request(fmt, int8)
     if static_batch is not None and not ((fmt == "onnx" and static_batch >= 1) or (fmt == "pt2" and static_batch == 1)):
         raise DataError(f"--static-batch {static_batch}: an onnx file takes any static batch, a pt2 archive only 1 "
@@ -465,7 +468,8 @@ def export_backbone(
         speed = Speed(file_speed, eager_speed, fixed_batch or len(inputs), torch.get_num_threads(), cpu_features())
     sidecar = sidecar_path(out)
     write_json(sidecar, {**describe(backbone, settings, fmt, out, source, exported, fixed_batch, opset_used, threshold,
-                                    graph=graph, source_sha256=source_sha256), "speed": asdict(speed) if speed else None})
+                                    graph=graph, source_sha256=source_sha256), "speed": asdict(speed) if speed else None,
+                        **({"threshold_note": threshold_note} if threshold is None and threshold_note else {})})
     result = ExportResult(out, fmt, exported, out.stat().st_size, sidecar, notes=notes, speed=speed)
     if int8:
         quantized_path = int8_path(out)

@@ -27,11 +27,11 @@ from typing import Any
 from ...atomic import atomic_write_stream, atomic_write_text, strict_json
 from ...errors import DataError
 from ...preflight import IMAGE_EXTENSIONS, IMAGE_KINDS, is_system_file
-from ..folder import decode_failure
+from ..folder import ALIGN_RECORDS, decode_failure
 from .detector import Detector, FaceChoice
 from .photos import align_photo, read_photo
 
-RECORDS = "align.jsonl"
+RECORDS = ALIGN_RECORDS  # data/folder.py names it, so that scans of OUT skip it
 FORMATS = {"png": ".png", "jpg": ".jpg"}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 PHOTO_GONE = "its photo is gone"
@@ -49,6 +49,12 @@ class AlignSummary:
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     removed: list[tuple[str, str, str]] = field(default_factory=list)  # (crop, its photo, why) removed this run
     kept: list[tuple[str, str]] = field(default_factory=list)  # (crop, why) align would have removed but did not
+    unreadable_photos: int = 0  # photos (image files) that could not be decoded, this run and earlier ones
+
+    @property
+    def none_readable(self) -> bool:
+        """Every photo failed to decode (text saved as .jpg, a broken copy): there was nothing to align."""
+        return self.photos > 0 and self.unreadable_photos == self.photos
 
     def to_json(self) -> dict[str, Any]:
         return {"photos": self.photos, "aligned": self.aligned, "reused": self.reused, "crops": self.crops,
@@ -279,6 +285,7 @@ class AlignJob:
         status, source = record.get("status"), record["source"]
         if status == "unreadable":
             self.summary.unreadable.append((source, record.get("why", "unreadable")))
+            self.summary.unreadable_photos += 1
         elif status == "no_face":
             self.summary.no_face.append(source)
         elif fresh:
