@@ -15,6 +15,7 @@ from . import (  # noqa: F401 - registers the commands
     align,
     check_data,
     config_cmds,
+    env,
     eval,
     export,
     inspect_keys,

@@ -22,7 +22,7 @@ from ..errors import EdgeFaceError
 # every boolean flag "<bool>", which then rejects "--json true") and fits 80 columns.
 # --help lists the commands in the order of the work: data, training, evaluation, deployment, tools.
 WORKFLOW_ORDER = ("sample-data", "check-data", "align", "train", "eval", "troubleshoot", "export", "embed", "verify",
-                  "enroll", "identify", "plot", "inspect-keys", "config")
+                  "enroll", "identify", "plot", "inspect-keys", "config", "env")
 
 
 class WorkflowGroup(TyperGroup):
