@@ -151,7 +151,9 @@ def eval_(
     for output in (save_embeddings_to, plot):
         if output is not None:
             check_output_file(output, force, inputs=[checkpoint])
-    explicit_size = resolved.data.image_size if any(item.startswith("data.image_size=") for item in set_ or []) else None
+    from .recognize import size_set_on_command_line
+
+    explicit_size = resolved.data.image_size if size_set_on_command_line(set_) else None
     from .render import StepProgress
 
     bin_results = None
@@ -162,6 +164,8 @@ def eval_(
             bin_results = evaluate_bins(resolved, checkpoint, bins, explicit_size, progress=progress.update,
                                         trust_code=trust_code)
         if resolved.data.val_dir is None:
+            if explicit_size is not None:
+                err_console.print(f"note: {escape(_honoured_size_note(explicit_size))}", soft_wrap=True)
             if as_json:
                 _print_strict_json({"checkpoint": str(checkpoint), "bins": bin_results})
             else:
@@ -192,6 +196,8 @@ def eval_(
         _print_table(metrics)
         if bin_results:
             _print_bins(bin_results)
+    if explicit_size is not None:
+        result.notes.append(_honoured_size_note(explicit_size))
     for note in result.notes:
         err_console.print(f"note: {escape(note)}", soft_wrap=True)
     if metrics["collapsed"] and not as_json:
@@ -205,6 +211,14 @@ def eval_(
                 if metrics["operating_threshold"] is not None else "no threshold (see the note above)")
         err_console.print(f"wrote {stored}: verify, identify and export use {what} for this model only "
                           f"(these weights, {metrics['image_size']} px, flip {'on' if metrics['flip'] else 'off'})")
+
+
+def _honoured_size_note(size: int) -> str:
+    """eval alone takes --set data.image_size over the size a run or export fixes, on purpose: to measure a model
+    at another size. Said every time, since the other commands ignore it (and say so)."""
+    return (f"data.image_size={size} from --set is honoured: eval measures the model at {size} px whatever size it "
+            f"was trained at, and the threshold it records holds at {size} px only (embed, verify, enroll and "
+            "identify feed a run or an export at the size it was trained at)")
 
 
 def _check_inputs(val_dir: Optional[Path], pairs: Optional[Path], has_bins: bool, checkpoint: Path) -> None:

@@ -42,7 +42,36 @@ def _embedder(checkpoint: Path, config: Optional[Path], set_: Optional[list[str]
 
     resolved = resolve_config(config, set_, **{"runtime.device": device, "data.batch_size": batch_size,
                                                "data.align": align, "model.arch": arch})
-    return resolved, load_embedder(checkpoint, resolved, trust_code=trust_code)
+    embedder = load_embedder(checkpoint, resolved, trust_code=trust_code)
+    ignored = ignored_size_note(set_, resolved.data.image_size, embedder)
+    if ignored:
+        err_console.print(f"note: {escape(ignored)}", soft_wrap=True)
+    return resolved, embedder
+
+
+def size_set_on_command_line(set_: Optional[list[str]]) -> bool:
+    return any(item.replace(" ", "").startswith("data.image_size=") for item in set_ or [])
+
+
+def ignored_size_note(set_: Optional[list[str]], asked: int, embedder: Any) -> Optional[str]:
+    """Why ``--set data.image_size`` does not apply, when the model's run or export fixes the size it is fed at
+    (its thresholds and galleries hold at that size only); None when it applies or was not given."""
+    used = embedder.settings.image_size
+    trained = ((embedder.model.training_config or {}).get("data") or {}).get("image_size")
+    if not size_set_on_command_line(set_) or trained is None or asked == used:
+        return None
+    model = embedder.model
+    if model.sidecar and model.sidecar.get("image_size"):
+        where = f"its export sidecar {model.source.name}.json says so"
+    elif model.runtime in ("onnx", "pt2"):
+        where = "the exported graph's fixed input says so"
+    elif embedder.run_dir is not None:
+        where = f"its run {embedder.run_dir} says so"
+    else:
+        where = "the training config saved in the checkpoint says so"
+    return (f"data.image_size={asked} from --set is ignored: {model.source} was trained at {used} px ({where}), so it "
+            f"is fed at {used} px, the size its threshold and galleries hold for; edgeface eval --set "
+            f"data.image_size={asked} measures it at another size")
 
 
 def _embed(embedder: Any, resolved: Any, inputs: list[Path], flip: bool, tree: bool = False) -> Any:
