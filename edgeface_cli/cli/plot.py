@@ -27,6 +27,7 @@ def plot(
                               "by edgeface train")
     from ..evaluation.evaluator import plot_path
     from ..evaluation.plots import plot_runs
+    from .render import count_of
 
     out = plot_path(out, "--out")
     output_file(out, force=force, inputs=[run / "metrics.jsonl" for run in runs])
@@ -34,5 +35,5 @@ def plot(
     summary = plot_runs(runs, out)
     if new_folder is not None:
         console.print(escape(str(created_folder_note(new_folder))))
-    console.print(f"wrote {escape(str(out))}: {summary.runs} run(s), {summary.epochs} epochs, "
+    console.print(f"wrote {escape(str(out))}: {summary.runs} run(s), {count_of(summary.epochs, 'epoch')}, "
                   f"{summary.escalations} escalation(s), {summary.guard_stops} guard stop(s)")

@@ -71,6 +71,16 @@ def format_row(record: dict[str, Any], width: int = 120) -> str:
     return layout_for(width).row(record)
 
 
+def epoch_span(first: int, last: int) -> str:
+    """``epoch 3`` or ``epochs 2-5``: never ``epochs 2-1`` nor ``epochs 1-1`` (callers skip empty spans)."""
+    return f"epoch {first}" if first == last else f"epochs {first}-{last}"
+
+
+def count_of(count: int, word: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 NARROW = 120  # below this many columns, bars and their statistics are shortened to fit
 
 
@@ -177,10 +187,11 @@ class TrainRenderer:
             f"{event.train_images} train / {event.val_images} val images, {event.steps_per_epoch} "
             f"{'batch' if event.steps_per_epoch == 1 else 'batches'} per epoch"
         )
-        stage1 = f"stage 1 (head only): epochs 1-{event.stage1_epochs}; " if event.stage1_epochs else ""
-        self._print(
-            f"{stage1}stage 2 (all): epochs {event.stage1_epochs + 1}-{event.epochs}; starting at epoch {event.start_epoch}"
-        )
+        stage1_end = min(event.stage1_epochs, event.epochs)  # stage 1 may be given longer than the whole run
+        stages = [f"stage 1 (head only): {epoch_span(1, stage1_end)}" if stage1_end else "",
+                  f"stage 2 (all): {epoch_span(stage1_end + 1, event.epochs)}" if stage1_end < event.epochs
+                  else "no stage 2 (all epochs train the head only)"]
+        self._print(f"{'; '.join(stage for stage in stages if stage)}; starting at epoch {event.start_epoch}")
         self._print(layout_for(self.console.width).header, style="bold")
 
     def _on_EpochStarted(self, event: EpochStarted) -> None:

@@ -163,7 +163,7 @@ def run_and_report(
         check_run_dir(resolved.runtime.out, force)
     from ..training.distributed import from_environment, shutdown
     from ..training.run import train as run_training
-    from .render import TrainRenderer
+    from .render import TrainRenderer, count_of
 
     distributed = from_environment(resolved.runtime.device, resolved.runtime.collective_timeout_s,  # torchrun
                                    resolved.runtime.rank0_timeout_s)
@@ -196,16 +196,20 @@ def run_and_report(
         raise typer.Exit(EXIT_TERMINATED if received else EXIT_INTERRUPTED)
     if result.status == "already_complete":
         console.print(
-            f"{result.run_dir} is already complete: {result.last_epoch} of {resolved.optim.epochs} epochs done. "
+            f"{result.run_dir} is already complete: {result.last_epoch} of {count_of(resolved.optim.epochs, 'epoch')} done. "
             f"To train further: edgeface train --resume {result.run_dir} --set optim.epochs=N (N > {result.last_epoch})"
         )
         return
     if result.status == "guard_stopped":
         level = result.recommended_level
+        last = result.run_dir / "last.pt"
+        # Name only a file that is there: a run stopped in its first epoch saved no checkpoint.
+        kept = (f"The last good checkpoint (epoch {result.last_epoch}) is kept in {last}" if last.is_file()
+                else f"No epoch finished, so no checkpoint was saved in {result.run_dir}")
         err_console.print(
             escape(
-                f"training stopped: {result.stop_reason}. The last good checkpoint (epoch {result.last_epoch}) is kept "
-                f"in {result.run_dir}/last.pt. Next: edgeface troubleshoot --level {level} --from-run {result.run_dir}"
+                f"training stopped: {result.stop_reason}. {kept}. "
+                f"Next: edgeface troubleshoot --level {level} --from-run {result.run_dir}"
             ),
             style="bold red",
             soft_wrap=True,
@@ -223,7 +227,7 @@ def run_and_report(
         best = ("n/a: no val identity is in the training set; best by val verification AUC "
                 + ("n/a" if auc is None else f"{auc:.4f}"))
     console.print(
-        f"done: {result.last_epoch} epochs; best epoch {result.best_epoch} (val acc {best}). "
+        f"done: {count_of(result.last_epoch, 'epoch')}; best epoch {result.best_epoch} (val acc {best}). "
         f"Files in {result.run_dir}: best.pt, last.pt, backbone.pt (published layout), metrics.jsonl, metrics.csv",
         soft_wrap=True,
     )

@@ -21,7 +21,7 @@ from .evaluator import require_matplotlib
 @dataclass
 class PlotSummary:
     runs: int
-    epochs: int  # epoch rows drawn, all runs together
+    epochs: int  # training epochs drawn, all runs together (the epoch-0 held-out baseline is not one)
     stage_boundaries: int
     escalations: int
     guard_stops: int
@@ -57,7 +57,10 @@ def plot_runs(run_dirs: list[Path], out: Path) -> PlotSummary:
     for index, (run_dir, epochs, events) in enumerate(runs):
         colour = colours[index % len(colours)]
         name = run_dir.name if len({path.name for path in run_dirs}) == len(run_dirs) else str(run_dir)
-        summary.epochs += len(epochs)
+        # The epoch-0 row is the held-out baseline measured before the first step (stage 0): a point on the
+        # held-out curve, but no training epoch, no skipped batches and no stage to draw a boundary from.
+        trained = [row for row in epochs if (row.get("stage") or 0) >= 1]
+        summary.epochs += len(trained)
         for axis, key, style, label in ((loss, "train_loss", "-", "train"), (loss, "val_loss", "--", "val"),
                                         (accuracy, "train_acc", "-", "train"), (accuracy, "val_acc", "--", "val"),
                                         (accuracy, "holdout_tar_at_far", ":", "held-out TAR@FAR"),
@@ -69,12 +72,12 @@ def plot_runs(run_dirs: list[Path], out: Path) -> PlotSummary:
                 xs, ys = [x for x, y in zip(xs, ys) if y > 0], [y for y in ys if y > 0]  # frozen in stage 1
             if xs:
                 axis.plot(xs, ys, style, color=colour, marker=".", label=f"{name}: {label}")
-        xs = [row["epoch"] for row in epochs]
-        skips = [row.get("skipped_batches", 0) + row.get("skipped_steps", 0) for row in epochs]
+        xs = [row["epoch"] for row in trained]
+        skips = [row.get("skipped_batches", 0) + row.get("skipped_steps", 0) for row in trained]
         skipped.bar([x - 0.4 + width * (index + 0.5) for x in xs], skips, width=width, color=colour, label=name)
         similarity.axhline(_collapse_line(run_dir), color=colour, linestyle=":", linewidth=1,
                            label=f"{name}: collapse line")
-        for before, after in zip(epochs, epochs[1:]):
+        for before, after in zip(trained, trained[1:]):
             if before.get("stage") != after.get("stage"):
                 summary.stage_boundaries += 1
                 for axis in (loss, accuracy, similarity, rates, skipped):

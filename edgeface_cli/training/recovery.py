@@ -38,13 +38,31 @@ class Recovery:
                 "embeddings do not separate identities"
             )
         if record["stage"] == 2 and self.stale_epochs >= guard.patience:
-            warnings.append(
-                f"val accuracy has not improved for {self.stale_epochs} epochs after stage 1: model not learning"
-            )
+            warnings.append(self._stale_warning(record))
         forgetting = self._generality_warning(record)
         if forgetting:
             warnings.append(forgetting)
         return warnings
+
+    def _stale_warning(self, record: dict[str, Any]) -> str:
+        """Val accuracy stopped improving: overfitting when train accuracy went on rising meanwhile (or is far
+        above val), else the model is not learning. The two need opposite remedies, so they are never one."""
+        from .troubleshoot import OVERFIT_GAP, OVERFIT_TRAIN_RISE
+
+        stale = f"{self.stale_epochs} epoch{'' if self.stale_epochs == 1 else 's'}"
+        best = next((row for row in self.records if "event" not in row and row.get("epoch") == self.best_epoch), None)
+        train_now = record.get("train_acc")
+        train_then = best.get("train_acc") if best is not None else None
+        val_now = record.get("val_acc")
+        finite = [value for value in (train_now, train_then) if isinstance(value, float) and math.isfinite(value)]
+        if len(finite) == 2 and train_now - train_then >= OVERFIT_TRAIN_RISE:  # type: ignore[operator]
+            return (f"val accuracy has not improved for {stale} (best at epoch {self.best_epoch}) while train accuracy "
+                    f"rose from {train_then:.1%} to {train_now:.1%}: overfitting; best.pt keeps epoch {self.best_epoch}")
+        if (isinstance(train_now, float) and isinstance(val_now, float) and math.isfinite(train_now)
+                and math.isfinite(val_now) and train_now - val_now >= OVERFIT_GAP):
+            return (f"val accuracy has not improved for {stale} (best at epoch {self.best_epoch}), train accuracy "
+                    f"{train_now:.1%} against val {val_now:.1%}: overfitting; best.pt keeps epoch {self.best_epoch}")
+        return f"val accuracy has not improved for {stale} after stage 1: model not learning"
 
     def _report_warnings(self, epoch: int, warnings: list[str]) -> None:
         """Each kind of warning once, when it first shows; its repeats are counted (see the end of the run)."""

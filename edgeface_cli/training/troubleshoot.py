@@ -203,12 +203,17 @@ def diagnose_run(run_dir: Path) -> RunDiagnosis:
     if len(stage2) >= config.guard.patience and stage1_best is not None:
         if max(row["val_acc"] for row in stage2) <= stage1_best:
             findings.append(
-                f"val accuracy flat after stage 1: {len(stage2)} stage-2 epochs never beat stage 1's {stage1_best:.3f}"
+                f"val accuracy flat after stage 1: {len(stage2)} stage-2 epoch{'' if len(stage2) == 1 else 's'} "
+                f"never beat stage 1's {stage1_best:.3f}"
             )
+    learning = judge_learning(config, epochs, run_dir)
+    if "overfitting" in learning.signs:
+        # Val stopped improving because the model learns its training images too well: that is overfitting
+        # (said below, with its remedies), not a model that fails to learn.
+        findings = [finding for finding in findings if not finding.startswith("val accuracy flat")]
     signs = [sign for sign, present in (("failed", failed), ("skipped", bool(skipped)), ("collapsed", bool(collapsed)),
                                          ("flat", any(f.startswith("val accuracy flat") for f in findings)))
              if present]
-    learning = judge_learning(config, epochs, run_dir)
     findings += learning.findings
     signs += learning.signs
     recommended = None
@@ -306,7 +311,8 @@ def judge_learning(config: EdgeFaceConfig, epochs: list[dict[str, Any]], run_dir
             parts.append(f"best val AUC {best_auc['val_auc']:.3f} (0.5 is guessing)")
         if no_val and best_train is not None:
             parts.append(f"best train accuracy {best_train['train_acc']:.1%} where {guessing} (no val folder)")
-        judged.findings.append(f"chance level after {len(trained)} epochs: {'; '.join(parts)}: the model tells "
+        judged.findings.append(f"chance level after {len(trained)} epoch{'' if len(trained) == 1 else 's'}: "
+                               f"{'; '.join(parts)}: the model tells "
                                "identities apart no better than guessing")
         judged.remedies += _chance_remedies(config, trained, best_train, train_at_chance or no_val, guessing)
         return judged
@@ -328,7 +334,8 @@ def _chance_remedies(config: EdgeFaceConfig, trained: list[dict[str, Any]], best
                             f"not learned either: the learning rates are too low; --set optim.head_lr="
                             f"{optim.head_lr * 10:g} --set optim.backbone_lr={optim.backbone_lr * 10:g}")
         if optim.stage1_epochs >= optim.epochs:
-            remedies.append(f"the backbone never trained: all {optim.epochs} epochs are stage 1 (frozen backbone); "
+            every = "the one epoch is" if optim.epochs == 1 else f"all {optim.epochs} epochs are"
+            remedies.append(f"the backbone never trained: {every} stage 1 (frozen backbone); "
                             f"give stage 2 epochs: --set optim.epochs={optim.epochs + max(optim.stage1_epochs, 5)}")
         if config.model.checkpoint is None:
             remedies.append("the backbone started from random weights (no --edgeface): fine-tune a published "
