@@ -13,6 +13,7 @@ import sys
 
 from . import (  # noqa: F401 - registers the commands
     align,
+    bench,
     check_data,
     config_cmds,
     env,

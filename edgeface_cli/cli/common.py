@@ -21,8 +21,8 @@ from ..errors import EdgeFaceError
 # rich_markup_mode=None: click's plain help, which shows flags as flags (Typer's rich help labels
 # every boolean flag "<bool>", which then rejects "--json true") and fits 80 columns.
 # --help lists the commands in the order of the work: data, training, evaluation, deployment, tools.
-WORKFLOW_ORDER = ("sample-data", "check-data", "align", "train", "eval", "troubleshoot", "export", "embed", "verify",
-                  "enroll", "identify", "plot", "inspect-keys", "config", "env")
+WORKFLOW_ORDER = ("sample-data", "check-data", "align", "train", "eval", "troubleshoot", "export", "bench", "embed",
+                  "verify", "enroll", "identify", "plot", "inspect-keys", "config", "env")
 
 
 class WorkflowGroup(TyperGroup):
