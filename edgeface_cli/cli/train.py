@@ -196,7 +196,7 @@ def run_and_report(
         raise typer.Exit(EXIT_TERMINATED if received else EXIT_INTERRUPTED)
     if result.status == "already_complete":
         console.print(
-            f"{result.run_dir} is already complete: {result.last_epoch} of {count_of(resolved.optim.epochs, 'epoch')} done. "
+            f"{result.run_dir} is already complete: {result.last_epoch} of {resolved.optim.epochs} epochs done. "
             f"To train further: edgeface train --resume {result.run_dir} --set optim.epochs=N (N > {result.last_epoch})"
         )
         return
