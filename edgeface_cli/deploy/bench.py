@@ -140,8 +140,8 @@ def source_mismatch(path: Path, sidecar: dict[str, Any] | None, source: LoadedMo
     return None
 
 
-def file_rows(path: Path, size: int, threads: int, trust_code: bool,
-              runtimes: Sequence[Runtime]) -> list[tuple[BenchRow, Runner | None]]:
+def file_rows(path: Path, size: int, threads: int, trust_code: bool, runtimes: Sequence[Runtime],
+              compile_files: bool) -> list[tuple[BenchRow, Runner | None]]:
     """One row per runtime (and precision it offers) for ``path``, with the runner it loaded, or why not."""
     rows: list[tuple[BenchRow, Runner | None]] = []
     for runtime in runtimes:
@@ -150,6 +150,8 @@ def file_rows(path: Path, size: int, threads: int, trust_code: bool,
             row.status, row.reason = NOT_INSTALLED, runtime.install
         elif not runtime.can_run(path):
             row.status, row.reason = CANNOT_RUN, f"it runs {', '.join(runtime.suffixes)} files"
+        elif isinstance(runtime, TorchCompile) and not compile_files:
+            row.status, row.reason = SKIPPED, "--no-compile"
         if row.status != MEASURED:
             rows.append((row, None))
             continue
@@ -252,7 +254,8 @@ def bench(files: list[Path], source: LoadedModel | None, threads: int, batch: in
           trust_code: bool = False, runtimes: Sequence[Runtime] = RUNTIMES,
           progress: Callable[[str], None] | None = None) -> BenchReport:
     """Every file in every runtime of ``runtimes``, beside ``source`` (the PyTorch model the files were exported
-    from: the parity reference and the warm eager baseline) when given."""
+    from: the parity reference and the warm eager baseline) when given. ``compile_source`` False skips every
+    torch.compile row (it compiles at its first call: seconds to minutes)."""
     if source is not None and source.runtime != "pytorch":
         raise DataError(f"--checkpoint {source.source} is an exported {source.runtime} file; pass the PyTorch model "
                         "it was exported from (a run directory or checkpoint)")
@@ -274,7 +277,7 @@ def bench(files: list[Path], source: LoadedModel | None, threads: int, batch: in
             say(f"loading the runtimes ({size} px)")
             loaded = source_rows(source, size, threads, compile_source) if source is not None else []
             for path in group:
-                loaded += file_rows(path, size, threads, trust_code, runtimes)
+                loaded += file_rows(path, size, threads, trust_code, runtimes, compile_source)
             rows += measure(loaded, inputs, rounds, sidecars, source, say)
     finally:
         torch.set_num_threads(previous_threads)

@@ -182,3 +182,22 @@ def test_user_errors_are_one_line(onnx_file: Path, tmp_path: Path) -> None:
     sidecar = json.loads(onnx_file.with_name(onnx_file.name + ".json").read_text())
     code, output = invoke("bench", str(onnx_file), "--size", str(sidecar["image_size"] * 2), *FAST)
     assert code == 2 and "contradicts" in output
+
+
+def test_a_pytorch_file_runs_in_pytorch_and_a_program_only_with_trust_code(source: LoadedModel, source_file: Path,
+                                                                          tmp_path: Path) -> None:
+    from edgeface_cli.deploy.export import export_backbone
+
+    weights = tmp_path / "model.safetensors"
+    export_backbone(source.backbone, ImageSettings(image_size=SIZE), "safetensors", weights, generated_faces(4, SIZE),
+                    "generated faces", source_file, source_sha256=source.sha256)
+    program = tmp_path / "model.pt2"
+    program.write_bytes(b"PK\x03\x04 a program: loading it would run its code")
+    report = bench([weights, program], source, threads=1, batch=4, rounds=1, image_size=SIZE, compile_source=False)
+    status = {(Path(row.file).name, row.runtime): row for row in report.rows if not row.source}
+    eager = status[("model.safetensors", "pytorch")]
+    assert eager.status == "measured" and eager.parity == "same embeddings" and eager.vs_eager is not None
+    assert status[("model.safetensors", "torch.compile")].status == "skipped"  # --no-compile: every compile row
+    assert status[("model.safetensors", "onnxruntime")].status == "cannot run"
+    refused = status[("model.pt2", "pytorch")]
+    assert refused.status == "cannot run" and "--trust-code" in refused.reason and refused.latency_ms is None

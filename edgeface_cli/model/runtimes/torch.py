@@ -5,6 +5,10 @@ PyTorch's thread count is process-wide: set before every run."""
 
 from __future__ import annotations
 
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,4 +59,30 @@ class TorchCompile(TorchEager):
     def wrap(self, module: Any, threads: int) -> Runner:
         import torch
 
-        return self.runner(torch.compile(module.cpu().eval()), threads)
+        compiled = torch.compile(module.cpu().eval())
+        compiled_yet: list[bool] = []
+
+        def first_quietly(batch: Any) -> Any:
+            """Inductor logs its own choices (no CUDA, the C++ compiler) while compiling: library code does not
+            print, and a failure is the row's reason anyway."""
+            if compiled_yet:
+                return compiled(batch)
+            with quiet_torch_logs():
+                output = compiled(batch)
+            compiled_yet.append(True)
+            return output
+
+        return self.runner(first_quietly, threads)
+
+
+@contextmanager
+def quiet_torch_logs() -> Iterator[None]:
+    torch_logger = logging.getLogger("torch")
+    level = torch_logger.level
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch_logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            torch_logger.setLevel(level)
