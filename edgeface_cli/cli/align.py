@@ -56,7 +56,7 @@ def align(
                           f"({done.reused} photos were already aligned); run the same command again to continue")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if summary.none_readable:
-        name, why = next(item for item in summary.unreadable if not item[1].startswith("not an image file"))
+        name, why = summary.unreadable[0]
         raise DataError(f"no photo in {src} could be read: all {summary.photos} image files fail to decode "
                         f"(e.g. {name}: {why}), so no crop was written; replace them with real photos")
     if as_json:
@@ -76,6 +76,7 @@ def align(
     for label, names in (("no face found", summary.no_face),
                          ("several faces", several),
                          ("unreadable", [f"{name}: {why}" for name, why in summary.unreadable]),
+                         ("skipped", [f"{name}: {why}" for name, why in summary.skipped]),
                          ("removed", [f"{crop} ({why}: {source})" for crop, source, why in summary.removed]),
                          ("kept", [f"{crop}: {why}" for crop, why in summary.kept])):
         for name in names[:SHOWN]:

@@ -150,12 +150,18 @@ def test_the_align_summary_names_every_photo_it_gave_no_single_crop(tmp_path: Pa
     shutil.copy(SHARED / "images" / "office3.jpg", photos / "group.jpg")
     Image.new("RGB", (160, 120), (90, 120, 150)).save(photos / "wall.png")
     (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (photos / "notes.txt").write_text("not a photo: skipped, and said so (not called unreadable)")
     result = runner.invoke(app, ["align", str(photos), str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert any(line.startswith("no face found: wall.png") for line in lines), result.output
     assert any(line.startswith("unreadable: broken.jpg") for line in lines), result.output
     assert any(line.startswith("several faces: group.jpg") for line in lines), result.output
+    assert "skipped: notes.txt: not an image file (.txt)" in lines, result.output
+    again = runner.invoke(app, ["align", str(photos), str(tmp_path / "out"), "--json"]).output
+    summary = json.loads(again[again.index("{"):])
+    assert [item["file"] for item in summary["unreadable"]] == ["broken.jpg"]
+    assert summary["skipped"] == [{"file": "notes.txt", "why": "not an image file (.txt)"}]
 
 
 def test_check_data_out_says_which_folder_it_created(dataset_root: Path, tmp_path: Path) -> None:

@@ -46,20 +46,21 @@ class AlignSummary:
     crops: int = 0  # crops written this run
     no_face: list[str] = field(default_factory=list)  # relative paths, this run and earlier ones
     several: list[str] = field(default_factory=list)  # photos with more than one face (one chosen unless --faces all)
-    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # photos (image files) that do not decode
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why) files of IN that are not photos
     removed: list[tuple[str, str, str]] = field(default_factory=list)  # (crop, its photo, why) removed this run
     kept: list[tuple[str, str]] = field(default_factory=list)  # (crop, why) align would have removed but did not
-    unreadable_photos: int = 0  # photos (image files) that could not be decoded, this run and earlier ones
 
     @property
     def none_readable(self) -> bool:
         """Every photo failed to decode (text saved as .jpg, a broken copy): there was nothing to align."""
-        return self.photos > 0 and self.unreadable_photos == self.photos
+        return self.photos > 0 and len(self.unreadable) == self.photos
 
     def to_json(self) -> dict[str, Any]:
         return {"photos": self.photos, "aligned": self.aligned, "reused": self.reused, "crops": self.crops,
                 "no_face": self.no_face, "several_faces": self.several,
                 "unreadable": [{"file": name, "why": why} for name, why in self.unreadable],
+                "skipped": [{"file": name, "why": why} for name, why in self.skipped],
                 "removed": [{"crop": crop, "source": source, "why": why} for crop, source, why in self.removed],
                 "kept": [{"crop": crop, "why": why} for crop, why in self.kept]}
 
@@ -285,7 +286,6 @@ class AlignJob:
         status, source = record.get("status"), record["source"]
         if status == "unreadable":
             self.summary.unreadable.append((source, record.get("why", "unreadable")))
-            self.summary.unreadable_photos += 1
         elif status == "no_face":
             self.summary.no_face.append(source)
         elif fresh:
@@ -332,7 +332,7 @@ class AlignJob:
     def run(self, progress: Callable[[int, int], None] | None = None) -> AlignSummary:
         photos, others = list_photos(self.root, self.out)
         self.summary.photos = len(photos)
-        self.summary.unreadable += [(path.relative_to(self.root).as_posix(), why) for path, why in others]
+        self.summary.skipped += [(path.relative_to(self.root).as_posix(), why) for path, why in others]
         if not photos:
             raise DataError(f"{self.root} holds no photos ({IMAGE_KINDS})")
         records = read_records(self.out)  # every path checked before anything is written
