@@ -60,9 +60,10 @@ def _holds_identity_folders(folder: Path) -> bool:
 def split_folders(root: Path) -> list[Path]:
     """The folders of ``root`` that are dataset splits (named like one, and holding identity folders
     themselves), not identities; empty for an ordinary identity tree, even one with a person called "train"."""
-    return sorted(entry for entry in root.iterdir()
-                  if not is_system_file(entry) and entry.is_dir() and entry.name.lower() in SPLIT_NAMES
-                  and _holds_identity_folders(entry))
+    found = [entry for entry in root.iterdir()
+             if not is_system_file(entry) and entry.is_dir() and entry.name.lower() in SPLIT_NAMES
+             and _holds_identity_folders(entry)]
+    return sorted(found, key=lambda entry: (SPLIT_NAMES.index(entry.name.lower()), entry.name))  # train, val, test
 
 
 def _split_advice(splits: list[Path], role: str) -> str:
@@ -72,12 +73,14 @@ def _split_advice(splits: list[Path], role: str) -> str:
     command_flags = ({"--train-dir", "--val-dir"} if role in ("train", "val")
                      else {wanted} if wanted else set())
     advice: dict[str, Path] = {}
-    for split in splits:  # sorted: train before val; the first split per flag is the one named
+    for split in splits:  # in SPLIT_NAMES order: val before test; the first split per flag is the one named
         flag = _SPLIT_FLAGS[split.name.lower()]
         if flag in command_flags and flag not in advice:
             advice[flag] = split
-    if wanted is not None and wanted not in advice:
-        advice = {wanted: splits[0]} | advice
+    if wanted is not None and wanted not in advice:  # held-out identities are a test split's, a gallery its own
+        preferred = {"holdout": ("test", "probe"), "gallery": ("gallery", "train")}.get(role, ())
+        named = {split.name.lower(): split for split in splits}
+        advice = {wanted: next((named[name] for name in preferred if name in named), splits[0])} | advice
     ordered = sorted(advice.items(), key=lambda item: item[0] != wanted)
     return " ".join(f"{path} as GALLERY_DIR" if flag == "GALLERY_DIR" else f"{flag} {path}" for flag, path in ordered)
 

@@ -169,3 +169,13 @@ def test_check_data_out_says_which_folder_it_created(dataset_root: Path, tmp_pat
     result = runner.invoke(app, ["check-data", "--train-dir", str(dataset_root / "train"), "--out", str(report)])
     assert f"created folder {report.parent}" in result.output, result.output
     assert json.loads(report.read_text())["stats"]["train"]["identities"] == 2
+
+
+def test_each_flag_is_offered_the_split_it_takes(dataset_root: Path) -> None:
+    _image(dataset_root / "test" / "carl" / "0.png")  # train/, val/ and test/
+    with pytest.raises(DataError) as train:
+        check_image_folder(dataset_root, "train")
+    assert "split folder(s) train, val, test" in str(train.value)
+    assert f"--train-dir {dataset_root / 'train'} --val-dir {dataset_root / 'val'})" in str(train.value)
+    with pytest.raises(DataError, match=r"\(--holdout-dir .*test\)"):  # held-out identities: the test split
+        check_image_folder(dataset_root, "holdout")
