@@ -30,6 +30,13 @@ class WorkflowGroup(TyperGroup):
         rank = {name: index for index, name in enumerate(WORKFLOW_ORDER)}
         return sorted(super().list_commands(ctx), key=lambda name: rank.get(name, len(rank)))
 
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """The command, its --help in plain words (IN OUT, --out PATH) rather than Typer's {IN} and <path>."""
+        from .help_words import use_plain_words
+
+        command = super().get_command(ctx, cmd_name)
+        return None if command is None else use_plain_words(command)
+
 
 app = typer.Typer(
     cls=WorkflowGroup,

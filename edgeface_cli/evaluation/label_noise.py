@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.doctor import INFO, LISTED, PROBLEM, WARNING, Finding
+from ..data.doctor import INFO, PROBLEM, WARNING, Finding
 
 # Below this leave-one-out accuracy the model does not tell these identities apart, so it cannot tell a
 # mislabelled image either (an untrained model "finds" mislabels everywhere).
@@ -57,7 +57,7 @@ def label_noise_findings(vectors: np.ndarray, labels: np.ndarray, names: list[st
             f"{len(suspect)} images are nearer another identity's centre than their own",
             "look at each: a wrong folder, a mixed-up identity, or a bad crop", len(suspect),
             [{"file": paths[i], "identity": names[labels[i]], "own_similarity": float(own[i]),
-              "nearest_identity": names[nearest[i]], "nearest_similarity": float(nearest_similarity[i])} for i in suspect[:LISTED]]))
+              "nearest_identity": names[nearest[i]], "nearest_similarity": float(nearest_similarity[i])} for i in suspect]))
     valid = sizes > 1  # ``agreement`` above: the mean pairwise similarity within each identity
     if valid.sum() >= 3:
         values = agreement[valid]
@@ -68,5 +68,5 @@ def label_noise_findings(vectors: np.ndarray, labels: np.ndarray, names: list[st
                 "identities whose images disagree", WARNING,
                 f"{len(loose)} identities have unusually low similarity between their own images (below {cutoff:.3f})",
                 "two people in one folder, or very mixed image quality: look through these folders", len(loose),
-                [{"identity": names[i], "mean_similarity": float(agreement[i]), "images": int(sizes[i])} for i in loose[:LISTED]]))
+                [{"identity": names[i], "mean_similarity": float(agreement[i]), "images": int(sizes[i])} for i in loose]))
     return findings
