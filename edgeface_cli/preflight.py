@@ -191,9 +191,21 @@ def _is_text(head: bytes) -> bool:
     return True
 
 
-def check_checkpoint_file(path: Path) -> str:
+PROGRAM_REFUSAL = ("{path} is a {kind} archive: a program, and loading it runs the code it carries. edgeface "
+                   "loads it only with --trust-code; the safe formats are data (.pt state_dicts, .safetensors, "
+                   ".onnx): re-save it as one (edgeface export --format safetensors, or "
+                   "torch.save(model.state_dict(), 'clean.pt') where you trust it)")
+
+
+def refuse_program(path: Path, kind: str) -> CheckpointError:
+    """The one refusal of a file that runs code when loaded (``kind``: TorchScript or torch.export (.pt2))."""
+    return CheckpointError(PROGRAM_REFUSAL.format(path=path, kind=kind))
+
+
+def check_checkpoint_file(path: Path, trust_code: bool = False) -> str:
     """What ``read_checkpoint`` refuses before it reads a tensor (missing, a folder, empty, an export, a
-    gallery, embeddings, text, unknown bytes), with its messages; returns the kind :func:`sniff_model_file` found."""
+    gallery, embeddings, text, unknown bytes, and a TorchScript program unless ``trust_code``), with its
+    messages; returns the kind :func:`sniff_model_file` found."""
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}; check the path given to --edgeface/--checkpoint")
     if path.is_dir():
@@ -213,13 +225,15 @@ def check_checkpoint_file(path: Path) -> str:
         raise CheckpointError(f"{path} is a text file, not a checkpoint; {CHECKPOINT_FIX_HINT}")
     if kind == "unknown":
         raise CheckpointError(f"{path} is not a checkpoint format edgeface knows; {CHECKPOINT_FIX_HINT}")
+    if kind == "torchscript" and not trust_code:
+        raise refuse_program(path, "TorchScript")
     return kind
 
 
-def check_model_path(path: Path) -> None:
+def check_model_path(path: Path, trust_code: bool = False) -> None:
     """What ``load_model`` refuses before torch is needed: a path that is no model in any format (missing, a
-    folder without best.pt, an empty file, text, bytes of no format). Exported files are run as they are:
-    only an empty one is refused here."""
+    folder without best.pt, an empty file, text, bytes of no format) and, unless ``trust_code``, a program
+    (TorchScript, pt2). Exported ONNX files are run as they are: only an empty one is refused here."""
     if not path.exists():
         raise CheckpointError(f"model not found: {path}; pass a run directory, a checkpoint or an exported model")
     if path.is_dir():
@@ -230,8 +244,10 @@ def check_model_path(path: Path) -> None:
     if path.suffix.lower() in EXPORTED_SUFFIXES:
         if path.stat().st_size == 0:
             raise CheckpointError(f"exported model {path} is empty (0 bytes): the export or copy did not finish")
+        if path.suffix.lower() == ".pt2" and not trust_code:
+            raise refuse_program(path, "torch.export (.pt2)")
         return
-    check_checkpoint_file(path)
+    check_checkpoint_file(path, trust_code)
 
 
 # The first bytes of the formats photos come in; PIL decodes by content, so any of them under any image suffix.

@@ -142,7 +142,7 @@ def eval_(
                          "data.batch_size": batch_size, "model.arch": arch,
                          "data.align": align_flag(align, faces)}
     )
-    _check_inputs(resolved.data.val_dir, pairs, bool(bins), checkpoint)
+    _check_inputs(resolved.data.val_dir, pairs, bool(bins), checkpoint, trust_code)
     from ..evaluation.evaluator import evaluate, plot_path, save_embeddings, save_plot
 
     # Every output is checked before the slow part: a bad suffix or an existing file fails at once.
@@ -221,12 +221,15 @@ def _honoured_size_note(size: int) -> str:
             "identify feed a run or an export at the size it was trained at)")
 
 
-def _check_inputs(val_dir: Optional[Path], pairs: Optional[Path], has_bins: bool, checkpoint: Path) -> None:
-    """The val data and the model, as far as their paths and bytes tell, before torch is imported: the same
-    messages the evaluation gives (a flat --val-dir is allowed with --pairs, whose images it holds)."""
+def _check_inputs(val_dir: Optional[Path], pairs: Optional[Path], has_bins: bool, checkpoint: Path,
+                  trust_code: bool) -> None:
+    """The model and the val data, as far as their paths and bytes tell, before torch is imported: the same
+    messages, in the same order, the evaluation gives (a flat --val-dir is allowed with --pairs, whose images
+    it holds)."""
     from ..errors import DataError
     from ..preflight import check_image_folder, check_model_path
 
+    check_model_path(checkpoint, trust_code)
     if val_dir is None and not has_bins:
         raise DataError("no validation data: pass --val-dir DIR (one folder per identity) or --bin FILE (lfw.bin, ...)")
     if val_dir is not None:
@@ -234,7 +237,6 @@ def _check_inputs(val_dir: Optional[Path], pairs: Optional[Path], has_bins: bool
             check_image_folder(val_dir, "val")
         elif not val_dir.is_dir():
             raise DataError(f"val dir not found: {val_dir}; pass the folder the pairs file's images are in with --val-dir")
-    check_model_path(checkpoint)
 
 
 def _print_strict_json(obj: Any) -> None:

@@ -66,7 +66,7 @@ def inspect_keys(
         from ..atomic import output_file
 
         output_file(write_fixed, force=force, inputs=[source], out_flag="--write-fixed")
-    check_checkpoint_file(source)  # no model in any format: answered before torch is imported
+    check_checkpoint_file(source, trust_code)  # no model (or an untrusted program): answered before torch
     from ..model.checkpoint_io import atomic_torch_save
     from ..model.checkpoints import fix_state_dict, inspect_checkpoint
 

@@ -136,7 +136,7 @@ def embed(
     from ..preflight import check_model_path, check_output_file
 
     check_output_file(out, force, inputs=[checkpoint, *inputs])
-    check_model_path(checkpoint)
+    check_model_path(checkpoint, trust_code)
     from ..atomic import atomic_write_stream
 
     with interrupt_says(f"nothing written ({out} is written only whole, at the end)"):
@@ -181,7 +181,7 @@ def verify(
         problem = image_file_problem(path)
         if problem:  # the message the decoder's check gives, before torch is imported
             raise DataError(f"cannot use {path}: {problem}")
-    check_model_path(checkpoint)
+    check_model_path(checkpoint, trust_code)
     resolved, embedder = _embedder(checkpoint, config, set_, device, None, align_flag(align, faces), arch, trust_code)
     result = _verify(embedder, resolved, first, second, threshold, flip)
     if as_json:
@@ -259,7 +259,7 @@ def enroll(
         if problem:
             raise DataError(problem)
     if checkpoint is not None:
-        check_model_path(checkpoint)
+        check_model_path(checkpoint, trust_code)
 
     kept = f"{out} is unchanged" if editing or out.exists() else f"no gallery written ({out} is written only whole)"
     with interrupt_says(kept):
@@ -340,7 +340,7 @@ def identify(
     if checkpoint is not None:
         from ..preflight import check_model_path
 
-        check_model_path(checkpoint)
+        check_model_path(checkpoint, trust_code)
     from ..deploy.decisions import decision_threshold
     from ..deploy.gallery import identify as match
     from ..deploy.gallery import load_gallery, open_set_metrics

@@ -118,8 +118,8 @@ def test_preflight_passes_every_real_model_and_photo(xxs_checkpoint: Path, sampl
     (tmp_path / "model.onnx").write_bytes(b"\x08\x07")
     for path in (xxs_checkpoint, tmp_path / "w.safetensors", tmp_path / "w.ts", tmp_path / "wrapped.pt"):
         assert preflight.sniff_model_file(path) == _sniff(path) != "unknown"
-        preflight.check_checkpoint_file(path)
-        preflight.check_model_path(path)
+        preflight.check_checkpoint_file(path, trust_code=True)
+        preflight.check_model_path(path, trust_code=True)
     preflight.check_model_path(tmp_path / "run")
     preflight.check_model_path(tmp_path / "model.onnx")
     photos = sorted(path for path in sample_dataset.rglob("*") if path.is_file())
@@ -130,6 +130,26 @@ def test_preflight_passes_every_real_model_and_photo(xxs_checkpoint: Path, sampl
         photo = tmp_path / f"photo{suffix}"
         Image.new("RGB", (8, 8), "red").save(photo, format="GIF" if suffix == ".gif.png" else None)
         assert preflight.image_file_problem(photo) is None, suffix
+
+
+def test_programs_are_refused_unread_as_the_loaders_refuse_them(tmp_path: Path) -> None:
+    import torch
+
+    from edgeface_cli.config import EdgeFaceConfig
+    from edgeface_cli.model.checkpoint_io import read_checkpoint
+    from edgeface_cli.model.loading import load_model
+
+    scripted = tmp_path / "scripted.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), scripted)
+    exported = tmp_path / "model.pt2"
+    exported.write_bytes(b"PK\x03\x04 never opened")
+    assert "TorchScript archive" in _error_of(preflight.check_checkpoint_file, scripted)
+    assert _error_of(preflight.check_checkpoint_file, scripted) == _error_of(read_checkpoint, scripted)
+    for path in (scripted, exported):
+        assert _error_of(preflight.check_model_path, path) == _error_of(load_model, path, EdgeFaceConfig())
+    preflight.check_model_path(exported, trust_code=True)  # trusted: the loader decides
 
 
 def test_the_removal_check_is_the_galleries_own(tmp_path: Path) -> None:
