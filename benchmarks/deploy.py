@@ -1,6 +1,8 @@
 """`make bench` (deployment): exported models beside PyTorch eager in the same run — throughput at batch 64,
 latency at batch 1 (median and p95), file sizes, and `edgeface embed` end to end over a folder — plus the int8
-variants the export chose between. Measured, never asserted; writes bench-deploy.json.
+variants the export chose between, and `edgeface bench`'s table (every installed runtime: onnxruntime,
+OpenVINO, OpenCV DNN, PyTorch, torch.compile) on the shipped files. Measured, never asserted; writes
+bench-deploy.json.
 
     python benchmarks/deploy.py [--threads 2] [--size 112] [--out bench-deploy.json]
 """
@@ -14,16 +16,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from edgeface_cli.config import build_config
 from edgeface_cli.data.augment import normalize
 from edgeface_cli.data.folder import ImageSettings
 from edgeface_cli.data.sample_data import write_sample_dataset
+from edgeface_cli.deploy.bench import bench
 from edgeface_cli.deploy.export import cpu_features, export_backbone, generated_faces, write_program
+from edgeface_cli.model.loading import load_model
 from edgeface_cli.model.programs import ExportedProgram, OnnxBackbone
 from edgeface_cli.model.backbones import EdgeFace
 
@@ -143,8 +149,13 @@ def main() -> None:
                         "--set", f"data.image_size={args.size}", "--set", "data.cache=off"],
                        check=True, capture_output=True)
         embed.setdefault(name, []).append(time.perf_counter() - started)
+    # edgeface bench on the shipped files: every installed runtime, beside warm eager of their source (the pt2
+    # archive is this script's own, so its code is trusted).
+    runtimes = bench([onnx.path, onnx.int8.path, pt2.path], load_model(work / "backbone.pt", build_config(search_default_file=False)),  # type: ignore[union-attr]
+                     threads=args.threads, batch=64, rounds=ROUNDS, trust_code=True)
     report = {"threads": args.threads, "image_size": args.size, "cpu_features": cpu_features(), "models": results,
-              "embed_400_images": {name: {"seconds_median_of_3": statistics.median(seconds)} for name, seconds in embed.items()}}
+              "embed_400_images": {name: {"seconds_median_of_3": statistics.median(seconds)} for name, seconds in embed.items()},
+              "runtimes": asdict(runtimes)}
     args.out.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     for name, entry in results.items():
         print(f"{name:46s} {entry['images_per_s_batch64']:7.1f} img/s ({entry['throughput_vs_eager']:.2f}x)  "
@@ -152,6 +163,10 @@ def main() -> None:
               f"{(entry['megabytes'] or 0):5.2f} MiB  min cos {entry['min_cosine_vs_eager']:.4f}")
     for name, entry in report["embed_400_images"].items():
         print(f"embed 400 images, {name}: {entry['seconds_median_of_3']:.1f} s")
+    for row in runtimes.rows:
+        figures = (f"{row.images_per_s:7.1f} img/s ({row.vs_eager or 0:.2f}x)  b1 {row.latency_ms:6.2f} ms  {row.parity}"
+                   if row.status == "measured" else f"{row.status}: {row.reason[:80]}")
+        print(f"bench: {Path(row.file).name:14s} {row.runtime:13s} {row.precision or '':10s} {figures}")
     print(f"wrote {args.out}")
 
 
