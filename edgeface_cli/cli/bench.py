@@ -16,11 +16,6 @@ from rich.table import Table
 from .common import (ArchOpt, ConfigOpt, SetOpt, TrustCodeOpt, app, console, middle_ellipsis, print_json, resolve_config,
                      user_errors)
 
-# The CPU features int8 and bf16 speed depend on, as /proc/cpuinfo names them, and as people know them.
-SPEED_FEATURES = {"avx512_vnni": "VNNI (AVX-512)", "avx_vnni": "VNNI (AVX)", "avx512_bf16": "AVX512-BF16",
-                  "amx_int8": "AMX-INT8", "amx_bf16": "AMX-BF16", "asimddp": "ARM dot-product"}
-
-
 def _figure(value: Optional[float], digits: int = 1, suffix: str = "") -> str:
     return "—" if value is None else f"{value:.{digits}f}{suffix}"
 
@@ -99,9 +94,8 @@ def bench(
     (console if console.is_terminal else Console(highlight=False, width=120)).print(table)
     for reason in why_not:
         console.print(f"  {escape(reason)}")
-    speed = [SPEED_FEATURES[name] for name in report.cpu_features if name in SPEED_FEATURES]
-    console.print(f"CPU int8/bf16 features: {', '.join(speed) or 'none of VNNI, AVX512-BF16, AMX, ARM dot-product'} "
-                  f"(all found: {', '.join(report.cpu_features) or 'none'})")
+    features = ", ".join(f"{name} {'yes' if present else 'no'}" for name, present in report.vector_features.items())
+    console.print(f"CPU: {features or 'features unknown'} (flags: {', '.join(report.cpu_features) or 'none reported'})")
     console.print(f"baseline: {escape(report.baseline)}; {report.method}")
     if report.recommendation:
         for label, pick in report.recommendation.items():

@@ -30,8 +30,9 @@ from ..errors import CheckpointError, DataError
 from ..model.loading import LoadedModel
 from ..model.programs import SAME_EMBEDDINGS_MIN_COSINE, read_sidecar
 from ..model.runtimes import RUNTIMES, Runner, Runtime, RuntimeUnavailable, TorchCompile, TorchEager, first_line
+from ..platform_info import cpu_features, cpu_flags, vector_features
 from .embedder import list_images
-from .export import MIN_COSINE_INT8, cpu_features
+from .export import MIN_COSINE_INT8
 
 WARMUP_CALLS = 2
 LATENCY_CALLS = 5  # batch-1 calls timed per round
@@ -71,7 +72,8 @@ class BenchReport:
     batch: int
     rounds: int
     images: str  # what the runtimes were fed
-    cpu_features: list[str]
+    cpu_features: list[str]  # the flags speed depends on, as the OS spells them
+    vector_features: dict[str, bool]  # VNNI, AVX512-BF16, AMX, NEON-dot (int8/bf16 speed), AVX2: present or not
     baseline: str  # what vs_eager divides by
     recommendation: dict[str, Any] | None = None  # the fastest rows whose parity passed
     no_recommendation: str | None = None  # why there is none
@@ -284,7 +286,9 @@ def bench(files: list[Path], source: LoadedModel | None, threads: int, batch: in
     recommendation, why = recommend(rows, batch)
     baseline = (f"PyTorch eager on {source.source.name}, warm, {threads} threads" if source is not None
                 else "none (pass --checkpoint: the source model is the eager baseline)")
-    return BenchReport(rows, threads, batch, rounds, described, cpu_features(), baseline, recommendation, why)
+    flags = cpu_flags()
+    return BenchReport(rows, threads, batch, rounds, described, cpu_features(flags), vector_features(flags), baseline,
+                       recommendation, why)
 
 
 def measure(loaded: list[tuple[BenchRow, Runner | None]], inputs: torch.Tensor, rounds: int,

@@ -89,6 +89,7 @@ def test_bench_json_has_one_row_per_runtime(onnx_file: Path, source_file: Path) 
     assert eager["runtime"] == "pytorch" and eager["parity"] == "reference" and eager["vs_eager"] == pytest.approx(1.0)
     assert compiled["runtime"] == "torch.compile" and compiled["status"] == "skipped" and compiled["reason"] == "--no-compile"
     assert report["batch"] == 8 and report["threads"] == 1 and isinstance(report["cpu_features"], list)
+    assert {"VNNI", "AVX512-BF16", "AMX", "NEON-dot"} <= set(report["vector_features"])
     assert "warm" in report["baseline"] and "1 threads" in report["baseline"]
     fastest = report["recommendation"]["throughput_batch_8"]
     assert any(row["runtime"] == fastest["runtime"] and row["precision"] == fastest["precision"]
@@ -98,7 +99,7 @@ def test_bench_json_has_one_row_per_runtime(onnx_file: Path, source_file: Path) 
 def test_the_table_names_every_runtime_and_the_fastest(onnx_file: Path, source_file: Path) -> None:
     code, output = invoke("bench", str(onnx_file), "--checkpoint", str(source_file), "--no-compile", *FAST)
     assert code == 0, output
-    for text in ("onnxruntime", "opencv", "openvino", "litert", "ncnn", "reference", "CPU int8/bf16 features",
+    for text in ("onnxruntime", "opencv", "openvino", "litert", "ncnn", "reference", "VNNI", "AVX512-BF16", "AMX",
                  "fastest here (throughput batch 8)", "baseline: PyTorch eager on source.pt, warm, 1 threads"):
         assert text in output, output
     assert "Traceback" not in output
