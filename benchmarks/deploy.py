@@ -28,9 +28,10 @@ from edgeface_cli.data.augment import normalize
 from edgeface_cli.data.folder import ImageSettings
 from edgeface_cli.data.sample_data import write_sample_dataset
 from edgeface_cli.deploy.bench import bench
-from edgeface_cli.deploy.export import cpu_features, export_backbone, generated_faces, write_program
+from edgeface_cli.deploy.export import export_backbone, generated_faces, write_program
 from edgeface_cli.model.loading import load_model
 from edgeface_cli.model.programs import ExportedProgram, OnnxBackbone
+from edgeface_cli.platform_info import cpu_features
 from edgeface_cli.model.backbones import EdgeFace
 
 ROUNDS = 5  # every model is timed in each round, in turn: the drift of a shared machine hits all of them alike

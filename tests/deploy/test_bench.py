@@ -202,3 +202,19 @@ def test_a_pytorch_file_runs_in_pytorch_and_a_program_only_with_trust_code(sourc
     assert status[("model.safetensors", "onnxruntime")].status == "cannot run"
     refused = status[("model.pt2", "pytorch")]
     assert refused.status == "cannot run" and "--trust-code" in refused.reason and refused.latency_ms is None
+
+
+def test_a_static_batch_runner_is_called_with_exactly_its_batch_and_its_padding_dropped(onnx_file: Path) -> None:
+    from edgeface_cli.model.runtimes.base import onnx_fixed_batch
+
+    seen: list[int] = []
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        seen.append(len(batch))
+        return batch.reshape(len(batch), -1)[:, :4] * 2
+
+    images = np.arange(7 * 3 * 2 * 2, dtype=np.float32).reshape(7, 3, 2, 2)
+    got = Runner("static", "fp32", 1, run, fixed_batch=3)(torch.from_numpy(images))
+    assert seen == [3, 3, 3] and got.shape == (7, 4)
+    assert np.array_equal(got, images.reshape(7, -1)[:, :4] * 2)  # each image's own output, in order
+    assert onnx_fixed_batch(onnx_file) is None  # export's default: any batch
