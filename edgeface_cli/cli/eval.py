@@ -223,15 +223,16 @@ def _honoured_size_note(size: int) -> str:
 
 def _check_inputs(val_dir: Optional[Path], pairs: Optional[Path], has_bins: bool, checkpoint: Path,
                   trust_code: bool) -> None:
-    """The model and the val data, as far as their paths and bytes tell, before torch is imported: the same
-    messages, in the same order, the evaluation gives (a flat --val-dir is allowed with --pairs, whose images
-    it holds)."""
+    """The val data and the model, as far as their paths and bytes tell, before torch is imported: the messages
+    the evaluation gives, in its order (a pairs or .bin file is read before the model, the model before the val
+    folder is scanned; a flat --val-dir is allowed with --pairs, whose images it holds)."""
     from ..errors import DataError
     from ..preflight import check_image_folder, check_model_path
 
-    check_model_path(checkpoint, trust_code)
     if val_dir is None and not has_bins:
         raise DataError("no validation data: pass --val-dir DIR (one folder per identity) or --bin FILE (lfw.bin, ...)")
+    if pairs is None and not has_bins:
+        check_model_path(checkpoint, trust_code)
     if val_dir is not None:
         if pairs is None:
             check_image_folder(val_dir, "val")
