@@ -61,7 +61,12 @@ def environment_report(config: Optional[Path], set_: Optional[list[str]]) -> dic
     from ..config import DEFAULT_CONFIG_FILE
     from ..data.cache import default_cache_dir
 
-    resolved = resolve_config(config, set_)
+    from ..errors import EdgeFaceError
+
+    try:
+        cache_dir, config_error = resolve_config(config, set_).data.cache_dir, None
+    except EdgeFaceError as exc:  # a broken config is part of the report, not a reason to give none
+        cache_dir, config_error = None, str(exc)
     config_file = config or (Path(DEFAULT_CONFIG_FILE) if Path(DEFAULT_CONFIG_FILE).is_file() else None)
     packages, extras = info.dependency_versions()
     flags = info.cpu_flags()
@@ -78,8 +83,9 @@ def environment_report(config: Optional[Path], set_: Optional[list[str]]) -> dic
             "config": str(config_file.resolve()) if config_file else None,
             "config_note": (None if config_file else f"none: defaults (./{DEFAULT_CONFIG_FILE} is read when present, "
                                                      "--config FILE otherwise)"),
-            "cache_dir": str(resolved.data.cache_dir or default_cache_dir()),
-            "cache_dir_from": "data.cache_dir" if resolved.data.cache_dir else "default ($XDG_CACHE_HOME or ~/.cache)",
+            "config_error": config_error,
+            "cache_dir": str(cache_dir or default_cache_dir()),
+            "cache_dir_from": "data.cache_dir" if cache_dir else "default ($XDG_CACHE_HOME or ~/.cache)",
             "alignment_weights": str(package_dir / "data" / "alignment" / "weights"),
         },
     }
@@ -110,7 +116,8 @@ def _print_report(report: dict[str, Any]) -> None:
     console.print(f"edgeface {report['edgeface']['version']} ({escape(report['edgeface']['package'])})")
     console.print(f"python {system['python']} ({system['implementation']}, {escape(system['executable'])}) on "
                   f"{system['system']} {escape(system['release'])} {system['machine']}, {system['cores']} cores")
-    console.print(f"packages: {escape(_versions(report['packages']))}", soft_wrap=True)
+    packages = _versions(report["packages"]) or "unknown: edgeface-cli is not installed (pip install -e .)"
+    console.print(f"packages: {escape(packages)}", soft_wrap=True)
     for extra, versions in report["extras"].items():
         console.print(f"extra {extra}: {escape(_versions(versions))}", soft_wrap=True)
     cpu = report["cpu"]
@@ -126,6 +133,8 @@ def _print_report(report: dict[str, Any]) -> None:
     console.print(table)
     paths = report["paths"]
     console.print(f"config: {escape(paths['config'] or paths['config_note'])}", soft_wrap=True)
+    if paths["config_error"]:
+        console.print(f"config error: {escape(paths['config_error'])}", soft_wrap=True)
     console.print(f"cache: {escape(paths['cache_dir'])} ({paths['cache_dir_from']})", soft_wrap=True)
     console.print(f"alignment weights: {escape(paths['alignment_weights'])}", soft_wrap=True)
 

@@ -80,6 +80,15 @@ def test_env_names_the_config_and_cache_it_would_use(tmp_path: Path, monkeypatch
     assert "AVX2" in text and "torch " in text
 
 
+def test_a_broken_config_is_reported_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "edgeface.yaml").write_text("optim:\n  head_lr: -1\n")
+    result = runner.invoke(app, ["env"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "config error: invalid configuration" in " ".join(result.output.split()) and "optim.head_lr" in result.output
+    assert "cache: " in result.output and "torch " in result.output
+
+
 def test_env_imports_no_optional_runtime() -> None:
     probe = (
         "import sys\nsys.argv = ['edgeface', 'env', '--json']\nfrom edgeface_cli.cli import main\n"
