@@ -240,3 +240,19 @@ def test_every_writer_of_mine_says_which_folder_it_created(tmp_path: Path, monke
     assert result.exit_code == 0 and f"created folder {remedy.parent}" in result.output, result.output
     dry = runner.invoke(app, ["troubleshoot", "--level", "1", "--out", str(tmp_path / "dry" / "x.yaml"), "--dry-run"])
     assert dry.exit_code == 0 and "created folder" not in dry.output and not (tmp_path / "dry").exists()
+
+
+def test_embed_enroll_and_config_init_say_which_folder_they_created(tmp_path: Path, xxs_checkpoint: Path,
+                                                                   sample_dataset: Path) -> None:
+    small = ["--set", "data.image_size=32", "--set", "data.workers=0", "--device", "cpu"]
+    image = str(next((sample_dataset / "val").rglob("*.png")))
+    commands = {
+        tmp_path / "e" / "vectors.npz": ["embed", image, "--checkpoint", str(xxs_checkpoint), "--out", "{out}", *small],
+        tmp_path / "g" / "gallery.npz": ["enroll", str(sample_dataset / "train"), "--checkpoint", str(xxs_checkpoint),
+                                         "--out", "{out}", *small],
+        tmp_path / "c" / "my.yaml": ["config", "init", "{out}"],
+    }
+    for out, args in commands.items():
+        result = runner.invoke(app, [str(out) if arg == "{out}" else arg for arg in args])
+        assert result.exit_code == 0 and out.is_file(), result.output
+        assert f"created folder {out.parent}" in " ".join(result.output.split()), result.output

@@ -38,9 +38,12 @@ def config_init(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
 ) -> None:
     """Write a commented default config file."""
-    from ..atomic import atomic_write_text, output_file
+    from ..atomic import atomic_write_text, created_folder_note, missing_folder, output_file
     from ..config import commented_default_yaml
 
     output_file(file, force=force)
+    new_folder = missing_folder(file)
     atomic_write_text(file, commented_default_yaml())
     console.print(f"wrote {file}")
+    if new_folder is not None:
+        console.print(created_folder_note(new_folder) or "")

@@ -148,9 +148,13 @@ def eval_(
     # Every output is checked before the slow part: a bad suffix or an existing file fails at once.
     if plot is not None:
         plot = plot_path(plot)
+    from ..atomic import created_folder_note, missing_folder
+
     for output in (save_embeddings_to, plot):
         if output is not None:
             check_output_file(output, force, inputs=[checkpoint])
+    new_folders = list(dict.fromkeys(folder for output in (save_embeddings_to, plot) if output is not None
+                                     for folder in [missing_folder(output)] if folder is not None))
     from .recognize import size_set_on_command_line
 
     explicit_size = resolved.data.image_size if size_set_on_command_line(set_) else None
@@ -205,6 +209,8 @@ def eval_(
     for written in (save_embeddings_to, plot):
         if written is not None:
             err_console.print(f"wrote {written}")
+    for folder in new_folders:
+        err_console.print(created_folder_note(folder) or "")
     if stored is not None:
         measurable = "" if metrics["operating_point"]["measurable"] else ", the smallest these pairs measure"
         what = (f"its threshold {metrics['operating_threshold']:.4f} (FAR {metrics['operating_far']:.3g}{measurable})"

@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..atomic import created_folder_note, missing_folder
 from .common import EXIT_DIFFERENCES, ConfigOpt, SetOpt, TrustCodeOpt, app, console, fail, print_json, resolve_config, user_errors
 
 MAX_TABLE_ROWS = 30
@@ -66,6 +67,7 @@ def inspect_keys(
         from ..atomic import output_file
 
         output_file(write_fixed, force=force, inputs=[source], out_flag="--write-fixed")
+    new_folder = missing_folder(write_fixed) if write_fixed is not None else None
     check_checkpoint_file(source, trust_code)  # no model (or an untrusted program): answered before torch
     from ..model.checkpoint_io import atomic_torch_save
     from ..model.checkpoints import fix_state_dict, inspect_checkpoint
@@ -122,6 +124,8 @@ def inspect_keys(
             console.print(f"[bold]diagnosis:[/] {escape(line)}", soft_wrap=True)
         if fixed_info is not None:
             console.print(f"wrote {write_fixed} in the {chosen_arch} layout")
+            if new_folder is not None:
+                console.print(created_folder_note(new_folder) or "")
             for item in fixed_info["initialised"]:
                 console.print(f"  initialised {item['key']} ({item['init']})")
             for key in fixed_info["dropped"]:

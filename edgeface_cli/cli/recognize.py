@@ -137,7 +137,9 @@ def embed(
 
     check_output_file(out, force, inputs=[checkpoint, *inputs])
     check_model_path(checkpoint, trust_code)
-    from ..atomic import atomic_write_stream
+    from ..atomic import atomic_write_stream, created_folder_note, missing_folder
+
+    new_folder = missing_folder(out)
 
     with interrupt_says(f"nothing written ({out} is written only whole, at the end)"):
         resolved, embedder = _embedder(checkpoint, config, set_, device, batch_size, align_flag(align, faces), arch,
@@ -147,6 +149,8 @@ def embed(
     what = f" of {len(embedded.identities)} identities" if embedded.identities is not None else ""
     console.print(f"wrote {escape(str(out))}: {len(embedded.paths)} embeddings{what}, {embedded.vectors.shape[1]}-d, "
                   f"L2-normalised ({embedder.kind} model {escape(str(embedder.source))})")
+    if new_folder is not None:
+        console.print(escape(created_folder_note(new_folder) or ""))
 
 
 @app.command("verify")
@@ -301,9 +305,14 @@ def _enroll(gallery_dir: Optional[Path], checkpoint: Optional[Path], out: Path, 
         else:
             found, _ = decision_threshold(embedder.threshold_sources(flip))  # kept with the gallery when eval recorded one
             gallery = build_gallery(embedded, fingerprint, (found.value, found.source) if found else None)
+    from ..atomic import created_folder_note, missing_folder
+
+    new_folder = missing_folder(out)
     save_gallery(gallery, out)
     console.print(f"wrote {escape(str(out))}: {len(gallery.identities)} identities, {len(gallery.paths)} images "
                   f"({escape(str(embedder.source))})")
+    if new_folder is not None:
+        console.print(escape(created_folder_note(new_folder) or ""))
 
 
 @app.command("identify")

@@ -39,6 +39,7 @@ from ..model.programs import NORMALIZATION, SAME_EMBEDDINGS_MIN_COSINE, load_pro
 from ..model.backbones import EdgeFace
 from ..model.checkpoints import load_backbone
 from ..preflight import EXPORT_SUFFIXES, check_export_request, int8_path
+from ..platform_info import INT8_DOT_PRODUCT, cpu_features
 from ..thresholds import file_sha256
 from .embedder import list_images
 from .inference_graph import ChannelsLastEdgeFace, UnsupportedLayout
@@ -318,17 +319,6 @@ def compare_speed(candidate: Callable[[torch.Tensor], Any], eager: nn.Module, in
     return len(inputs) / statistics.median(times["file"]), len(inputs) / statistics.median(times["eager"])
 
 
-INT8_DOT_PRODUCT = {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"}  # int8 products in one instruction
-
-
-def cpu_features() -> list[str]:
-    """The vector extensions of this CPU that int8 and fp32 speed depend on (Linux; empty elsewhere)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith(("flags", "Features"))), [])
-    return sorted(set(flags) & {"avx2", "fma", "avx512f", *INT8_DOT_PRODUCT})
 
 
 def alignment_contract() -> dict[str, Any]:

@@ -20,6 +20,7 @@ import torch
 
 from ..atomic import atomic_write_stream, strict_json
 from ..errors import DataError
+from ..preflight import identities_removal_problem
 from ..evaluation.metrics import class_centroids
 from ..thresholds import ModelFingerprint
 from .embedder import Embeddings
@@ -84,12 +85,10 @@ def add_identities(gallery: Gallery, embedded: Embeddings, fingerprint: ModelFin
 
 def remove_identities(gallery: Gallery, names: list[str], fingerprint: ModelFingerprint) -> Gallery:
     """``gallery`` without the identities ``names`` (enroll --remove)."""
-    unknown = sorted(set(names) - set(gallery.identities))
-    if unknown:
-        raise DataError(f"not in the gallery: {', '.join(unknown[:10])} (it holds {len(gallery.identities)} identities)")
+    problem = identities_removal_problem(gallery.identities, names)  # the check the CLI makes before torch
+    if problem:
+        raise DataError(problem)
     keep = [index for index, name in enumerate(gallery.identities) if name not in set(names)]
-    if not keep:
-        raise DataError("that would remove every identity; delete the gallery file instead")
     new_index = {old: new for new, old in enumerate(keep)}
     rows = np.flatnonzero(np.isin(gallery.labels, keep))
     return _with_centroids([gallery.identities[index] for index in keep], gallery.embeddings[rows],

@@ -15,9 +15,7 @@ import hashlib
 import io
 import pickle
 import re
-import struct
 import warnings
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +25,13 @@ import torch
 
 from ..atomic import atomic_write_stream
 from ..errors import CheckpointError
+from ..preflight import CHECKPOINT_FIX_HINT as FIX_HINT
+from ..preflight import check_checkpoint_file
 from ..zoo import KEY_PREFIX
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "backbone")
 DATA_PARALLEL_PREFIXES = ("module.", "_orig_mod.")
 TIMM_TOP_LEVEL = ("stem.", "stages.", "head.", "norm_pre.")
-FIX_HINT = "pass a checkpoint saved with torch.save(model.state_dict(), PATH) or a .safetensors file"
 
 
 @dataclass
@@ -42,17 +41,6 @@ class LoadedCheckpoint:
     state_dict: dict[str, torch.Tensor]
     extras: dict[str, Any] = field(default_factory=dict)  # non-tensor entries of a training checkpoint
     sha256: str = ""  # of the bytes that were loaded
-
-
-PROGRAM_REFUSAL = ("{path} is a {kind} archive: a program, and loading it runs the code it carries. edgeface "
-                   "loads it only with --trust-code; the safe formats are data (.pt state_dicts, .safetensors, "
-                   ".onnx): re-save it as one (edgeface export --format safetensors, or "
-                   "torch.save(model.state_dict(), 'clean.pt') where you trust it)")
-
-
-def refuse_program(path: Path, kind: str) -> CheckpointError:
-    """The one refusal of a file that runs code when loaded (``kind``: TorchScript or torch.export pt2)."""
-    return CheckpointError(PROGRAM_REFUSAL.format(path=path, kind=kind))
 
 
 def read_bytes_hashed(path: Path) -> tuple[bytes, str]:
@@ -116,38 +104,6 @@ def _first_line(exc: BaseException) -> str:
     return first[:160]
 
 
-def _sniff(path: Path) -> str:
-    """Which reader a file needs, from its bytes rather than its name."""
-    with path.open("rb") as handle:
-        head = handle.read(4096)
-    if head.startswith(b"PK\x03\x04"):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-        except Exception:  # noqa: BLE001 - BadZipFile, undecodable names, ...: torch.load reports the corruption
-            return "torch"
-        if any("/code/" in name or name.endswith("constants.pkl") for name in names):
-            return "torchscript"
-        if {"meta.npy", "centroids.npy"} <= set(names):
-            return "gallery"
-        if names and all(name.endswith(".npy") for name in names):
-            return "npz"
-        return "torch"
-    if head[:1] == b"\x80":  # pickle protocol marker: legacy torch.save
-        return "torch"
-    if len(head) >= 9:
-        (header_size,) = struct.unpack("<Q", head[:8])
-        if 0 < header_size < 100_000_000 and head[8:9] == b"{":
-            return "safetensors"
-    if b"\x00" not in head:
-        try:
-            head.decode("utf-8")
-            return "text"
-        except UnicodeDecodeError:
-            pass
-    return "unknown"
-
-
 def _tensor_mapping(obj: Any) -> bool:
     return isinstance(obj, Mapping) and any(isinstance(value, torch.Tensor) for value in obj.values())
 
@@ -197,28 +153,7 @@ def read_checkpoint(path: Path | str, trust_code: bool = False) -> LoadedCheckpo
 
     ``trust_code``: a TorchScript archive (a program) is loaded too; without it, it is refused unread."""
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}; check the path given to --edgeface/--checkpoint")
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the download or copy did not finish")
-    if path.suffix.lower() in (".onnx", ".pt2"):
-        raise CheckpointError(f"{path} is an exported model (edgeface export writes these), not weights to inspect or "
-                              "load; embed, verify, enroll, identify and eval run it as it is")
-    kind = _sniff(path)
-    extras: dict[str, Any] = {}
-    if kind == "gallery":
-        raise CheckpointError(f"{path} is a gallery written by edgeface enroll (enrolled identities), not a checkpoint; "
-                              "pass the model that enrolled it, or a run directory")
-    if kind == "npz":
-        raise CheckpointError(f"{path} is a numpy archive (edgeface embed writes these: embeddings), not a checkpoint")
-    if kind == "text":
-        raise CheckpointError(f"{path} is a text file, not a checkpoint; {FIX_HINT}")
-    if kind == "unknown":
-        raise CheckpointError(f"{path} is not a checkpoint format edgeface knows; {FIX_HINT}")
-    if kind == "torchscript" and not trust_code:
-        raise refuse_program(path, "TorchScript")
+    kind = check_checkpoint_file(path, trust_code)  # every refusal before a byte is unpickled (torch-free)
     data, sha256 = read_bytes_hashed(path)
     if kind == "safetensors":
         raw: Any = _load_safetensors(path, data)

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..config import EdgeFaceConfig, build_config
 from ..errors import CheckpointError
+from ..preflight import check_model_path
 from ..rundir import run_dir_of
 from ..thresholds import ModelFingerprint
 from .backbones import EdgeFace
@@ -105,13 +106,9 @@ def _training_checkpoint(loaded: LoadedCheckpoint) -> LoadedModel:
 def load_model(path: Path, config: EdgeFaceConfig, trust_code: bool = False) -> LoadedModel:
     """A run dir (its best.pt), a best.pt/last.pt, a bare backbone in any format inspect-keys reads, or an
     exported file (ONNX, pt2; a safetensors or TorchScript export is built as its sidecar says)."""
-    if not path.exists():
-        raise CheckpointError(f"model not found: {path}; pass a run directory, a checkpoint or an exported model")
+    check_model_path(path, trust_code)  # the refusals that need no torch, as the CLI gives them before loading it
     if path.is_dir():
-        best = path / "best.pt"
-        if not best.is_file():
-            raise CheckpointError(f"{path} has no best.pt; pass a run directory of `edgeface train` or a checkpoint file")
-        path = best
+        path = path / "best.pt"
     sidecar = read_sidecar(path)
     kind = PROGRAM_SUFFIXES.get(path.suffix.lower())
     if kind is not None:

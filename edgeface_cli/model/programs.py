@@ -24,7 +24,8 @@ from torch import nn
 from ..atomic import read_json_object
 from ..errors import CheckpointError, import_extra
 from ..zoo import ARCFACE_TEMPLATE_POINTS, ZOO
-from .checkpoint_io import read_bytes_hashed, refuse_program
+from ..preflight import refuse_program
+from .checkpoint_io import read_bytes_hashed
 
 NORMALIZATION = "pixel / 127.5 - 1 (range [-1, 1]; mean 0.5, std 0.5 on [0, 1])"  # what to_model_input computes
 TEMPLATE = [list(point) for point in ARCFACE_TEMPLATE_POINTS]  # the crops this version makes (export records it)

@@ -123,11 +123,3 @@ def test_requirements_split_core_and_extras() -> None:
     core, extras = platform_info.requirements(['torch>=2.10', 'pydantic<3,>=2.6', 'onnx>=1.16; extra == "export"',
                                                "matplotlib>=3.7 ; extra == 'plots'", 'onnx>=1.16; extra == "dev"'])
     assert core == ["torch", "pydantic"] and extras == {"export": ["onnx"], "plots": ["matplotlib"], "dev": ["onnx"]}
-
-
-def test_export_speed_features_are_platform_infos() -> None:
-    """Until export imports platform_info's cpu_features itself, its list is a subset of this one."""
-    from edgeface_cli.deploy import export
-
-    assert set(export.cpu_features()) <= set(platform_info.cpu_features())
-    assert export.INT8_DOT_PRODUCT == platform_info.INT8_DOT_PRODUCT
