@@ -167,7 +167,7 @@ def recorded_threshold(fingerprint: ModelFingerprint, run_dir: Path | None) -> t
         return None, f"{path}: {record.get('threshold_reason') or 'eval found no usable threshold'}"
     far, tar = record.get("operating_far"), record.get("operating_tar")
     point = record.get("operating_point") if isinstance(record.get("operating_point"), dict) else {}
-    detail = f"FAR {far:g}, TAR {tar:.1%}" if isinstance(far, (int, float)) and isinstance(tar, (int, float)) else "eval"
+    detail = f"FAR {far:.3g}, TAR {tar:.1%}" if isinstance(far, (int, float)) and isinstance(tar, (int, float)) else "eval"
     if point.get("measurable") is False and point.get("note"):
         detail += f"; {point['note']}"  # the FAR asked for was not resolvable: the one used is named, never it
     provenance = {"eval_record": str(path), "evaluated_at": record.get("evaluated_at"),
