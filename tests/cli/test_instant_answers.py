@@ -3,9 +3,6 @@ torch is imported, with the message the deep code gives (one implementation: pre
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -14,6 +11,8 @@ import pytest
 
 from edgeface_cli import preflight
 from edgeface_cli.errors import EdgeFaceError
+
+from ..fresh_cli import run_cli_fresh
 
 PNG_HEAD = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32  # a signature only: preflight never decodes
 
@@ -61,16 +60,8 @@ CASES = [
 def test_user_errors_answer_before_torch_with_the_deep_message(args: list[str], message: str, tmp_path: Path) -> None:
     _make_files(tmp_path)
     args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
-    probe = (
-        "import sys\n"
-        f"sys.argv = ['edgeface', *{args!r}]\n"
-        "from edgeface_cli.cli import main\n"
-        "try:\n    main()\nexcept SystemExit as exit:\n    code = exit.code\nelse:\n    code = 0\n"
-        "print('RESULT', code, 'torch' in sys.modules)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=60,
-                          env={**os.environ, "COLUMNS": "400"})
-    assert done.stdout.strip().splitlines()[-1] == "RESULT 2 False", (args, done.stdout, done.stderr)
+    done = run_cli_fresh(args, tmp_path)
+    assert (done.code, done.imported) == (2, frozenset()), (args, done.stdout, done.stderr)
     error = " ".join(done.stderr.split())
     assert error.count("error:") == 1 and "Traceback" not in done.stderr
     assert message.replace("{tmp}", str(tmp_path)) in error, error

@@ -17,6 +17,7 @@ from edgeface_cli.cli import app
 from edgeface_cli.config import build_config
 
 from ..conftest import FAST
+from ..fresh_cli import run_cli_fresh
 
 runner = CliRunner()
 
@@ -86,19 +87,10 @@ def test_simple_commands_and_user_errors_do_not_import_torch(args: list[str], tm
         (tmp_path / "run" / name).write_text("")
     (tmp_path / "taken.npz").write_bytes(b"")
     args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
-    probe = (
-        "import sys\n"
-        f"sys.argv = ['edgeface', *{args!r}]\n"
-        "from edgeface_cli.cli import main\n"
-        "try:\n    main()\nexcept SystemExit as exit:\n    code = exit.code\nelse:\n    code = 0\n"
-        "print('RESULT', code, 'torch' in sys.modules, 'timm' in sys.modules)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=60)
-    result = done.stdout.strip().splitlines()[-1].split()
-    assert result[0] == "RESULT", done.stdout + done.stderr
-    assert result[2:] == ["False", "False"], (args, done.stdout, done.stderr)
+    done = run_cli_fresh(args, tmp_path)
+    assert done.imported == frozenset(), (args, done.stdout, done.stderr)
     user_error = args[0] not in ("config", "troubleshoot")
-    assert result[1] == ("2" if user_error else "0"), done.stdout + done.stderr
+    assert done.code == (2 if user_error else 0), done.stdout + done.stderr
     if user_error:  # one line naming the problem, no traceback
         assert "Traceback" not in done.stderr and done.stderr.count("error:") == 1, done.stderr
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,8 @@ from typer.testing import CliRunner
 from edgeface_cli.cli import app
 from edgeface_cli.errors import DataError
 from edgeface_cli.preflight import check_image_folder, split_folders
+
+from ..fresh_cli import run_cli_fresh
 
 runner = CliRunner()
 
@@ -36,18 +36,9 @@ def dataset_root(tmp_path: Path) -> Path:
 
 
 def _probe(args: list[str], cwd: Path) -> tuple[int, bool, str]:
-    """(exit code, whether torch was imported, stderr) of the CLI run in a fresh interpreter."""
-    probe = (
-        "import sys\n"
-        f"sys.argv = ['edgeface', *{args!r}]\n"
-        "from edgeface_cli.cli import main\n"
-        "try:\n    main()\nexcept SystemExit as exit:\n    code = exit.code\nelse:\n    code = 0\n"
-        "print('RESULT', code, 'torch' in sys.modules)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=cwd, timeout=60)
-    result = done.stdout.strip().splitlines()[-1].split()
-    assert result[0] == "RESULT", done.stdout + done.stderr
-    return int(result[1]), result[2] == "True", done.stdout + done.stderr
+    """(exit code, whether torch was imported, output) of the CLI run in a fresh interpreter."""
+    done = run_cli_fresh(args, cwd)
+    return done.code, "torch" in done.imported, done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("command", [
