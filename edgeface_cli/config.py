@@ -86,10 +86,14 @@ class DataSection(_Section):
     non_square: Literal["center_crop", "stretch"] = Field(
         "center_crop", description="non-square images: center_crop keeps face proportions, stretch squashes them to a square"
     )
-    align: Literal["off", "best", "largest"] = Field(
-        "off", description="raw photos: detect faces (MTCNN) and align the best or largest one to 112x112 "
-                           "as the official EdgeFace pipeline does (off = the images are aligned crops already)"
-    )
+    align: Literal["off", "best", "largest", "central"] = Field(
+        "off", description="raw photos: detect faces (MTCNN) and align the best-scoring, largest or most central one "
+                           "to 112x112 as the official EdgeFace pipeline does (off = the images are aligned crops)")
+    # The official MTCNN settings (alignment/detector.py): other values make other crops, so they join the recipe.
+    min_face_size: float = Field(20.0, ge=12.0, le=4096.0, description="with align: the smallest face looked for, "
+                                 "in pixels (smaller finds smaller faces, slower)")
+    detection_threshold: float = Field(0.9, gt=0.0, lt=1.0, description="with align: the score MTCNN's final stage "
+                                       "needs to call a box a face (lower finds more faces, and more non-faces)")
     cache: Literal["auto", "on", "off"] = Field(
         "auto", description="decoded-image cache: decode and resize each file once (auto = on unless the disk is too full)"
     )

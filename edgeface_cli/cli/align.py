@@ -18,8 +18,12 @@ SHOWN = 10
 def align(
     src: Path = typer.Argument(..., metavar="IN", help="A folder of photos, or of identity folders of photos."),
     out: Path = typer.Argument(..., metavar="OUT", help="Where the crops go, in the same tree, same stems."),
-    faces: str = typer.Option("best", "--faces", help="best (highest score, as the official code), largest, or all "
-                                                      "(each face as <stem>_<k>)."),
+    faces: str = typer.Option("best", "--faces", help="best (highest score, as the official code), largest, central "
+                                                      "(nearest the photo's centre), or all (each face as <stem>_<k>)."),
+    min_face: float = typer.Option(20.0, "--min-face", help="The smallest face looked for, in pixels (12-4096; "
+                                                            "smaller finds smaller faces, slower)."),
+    threshold: float = typer.Option(0.9, "--threshold", help="The score MTCNN's final stage needs to call a box a "
+                                                             "face (0-1, exclusive; the official 0.9)."),
     fmt: str = typer.Option("png", "--format", help="png, or jpg (quality 95)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N for the detector."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
@@ -30,8 +34,12 @@ def align(
     from ..errors import DataError
     from ..preflight import check_writable_folder
 
-    if faces not in ("best", "largest", "all"):
-        raise DataError(f"unknown --faces {faces!r}; choose best, largest or all")
+    if faces not in ("best", "largest", "central", "all"):
+        raise DataError(f"unknown --faces {faces!r}; choose best, largest, central or all")
+    if not 12.0 <= min_face <= 4096.0:
+        raise DataError(f"--min-face {min_face:g}: give a face size in pixels from 12 (MTCNN's smallest window) to 4096")
+    if not 0.0 < threshold < 1.0:
+        raise DataError(f"--threshold {threshold:g}: give a detection score between 0 and 1 (the official is 0.9)")
     if fmt not in ("png", "jpg"):
         raise DataError(f"unknown --format {fmt!r}; choose png or jpg")
     if not src.exists():
@@ -46,7 +54,7 @@ def align(
     from ..model.runtime import resolve_device
     from .render import StepProgress
 
-    job = AlignJob(src, out, shared_detector(str(resolve_device(device))), faces, fmt)  # type: ignore[arg-type]
+    job = AlignJob(src, out, shared_detector(str(resolve_device(device)), min_face, threshold), faces, fmt)  # type: ignore[arg-type]
     try:
         with StepProgress(err_console) as progress:
             summary = job.run(lambda done, total: progress.update("aligning", done, total))

@@ -83,16 +83,17 @@ AlignOpt = typer.Option(False, "--align", help="Raw photos: detect the face (MTC
                                                "as the official EdgeFace pipeline does (see edgeface align).")
 TrustCodeOpt = typer.Option(False, "--trust-code", help="Load TorchScript and torch.export (.pt2) files too: they "
                              "are programs, and loading one runs its code. Only for files from a source you trust.")
-FacesOpt = typer.Option("best", "--faces", help="With --align: the best (highest-scoring) or the largest face.")
+FacesOpt = typer.Option("best", "--faces", help="With --align: the best (highest-scoring), the largest, or the "
+                                                "central (nearest the photo's centre) face.")
 
 
 def align_flag(align: bool, faces: str) -> str | None:
     """``data.align`` from --align/--faces: None (the config decides) without --align."""
     from ..errors import DataError
 
-    if faces not in ("best", "largest"):
-        raise DataError(f"--faces {faces!r}: with --align choose best or largest (edgeface align --faces all writes "
-                        "every face of a photo)")
+    if faces not in ("best", "largest", "central"):
+        raise DataError(f"--faces {faces!r}: with --align choose best, largest or central (edgeface align --faces "
+                        "all writes every face of a photo)")
     return faces if align else None
 
 

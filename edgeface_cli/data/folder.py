@@ -21,6 +21,7 @@ from PIL import Image, ImageFile, ImageOps
 
 from ..errors import DataError, MissingExtraError
 from ..preflight import IMAGE_EXTENSIONS, IMAGE_KINDS, check_image_folder, is_system_file
+from .alignment.detector import DEFAULT_DETECTION_THRESHOLD, DEFAULT_MIN_FACE
 from .alignment.photos import NO_FACE, NoFaceError
 from .cache import (
     CacheBuilder,
@@ -69,17 +70,34 @@ class ImageSettings:
     non_square: str = "center_crop"  # or "stretch"
     cache: str = "off"  # auto | on | off
     cache_dir: Path | None = None
-    align: str = "off"  # or the face to align in raw photos: best | largest
+    align: str = "off"  # or the face to align in raw photos: best | largest | central
+    min_face_size: float = DEFAULT_MIN_FACE  # the detector's settings, with align
+    detection_threshold: float = DEFAULT_DETECTION_THRESHOLD
 
     @classmethod
     def from_config(cls, data: Any, image_size: int | None = None) -> "ImageSettings":
-        return cls(image_size or data.image_size, data.non_square, data.cache, data.cache_dir, data.align)
+        return cls(image_size or data.image_size, data.non_square, data.cache, data.cache_dir, data.align,
+                   float(data.min_face_size), float(data.detection_threshold))
+
+    @property
+    def detector_words(self) -> str:
+        """The detector settings that differ from the official ones ('' when none do)."""
+        changed = []
+        if self.min_face_size != DEFAULT_MIN_FACE:
+            changed.append(f"min_face={self.min_face_size:g}")
+        if self.detection_threshold != DEFAULT_DETECTION_THRESHOLD:
+            changed.append(f"threshold={self.detection_threshold:g}")
+        return " ".join(changed)
 
     @property
     def recipe(self) -> str:
         """How file pixels become model pixels (besides the size), in one string: the one encoding of the
-        preprocessing, part of every cache key and model fingerprint (thresholds, galleries, eval records)."""
+        preprocessing, part of every cache key and model fingerprint (thresholds, galleries, eval records).
+        Detector settings appear only when they differ from the official ones, so recipes recorded before they
+        existed still name the same crops."""
         squaring = self.non_square if self.align == "off" else f"{ALIGNER} {self.align}"
+        if self.align != "off" and self.detector_words:
+            squaring += f" {self.detector_words}"
         return f"{NORMALISATION} {squaring}"
 
 
@@ -107,19 +125,23 @@ def left_out_note(count: int) -> str:
     return f"{count} val identities are not in training: left out of accuracy, used for similarity"
 
 
-def load_image(path: Path, image_size: int, non_square: str = "center_crop", align: str = "off") -> tuple[np.ndarray, bool]:
+def load_image(path: Path, image_size: int, non_square: str = "center_crop", align: str = "off",
+               min_face_size: float = DEFAULT_MIN_FACE,
+               detection_threshold: float = DEFAULT_DETECTION_THRESHOLD) -> tuple[np.ndarray, bool]:
     """Any supported file -> (uint8 RGB pixels (3, S, S), whether the source was non-square).
 
     EXIF orientation is applied; grayscale, palette and RGBA become RGB. A JPEG at least twice
     the target size is decoded in draft mode (the decoder scales by 1/2, 1/4 or 1/8 itself), which
     is several times faster on large photos and stays within about one grey level of a full decode.
-    ``align`` (best | largest): the file is a raw photo; its face is detected and aligned at full
-    resolution (no draft mode: the official crops come from the full image), NoFaceError without one.
+    ``align`` (best | largest | central): the file is a raw photo; its face is detected (with the detector
+    settings given) and aligned at full resolution (no draft mode: the official crops come from the full
+    image), NoFaceError without one.
     """
     if align != "off":
         from .alignment.photos import aligned_file
 
-        rgb = aligned_file(path, align)  # type: ignore[arg-type]
+        rgb = Image.fromarray(aligned_file(path, align, min_face=min_face_size,  # type: ignore[arg-type]
+                                           threshold=detection_threshold).pixels)
         if rgb.size != (image_size, image_size):
             rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
         return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).copy(), False
@@ -139,9 +161,17 @@ def load_image(path: Path, image_size: int, non_square: str = "center_crop", ali
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).copy(), is_non_square
 
 
-def decode_image(path: Path, image_size: int, non_square: str = "center_crop", align: str = "off") -> torch.Tensor:
+def decode_image(path: Path, image_size: int, non_square: str = "center_crop", align: str = "off",
+                 min_face_size: float = DEFAULT_MIN_FACE,
+                 detection_threshold: float = DEFAULT_DETECTION_THRESHOLD) -> torch.Tensor:
     """uint8 RGB tensor (3, S, S) of one file."""
-    return torch.from_numpy(load_image(path, image_size, non_square, align)[0])
+    return torch.from_numpy(load_image(path, image_size, non_square, align, min_face_size, detection_threshold)[0])
+
+
+def decode_with(path: Path, settings: ImageSettings) -> torch.Tensor:
+    """uint8 RGB tensor (3, S, S) of one file, with every setting of ``settings`` (detector settings included)."""
+    return decode_image(path, settings.image_size, settings.non_square, settings.align, settings.min_face_size,
+                        settings.detection_threshold)
 
 
 def decode_failure(exc: BaseException) -> str:
@@ -156,7 +186,8 @@ def _probe(path: Path, settings: ImageSettings) -> tuple[FileVerdict, np.ndarray
     try:
         if path.stat().st_size == 0:
             return FileVerdict("empty file (0 bytes)"), None
-        pixels, is_non_square = load_image(path, settings.image_size, settings.non_square, settings.align)
+        pixels, is_non_square = load_image(path, settings.image_size, settings.non_square, settings.align,
+                                           settings.min_face_size, settings.detection_threshold)
     except NoFaceError:
         return FileVerdict(f"{NO_FACE} (edgeface align lists the photos without one)"), None
     except MissingExtraError:
@@ -168,14 +199,23 @@ def _probe(path: Path, settings: ImageSettings) -> tuple[FileVerdict, np.ndarray
     return FileVerdict(None, is_non_square), pixels
 
 
-def check_image(path: Path, align: str = "off") -> str | None:
-    """None when the file decodes fully (and, with ``align``, shows a face), else why it cannot be used."""
-    return _probe(path, ImageSettings(image_size=32, align=align))[0].problem
+def check_image(path: Path, align: str = "off", settings: ImageSettings | None = None) -> str | None:
+    """None when the file decodes fully (and, with ``align``, shows a face), else why it cannot be used.
+    ``settings``: the detector settings to align with (their ``align`` is replaced by ``align``)."""
+    base = settings or ImageSettings()
+    return _probe(path, ImageSettings(32, base.non_square, align=align, min_face_size=base.min_face_size,
+                                      detection_threshold=base.detection_threshold))[0].problem
 
 
-def unreadable_images(files: Sequence[Path], align: str = "off") -> list[tuple[Path, str]]:
+def unreadable_images(files: Sequence[Path], align: str = "off",
+                      settings: ImageSettings | None = None) -> list[tuple[Path, str]]:
     """(file, why) for each of ``files`` that does not decode fully (or, with ``align``, shows no face)."""
-    return [(path, why) for path in files if (why := check_image(path, align))]
+    return [(path, why) for path in files if (why := check_image(path, align, settings))]
+
+
+def is_no_face(why: str) -> bool:
+    """Whether a file's problem is that it is a readable photo without a face (not an unreadable file)."""
+    return why.startswith(NO_FACE)
 
 
 def _list_candidates(root: Path, role: str) -> tuple[list[Path], list[tuple[str, Path]], list[Path]]:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import EdgeFaceConfig
-from ..data.folder import IMAGE_EXTENSIONS, ImageSettings, scan_image_folder, unreadable_images
+from ..data.folder import IMAGE_EXTENSIONS, ImageSettings, is_no_face, scan_image_folder, unreadable_images
 from ..data.loaders import inference_loader
 from ..errors import DataError
 from ..evaluation.evaluator import model_image_settings
@@ -207,17 +207,38 @@ def embed_tree(embedder: Embedder, root: Path, batch_size: int, workers: int = 0
 
 def embed_files(embedder: Embedder, files: list[Path], batch_size: int, workers: int = 0, flip: bool = False,
                 progress: StepCallback | None = None) -> Embeddings:
-    """Loose image files; unreadable ones are listed and left out."""
-    problems = unreadable_images(files, embedder.settings.align)
+    """Loose image files; unreadable ones (with align: photos without a face) are listed and left out. With
+    align, a photo holding several faces gets a warning saying how many and which one was used."""
+    problems = unreadable_images(files, embedder.settings.align, embedder.settings)
     bad = {path for path, _ in problems}
     readable = [path for path in files if path not in bad]
     if not readable:
-        raise DataError(f"no readable image among {len(files)} file(s): {problems[0][0]}: {problems[0][1]}")
+        if all(is_no_face(why) for _, why in problems):
+            raise DataError(f"no face found in any of the {len(files)} photo(s) (e.g. {problems[0][0]}); give photos "
+                            "that show a face, or lower data.min_face_size / data.detection_threshold for small or "
+                            "unclear faces")
+        raise DataError(f"no usable image among {len(files)} file(s): {problems[0][0]}: {problems[0][1]}")
     extracted = extract_files(embedder.backbone, readable, embedder.settings, batch_size, workers, embedder.device,
                               embedder.precision, flip, step_reporter(progress, "embedding"), model=embedder.source)
     warning = raw_photo_warning(embedder, readable)
     return Embeddings(_normalised(extracted.embeddings), [str(path) for path in readable], unreadable=problems,
-                      warnings=[warning] if warning else [])
+                      warnings=([warning] if warning else []) + several_faces_warnings(embedder.settings, readable))
+
+
+def several_faces_warnings(settings: ImageSettings, photos: list[Path]) -> list[str]:
+    """With align: one line per photo holding more than one face, saying which face was used (the crops are the
+    ones the check for a face just made, remembered per process: nothing is detected twice)."""
+    if settings.align == "off":
+        return []
+    from ..data.alignment.photos import aligned_file, several_faces_note
+
+    notes = []
+    for photo in photos:
+        aligned = aligned_file(photo, settings.align, min_face=settings.min_face_size,  # type: ignore[arg-type]
+                               threshold=settings.detection_threshold)
+        if (note := several_faces_note(photo, aligned, settings.align)) is not None:  # type: ignore[arg-type]
+            notes.append(note)
+    return notes
 
 
 def embed_inputs(embedder: Embedder, inputs: list[Path], batch_size: int, workers: int = 0, flip: bool = False,

@@ -11,8 +11,14 @@ from typing import Literal, Protocol
 
 from PIL import Image
 
-FaceChoice = Literal["best", "largest", "all"]
-FACE_CHOICES: tuple[str, ...] = ("best", "largest", "all")
+FaceChoice = Literal["best", "largest", "central", "all"]
+FACE_CHOICES: tuple[str, ...] = ("best", "largest", "central", "all")
+# The official MTCNN settings (data.min_face_size, data.detection_threshold): the smallest face looked for, in
+# pixels, and the final stage's score a face needs. Torch-free here, so that configs and recipes can name them.
+DEFAULT_MIN_FACE = 20.0
+DEFAULT_DETECTION_THRESHOLD = 0.9
+# What each single-face choice keeps, in the words the commands use to say which face of a photo they used.
+CHOICE_WORDS = {"best": "the best-scoring one", "largest": "the largest one", "central": "the one nearest the centre"}
 
 
 @dataclass(frozen=True)
@@ -20,6 +26,15 @@ class Face:
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in image pixels
     score: float
     landmarks: tuple[tuple[float, float], ...]  # (x, y): left eye, right eye, nose tip, mouth left, mouth right
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return (self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2
+
+    def box_words(self) -> str:
+        """The box as x,y,w,h in whole pixels, as a person reads it off the photo."""
+        x1, y1, x2, y2 = self.box
+        return f"box {round(x1)},{round(y1)},{round(x2 - x1)},{round(y2 - y1)}"
 
     @property
     def area(self) -> float:
@@ -38,11 +53,17 @@ class Detector(Protocol):
         ...
 
 
-def choose_faces(faces: list[Face], choice: FaceChoice) -> list[Face]:
+def choose_faces(faces: list[Face], choice: FaceChoice, image_size: tuple[int, int] | None = None) -> list[Face]:
     """``best``: the highest-scoring face (the official EdgeFace pipeline's choice); ``largest``: the largest box;
+    ``central``: the box whose centre is nearest the photo's (``image_size`` (width, height) needed);
     ``all``: every face, highest score first."""
     if not faces or choice == "all":
         return faces
     if choice == "largest":
         return [max(faces, key=lambda face: face.area)]
+    if choice == "central":
+        if image_size is None:
+            raise ValueError("choosing the central face needs the photo's size")
+        middle_x, middle_y = image_size[0] / 2, image_size[1] / 2
+        return [min(faces, key=lambda face: (face.centre[0] - middle_x) ** 2 + (face.centre[1] - middle_y) ** 2)]
     return [max(faces, key=lambda face: face.score)]

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .detector import Face
+from .detector import DEFAULT_DETECTION_THRESHOLD, DEFAULT_MIN_FACE, Face
 from .mtcnn_nets import load_net
 
-MIN_FACE = 20.0
-SCORE_THRESHOLDS = (0.6, 0.7, 0.9)
+MIN_FACE = DEFAULT_MIN_FACE
+SCORE_THRESHOLDS = (0.6, 0.7, DEFAULT_DETECTION_THRESHOLD)
 NMS_THRESHOLDS = (0.7, 0.7, 0.7)
 PYRAMID_FACTOR = 0.85
 _CELL, _STRIDE = 12, 2  # P-Net sees 12x12 windows at a stride of 2
@@ -121,9 +121,14 @@ class MTCNN:
 
     name = "mtcnn"
 
-    def __init__(self, device: str | torch.device = "cpu", min_face: float = MIN_FACE) -> None:
+    def __init__(self, device: str | torch.device = "cpu", min_face: float = MIN_FACE,
+                 threshold: float = SCORE_THRESHOLDS[2]) -> None:
         self.device = torch.device(device)
-        self.min_face = min_face
+        self.min_face = min_face  # pixels: the smallest face the pyramid looks for
+        self.threshold = threshold  # O-Net's score a face needs (the official 0.9 unless configured)
+        # align's records name the detector: crops made with other settings are never taken for these
+        if (min_face, threshold) != (MIN_FACE, SCORE_THRESHOLDS[2]):
+            self.name = f"mtcnn min_face={min_face:g} threshold={threshold:g}"
         # channels-last: oneDNN's direct convolutions run P-Net's thin layers about 1.8x faster on a CPU; the
         # scores move by about 1e-6 (summation order), the landmarks by about 1e-4 px
         self.pnet, self.rnet, self.onet = (load_net(name).to(self.device, memory_format=torch.channels_last)
@@ -185,7 +190,7 @@ class MTCNN:
 
         # Stage 3: O-Net on 48x48 crops, with landmarks relative to the (clipped) box.
         landmarks, offsets, probs = (t.cpu().numpy() for t in self.onet(self._tensor(crop_boxes(boxes, pixels, 48))))
-        keep = probs > SCORE_THRESHOLDS[2]
+        keep = probs > self.threshold
         boxes, offsets, landmarks = boxes[keep], offsets[keep], landmarks[keep]
         boxes[:, 4] = probs[keep]
         w = boxes[:, 2] - boxes[:, 0] + 1.0
