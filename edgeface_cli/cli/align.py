@@ -13,6 +13,16 @@ from .common import EXIT_INTERRUPTED, app, console, err_console, print_json, use
 SHOWN = 10
 
 
+def _several_words(name: str, kept: tuple[int, str] | None, faces: str) -> str:
+    """A photo with several faces: how many, which one was kept (its box), how to pick another or keep all."""
+    from ..data.alignment.detector import CHOICE_WORDS
+
+    if kept is None:
+        return f"{name} (the {faces} face kept; --faces all writes each)"
+    count, box = kept
+    return f"{name}: {count} faces found; kept {CHOICE_WORDS[faces]} ({box}); --faces all writes each"
+
+
 @app.command("align")
 @user_errors
 def align(
@@ -79,7 +89,7 @@ def align(
                   str(len(summary.removed)))
     console.print(table)
     # Every photo that gave no crop (or more faces than one crop) is named, not only counted.
-    several = [f"{name} (the {faces} face kept; --faces all writes each)" for name in summary.several] \
+    several = [_several_words(name, summary.several_kept.get(name), faces) for name in summary.several] \
         if faces != "all" else []
     for label, names in (("no face found", summary.no_face),
                          ("several faces", several),

@@ -144,3 +144,36 @@ def test_align_refuses_detector_settings_out_of_range(tmp_path: Path) -> None:
         result = runner.invoke(app, ["align", str(tmp_path / "in"), str(tmp_path / "out"), *flags])
         assert result.exit_code == 2, result.output
         assert words in result.output and "Traceback" not in result.output
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory: pytest.TempPathFactory, faceless_photo: Path) -> Path:
+    """One group photo and one photo without a face (copies in a temporary folder, never in the repository)."""
+    root = tmp_path_factory.mktemp("photos")
+    (root / "group.jpg").write_bytes((SHARED / "images" / PHOTO).read_bytes())
+    (root / "wall.png").write_bytes(faceless_photo.read_bytes())
+    return root
+
+
+@needs_photos
+def test_align_says_how_many_faces_which_it_kept_and_no_face_found(photo_folder: Path, tmp_path: Path,
+                                                                   golden_faces: list[dict]) -> None:
+    out = tmp_path / "crops"
+    result = runner.invoke(app, ["align", str(photo_folder), str(out)])
+    assert result.exit_code == 0, result.output
+    assert "group.jpg: 3 faces found; kept the best-scoring one (box " in result.output
+    assert "no face found: wall.png" in result.output
+    assert "unreadable: " not in result.output
+    # the most central face, its box in the JSON summary; other detector settings are not taken for the official
+    central = runner.invoke(app, ["align", str(photo_folder), str(out), "--faces", "central", "--json"])
+    summary = json.loads(central.output[central.output.index("{"):])
+    assert summary["no_face"] == ["wall.png"] and summary["unreadable"] == []
+    [kept] = summary["several_faces_kept"]
+    assert kept["file"] == "group.jpg" and kept["faces"] == 3
+    image_size = json.loads((SHARED / "golden.json").read_text())[PHOTO]["size"]
+    x1, y1, x2, y2 = min(golden_faces, key=lambda face: np.hypot((face["box"][0] + face["box"][2] - image_size[0]) / 2,
+                                                                 (face["box"][1] + face["box"][3] - image_size[1]) / 2))["box"]
+    assert kept["kept"] == f"box {round(x1)},{round(y1)},{round(x2 - x1)},{round(y2 - y1)}"
+    huge = runner.invoke(app, ["align", str(photo_folder), str(out), "--faces", "central", "--min-face", "4000", "--json"])
+    summary = json.loads(huge.output[huge.output.index("{"):])
+    assert summary["reused"] == 0 and sorted(summary["no_face"]) == ["group.jpg", "wall.png"]

@@ -28,7 +28,7 @@ from ...atomic import atomic_write_stream, atomic_write_text, strict_json
 from ...errors import DataError
 from ...preflight import IMAGE_EXTENSIONS, IMAGE_KINDS, is_system_file
 from ..folder import ALIGN_RECORDS, decode_failure
-from .detector import Detector, FaceChoice
+from .detector import Detector, Face, FaceChoice
 from .photos import align_photo, read_photo
 
 RECORDS = ALIGN_RECORDS  # data/folder.py names it, so that scans of OUT skip it
@@ -46,6 +46,7 @@ class AlignSummary:
     crops: int = 0  # crops written this run
     no_face: list[str] = field(default_factory=list)  # relative paths, this run and earlier ones
     several: list[str] = field(default_factory=list)  # photos with more than one face (one chosen unless --faces all)
+    several_kept: dict[str, tuple[int, str]] = field(default_factory=dict)  # of those: (faces, "box x,y,w,h" kept)
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # photos (image files) that do not decode
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why) files of IN that are not photos
     removed: list[tuple[str, str, str]] = field(default_factory=list)  # (crop, its photo, why) removed this run
@@ -59,6 +60,8 @@ class AlignSummary:
     def to_json(self) -> dict[str, Any]:
         return {"photos": self.photos, "aligned": self.aligned, "reused": self.reused, "crops": self.crops,
                 "no_face": self.no_face, "several_faces": self.several,
+                "several_faces_kept": [{"file": name, "faces": count, "kept": box}
+                                       for name, (count, box) in self.several_kept.items()],
                 "unreadable": [{"file": name, "why": why} for name, why in self.unreadable],
                 "skipped": [{"file": name, "why": why} for name, why in self.skipped],
                 "removed": [{"crop": crop, "source": source, "why": why} for crop, source, why in self.removed],
@@ -293,6 +296,10 @@ class AlignJob:
             self.summary.crops += len(record["outputs"])
         if len(record.get("faces", [])) > 1:
             self.summary.several.append(source)
+            if self.choice != "all" and record.get("chosen"):
+                kept = record["faces"][record["chosen"][0]]
+                self.summary.several_kept[source] = (len(record["faces"]), Face(
+                    tuple(kept["box"]), kept["score"], tuple(map(tuple, kept["landmarks"]))).box_words())
 
     def _remove_if_written_here(self, name: str, sha256: str | None, source: str, why: str) -> None:
         """Remove crop ``name`` only when it still holds the bytes align wrote; else keep it and say why."""
