@@ -218,6 +218,17 @@ def is_no_face(why: str) -> bool:
     return why.startswith(NO_FACE)
 
 
+def problem_counts(problems: Sequence[tuple[Path, str]], role: str = "") -> str:
+    """Files left out, in words that keep "no face found" apart from "unreadable": '2 train photos with no face
+    found, 1 unreadable train file' (``role``: train, val... or '')."""
+    no_face = sum(is_no_face(why) for _, why in problems)
+    other = len(problems) - no_face
+    kind = f"{role} " if role else ""
+    parts = ([f"{no_face} {kind}photo{'s' if no_face != 1 else ''} with no face found"] if no_face else []) + \
+        ([f"{other} unreadable {kind}file{'s' if other != 1 else ''}"] if other else [])
+    return ", ".join(parts)
+
+
 def _list_candidates(root: Path, role: str) -> tuple[list[Path], list[tuple[str, Path]], list[Path]]:
     """(identity folders, (identity, file) for every file at any depth below one, loose files beside them).
 

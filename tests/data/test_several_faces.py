@@ -177,3 +177,14 @@ def test_align_says_how_many_faces_which_it_kept_and_no_face_found(photo_folder:
     huge = runner.invoke(app, ["align", str(photo_folder), str(out), "--faces", "central", "--min-face", "4000", "--json"])
     summary = json.loads(huge.output[huge.output.index("{"):])
     assert summary["reused"] == 0 and sorted(summary["no_face"]) == ["group.jpg", "wall.png"]
+
+
+def test_problem_counts_keep_no_face_apart_from_unreadable(faceless_photo: Path) -> None:
+    from edgeface_cli.data.folder import problem_counts, unreadable_images
+
+    broken = faceless_photo.with_name("broken2.jpg")
+    broken.write_bytes(b"not a jpeg at all")
+    problems = unreadable_images([faceless_photo, broken], "best")
+    assert problem_counts(problems, "val") == "1 val photo with no face found, 1 unreadable val file"
+    assert problem_counts(problems[:1]) == "1 photo with no face found"
+    assert problem_counts([]) == ""
