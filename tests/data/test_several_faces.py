@@ -188,3 +188,20 @@ def test_problem_counts_keep_no_face_apart_from_unreadable(faceless_photo: Path)
     assert problem_counts(problems, "val") == "1 val photo with no face found, 1 unreadable val file"
     assert problem_counts(problems[:1]) == "1 photo with no face found"
     assert problem_counts([]) == ""
+
+
+@needs_photos
+def test_verify_with_align_names_the_face_used_and_says_no_face_found(xxs_checkpoint: Path, photo_folder: Path) -> None:
+    from tests.conftest import FAST
+
+    group, wall = photo_folder / "group.jpg", photo_folder / "wall.png"
+    other = SHARED / "images" / "face0.jpg"
+    result = runner.invoke(app, ["verify", str(group), str(other), "--checkpoint", str(xxs_checkpoint), "--align",
+                                 "--faces", "central", *FAST])
+    assert result.exit_code == 0, result.output
+    assert "group.jpg: 3 faces found; used the one nearest the centre (box " in result.output
+    assert "--faces best or --faces largest picks another" in result.output
+    assert "face0.jpg:" not in result.output  # one face: nothing to say
+    result = runner.invoke(app, ["verify", str(wall), str(other), "--checkpoint", str(xxs_checkpoint), "--align", *FAST])
+    assert result.exit_code == 2
+    assert "no face found" in result.output and "Traceback" not in result.output and "decode" not in result.output
