@@ -7,6 +7,7 @@ on its share of every epoch; NCCL on CUDA, Gloo on CPU.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -33,9 +34,14 @@ class Distributed:
     world_size: int = 1
     local_rank: int = 0
     backend: str | None = None
-    # A Gloo group with runtime.rank0_timeout_s: where the ranks wait for work one of them does alone, which
+    # The groups made besides the default one, oldest first; ``shutdown`` destroys and forgets them. Now one:
+    # a Gloo group with runtime.rank0_timeout_s, where the ranks wait for work one of them does alone, which
     # may take far longer than runtime.collective_timeout_s allows a collective of the training step.
-    rank0_work_group: Any = field(default=None, compare=False, repr=False)
+    extra_groups: list[Any] = field(default_factory=list, compare=False, repr=False)
+
+    @property
+    def rank0_work_group(self) -> Any:
+        return self.extra_groups[0] if self.extra_groups else None
 
     @property
     def enabled(self) -> bool:
@@ -163,12 +169,27 @@ def from_environment(device_spec: str, timeout_s: int = 600, rank0_timeout_s: in
         torch_dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     # Gloo whatever the training backend: the wait is a CPU barrier, and NCCL's watchdog is not involved.
     rank0_work_group = torch_dist.new_group(backend="gloo", timeout=timedelta(seconds=rank0_timeout_s))
-    return Distributed(rank, world_size, local_rank, backend, rank0_work_group)
+    return Distributed(rank, world_size, local_rank, backend, [rank0_work_group])
 
 
 def shutdown(context: Distributed, together: bool = False) -> None:
-    """Leave the process group; ``together``: first wait until every rank has got here."""
-    if context.enabled and torch_dist.is_initialized():
-        if together:
-            torch_dist.barrier()
-        torch_dist.destroy_process_group()
+    """Leave the process group, every group this rank made included; ``together``: first wait until every
+    rank has got here.
+
+    Why every group is let go of, not only left: a Gloo group's worker threads are joined only when the C++
+    group is destroyed, which ``destroy_process_group`` does not do while anything still refers to it (this
+    context did, to its rank-0 wait group). A worker thread still alive as the interpreter finalizes may drop
+    the last reference to its last collective's tensors then; freeing them takes the GIL, the thread is made
+    to exit instead, and the process aborts with "terminate called without an active exception".
+    """
+    if not (context.enabled and torch_dist.is_initialized()):
+        return
+    if together:
+        for group in (*context.extra_groups, None):  # None: the default group
+            torch_dist.barrier(group=group)
+    for group in reversed(context.extra_groups):  # the newest first, the default group last
+        torch_dist.destroy_process_group(group)
+    context.extra_groups.clear()
+    torch_dist.destroy_process_group()
+    # Groups only reference cycles still hold are destroyed now, threads joined, while the interpreter is whole.
+    gc.collect()

@@ -1,11 +1,14 @@
 """One step of the sharded margin head on each rank, for test_distributed (run under torchrun).
 
 ``python -m torch.distributed.run --standalone --nproc-per-node 2 -m tests.training.sharded_check OUT KIND...``
-writes each rank's loss, correctness, gradients and gradient norm to OUT/rank<R>-<KIND>.pt.
+writes each rank's loss, correctness, gradients and gradient norm to OUT/rank<R>-<KIND>.pt, and the names of
+the native threads still running after ``shutdown`` to OUT/rank<R>-threads.json (no KIND: only set up and shut down).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -45,7 +48,14 @@ def main(out: Path, kinds: list[str]) -> None:
     context = dist_setup.from_environment("cpu")
     for kind in kinds:
         step_and_save(out, kind, context)
-    dist_setup.shutdown(context)
+    dist_setup.shutdown(context, together=True)
+    (out / f"rank{context.rank}-threads.json").write_text(json.dumps(native_thread_names()))
+
+
+def native_thread_names() -> list[str]:
+    """Every thread of this process, C++ ones too (Gloo names its own pt_gloo_runloop and gloo_tcp_loop)."""
+    tasks = Path("/proc/self/task")
+    return sorted((tasks / task / "comm").read_text().strip() for task in os.listdir(tasks))
 
 
 def step_and_save(out: Path, kind: str, context: dist_setup.Distributed) -> None:

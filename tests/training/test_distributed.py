@@ -163,15 +163,29 @@ def test_a_rank_that_dies_stops_the_others_instead_of_hanging(sample_dataset: Pa
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1  # epoch 1 kept, resumable
 
 
+def launch_sharded_check(out: Path, *kinds: str) -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "tests.training.sharded_check", str(out), *kinds]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through /proc (Linux)")
+def test_shutdown_ends_every_gloo_thread_before_the_interpreter_exits(tmp_path: Path) -> None:
+    """A Gloo worker thread alive at interpreter exit can abort the process ("terminate called without an
+    active exception"): after shutdown no group, the rank-0 wait group included, may keep one running."""
+    launch_sharded_check(tmp_path)
+    for rank in range(2):
+        threads = json.loads((tmp_path / f"rank{rank}-threads.json").read_text())
+        assert threads and not [name for name in threads if "gloo" in name], (rank, threads)
+
+
 @pytest.fixture(scope="module")
 def sharded_steps(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One torchrun launch: a step of the sharded head on each of 2 ranks, for each margin kind."""
     out = tmp_path_factory.mktemp("sharded")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "tests.training.sharded_check", str(out), "arcface", "cosface"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    launch_sharded_check(out, "arcface", "cosface")
     return out
 
 
