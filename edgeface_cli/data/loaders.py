@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .cache import CachedImages
-from .folder import ImageSettings, Sample, ScanResult, decode_image
+from .folder import ImageSettings, Sample, ScanResult, decode_with
 
 
 class FaceDataset(Dataset):
@@ -28,7 +28,7 @@ class FaceDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int]:
         sample = self.samples[index]
-        image = decode_image(sample.path, self.settings.image_size, self.settings.non_square, self.settings.align)
+        image = decode_with(sample.path, self.settings)
         return image, sample.label, sample.identity, index
 
 
