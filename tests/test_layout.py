@@ -38,7 +38,7 @@ def test_modules_and_classes_fit_in_one_read() -> None:
 
 
 def test_every_stage_package_says_what_lives_there() -> None:
-    for stage in ("model", "data", "training", "evaluation", "deploy", "cli", "data/alignment"):
+    for stage in ("model", "data", "training", "evaluation", "deploy", "serve", "cli", "data/alignment"):
         docstring = ast.get_docstring(ast.parse((PACKAGE / stage / "__init__.py").read_text()))
         assert docstring and "import" in docstring, stage  # what it holds and what it may import
 
