@@ -26,7 +26,7 @@ from PIL import Image
 
 from ..config import EdgeFaceConfig
 from ..events import StepCallback, step_reporter
-from .folder import ImageSettings, ScanResult, scan_image_folder
+from .folder import ImageSettings, ScanResult, is_no_face, scan_image_folder
 from .image_files import open_image
 from .loaders import inference_loader
 
@@ -207,11 +207,19 @@ def _count_findings(train: ScanResult, val: ScanResult | None, config: EdgeFaceC
                 f"{len(few)} {split} identities have fewer than {few_below} images",
                 "an identity needs several images to learn (train) or to form same-identity pairs (val, at least 2): "
                 "add images or merge/remove the identity", few))
-        if scan.unreadable:
+        no_face = [(path, why) for path, why in scan.unreadable if is_no_face(why)]
+        unreadable = [(path, why) for path, why in scan.unreadable if not is_no_face(why)]
+        if no_face:
             findings.append(Finding(
-                f"unreadable {split} files", PROBLEM, f"{len(scan.unreadable)} {split} files cannot be decoded",
-                "training skips them; replace or delete them", len(scan.unreadable),
-                [{"file": str(path), "why": why} for path, why in scan.unreadable]))
+                f"{split} photos with no face found", PROBLEM, f"{len(no_face)} {split} photos have no face found",
+                "training skips them; delete them, or look for smaller or fainter faces "
+                "(--set data.min_face_size=12 or --set data.detection_threshold=0.8)",
+                len(no_face), [{"file": str(path), "why": why} for path, why in no_face]))
+        if unreadable:
+            findings.append(Finding(
+                f"unreadable {split} files", PROBLEM, f"{len(unreadable)} {split} files cannot be decoded",
+                "training skips them; replace or delete them", len(unreadable),
+                [{"file": str(path), "why": why} for path, why in unreadable]))
         if scan.empty_classes:
             findings.append(Finding(
                 f"empty {split} identities", WARNING, f"{len(scan.empty_classes)} {split} identity folders have no readable image",

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..config import EdgeFaceConfig, with_absolute_paths
-from ..data.folder import NON_SQUARE_HINT, ImageSettings, ScanResult, left_out_note, scan_image_folder
+from ..data.folder import NON_SQUARE_HINT, ImageSettings, ScanResult, left_out_note, problem_counts, scan_image_folder
 from ..errors import DataError, RunDirError
 from ..events import EventHandler, Notice, ScanProgress
 from ..model.checkpoints import BackboneLoad, load_backbone
@@ -52,7 +52,7 @@ def report_scan(scan: ScanResult, role: str, on_event: EventHandler) -> None:
     if scan.unreadable:
         listed = "; ".join(f"{path} ({why})" for path, why in scan.unreadable[:10])
         more = f"; ... {len(scan.unreadable) - 10} more" if len(scan.unreadable) > 10 else ""
-        on_event(Notice("warning", f"{len(scan.unreadable)} unreadable {role} files skipped: {listed}{more}"))
+        on_event(Notice("warning", f"{problem_counts(scan.unreadable, role)} skipped: {listed}{more}"))
         on_event(Notice("info", f"for a full report on the data (duplicates, leakage, label noise): "
                                 f"edgeface check-data --{role}-dir {scan.root}"))
     if scan.empty_classes:
