@@ -138,13 +138,10 @@ def load_image(path: Path, image_size: int, non_square: str = "center_crop", ali
     image), NoFaceError without one.
     """
     if align != "off":
-        from .alignment.photos import aligned_file
+        from .alignment.photos import aligned_file, model_pixels
 
-        rgb = Image.fromarray(aligned_file(path, align, min_face=min_face_size,  # type: ignore[arg-type]
-                                           threshold=detection_threshold).pixels)
-        if rgb.size != (image_size, image_size):
-            rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
-        return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).copy(), False
+        return model_pixels(aligned_file(path, align, min_face=min_face_size,  # type: ignore[arg-type]
+                                         threshold=detection_threshold).pixels, image_size), False
     with open_image(path) as image:
         if image.format == "JPEG" and min(image.size) >= 2 * image_size:
             image.draft("RGB", (image_size, image_size))

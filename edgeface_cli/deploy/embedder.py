@@ -189,7 +189,8 @@ def raw_photo_warning(embedder: Embedder, files: list[Path]) -> str | None:
             "must be aligned crops: pass --align (or align them first with edgeface align)")
 
 
-def _normalised(embeddings: torch.Tensor) -> np.ndarray:
+def unit_rows(embeddings: torch.Tensor) -> np.ndarray:
+    """(N, D) float32 NumPy rows of unit length: the form every embedding leaves the library in."""
     return F.normalize(embeddings.float(), dim=1).numpy().astype(np.float32)
 
 
@@ -201,7 +202,7 @@ def embed_tree(embedder: Embedder, root: Path, batch_size: int, workers: int = 0
     extracted = extract(embedder.backbone, loader, embedder.device, embedder.precision, flip,
                         step_reporter(progress, "embedding"), model=embedder.source)
     warning = raw_photo_warning(embedder, [sample.path for sample in scan.samples])
-    return Embeddings(_normalised(extracted.embeddings), [str(sample.path) for sample in scan.samples],
+    return Embeddings(unit_rows(extracted.embeddings), [str(sample.path) for sample in scan.samples],
                       extracted.identities.numpy(), scan.classes, scan.unreadable, [warning] if warning else [])
 
 
@@ -221,7 +222,7 @@ def embed_files(embedder: Embedder, files: list[Path], batch_size: int, workers:
     extracted = extract_files(embedder.backbone, readable, embedder.settings, batch_size, workers, embedder.device,
                               embedder.precision, flip, step_reporter(progress, "embedding"), model=embedder.source)
     warning = raw_photo_warning(embedder, readable)
-    return Embeddings(_normalised(extracted.embeddings), [str(path) for path in readable], unreadable=problems,
+    return Embeddings(unit_rows(extracted.embeddings), [str(path) for path in readable], unreadable=problems,
                       warnings=([warning] if warning else []) + several_faces_warnings(embedder.settings, readable))
 
 

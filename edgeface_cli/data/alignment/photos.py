@@ -50,6 +50,14 @@ class AlignedCrop:
     chosen: Face
 
 
+def model_pixels(crop: np.ndarray, image_size: int) -> np.ndarray:
+    """uint8 (112, 112, 3) aligned crop -> uint8 (3, S, S) model pixels (bilinear, as every decode resizes)."""
+    rgb = Image.fromarray(crop)
+    if rgb.size != (image_size, image_size):
+        rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
 def shared_detector(device: str = "cpu", min_face: float = DEFAULT_MIN_FACE,
                     threshold: float = DEFAULT_DETECTION_THRESHOLD) -> Detector:
     """This process's MTCNN on ``device`` with these settings, created once."""

@@ -1,0 +1,61 @@
+"""Every face of one photo, embedded: ``embed_faces(embedder, image)`` -> one ``FaceResult`` per face.
+
+The per-face API that ``identify --all-faces``, ``embed --all-faces`` and the REST service build on. Faces are
+found by the shared MTCNN with the embedder's detector settings (``data.min_face_size``,
+``data.detection_threshold``), each aligned by the same similarity warp as ``edgeface align`` and every
+``--align`` flag, and all crops go through the model in batches by the same extraction as files do (the
+preprocessing recipe its fingerprint names: crop resized to the model's size, normalised, ``flip`` as asked).
+A photo without a face gives an empty list; the caller says "no face found".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
+
+from ..data.alignment.detector import Face
+from ..data.alignment.photos import align_photo, model_pixels, shared_detector
+from ..evaluation.inference import extract
+from .embedder import Embedder, unit_rows
+
+# Detection runs on the CPU whatever the model's device: the decoded-image path (``--align``, ``train``,
+# galleries) detects there, and the same photo must give the same crop, hence the same embedding, either way.
+DETECTION_DEVICE = "cpu"
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    """One face of one photo."""
+
+    index: int  # 0.. in the order returned (highest detection score first)
+    face: Face  # box (x1, y1, x2, y2), score, five landmarks, in the photo's pixels
+    embedding: np.ndarray  # float32 (D,) (512 for EdgeFace), L2-normalised
+    eye_distance_px: float  # between the two eye landmarks, in the photo's pixels (a quality input)
+
+
+def eye_distance(face: Face) -> float:
+    """Pixels between the left and right eye landmarks: how much face resolution the crop had to work with."""
+    (left_x, left_y), (right_x, right_y) = face.landmarks[0], face.landmarks[1]
+    return float(np.hypot(right_x - left_x, right_y - left_y))
+
+
+def embed_faces(embedder: Embedder, image: Image.Image, flip: bool = False) -> list[FaceResult]:
+    """Every face of ``image`` (any PIL mode; EXIF orientation is the caller's), highest detection score first,
+    each with its L2-normalised embedding; [] when the photo holds no face. ``flip``: each embedding also sums
+    its mirror's, as ``embed --flip`` does (use the same choice as the gallery or threshold it is compared with)."""
+    settings = embedder.settings
+    detector = shared_detector(DETECTION_DEVICE, settings.min_face_size, settings.detection_threshold)
+    _, faces, crops = align_photo(image.convert("RGB"), detector, "all")
+    if not faces:
+        return []
+    pixels = torch.from_numpy(np.stack([model_pixels(crop, settings.image_size) for crop in crops]))
+    order = torch.arange(len(faces))
+    batches = DataLoader(TensorDataset(pixels, torch.full_like(order, -1), order, order),
+                         batch_size=max(1, embedder.config.data.batch_size))
+    extracted = extract(embedder.backbone, batches, embedder.device, embedder.precision, flip, model=embedder.source)
+    vectors = unit_rows(extracted.embeddings)
+    return [FaceResult(index, face, vectors[index], eye_distance(face)) for index, face in enumerate(faces)]
