@@ -8,8 +8,6 @@ rates, ArcFace s=32 m=0.3, gradient clipping at 1.0).
 
 from __future__ import annotations
 
-import copy
-import difflib
 import math
 import os
 from pathlib import Path
@@ -18,7 +16,14 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .config_files import (commented_yaml, deep_merge, leaf_paths, model_path_fields, model_setting_names, nest,
+                           parse_set_override, paths_relative_to, read_yaml_file)
+from .config_files import format_validation_error as _format_problems
 from .errors import ConfigError
+
+__all__ = ["EdgeFaceConfig", "build_config", "load_config", "config_from_dict", "read_yaml_file",
+           "parse_set_override", "dump_yaml", "commented_default_yaml", "with_absolute_paths", "path_fields",
+           "default_of", "setting_names", "format_validation_error", "DEFAULT_CONFIG_FILE"]
 from .zoo import DEFAULT_POS_EMB, ZOO
 
 DEFAULT_CONFIG_FILE = "edgeface.yaml"
@@ -75,6 +80,8 @@ class ModelSection(_Section):
 
 class DataSection(_Section):
     train_dir: Path | None = Field(None, description="training images, one folder per identity")
+    train_rec: Path | None = Field(
+        None, description="training images as an insightface RecordIO .rec (with its .idx beside it), instead of train_dir")
     val_dir: Path | None = Field(None, description="validation images, one folder per identity")
     image_size: int = Field(112, ge=32, le=1024, description="square input size in pixels (EdgeFace: 112); a multiple of 16")
     batch_size: int = Field(64, gt=0, le=16384, description="images per batch")
@@ -118,6 +125,13 @@ class DataSection(_Section):
         if value % 16:
             raise ValueError("must be a multiple of 16 (EdgeFace is trained at 112)")
         return value
+
+    @model_validator(mode="after")
+    def _one_training_source(self) -> "DataSection":
+        if self.train_dir is not None and self.train_rec is not None:
+            raise ValueError(f"train_dir ({self.train_dir}) and train_rec ({self.train_rec}) are both set: train from "
+                             "one of them (drop --train-dir or --train-rec)")
+        return self
 
 
 class OptimSection(_Section):
@@ -248,106 +262,17 @@ class EdgeFaceConfig(_Section):
         return self.model_dump(mode="json")
 
 
-# --------------------------------------------------------------------- merging
+# --------------------------------------------------------------------- resolving
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def read_yaml_file(path: Path) -> dict[str, Any]:
-    """Read a config file with the safe loader; every failure is a ConfigError."""
-    if not path.exists():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        what = exc.problem or exc.context or "not valid YAML"
-        raise ConfigError(f"cannot read config file {path}: {what}{where}") from None
-    except Exception as exc:  # noqa: BLE001 - YAMLError, bad encodings, impossible dates ("2026-13-45"), ...
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot read config file {path}: {first_line}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
-    return data
-
-
-def parse_set_override(text: str) -> tuple[list[str], Any]:
-    """``optim.head_lr=5e-5`` -> (["optim", "head_lr"], 5e-5); the value is parsed as YAML."""
-    if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected section.field=value")
-    dotted, raw_value = text.split("=", 1)
-    path = [part for part in dotted.strip().split(".") if part]
-    if not path:
-        raise ConfigError(f"--set {text!r}: missing the field name before '='")
-    try:
-        value = yaml.safe_load(raw_value) if raw_value.strip() else None
-    except yaml.YAMLError:
-        value = raw_value
-    # YAML reads 1e-4 (no dot) as a string; users mean a number.
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    return path, value
-
-
-def _nest(path: list[str], value: Any) -> dict[str, Any]:
-    nested: Any = value
-    for part in reversed(path):
-        nested = {part: nested}
-    return nested
-
-
-def _source_of(sources: dict[str, str], field: str) -> str | None:
-    """Who set ``field`` (or, for a section-level problem, a field inside it): the highest-precedence source."""
-    if field in sources:
-        return sources[field]
-    inside = [source for dotted, source in sources.items() if dotted.startswith(field + ".")]
-    return inside[-1] if inside else None
-
-
-def setting_names(model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
+def setting_names() -> list[str]:
     """Every dotted setting name (``optim.head_lr``, ...), for suggestions."""
-    names: list[str] = []
-    for name, info in (model or EdgeFaceConfig).model_fields.items():
-        annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            names += setting_names(annotation, f"{prefix}{name}.")
-        else:
-            names.append(f"{prefix}{name}")
-    return names
+    return model_setting_names(EdgeFaceConfig)
 
 
 def format_validation_error(error: ValidationError, sources: dict[str, str] | None = None) -> str:
     """One line per problem, each naming the field and, when known, where its value came from."""
-    lines = []
-    for problem in error.errors():
-        field = ".".join(str(part) for part in problem["loc"]) or "config"
-        message = problem["msg"]
-        if problem["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(field, setting_names(), n=1, cutoff=0.6)
-            message = (f"unknown setting; did you mean {close[0]}?" if close
-                       else "unknown setting (see `edgeface config show` for the valid ones)")
-        elif message.startswith("Value error, "):
-            message = message[len("Value error, "):]
-        given = problem.get("input")
-        if problem["type"] != "extra_forbidden" and not isinstance(given, (dict, list)) and given is not None:
-            message += f" (got {given!r})"
-        source = _source_of(sources or {}, field)
-        lines.append(f"{field}: {message}" + (f"; set by {source}" if source else ""))
-    return "\n".join(lines)
+    return _format_problems(error, sources, setting_names())
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> EdgeFaceConfig:
@@ -376,17 +301,17 @@ def build_config(
         config_file = Path(DEFAULT_CONFIG_FILE)
     if config_file is not None:
         # A path written in a config file means the same file wherever the command runs: relative to the file.
-        merged = _paths_relative_to(read_yaml_file(config_file),
-                                    Path(os.path.normpath(config_file.expanduser().absolute())).parent)
-        sources.update((dotted, str(config_file)) for dotted in _leaf_paths(merged))
+        merged = paths_relative_to(read_yaml_file(config_file),
+                                   Path(os.path.normpath(config_file.expanduser().absolute())).parent, path_fields())
+        sources.update((dotted, str(config_file)) for dotted in leaf_paths(merged))
     for dotted, value in (flags or {}).items():
         if value is not None:
-            merged = _deep_merge(merged, _nest(dotted.split("."), value))
+            merged = deep_merge(merged, nest(dotted.split("."), value))
             sources.pop(dotted, None)
             sources[dotted] = (flag_names or {}).get(dotted) or f"the setting {dotted}"
     for text in overrides or []:
         path, value = parse_set_override(text)
-        merged = _deep_merge(merged, _nest(path, value))
+        merged = deep_merge(merged, nest(path, value))
         dotted = ".".join(path)
         sources.pop(dotted, None)
         sources[dotted] = f"--set {text}"
@@ -394,14 +319,6 @@ def build_config(
         return EdgeFaceConfig.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError("invalid configuration:\n" + format_validation_error(exc, sources)) from None
-
-
-def _leaf_paths(data: dict[str, Any], prefix: str = "") -> list[str]:
-    paths: list[str] = []
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        paths += _leaf_paths(value, dotted + ".") if isinstance(value, dict) else [dotted]
-    return paths
 
 
 def config_from_dict(data: dict[str, Any], origin: str) -> EdgeFaceConfig:
@@ -419,38 +336,7 @@ def default_of(dotted: str) -> Any:
 
 def path_fields() -> list[tuple[str, str, bool]]:
     """(section, field, is a list) of every path setting: data, checkpoint, cache, held-out, .bin and output paths."""
-    found = []
-    for section_name, section_field in EdgeFaceConfig.model_fields.items():
-        section = section_field.annotation
-        if not (isinstance(section, type) and issubclass(section, BaseModel)):
-            continue
-        for name, info in section.model_fields.items():
-            annotation = info.annotation
-            if annotation == list[Path]:
-                found.append((section_name, name, True))
-            elif annotation is Path or Path in get_args(annotation):
-                found.append((section_name, name, False))
-    return found
-
-
-def _paths_relative_to(data: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """``data`` (a config file's mapping) with its relative path settings anchored at ``folder``; values of
-    the wrong type are left for validation to report."""
-    anchored = copy.deepcopy(data)
-
-    def anchor(value: Any) -> Any:
-        if not isinstance(value, str) or not value:
-            return value
-        path = Path(value).expanduser()
-        return str(path if path.is_absolute() else os.path.normpath(folder / path))  # no ../ left in config.yaml
-
-    for section, name, is_list in path_fields():
-        values = anchored.get(section)
-        if not isinstance(values, dict) or values.get(name) is None:
-            continue
-        values[name] = [anchor(item) for item in values[name]] if is_list and isinstance(values[name], list) \
-            else anchor(values[name])
-    return anchored
+    return model_path_fields(EdgeFaceConfig)
 
 
 def with_absolute_paths(config: EdgeFaceConfig) -> EdgeFaceConfig:
@@ -479,22 +365,5 @@ def dump_yaml(config: EdgeFaceConfig) -> str:
 
 def commented_default_yaml() -> str:
     """The default config as YAML with each field's meaning as a comment above it."""
-    lines = [
-        "# edgeface configuration. Precedence: defaults < this file < flags < --set section.field=value",
-        "",
-    ]
-    defaults = EdgeFaceConfig()
-    for section_name, section_field in EdgeFaceConfig.model_fields.items():
-        value = getattr(defaults, section_name)
-        if not isinstance(value, BaseModel):
-            lines.append(f"# {section_field.description}")
-            lines.append(yaml.safe_dump({section_name: value}, sort_keys=False).rstrip())
-            continue
-        lines.append(f"{section_name}:")
-        for field_name, field in type(value).model_fields.items():
-            field_value = value.model_dump(mode="json")[field_name]
-            lines.append(f"  # {field.description}")
-            rendered = yaml.safe_dump({field_name: field_value}, default_flow_style=True, sort_keys=False).strip()
-            lines.append("  " + rendered.strip("{}"))
-        lines.append("")
-    return "\n".join(lines) + "\n"
+    return commented_yaml(EdgeFaceConfig(), [
+        "# edgeface configuration. Precedence: defaults < this file < flags < --set section.field=value", ""])
