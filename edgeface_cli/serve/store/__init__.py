@@ -1,6 +1,7 @@
 """Gallery stores behind one interface (``base.GalleryStore``): SQLite in one WAL file (``sqlite``, the default)
 and PostgreSQL for replicas that share one gallery (``postgres``). ``open_store`` picks one from the --store
-value: a ``postgresql://`` URL, or a file path (``sqlite:///path`` also works).
+value: a ``postgresql://`` URL, or a file path (``sqlite:///path`` also works). ``import_gallery`` brings a
+gallery file of ``edgeface enroll`` into a store once (``gallery_import``).
 
 May import: numpy, psycopg, edgeface_cli.errors, edgeface_cli.thresholds and edgeface_cli.deploy.gallery
 (``import_gallery``); nothing from the app."""
