@@ -30,6 +30,9 @@ def align(
     out: Path = typer.Argument(..., metavar="OUT", help="Where the crops go, in the same tree, same stems."),
     faces: str = typer.Option("best", "--faces", help="best (highest score, as the official code), largest, central "
                                                       "(nearest the photo's centre), or all (each face as <stem>_<k>)."),
+    all_faces: bool = typer.Option(False, "--all-faces", help="Every face of a photo as its own crop, <stem>_<k> "
+                                                              "(k=0 the best-scoring), each with its box in align.jsonl "
+                                                              "(the same as --faces all)."),
     min_face: float = typer.Option(20.0, "--min-face", help="The smallest face looked for, in pixels (12-4096; "
                                                             "smaller finds smaller faces, slower)."),
     threshold: float = typer.Option(0.9, "--threshold", help="The score MTCNN's final stage needs to call a box a "
@@ -44,6 +47,9 @@ def align(
     from ..errors import DataError
     from ..preflight import check_writable_folder
 
+    if all_faces and faces not in ("best", "all"):
+        raise DataError(f"--all-faces writes every face, --faces {faces} keeps one: give one of the two")
+    faces = "all" if all_faces else faces
     if faces not in ("best", "largest", "central", "all"):
         raise DataError(f"unknown --faces {faces!r}; choose best, largest, central or all")
     if not 12.0 <= min_face <= 4096.0:
@@ -90,7 +96,9 @@ def align(
     console.print(table)
     # Every photo that gave no crop (or more faces than one crop) is named, not only counted.
     several = [_several_words(name, summary.several_kept.get(name), faces) for name in summary.several] \
-        if faces != "all" else []
+        if faces != "all" else [f"{name}: {len(crops)} faces, each its own crop: "
+                                + ", ".join(f"{crop} ({box})" for crop, box in crops)
+                                for name, crops in summary.several_crops.items()]
     for label, names in (("no face found", summary.no_face),
                          ("several faces", several),
                          ("unreadable", [f"{name}: {why}" for name, why in summary.unreadable]),

@@ -31,6 +31,8 @@ ModelOpt = typer.Option(..., "--checkpoint", help="A run dir, a checkpoint, a ba
 FlipOpt = typer.Option(False, "--flip", help="Add the mirrored image's embedding.")
 DeviceOpt = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps (exported ONNX/pt2 models run on the CPU).")
 BatchOpt = typer.Option(None, "--batch-size", help="Images per batch.")
+AllFacesOpt = typer.Option(False, "--all-faces", help="Every face of each photo, one answer per face with its box "
+                                                      "(0 the best-scoring; the same crops as align --all-faces).")
 ExplainOpt = typer.Option(False, "--explain", help="Say where the threshold comes from: the data, its pairs, the FAR "
                                                    "asked for and the FAR those pairs can resolve.")
 
@@ -74,16 +76,24 @@ def ignored_size_note(set_: Optional[list[str]], asked: int, embedder: Any) -> O
             f"data.image_size={asked} measures it at another size")
 
 
-def _embed(embedder: Any, resolved: Any, inputs: list[Path], flip: bool, tree: bool = False) -> Any:
+def _embed(embedder: Any, resolved: Any, inputs: list[Path], flip: bool, tree: bool = False,
+           photo_faces: Optional[list[Any]] = None) -> Any:
     """Embeddings of ``inputs`` (``tree``: the one folder of identity folders there) with progress, saying
-    which files were skipped as unreadable."""
-    from ..deploy.embedder import embed_inputs, embed_tree
+    which files were skipped as unreadable. ``photo_faces``: a list to fill with each photo's faces (``PhotoFaces``),
+    one embedding per face (--all-faces)."""
+    from ..deploy.embedder import embed_inputs, embed_tree, list_images
+    from ..deploy.faces import embed_photo_files, face_embeddings
     from .render import StepProgress
 
     data = resolved.data
     with StepProgress(err_console) as progress:
-        embedded = (embed_tree(embedder, inputs[0], data.batch_size, data.workers, flip, progress.update) if tree
-                    else embed_inputs(embedder, inputs, data.batch_size, data.workers, flip, progress.update))
+        if photo_faces is not None:
+            photo_faces += embed_photo_files(embedder, list_images(inputs), flip,
+                                             lambda done, total: progress.update("finding faces", done, total))
+            embedded = face_embeddings(photo_faces)
+        else:
+            embedded = (embed_tree(embedder, inputs[0], data.batch_size, data.workers, flip, progress.update) if tree
+                        else embed_inputs(embedder, inputs, data.batch_size, data.workers, flip, progress.update))
     for path, why in embedded.unreadable[:10]:
         err_console.print(f"skipped {escape(str(path))}: {escape(why)}", soft_wrap=True)
     if len(embedded.unreadable) > 10:
@@ -91,6 +101,18 @@ def _embed(embedder: Any, resolved: Any, inputs: list[Path], flip: bool, tree: b
     for warning in embedded.warnings:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     return embedded
+
+
+def _all_faces_check(all_faces: bool, faces: str, probe_dir: Optional[Path] = None) -> Optional[list[Any]]:
+    """A list for ``_embed`` to fill with each photo's faces (--all-faces), else None."""
+    from ..errors import DataError
+
+    if all_faces and faces != "best":
+        raise DataError(f"--all-faces answers for every face, --faces {faces} picks one: give one of the two")
+    if all_faces and probe_dir is not None:
+        raise DataError("--all-faces answers per face of PROBE photos; --probe-dir measures labelled probes "
+                        "(one face each): run them apart")
+    return [] if all_faces else None
 
 
 def _explain(threshold: Any) -> None:
@@ -127,16 +149,19 @@ def embed(
     batch_size: Optional[int] = BatchOpt,
     align: bool = AlignOpt,
     faces: str = FacesOpt,
+    all_faces: bool = AllFacesOpt,
     arch: Optional[str] = ArchOpt,
     trust_code: bool = TrustCodeOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
-    """L2-normalised embeddings of images, with their paths (and identities for an identity-folder tree)."""
+    """L2-normalised embeddings of images, with their paths (and identities for an identity-folder tree; with
+    --all-faces one per face, with face_index and boxes)."""
     from ..preflight import check_model_path, check_output_file
 
     check_output_file(out, force, inputs=[checkpoint, *inputs])
     check_model_path(checkpoint, trust_code)
+    photo_faces = _all_faces_check(all_faces, faces)
     from ..atomic import atomic_write_stream, created_folder_note, missing_folder
 
     new_folder = missing_folder(out)
@@ -144,8 +169,12 @@ def embed(
     with interrupt_says(f"nothing written ({out} is written only whole, at the end)"):
         resolved, embedder = _embedder(checkpoint, config, set_, device, batch_size, align_flag(align, faces), arch,
                                        trust_code)
-        embedded = _embed(embedder, resolved, inputs, flip)
+        embedded = _embed(embedder, resolved, inputs, flip, photo_faces=photo_faces)
         atomic_write_stream(out, embedded.save)
+    for photo in photo_faces or []:
+        for result in photo.faces:
+            console.print(f"{escape(str(photo.photo))} face {result.index}: {result.face.box_words()} "
+                          f"(score {result.face.score:.4f})", soft_wrap=True)
     what = f" of {len(embedded.identities)} identities" if embedded.identities is not None else ""
     console.print(f"wrote {escape(str(out))}: {len(embedded.paths)} embeddings{what}, {embedded.vectors.shape[1]}-d, "
                   f"L2-normalised ({embedder.kind} model {escape(str(embedder.source))})")
@@ -333,6 +362,7 @@ def identify(
     batch_size: Optional[int] = BatchOpt,
     align: bool = AlignOpt,
     faces: str = FacesOpt,
+    all_faces: bool = AllFacesOpt,
     arch: Optional[str] = ArchOpt,
     trust_code: bool = TrustCodeOpt,
     config: Optional[Path] = ConfigOpt,
@@ -341,6 +371,7 @@ def identify(
     """1:N identification against an enrolled gallery: the best matches, or "unknown" below the threshold."""
     from ..errors import DataError
 
+    photo_faces = _all_faces_check(all_faces, faces, probe_dir)
     if not probes and probe_dir is None:
         raise DataError("name probe images or folders, or pass --probe-dir DIR (one folder per identity)")
     if not gallery_file.is_file():
@@ -353,6 +384,7 @@ def identify(
     from ..deploy.decisions import decision_threshold
     from ..deploy.gallery import identify as match
     from ..deploy.gallery import load_gallery, open_set_metrics
+    from ..data.alignment.photos import NO_FACE
     from ..thresholds import Threshold
 
     gallery = load_gallery(gallery_file)
@@ -368,13 +400,20 @@ def identify(
                               "threshold_source": found.source if found else None,
                               "threshold_provenance": found.provenance if found else None,
                               "threshold_reason": why or None}
-    results = []
+    results, per_face = [], []
     if probes:
-        embedded = _embed(embedder, resolved, probes, gallery.flip)
+        embedded = _embed(embedder, resolved, probes, gallery.flip, photo_faces=photo_faces)
         results = match(gallery, embedded.vectors, embedded.paths, top_k, value)
+        per_face = [result for photo in photo_faces or [] for result in photo.faces]  # a row of ``results`` each
         report["probes"] = [{"probe": item.probe, "answer": item.answer,
                              "matches": [{"identity": m.identity, "similarity": m.similarity} for m in item.matches]}
-                            for item in results]
+                            | ({"face": per_face[row].index, **per_face[row].face.to_json(),
+                                "eye_distance_px": round(per_face[row].eye_distance_px, 3)} if per_face else {})
+                            for row, item in enumerate(results)]
+        if photo_faces is not None:
+            report["no_face"] = [str(photo.photo) for photo in photo_faces if photo.problem == NO_FACE]
+            report["unreadable"] = [{"file": str(photo.photo), "why": photo.problem} for photo in photo_faces
+                                    if photo.problem not in (None, NO_FACE)]
     if probe_dir is not None:
         labelled = _embed(embedder, resolved, [probe_dir], gallery.flip, tree=True)
         assert labelled.identities is not None and labelled.labels is not None
@@ -386,11 +425,12 @@ def identify(
     if results:
         table = Table(title=f"identify against {gallery_file} ({len(gallery.identities)} identities)")
         table.add_column("probe", no_wrap=True)
-        for column in ("answer", f"top {top_k} (similarity)"):
+        for column in (["face"] if per_face else []) + ["answer", f"top {top_k} (similarity)"]:
             table.add_column(column, overflow="fold")
-        for item in results:
+        for row, item in enumerate(results):
             answer = (escape(item.answer) if item.answer else "unknown") if found else "no threshold"
-            table.add_row(escape(middle_ellipsis(item.probe)), answer,
+            face = [f"{per_face[row].index}: {per_face[row].face.box_words()}"] if per_face else []
+            table.add_row(escape(middle_ellipsis(item.probe)), *face, answer,
                           ", ".join(f"{escape(m.identity)} {m.similarity:.3f}" for m in item.matches))
         console.print(table)
     if "open_set" in report:

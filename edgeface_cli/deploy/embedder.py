@@ -118,12 +118,17 @@ class Embeddings:
     identities: list[str] | None = None  # identity names
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # about the inputs, for the user (e.g. raw photos, unaligned)
+    face_index: np.ndarray | None = None  # per face of a photo (--all-faces): k of the photo's faces, 0 the best
+    boxes: np.ndarray | None = None  # (N, 4) float32 x1, y1, x2, y2 of each face in its photo's pixels
 
     def save(self, stream: Any) -> None:
         arrays: dict[str, np.ndarray] = {"embeddings": self.vectors, "paths": np.array(self.paths, dtype=str)}
         if self.labels is not None and self.identities is not None:
             arrays["labels"] = self.labels
             arrays["identities"] = np.array(self.identities, dtype=str)
+        if self.face_index is not None and self.boxes is not None:
+            arrays["face_index"] = self.face_index
+            arrays["boxes"] = self.boxes
         np.savez(stream, **arrays)
 
 

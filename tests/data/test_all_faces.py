@@ -70,3 +70,100 @@ def test_embed_faces_gives_one_unit_embedding_per_golden_face_the_best_as_align_
     np.testing.assert_allclose(embed_faces(aligning_embedder, read_photo(photo), flip=True)[0].embedding,
                                flipped_files, atol=1e-5)
     assert embed_faces(aligning_embedder, read_photo(faceless_photo)) == []
+
+
+def _summary(output: str) -> dict:
+    return json.loads(output[output.index("{"):])
+
+
+@pytest.fixture(scope="module")
+def group_folder(tmp_path_factory: pytest.TempPathFactory, faceless_photo: Path) -> Path:
+    """The group photo and a photo without a face (copies in a temporary folder, never in the repository)."""
+    root = tmp_path_factory.mktemp("photos")
+    (root / "group.jpg").write_bytes((SHARED / "images" / PHOTO).read_bytes())
+    (root / "wall.png").write_bytes(faceless_photo.read_bytes())
+    return root
+
+
+def _near(box: list[float], golden_faces: list[dict]) -> int:
+    """The index of the golden face whose box is within half a pixel of ``box`` (AssertionError when none is)."""
+    [index] = [k for k, face in enumerate(golden_faces) if np.abs(np.array(face["box"]) - box).max() < 0.5]
+    return index
+
+
+@needs_photos
+def test_align_all_faces_writes_each_face_as_its_own_crop_with_its_box(
+        group_folder: Path, tmp_path_factory: pytest.TempPathFactory, golden_faces: list[dict]) -> None:
+    from typer.testing import CliRunner
+
+    from edgeface_cli.cli import app
+    from edgeface_cli.data.alignment.folder import read_records
+
+    out = tmp_path_factory.mktemp("all-crops")
+    result = CliRunner().invoke(app, ["align", str(group_folder), str(out), "--all-faces", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = _summary(result.output)
+    assert summary["crops"] == 3 and summary["no_face"] == ["wall.png"]
+    [listed] = summary["several_faces_crops"]
+    assert listed["file"] == "group.jpg" and [crop["crop"] for crop in listed["crops"]] == [
+        "group_0.png", "group_1.png", "group_2.png"]
+    record = read_records(out)["group.jpg"]
+    assert record["outputs"] == ["group_0.png", "group_1.png", "group_2.png"]
+    boxes = [record["faces"][index]["box"] for index in record["chosen"]]  # outputs[i] is faces[chosen[i]]
+    assert sorted(_near(box, golden_faces) for box in boxes) == [0, 1, 2]
+    scores = [record["faces"][index]["score"] for index in record["chosen"]]
+    assert scores == sorted(scores, reverse=True)  # group_0 is the best-scoring face
+    for crop in record["outputs"]:
+        assert Image.open(out / crop).size == (112, 112)
+    text = CliRunner().invoke(app, ["align", str(group_folder), str(out), "--all-faces"])  # all reused, still named
+    assert "group.jpg: 3 faces, each its own crop: group_0.png (box " in text.output
+    refused = CliRunner().invoke(app, ["align", str(group_folder), str(out), "--all-faces", "--faces", "central"])
+    assert refused.exit_code == 2 and "--all-faces writes every face" in refused.output
+
+
+@needs_photos
+def test_identify_and_embed_all_faces_answer_per_face_with_its_box(
+        group_folder: Path, tmp_path: Path, xxs_checkpoint: Path, golden_faces: list[dict]) -> None:
+    """A gallery of the three crops align --all-faces wrote, one identity each: identify --all-faces on the group
+    photo must give each face its own crop's identity, at similarity 1 (the same pixels through the same model)."""
+    from typer.testing import CliRunner
+
+    from edgeface_cli.cli import app
+
+    runner = CliRunner()
+    crops = tmp_path / "crops"
+    assert runner.invoke(app, ["align", str(group_folder), str(crops), "--all-faces"]).exit_code == 0
+    people = tmp_path / "people"
+    for k in range(3):
+        (people / f"person{k}").mkdir(parents=True)
+        (people / f"person{k}" / "crop.png").write_bytes((crops / f"group_{k}.png").read_bytes())
+    gallery = tmp_path / "gallery.npz"
+    fast = ["--device", "cpu", "--set", "data.workers=0"]
+    enrolled = runner.invoke(app, ["enroll", str(people), "--checkpoint", str(xxs_checkpoint), "--out", str(gallery), *fast])
+    assert enrolled.exit_code == 0, enrolled.output
+    probes = [str(group_folder / "group.jpg"), str(group_folder / "wall.png")]
+    result = runner.invoke(app, ["identify", *probes, "--gallery", str(gallery), "--all-faces", "--json", *fast])
+    assert result.exit_code == 0, result.output
+    report = _summary(result.output)
+    assert [probe["face"] for probe in report["probes"]] == [0, 1, 2]
+    assert report["no_face"] == [probes[1]] and report["unreadable"] == []
+    for probe in report["probes"]:
+        assert probe["probe"] == probes[0]
+        assert probe["matches"][0]["identity"] == f"person{probe['face']}"
+        assert probe["matches"][0]["similarity"] == pytest.approx(1.0, abs=1e-4)
+        assert probe["matches"][1]["similarity"] < 0.9999
+        _near(probe["box"], golden_faces)
+    table = runner.invoke(app, ["identify", probes[0], "--gallery", str(gallery), "--all-faces", *fast])
+    assert table.exit_code == 0 and "0: box " in table.output and "2: box " in table.output
+    out = tmp_path / "faces.npz"
+    embedded = runner.invoke(app, ["embed", *probes, "--checkpoint", str(xxs_checkpoint), "--out", str(out),
+                                   "--all-faces", *fast])
+    assert embedded.exit_code == 0, embedded.output
+    assert "group.jpg face 0: box " in embedded.output and "wall.png: no face found" in embedded.output
+    with np.load(out) as arrays:
+        assert list(arrays["face_index"]) == [0, 1, 2] and list(arrays["paths"]) == [probes[0]] * 3
+        assert sorted(_near(list(box), golden_faces) for box in arrays["boxes"]) == [0, 1, 2]
+        assert arrays["embeddings"].shape == (3, 512)
+    refused = runner.invoke(app, ["identify", probes[0], "--gallery", str(gallery), "--all-faces", "--faces",
+                                  "largest", *fast])
+    assert refused.exit_code == 2 and "--all-faces answers for every face" in refused.output

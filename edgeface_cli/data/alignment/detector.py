@@ -58,7 +58,7 @@ def choose_faces(faces: list[Face], choice: FaceChoice, image_size: tuple[int, i
     ``central``: the box whose centre is nearest the photo's (``image_size`` (width, height) needed);
     ``all``: every face, highest score first."""
     if not faces or choice == "all":
-        return faces
+        return sorted(faces, key=lambda face: -face.score)  # stable: a detector's own order among equal scores
     if choice == "largest":
         return [max(faces, key=lambda face: face.area)]
     if choice == "central":

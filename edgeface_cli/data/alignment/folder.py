@@ -3,7 +3,9 @@
 ``OUT/align.jsonl`` records each photo once it is done (its size, times, the faces found, the crops written
 and each crop's SHA-256), so a second run only processes new or changed photos, and a run killed at any
 moment loses nothing: a crop is renamed into place whole before its record is appended, and a photo without
-a record is simply done again (its crops are rewritten under the same names, never duplicated).
+a record is simply done again (its crops are rewritten under the same names, never duplicated). A record's
+``outputs[i]`` is the crop of ``faces[chosen[i]]`` (box, score, landmarks); with ``--faces all`` (``--all-faces``)
+every face is a crop of its own, ``<stem>_<k>`` with k = 0 the best-scoring face, as ``embed_faces`` numbers them.
 
 align removes only files it wrote: a crop named in a record, inside OUT, whose bytes still hash to what the
 record says. The crops of photos that are gone (removed, or moved to another folder of IN) and the crops a
@@ -47,6 +49,7 @@ class AlignSummary:
     no_face: list[str] = field(default_factory=list)  # relative paths, this run and earlier ones
     several: list[str] = field(default_factory=list)  # photos with more than one face (one chosen unless --faces all)
     several_kept: dict[str, tuple[int, str]] = field(default_factory=dict)  # of those: (faces, "box x,y,w,h" kept)
+    several_crops: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # --faces all: (crop, box) each
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # photos (image files) that do not decode
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why) files of IN that are not photos
     removed: list[tuple[str, str, str]] = field(default_factory=list)  # (crop, its photo, why) removed this run
@@ -62,6 +65,8 @@ class AlignSummary:
                 "no_face": self.no_face, "several_faces": self.several,
                 "several_faces_kept": [{"file": name, "faces": count, "kept": box}
                                        for name, (count, box) in self.several_kept.items()],
+                "several_faces_crops": [{"file": name, "crops": [{"crop": crop, "box": box} for crop, box in crops]}
+                                        for name, crops in self.several_crops.items()],
                 "unreadable": [{"file": name, "why": why} for name, why in self.unreadable],
                 "skipped": [{"file": name, "why": why} for name, why in self.skipped],
                 "removed": [{"crop": crop, "source": source, "why": why} for crop, source, why in self.removed],
@@ -211,6 +216,11 @@ def _encode(crop: Any, fmt: str) -> bytes:
     return stream.getvalue()
 
 
+def _box_words(face: dict[str, Any]) -> str:
+    """A recorded face's box as ``Face.box_words`` says it."""
+    return Face(tuple(face["box"]), face["score"], tuple(map(tuple, face["landmarks"]))).box_words()
+
+
 def _remove_empty_folders(folder: Path, out: Path) -> None:
     """The folders a removed crop leaves empty, up to OUT (a photo moved to val/ leaves no empty train/ann/)."""
     home = out.resolve()
@@ -296,10 +306,11 @@ class AlignJob:
             self.summary.crops += len(record["outputs"])
         if len(record.get("faces", [])) > 1:
             self.summary.several.append(source)
-            if self.choice != "all" and record.get("chosen"):
-                kept = record["faces"][record["chosen"][0]]
-                self.summary.several_kept[source] = (len(record["faces"]), Face(
-                    tuple(kept["box"]), kept["score"], tuple(map(tuple, kept["landmarks"]))).box_words())
+            boxes = [_box_words(record["faces"][index]) for index in record.get("chosen", [])]
+            if self.choice != "all" and boxes:
+                self.summary.several_kept[source] = (len(record["faces"]), boxes[0])
+            elif self.choice == "all":
+                self.summary.several_crops[source] = list(zip(record["outputs"], boxes))
 
     def _remove_if_written_here(self, name: str, sha256: str | None, source: str, why: str) -> None:
         """Remove crop ``name`` only when it still holds the bytes align wrote; else keep it and say why."""
