@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..atomic import atomic_write_stream, strict_json
 from ..config import EdgeFaceConfig, build_config
 from ..data.binsets import decode_bin_images, read_bin
-from ..data.folder import ImageSettings, left_out_note, scan_image_folder, unreadable_images
+from ..data.folder import ImageSettings, is_no_face, left_out_note, problem_counts, scan_image_folder, unreadable_images
 from ..data.loaders import inference_loader
 from ..errors import CheckpointError, DataError, import_extra
 from ..events import StepCallback, step_reporter
@@ -140,9 +140,12 @@ def model_image_settings(trained: dict[str, Any] | None, config: EdgeFaceConfig,
 
 def _embed_paths(model: LoadedModel, paths: list[Path], settings: ImageSettings, batch_size: int, workers: int,
                  device: torch.device, precision: Precision, flip: bool) -> torch.Tensor:
-    bad = unreadable_images(paths, settings.align)
+    bad = unreadable_images(paths, settings.align, settings)
     if bad:
-        raise DataError(f"unreadable image {bad[0][0]}: {bad[0][1]}")
+        path, why = bad[0]
+        fix = ("lower data.min_face_size / data.detection_threshold, or remove its pairs" if is_no_face(why)
+               else "replace it, or remove its pairs")
+        raise DataError(f"{problem_counts(bad)} among the pairs' images (e.g. {path}: {why}): {fix}")
     return extract_files(model.backbone, paths, settings, batch_size, workers, device, precision, flip).embeddings
 
 
@@ -276,7 +279,7 @@ def _evaluate_folder(config: EdgeFaceConfig, model: LoadedModel, settings: Image
         if scan is not None and scan.cache_note:
             notes.append(scan.cache_note)
     if val_scan.unreadable:
-        notes.append(f"{len(val_scan.unreadable)} unreadable val files skipped")
+        notes.append(f"{problem_counts(val_scan.unreadable, 'val')} skipped")
     loader = inference_loader(val_scan.samples, val_scan, settings, config.data.batch_size, config.data.workers, device)
     result = validate(model.backbone, model.head, loader, device, precision, collapse_similarity, min_gap, flip,
                       step_reporter(progress, "embedding val images"), operating_far=config.eval.operating_far)
