@@ -23,6 +23,7 @@ from . import (  # noqa: F401 - registers the commands
     plot,
     recognize,
     sample_data,
+    serve,
     train,
     troubleshoot,
 )

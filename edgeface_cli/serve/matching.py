@@ -1,0 +1,130 @@
+"""The in-memory side of the gallery: one search index per collection, kept in step with the store through its
+change log, and a probe's top-k persons by their best sample (default) or by their mean template.
+
+Best sample finds a person through any one good photo of them (a copy of an enrolled photo ranks first);
+the mean template is the per-person centroid, steadier against one bad sample. Both are cosine similarities."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from .search import VectorIndex, create_index
+from .store import GalleryStore
+
+# Samples fetched per person asked for when collapsing samples to persons (best-sample mode): a person with
+# many samples near the probe takes several slots, so more than k samples are needed to name k persons.
+OVERFETCH = 8
+
+
+@dataclass(frozen=True)
+class PersonMatch:
+    person: str
+    score: float
+    sample_id: int | None  # the best sample (best-sample mode)
+
+
+class CollectionIndex:
+    def __init__(self, kind: str, dim: int, expected: int) -> None:
+        self.samples: VectorIndex = create_index(kind, dim, expected=expected)
+        self.person_of: dict[int, str] = {}
+        self.vector_of: dict[int, np.ndarray] = {}  # for the person templates (mean mode)
+        self._templates: tuple[list[str], np.ndarray] | None = None
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray, persons: list[str]) -> None:
+        if len(ids):
+            self.samples.add(ids, vectors)
+        for sample_id, vector, person in zip(ids.tolist(), vectors, persons):
+            self.person_of[sample_id], self.vector_of[sample_id] = person, vector
+        self._templates = None
+
+    def remove(self, ids: list[int]) -> None:
+        self.samples.remove(np.array(ids, dtype=np.int64))
+        for sample_id in ids:
+            self.person_of.pop(sample_id, None)
+            self.vector_of.pop(sample_id, None)
+        self._templates = None
+
+    def templates(self) -> tuple[list[str], np.ndarray]:
+        if self._templates is None:
+            sums: dict[str, np.ndarray] = {}
+            for sample_id, person in self.person_of.items():
+                sums[person] = sums.get(person, 0) + self.vector_of[sample_id]
+            names = sorted(sums)
+            matrix = np.array([sums[name] for name in names], dtype=np.float32).reshape(len(names), -1)
+            norms = np.linalg.norm(matrix, axis=1, keepdims=True) if len(names) else np.ones((0, 1), np.float32)
+            self._templates = names, matrix / np.maximum(norms, 1e-12)
+        return self._templates
+
+    def search(self, probes: np.ndarray, k: int, mode: str) -> list[list[PersonMatch]]:
+        if mode == "mean":
+            names, matrix = self.templates()
+            if not names:
+                return [[] for _ in probes]
+            scores = probes @ matrix.T
+            order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            return [[PersonMatch(names[col], float(scores[row, col]), None) for col in order[row]]
+                    for row in range(len(probes))]
+        fetched = min(len(self.samples), k * OVERFETCH)
+        if fetched == 0:
+            return [[] for _ in probes]
+        scores, ids = self.samples.search(probes, fetched)
+        results = []
+        for row in range(len(probes)):
+            best: dict[str, PersonMatch] = {}
+            for score, sample_id in zip(scores[row].tolist(), ids[row].tolist()):
+                person = self.person_of.get(sample_id)
+                if sample_id >= 0 and person is not None and person not in best:
+                    best[person] = PersonMatch(person, float(score), sample_id)
+            results.append(list(best.values())[:k])
+        return results
+
+
+class GalleryIndex:
+    """Every collection's index, built from the store and then following its change log (``refresh``)."""
+
+    def __init__(self, store: GalleryStore, kind: str = "auto") -> None:
+        self.store, self.kind = store, kind
+        self._lock = threading.Lock()
+        self._collections: dict[str, CollectionIndex] = {}
+        self.seq = store.last_seq()  # read before the vectors: a change made meanwhile is applied again, harmlessly
+        for collection in store.collections():
+            ids, vectors, persons = store.vectors(collection.name)
+            index = CollectionIndex(kind, store.dim, len(ids))
+            index.add(ids, vectors, persons)
+            self._collections[collection.name] = index
+
+    def refresh(self) -> int:
+        """Apply the store's changes since the last refresh; how many were applied."""
+        applied = 0
+        with self._lock:
+            while changes := self.store.changes_since(self.seq):
+                for change in changes:
+                    index = self._collections.setdefault(change.collection,
+                                                         CollectionIndex(self.kind, self.store.dim, 0))
+                    if change.op == "add" and change.embedding is not None:
+                        index.add(np.array([change.sample_id], dtype=np.int64), change.embedding[None, :],
+                                  [change.person])
+                    elif change.op == "remove":
+                        index.remove([change.sample_id])
+                    self.seq = change.seq
+                applied += len(changes)
+        return applied
+
+    def forget(self, collection: str) -> None:
+        with self._lock:
+            self._collections.pop(collection, None)
+
+    def search(self, collection: str, probes: np.ndarray, k: int, mode: str) -> list[list[PersonMatch]]:
+        self.refresh()  # what this replica or another enrolled is found at once
+        with self._lock:
+            index = self._collections.get(collection)
+            if index is None:
+                return [[] for _ in probes]
+            return index.search(probes, k, mode)
+
+    def size(self) -> int:
+        with self._lock:
+            return sum(len(index.person_of) for index in self._collections.values())
