@@ -60,6 +60,7 @@ def bench(
     resolved = resolve_config(config, set_, **{"runtime.device": "cpu", "model.arch": arch})
     import torch
 
+    from ..data.folder import ImageSettings
     from ..deploy.bench import bench as run_bench
     from ..model.loading import load_model
 
@@ -67,7 +68,8 @@ def bench(
     with console.status("benchmarking", spinner="dots") if console.is_terminal and not as_json else nullcontext() as status:
         report = run_bench(files, source, threads or torch.get_num_threads(), batch, rounds, images, size,
                            compile_source, trust_code,
-                           progress=(lambda text: status.update(text)) if status is not None else None)
+                           progress=(lambda text: status.update(text)) if status is not None else None,
+                           settings=ImageSettings.from_config(resolved.data))
     result = asdict(report)
     if as_json:
         print_json(result)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from ..data.augment import normalize
-from ..data.folder import ImageSettings, decode_image
+from ..data.alignment.photos import NoFaceError
+from ..data.folder import ImageSettings, decode_with
 from ..errors import CheckpointError, DataError
 from ..model.loading import LoadedModel
 from ..model.programs import SAME_EMBEDDINGS_MIN_COSINE, read_sidecar
@@ -96,19 +97,23 @@ def image_size_of(path: Path, sidecar: dict[str, Any] | None, given: int | None,
     return int(size)
 
 
-def bench_inputs(size: int, batch: int, images_dir: Path | None, non_square: str) -> tuple[torch.Tensor, str]:
-    """``batch`` model inputs (float32, [-1, 1]): fixed random pixels, or the aligned crops of ``images_dir``
-    (repeated when there are fewer)."""
+def bench_inputs(batch: int, images_dir: Path | None, settings: ImageSettings) -> tuple[torch.Tensor, str]:
+    """``batch`` model inputs (float32, [-1, 1]) at ``settings.image_size``: fixed random pixels, or the images of
+    ``images_dir`` (repeated when there are fewer) decoded as the model's recipe says (``settings``: with
+    ``align``, each photo's face detected and aligned with its detector settings, as embed does)."""
+    size = settings.image_size
     if images_dir is None:
         generator = torch.Generator().manual_seed(INPUT_SEED)
         return torch.rand(batch, 3, size, size, generator=generator) * 2 - 1, f"random pixels (seed {INPUT_SEED})"
     files = list_images([images_dir])
     chosen = [files[index % len(files)] for index in range(batch)]
-    settings = ImageSettings(image_size=size, non_square=non_square)
-    decoded = torch.stack([decode_image(path, settings.image_size, settings.non_square, settings.align)
-                           for path in dict.fromkeys(chosen)])
+    try:
+        decoded = torch.stack([decode_with(path, settings) for path in dict.fromkeys(chosen)])
+    except NoFaceError as exc:
+        raise DataError(f"--images {images_dir}: {exc} in one of them; give photos that show a face (or crops "
+                        "without data.align)") from None
     pixels = decoded[[index % len(decoded) for index in range(batch)]]
-    return normalize(pixels).float().contiguous(), f"{min(len(files), batch)} images from {images_dir}"
+    return normalize(pixels).float().contiguous(), f"{min(len(files), batch)} images from {images_dir} ({settings.recipe})"
 
 
 def is_reduced(precision: str | None) -> bool:
@@ -254,10 +259,12 @@ def recommend(rows: list[BenchRow], batch: int) -> tuple[dict[str, Any] | None, 
 def bench(files: list[Path], source: LoadedModel | None, threads: int, batch: int = 64, rounds: int = 5,
           images_dir: Path | None = None, image_size: int | None = None, compile_source: bool = True,
           trust_code: bool = False, runtimes: Sequence[Runtime] = RUNTIMES,
-          progress: Callable[[str], None] | None = None) -> BenchReport:
+          progress: Callable[[str], None] | None = None, settings: ImageSettings | None = None) -> BenchReport:
     """Every file in every runtime of ``runtimes``, beside ``source`` (the PyTorch model the files were exported
     from: the parity reference and the warm eager baseline) when given. ``compile_source`` False skips every
-    torch.compile row (it compiles at its first call: seconds to minutes)."""
+    torch.compile row (it compiles at its first call: seconds to minutes). ``settings``: how ``images_dir`` is
+    decoded (the config's data settings: align and its detector settings); each file's size and non-square
+    policy come from its sidecar."""
     if source is not None and source.runtime != "pytorch":
         raise DataError(f"--checkpoint {source.source} is an exported {source.runtime} file; pass the PyTorch model "
                         "it was exported from (a run directory or checkpoint)")
@@ -275,7 +282,8 @@ def bench(files: list[Path], source: LoadedModel | None, threads: int, batch: in
         for size in dict.fromkeys(sizes.values()):  # the source model is measured once per size fed
             group = [path for path in files if sizes[path] == size]
             non_square = next(((sidecars[path] or {}).get("non_square") for path in group if sidecars[path]), None)
-            inputs, described = bench_inputs(size, batch, images_dir, non_square or "center_crop")
+            fed = replace(settings or ImageSettings(), image_size=size)
+            inputs, described = bench_inputs(batch, images_dir, replace(fed, non_square=non_square or fed.non_square))
             say(f"loading the runtimes ({size} px)")
             loaded = source_rows(source, size, threads, compile_source) if source is not None else []
             for path in group:
