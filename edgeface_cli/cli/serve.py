@@ -26,7 +26,7 @@ StoreOpt = typer.Option(..., "--store", help="The gallery store: a SQLite file (
 def _need_serve_extra() -> None:
     from ..errors import import_extra
 
-    for module in ("fastapi", "uvicorn", "multipart", "prometheus_client"):
+    for module in ("fastapi", "uvicorn", "python_multipart", "prometheus_client"):
         import_extra(module, "edgeface serve", "serve")
 
 
@@ -72,9 +72,7 @@ def serve(
 
     embedder = Embedder.load(model, resolve_config(config, set_), trust_code=trust_code)
     service = Service.open(model, store, settings, embedder=embedder)
-    where = "this machine only (pass --host 0.0.0.0 to accept others)" if host in ("127.0.0.1", "localhost", "::1") \
-        else "other machines too: keep the API keys secret"
-    err_console.print(f"edgeface serve: {embedder.source.name} on http://{host}:{port} ({where}); store {store} with "
+    err_console.print(f"edgeface serve: {embedder.source.name} on {listening_words(host, port)}; store {store} with "
                       f"{service.store.sample_count()} samples; docs at /docs")
     if service.threshold is None:
         err_console.print(f"no threshold applies, so verify and identify give scores without decisions: "
@@ -82,6 +80,13 @@ def serve(
     if not service.store.keys():
         err_console.print(f"no API key yet: edgeface serve keys create --store {store} --scope admin")
     uvicorn.run(create_app(service), host=host, port=port, log_level="info")
+
+
+def listening_words(host: str, port: int) -> str:
+    """Where the service listens, and who can reach it, as said at start."""
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return f"http://{host}:{port} (this machine only: pass --host 0.0.0.0 to accept others)"
+    return f"http://{host}:{port} (reachable from other machines: keep the API keys secret)"
 
 
 def _settings(path: Optional[Path], assignments: list[str], quality: Optional[str], match: Optional[str],

@@ -42,8 +42,10 @@ def request_id(request: Request) -> str:
 
 def error_response(request: Request, status: int, message: str, reasons: list[str] | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"error": {"code": status, "message": message, "request_id": request_id(request), "reasons": reasons}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    identifier = request_id(request)
+    body = {"error": {"code": status, "message": message, "request_id": identifier, "reasons": reasons}}
+    # Set here too: a 500 is answered outside the middleware that stamps every other response.
+    return JSONResponse(body, status_code=status, headers={**(headers or {}), "X-Request-ID": identifier})
 
 
 def _count(request: Request, reason: str) -> None:

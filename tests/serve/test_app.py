@@ -178,3 +178,24 @@ def test_health_readiness_metrics_and_docs(served) -> None:
     assert "edgeface_batch_images_count" in text
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/embed", "/v1/verify", "/v1/identify", "/v1/collections/{collection}/persons/{person}/samples"} <= set(paths)
+
+
+def test_an_unexpected_failure_is_a_500_with_a_request_id(serve_embedder, tmp_path, caplog) -> None:
+    """The store going away under the service: readyz says so (503), a request gets 500 and an id, never a
+    traceback; the log has the traceback under that id."""
+    from fastapi.testclient import TestClient
+
+    from edgeface_cli.serve.app import create_app
+    from edgeface_cli.serve.service import Service
+
+    service = Service.open(serve_embedder.source, tmp_path / "gone.db", embedder=serve_embedder)
+    keys = Keys(service.store)
+    with TestClient(create_app(service), raise_server_exceptions=False) as client:
+        service.store._db.close()  # the database connection dies (a disk gone, a file removed under it)
+        assert client.get("/readyz").status_code == 503
+        failed = client.get("/v1/collections", headers={"X-API-Key": keys.admin})
+        service.store._db = __import__("sqlite3").connect(":memory:", check_same_thread=False)  # for shutdown
+    assert failed.status_code == 500 and "Traceback" not in failed.text
+    request_id = failed.json()["error"]["request_id"]
+    assert request_id in failed.json()["error"]["message"] and failed.headers["x-request-id"] == request_id
+    assert any(request_id in record.getMessage() and record.exc_info for record in caplog.records)

@@ -1,0 +1,58 @@
+"""Micro-batching: photos of requests that arrive together go through the model in one call, and each gets
+the faces ``embed_faces`` gives it alone; and matching by best sample or by person mean."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from PIL import Image
+
+from edgeface_cli.deploy.faces import embed_faces
+from edgeface_cli.serve.batching import FaceBatcher
+from edgeface_cli.serve.matching import CollectionIndex
+
+from .conftest import PHOTOS, needs_photos
+
+
+@needs_photos
+def test_requests_arriving_together_share_one_model_call(serve_embedder) -> None:
+    photos = [Image.open(PHOTOS / name).convert("RGB") for name in ("face0.jpg", "office3.jpg", "jf.jpg")]
+
+    async def scenario() -> tuple[list, list[int]]:
+        batcher = FaceBatcher(serve_embedder, window_ms=300.0, max_images=8)
+        await batcher.start()
+        try:
+            together = await asyncio.gather(*(batcher.embed(photo) for photo in photos))
+            alone = await batcher.embed(photos[0])
+        finally:
+            await batcher.stop()
+        return [*together, alone], list(batcher.batch_sizes)
+
+    results, sizes = asyncio.run(scenario())
+    assert sizes == [3, 1]
+    assert [len(faces) for faces in results] == [1, 3, 1, 1]
+    for photo, faces in zip(photos + photos[:1], results):
+        single = embed_faces(serve_embedder, photo)
+        assert [face.face.box for face in faces] == [face.face.box for face in single]
+        assert np.allclose(np.stack([face.embedding for face in faces]),
+                           np.stack([face.embedding for face in single]), atol=1e-5)
+
+
+def test_best_sample_and_person_mean_rank_differently() -> None:
+    """A probe equal to one of ana's two samples: best-sample matching scores ana 1.0; by mean, bo (whose
+    samples both lie near the probe) can outrank her."""
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.standard_normal((512, 4)))[0].T.astype(np.float32)  # 4 orthonormal directions
+    probe = basis[0]
+    ana = np.stack([probe, basis[1]])  # one copy of the probe, one far from it
+    bo = np.stack([0.9 * probe + np.sqrt(1 - 0.81) * basis[2], 0.9 * probe + np.sqrt(1 - 0.81) * basis[3]])
+    index = CollectionIndex("exact", 512, 4)
+    index.add(np.arange(4), np.concatenate([ana, bo]), ["ana", "ana", "bo", "bo"])
+    best = index.search(probe[None], 2, "best")[0]
+    mean = index.search(probe[None], 2, "mean")[0]
+    assert [(m.person, round(m.score, 3)) for m in best] == [("ana", 1.0), ("bo", 0.9)]
+    assert best[0].sample_id == 0
+    assert [m.person for m in mean] == ["bo", "ana"] and round(mean[1].score, 3) == round(1 / np.sqrt(2), 3)
+    index.remove([0])
+    assert index.search(probe[None], 1, "best")[0][0].person == "bo"
