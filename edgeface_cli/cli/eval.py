@@ -111,6 +111,13 @@ def eval_(
     bins: Optional[list[Path]] = typer.Option(
         None, "--bin", help="An insightface verification .bin (lfw.bin, cfp_fp.bin, agedb_30.bin, ...): the 10-fold "
                             "protocol with flip. Repeatable; --val-dir is then optional."),
+    ijb: Optional[Path] = typer.Option(
+        None, "--ijb", help="An IJB-B or IJB-C folder in insightface's layout (meta/*_face_tid_mid.txt, "
+                            "*_template_pair_label.txt, *_name_5pts_score.txt, loose_crop/): 1:1 template "
+                            "verification, TAR at FAR 1e-6 ... 1e-1; --val-dir is then optional."),
+    detector_weights: bool = typer.Option(
+        True, "--detector-weights/--no-detector-weights",
+        help="With --ijb: weight each image by its detector score when pooling a template (the field's protocol)."),
     flip: bool = typer.Option(False, "--flip", help="Add the mirrored image's embedding (standard protocol)."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Zoo variant of a bare backbone, or 'auto'."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps."),
@@ -142,7 +149,7 @@ def eval_(
                          "data.batch_size": batch_size, "model.arch": arch,
                          "data.align": align_flag(align, faces)}
     )
-    _check_inputs(resolved.data.val_dir, pairs, bool(bins), checkpoint, trust_code)
+    _check_inputs(resolved.data.val_dir, pairs, bool(bins) or ijb is not None, checkpoint, trust_code, ijb)
     from ..evaluation.evaluator import evaluate, plot_path, save_embeddings, save_plot
 
     # Every output is checked before the slow part: a bad suffix or an existing file fails at once.
@@ -167,20 +174,33 @@ def eval_(
         with StepProgress(console) as progress:
             bin_results = evaluate_bins(resolved, checkpoint, bins, explicit_size, progress=progress.update,
                                         trust_code=trust_code)
-        if resolved.data.val_dir is None:
-            if explicit_size is not None:
-                err_console.print(f"note: {escape(_honoured_size_note(explicit_size))}", soft_wrap=True)
-            if as_json:
-                _print_strict_json({"checkpoint": str(checkpoint), "bins": bin_results})
-            else:
-                _print_bins(bin_results)
+    ijb_result = None
+    if ijb is not None:
+        from ..evaluation.ijb import evaluate_ijb
+
+        with StepProgress(console) as progress:
+            ijb_result = evaluate_ijb(resolved, checkpoint, ijb, explicit_size, flip, detector_weights,
+                                      progress=progress.update, trust_code=trust_code)
+    if resolved.data.val_dir is None:
+        if explicit_size is not None:
+            err_console.print(f"note: {escape(_honoured_size_note(explicit_size))}", soft_wrap=True)
+        if as_json:
+            _print_strict_json({"checkpoint": str(checkpoint)} | ({"bins": bin_results} if bin_results else {})
+                               | ({"ijb": ijb_result} if ijb_result else {}))
             return
+        if bin_results:
+            _print_bins(bin_results)
+        if ijb_result:
+            _print_ijb(ijb_result)
+        return
 
     with StepProgress(console) as progress:
         result = evaluate(resolved, checkpoint, pairs, flip, explicit_size, progress=progress.update,
                           refuse_record_conflict=not force, trust_code=trust_code)
     if bin_results is not None:
         result.metrics["bins"] = bin_results
+    if ijb_result is not None:
+        result.metrics["ijb"] = ijb_result
     from ..evaluation.evaluator import record_eval
 
     try:
@@ -200,6 +220,8 @@ def eval_(
         _print_table(metrics)
         if bin_results:
             _print_bins(bin_results)
+        if ijb_result:
+            _print_ijb(ijb_result)
     if explicit_size is not None:
         result.notes.append(_honoured_size_note(explicit_size))
     for note in result.notes:
@@ -228,7 +250,7 @@ def _honoured_size_note(size: int) -> str:
 
 
 def _check_inputs(val_dir: Optional[Path], pairs: Optional[Path], has_bins: bool, checkpoint: Path,
-                  trust_code: bool) -> None:
+                  trust_code: bool, ijb: Optional[Path] = None) -> None:
     """The val data and the model, as far as their paths and bytes tell, before torch is imported: the messages
     the evaluation gives, in its order (a pairs or .bin file is read before the model, the model before the val
     folder is scanned; a flat --val-dir is allowed with --pairs, whose images it holds)."""
@@ -236,7 +258,11 @@ def _check_inputs(val_dir: Optional[Path], pairs: Optional[Path], has_bins: bool
     from ..preflight import check_image_folder, check_model_path
 
     if val_dir is None and not has_bins:
-        raise DataError("no validation data: pass --val-dir DIR (one folder per identity) or --bin FILE (lfw.bin, ...)")
+        raise DataError("no validation data: pass --val-dir DIR (one folder per identity), --bin FILE (lfw.bin, ...) "
+                        "or --ijb DIR (IJB-B/IJB-C)")
+    if ijb is not None and not (ijb / "meta").is_dir():
+        raise DataError(f"--ijb {ijb}: no meta/ folder there; pass the folder that holds meta/ and loose_crop/ "
+                        "(insightface's IJB_release/IJBC, say)")
     if pairs is None and not has_bins:
         check_model_path(checkpoint, trust_code)
     if val_dir is not None:
@@ -272,3 +298,18 @@ def _print_bins(results: list[dict[str, Any]]) -> None:
                       _format_metric(entry["tar_at_far_1e-3"], ".2%") if entry["tar_at_far_1e-3"] is not None
                       else "n/a (too few pairs)")
     console.print(table)
+
+
+def _print_ijb(result: dict[str, Any]) -> None:
+    """TAR at each FAR of the IJB protocol; one the pairs cannot resolve says so, never a figure."""
+    table = Table(title=f"{escape(result['name'])} 1:1 template verification: {result['templates']:,} templates of "
+                        f"{result['images']:,} images, {result['pairs_positive']:,} same-subject and "
+                        f"{result['pairs_negative']:,} different-subject pairs")
+    for column in ("FAR", "TAR"):
+        table.add_column(column, overflow="fold")
+    for far, value in result["tar_at_far"].items():
+        table.add_row(far, _format_metric(value, ".2%", result["tar_at_far_reason"].get(far)))
+    table.add_row("roc_auc", _format_metric(result["roc_auc"], ".4f", "needs same- and different-subject pairs"))
+    console.print(table)
+    console.print(f"pooling: {escape(result['pooling'])}; flip {'on' if result['flip'] else 'off'}, "
+                  f"{result['image_size']} px")

@@ -144,17 +144,19 @@ def resolved_far(target: float, negatives: int) -> tuple[float | None, bool, str
 
 def verification_stats(
     histogram: SimilarityHistogram, collapse_similarity: float = 0.999, min_gap: float = 0.01,
-    operating_far: float = 1e-3,
+    operating_far: float = 1e-3, far_targets: dict[str, float] | None = None,
 ) -> VerificationStats:
+    """``far_targets``: the FARs TAR is reported at (name -> FAR; default ``FAR_TARGETS``)."""
+    targets = far_targets or FAR_TARGETS
     pos_mean, pos_std = _mean_std(histogram.positive_sum, histogram.positive_sq, histogram.n_positive)
     neg_mean, neg_std = _mean_std(histogram.negative_sum, histogram.negative_sq, histogram.n_negative)
     gap = pos_mean - neg_mean if pos_mean is not None and neg_mean is not None else None
     n_pos, n_neg = histogram.n_positive, histogram.n_negative
     roc_auc = eer = best_threshold = best_accuracy = None
     operating_threshold = operating_tar = operating_far_measured = threshold_reason = None
-    tar_at_far: dict[str, float | None] = {name: None for name in FAR_TARGETS}
+    tar_at_far: dict[str, float | None] = {name: None for name in targets}
     tar_at_far_reason: dict[str, str | None] = {}
-    for name, target in FAR_TARGETS.items():
+    for name, target in targets.items():
         needed = math.ceil(MIN_FALSE_ACCEPTS / target - 1e-9)
         tar_at_far_reason[name] = (
             "no same-identity pairs" if not n_pos else
@@ -173,7 +175,7 @@ def verification_stats(
         frr = 1.0 - tar
         crossing = int(np.argmin(np.abs(far - frr)))
         eer = float((far[crossing] + frr[crossing]) / 2.0)
-        for name, target in FAR_TARGETS.items():
+        for name, target in targets.items():
             if tar_at_far_reason[name] is None:
                 # far is 0 at the top threshold (nothing accepted), so some threshold always qualifies.
                 tar_at_far[name] = float(tar[far <= target].max())
