@@ -20,6 +20,7 @@ from .config_files import (commented_yaml, deep_merge, leaf_paths, model_path_fi
                            parse_set_override, paths_relative_to, read_yaml_file)
 from .config_files import format_validation_error as _format_problems
 from .errors import ConfigError
+from .recipes import RECIPE_NAMES, RECIPE_SUMMARIES, moved_aliases, with_recipe
 
 __all__ = ["EdgeFaceConfig", "build_config", "load_config", "config_from_dict", "read_yaml_file",
            "parse_set_override", "dump_yaml", "commented_default_yaml", "with_absolute_paths", "path_fields",
@@ -163,9 +164,9 @@ class OptimSection(_Section):
 
 
 class ArcFaceSection(_Section):
-    kind: Literal["arcface", "cosface"] = Field("arcface", description="margin head: arcface (angular) or cosface (additive cosine)")
-    scale: float = Field(32.0, gt=0, description="logit scale s")
-    margin: float = Field(0.3, ge=0, description="margin m (radians for arcface)")
+    scale: float = Field(32.0, gt=0, description="logit scale s of the margin loss (every loss.kind)")
+    margin: float = Field(0.3, ge=0, description="margin m: radians for arcface, a cosine for cosface, AdaFace's m "
+                                                 "(loss.kind combined uses loss.m1/m2/m3 instead)")
     sharded: Literal["auto", "on", "off"] = Field(
         "auto", description="split the class centres across data-parallel ranks (auto = on under torchrun from 100,000 identities)"
     )
@@ -176,6 +177,49 @@ class ArcFaceSection(_Section):
         if value >= math.pi / 2:
             raise ValueError(f"must be below pi/2 = {math.pi / 2:.4f}")
         return value
+
+
+class LossSection(_Section):
+    kind: Literal["arcface", "cosface", "combined", "adaface"] = Field(
+        "arcface", description="margin loss, with s = arcface.scale and m = arcface.margin: arcface cos(theta + m), "
+                               "cosface cos(theta) - m, combined cos(m1 theta + m2) - m3, adaface (m adapts to image "
+                               "quality, read from the feature norm)")
+    m1: float = Field(1.0, ge=1.0, le=4.0, description="combined: multiplicative angular margin (SphereFace; 1 = none)")
+    m2: float = Field(0.0, ge=0.0, lt=math.pi / 2, description="combined: additive angular margin in radians (ArcFace)")
+    m3: float = Field(0.0, ge=0.0, le=1.0, description="combined: additive cosine margin (CosFace)")
+    adaface_h: float = Field(0.333, gt=0.0, le=10.0, description="adaface: how strongly the feature norm's z-score "
+                                                                 "moves the margin (h)")
+    adaface_t_alpha: float = Field(0.01, gt=0.0, le=1.0, description="adaface: weight of each new batch in the running "
+                                                                     "mean and std of the feature norms")
+    partial_fc_sample_rate: float = Field(
+        1.0, gt=0.0, le=1.0, description="Partial FC: share of the negative class centres sampled each step, every "
+                                         "positive kept (1 = the full classifier; 0.1-0.3 for 100,000s of identities)")
+
+
+class AugmentSection(_Section):
+    """The EdgeFace paper's degradations (the edgeface-paper recipe turns them on), drawn per image per epoch."""
+
+    downscale_p: float = Field(0.0, ge=0.0, le=1.0, description="probability of shrinking an image to "
+                               "downscale_min..downscale_max pixels and back (a low-resolution camera)")
+    downscale_min: int = Field(56, ge=8, le=1024, description="smallest size of a downscaled image, in pixels")
+    downscale_max: int = Field(89, ge=8, le=1024, description="largest size of a downscaled image, in pixels")
+    blur_p: float = Field(0.0, ge=0.0, le=1.0, description="probability of a Gaussian blur")
+    blur_sigma: float = Field(1.5, gt=0.0, le=10.0, description="largest blur sigma in pixels (each blur draws 0.2 to this)")
+    hsv_p: float = Field(0.0, ge=0.0, le=1.0, description="probability of a hue, saturation and value jitter")
+    hue: float = Field(0.05, ge=0.0, le=0.5, description="HSV jitter: largest hue shift, in turns of the colour circle")
+    saturation: float = Field(0.3, ge=0.0, le=1.0, description="HSV jitter: largest relative saturation change")
+    value: float = Field(0.3, ge=0.0, le=1.0, description="HSV jitter: largest relative brightness (value) change")
+    grayscale_p: float = Field(0.0, ge=0.0, le=1.0, description="probability of turning an image grey")
+
+    @model_validator(mode="after")
+    def _sizes_in_order(self) -> "AugmentSection":
+        if self.downscale_min > self.downscale_max:
+            raise ValueError(f"downscale_min ({self.downscale_min}) exceeds downscale_max ({self.downscale_max})")
+        return self
+
+    def degrades(self) -> bool:
+        """Whether any degradation is on (then no two epochs show an image alike)."""
+        return any(p > 0 for p in (self.downscale_p, self.blur_p, self.hsv_p, self.grayscale_p))
 
 
 class GuardSection(_Section):
@@ -251,12 +295,23 @@ class EdgeFaceConfig(_Section):
     data: DataSection = Field(default_factory=DataSection)
     optim: OptimSection = Field(default_factory=OptimSection)
     arcface: ArcFaceSection = Field(default_factory=ArcFaceSection)
+    loss: LossSection = Field(default_factory=LossSection)
+    augment: AugmentSection = Field(default_factory=AugmentSection)
     guard: GuardSection = Field(default_factory=GuardSection)
     distill: DistillSection = Field(default_factory=DistillSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     runtime: RuntimeSection = Field(default_factory=RuntimeSection)
     debug: DebugSection = Field(default_factory=DebugSection)
     troubleshoot_level: int = Field(0, ge=0, le=4, description="fallback level applied by `edgeface troubleshoot`")
+    recipe: Literal[RECIPE_NAMES] = Field(  # type: ignore[valid-type]
+        "none", description="a preset that fills every setting it names which no file, flag or --set gives: "
+                            + "; ".join(f"{name}: {text}" for name, text in RECIPE_SUMMARIES.items()))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases_then_recipe(cls, data: Any) -> Any:
+        """The seed's ``arcface.kind`` is ``loss.kind`` now; then the recipe fills what is still unset."""
+        return with_recipe(moved_aliases(data)) if isinstance(data, dict) else data
 
     def to_yaml_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

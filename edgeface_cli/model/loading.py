@@ -27,7 +27,7 @@ from ..thresholds import ModelFingerprint
 from .backbones import EdgeFace
 from .checkpoint_io import LoadedCheckpoint, nonfinite_tensors, read_checkpoint
 from .checkpoints import load_backbone
-from .heads import MarginHead
+from .heads import MarginHead, saved_head
 from .programs import PROGRAM_SUFFIXES, is_exported, load_program, read_sidecar, same_weights_as
 from .runtime import FP32, Precision, resolve_device, resolve_precision
 
@@ -92,13 +92,7 @@ def _training_checkpoint(loaded: LoadedCheckpoint) -> LoadedModel:
     spec = extras["arch"]
     backbone = EdgeFace(spec["arch"], spec["use_pos_emb"], spec["embedding_dim"])
     backbone.load_state_dict(loaded.state_dict, strict=True)
-    arcface = extras.get("config", {}).get("arcface", {})
-    head = MarginHead(
-        len(extras["class_names"]), spec["embedding_dim"], arcface.get("kind", "arcface"),
-        arcface.get("scale", 32.0), arcface.get("margin", 0.3),
-        weight=torch.empty(len(extras["class_names"]), spec["embedding_dim"]),  # replaced by the saved one below
-    )
-    head.load_state_dict(extras["head"])
+    head = saved_head(extras.get("config", {}), extras["head"], len(extras["class_names"]), spec["embedding_dim"])
     return LoadedModel(backbone, head, list(extras["class_names"]), loaded.path, loaded.sha256, "pytorch", spec["arch"],
                        extras.get("config"))
 

@@ -123,6 +123,7 @@ class Recovery:
 
     def _escalate(self, stop: GuardStop) -> bool:
         """--auto-troubleshoot: reload the last good state, apply the next fallback level, go on."""
+        from ..model.heads import loss_from_settings
         from .troubleshoot import AUTO_MAX_LEVEL, apply_level
 
         current = self.config.troubleshoot_level
@@ -139,7 +140,7 @@ class Recovery:
             self.load_state(torch.load(last, map_location="cpu", weights_only=True))
         else:
             self._rewind_to_start()
-        self.head.set_margin(new_config.arcface.scale, new_config.arcface.margin)
+        self.head.set_loss(loss_from_settings(new_config))
         resume_stage = stage_of(self.epoch + 1, new_config)
         self._build_optimizer(resume_stage)  # fresh optimizer at the lowered learning rates
         # Keep the schedule's position within the stage, as if the failed epoch never ran.

@@ -1,4 +1,4 @@
-"""The margin head split across data-parallel ranks (insightface's Partial FC, without sampling).
+"""The margin head split across data-parallel ranks (insightface's model-parallel FC; sampling is ``partial_fc``).
 
 Each of N ranks holds a contiguous block of about C/N class centres, so a head far larger than one
 GPU's memory trains. Per step the ranks all-gather the batch's embeddings and labels; each computes
@@ -16,7 +16,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..model.heads import MarginHead, margin_logit
+from ..errors import ConfigError
+
+from ..model.heads import MarginHead, loss_from_settings
+from ..model.losses import MarginLoss
+from ..model.partial_fc import PartialFCHead
 from .distributed import Distributed
 
 # `arcface.sharded: auto` shards from this many identities: below it, the whole head fits everywhere
@@ -87,10 +91,10 @@ class ShardedMarginHead(MarginHead):
     """This rank's block of class centres; the trainer's interface of ``MarginHead``, across ranks."""
 
     def __init__(self, num_classes: int, embedding_dim: int, kind: str, scale: float, margin: float,
-                 distributed: Distributed) -> None:
+                 distributed: Distributed, loss: MarginLoss | None = None) -> None:
         self.start, self.end = shard_bounds(num_classes, distributed.world_size, distributed.rank)
         # Each block starts as the same rows of the unsharded head would: one run, sharded or not.
-        super().__init__(num_classes, embedding_dim, kind, scale, margin, rows=(self.start, self.end))
+        super().__init__(num_classes, embedding_dim, kind, scale, margin, rows=(self.start, self.end), loss=loss)
         self.distributed = distributed
 
     @property
@@ -108,8 +112,8 @@ class ShardedMarginHead(MarginHead):
         cosine = self.cosine(everyone)
         with torch.autocast(device_type=cosine.device.type, enabled=False):
             target = cosine.gather(1, local_labels[:, None])
-            shifted = torch.where(owned[:, None], margin_logit(target, self.kind, self.margin), target)
-            logits = cosine.scatter(1, local_labels[:, None], shifted) * self.scale
+            # Every rank sees the global batch, so AdaFace's batch statistics agree across ranks.
+            logits = self.loss(cosine, torch.where(owned, local_labels, -1), self.norms(everyone))
             loss = _ShardedCrossEntropy.apply(logits, local_labels, owned, distributed)
             with torch.no_grad():
                 best = distributed.max_(cosine.max(dim=1).values)
@@ -153,8 +157,7 @@ class ShardedMarginHead(MarginHead):
         if not self.distributed.is_main:
             self.full_rows(self.weight)
             return self
-        return MarginHead(self.num_classes, self.weight.shape[1], self.kind, self.scale, self.margin,
-                          weight=self.full_rows(self.weight))
+        return MarginHead(self.num_classes, self.weight.shape[1], weight=self.full_rows(self.weight), loss=self.loss)
 
 
 def map_head_state(optimizer_state: dict[str, Any], group: str, rows: Any) -> dict[str, Any]:
@@ -175,15 +178,26 @@ def head_parameter_names(module: nn.Module, head: nn.Module) -> list[str]:
     return [name for name, parameter in module.named_parameters() if id(parameter) in owned]
 
 
-def build_head(arcface: Any, num_classes: int, embedding_dim: int,
+def build_head(config: Any, num_classes: int, embedding_dim: int,
                distributed: Distributed) -> tuple[MarginHead, list[tuple[str, str]]]:
-    """The training run's margin head, whole or sharded as ``arcface.sharded`` and the world decide;
-    with (level, text) notes for the user."""
-    sharded, note = sharding_decision(arcface.sharded, num_classes, distributed)
+    """The training run's classifier, whole, sharded (as ``arcface.sharded`` and the world decide) or Partial FC
+    (``loss.partial_fc_sample_rate`` below 1), with the config's margin loss; with (level, text) notes for the user."""
+    sharded, note = sharding_decision(config.arcface.sharded, num_classes, distributed)
     notes = [("warning", note)] if note else []
+    loss = loss_from_settings(config)
+    sample_rate = config.loss.partial_fc_sample_rate
+    if sample_rate < 1.0:
+        if distributed.enabled:
+            raise ConfigError(f"loss.partial_fc_sample_rate={sample_rate:g} runs in one process for now, not under "
+                              "torchrun: set loss.partial_fc_sample_rate=1 (the sharded head splits the centres "
+                              "across ranks instead), or train in one process")
+        sampled = min(num_classes, max(int(sample_rate * num_classes), config.data.batch_size))
+        notes.append(("info", f"Partial FC: {sampled:,} of {num_classes:,} class centres per step (every positive "
+                              f"and a random {sample_rate:g} share)"))
+        return PartialFCHead(num_classes, embedding_dim, loss, sample_rate, config.data.batch_size), notes
     if not sharded:
-        return MarginHead(num_classes, embedding_dim, arcface.kind, arcface.scale, arcface.margin), notes
+        return MarginHead(num_classes, embedding_dim, loss=loss), notes
     world = distributed.world_size
     notes.append(("info", f"margin head sharded across {world} ranks: about {num_classes // world:,} of "
                           f"{num_classes:,} identities each"))
-    return ShardedMarginHead(num_classes, embedding_dim, arcface.kind, arcface.scale, arcface.margin, distributed), notes
+    return ShardedMarginHead(num_classes, embedding_dim, "arcface", 0.0, 0.0, distributed, loss=loss), notes

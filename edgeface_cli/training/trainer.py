@@ -28,6 +28,7 @@ from ..evaluation.metrics import SimilarityHistogram, VerificationStats
 from ..events import BatchEnded, EmbeddingProgress, EpochEnded, EpochStarted, EventHandler, Notice, RunStarted
 from ..model.checkpoints import BackboneLoad
 from ..model.heads import MarginHead
+from ..model.partial_fc import PartialFCHead
 from ..model.runtime import BackboneForward, Precision, prepare_device, resolve_device, resolve_precision
 from .anchor import Anchor
 from .distributed import SINGLE, Distributed
@@ -109,7 +110,8 @@ class Stage1Embeddings:
     and computing them. Mixed into the Trainer."""
 
     def _uses_stage1_cache(self) -> bool:
-        return self.config.optim.stage1_cache and self.config.data.color_jitter == 0 and self._stage1_memory_note() is None
+        return (self.config.optim.stage1_cache and self.config.data.color_jitter == 0
+                and not self.config.augment.degrades() and self._stage1_memory_note() is None)
 
     def _stage1_memory_note(self) -> str | None:
         """Why the stage-1 embeddings do not fit in memory (None: they do); decided once, by every rank together."""
@@ -160,7 +162,7 @@ class Trainer(RunState, EpochValidation, Recovery, Stage1Embeddings):
             self.backbone.to(memory_format=torch.channels_last)
         self.forward = BackboneForward(self.backbone, config.runtime.compile,
                                        lambda text: self.on_event(Notice("warning", text)))
-        self.head, head_notes = build_head(config.arcface, len(self.class_names), self.backbone.embedding_dim, distributed)
+        self.head, head_notes = build_head(config, len(self.class_names), self.backbone.embedding_dim, distributed)
         self.head.to(self.device)
         for level, text in head_notes:
             self.on_event(Notice(level, text))
@@ -224,6 +226,8 @@ class Trainer(RunState, EpochValidation, Recovery, Stage1Embeddings):
 
     def _build_optimizer(self, stage: int) -> None:
         self.optimizer = build_optimizer(self.backbone, self.head, stage, self.config, self.device)
+        if isinstance(self.head, PartialFCHead):
+            self.head.bind_optimizer(self.optimizer)  # its per-row state follows the sampled centres
         self.optimizer_stage = stage
         step = TrainStep(self.backbone, self.head, self.forward, self.anchor)
         if self.distributed.enabled:
@@ -282,7 +286,8 @@ class Trainer(RunState, EpochValidation, Recovery, Stage1Embeddings):
         guard = self.config.guard
         data = self.config.data
         set_loader_epoch(self.train_loader, epoch)
-        plan = plan_epoch(len(self.train_labels), self.config.runtime.seed, epoch, data.hflip, data.color_jitter).to(self.device)
+        plan = plan_epoch(len(self.train_labels), self.config.runtime.seed, epoch, data.hflip, data.color_jitter,
+                          self.config.augment if self.config.augment.degrades() else None).to(self.device)
         self.head.train()
         self.backbone.train(stage == 2)
         batches = len(self.train_loader)
@@ -364,7 +369,8 @@ class Trainer(RunState, EpochValidation, Recovery, Stage1Embeddings):
         )
         if self.epoch < config.optim.stage1_epochs and config.optim.stage1_cache and not self._uses_stage1_cache():
             self.on_event(Notice("info", self._stage1_memory_note() or "stage 1 runs the frozen backbone every epoch: "
-                                 "colour jitter changes each image every epoch, so its embeddings cannot be computed once"))
+                                 "colour jitter and the degradations change each image every epoch, so its embeddings "
+                                 "cannot be computed once"))
         self._write_config(config)
         self._generality_baseline()  # rank 0 alone: held-out identities and .bin sets, before the first step
         self.distributed.wait_for_rank0_work()

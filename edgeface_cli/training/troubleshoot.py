@@ -3,7 +3,8 @@
 Levels are cumulative (level 2 applies 1 and 2) and only ever lower a value:
 1 lower learning rates: stage 1's head lr -> 5e-5, and stage 2's head and backbone lrs halved
   (the seed's 1e-4 -> 5e-5 ratio), so a failure in either stage sees a lower rate;
-2 max_grad_norm -> 0.5; 3 ArcFace s=16, m=0.2; 4 switch to EdgeFace-S.
+2 max_grad_norm -> 0.5; 3 a softer margin loss: s=16 and m=0.2 (arcface.scale, arcface.margin; a combined
+  loss lowers loss.m2 and loss.m3 to 0.2 instead of the margin); 4 switch to EdgeFace-S.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Fallback:
     reason: str
     at_most: float | None = None
     factor: float | None = None
+    loss_kinds: tuple[str, ...] | None = None  # only for these loss.kind values (None: whatever the loss)
 
 
 # Reasons from the seed's reasoning.
@@ -49,7 +51,12 @@ LADDER: list[Fallback] = [
     Fallback(2, "guard.max_grad_norm", "tighter clipping caps every step's size before a spike turns into NaN",
              at_most=0.5),
     Fallback(3, "arcface.scale", "a smaller logit scale softens the loss and its gradients", at_most=16.0),
-    Fallback(3, "arcface.margin", "a softer margin is easier to satisfy with many similar identities", at_most=0.2),
+    Fallback(3, "arcface.margin", "a softer margin is easier to satisfy with many similar identities", at_most=0.2,
+             loss_kinds=("arcface", "cosface", "adaface")),
+    Fallback(3, "loss.m2", "a softer angular margin is easier to satisfy with many similar identities", at_most=0.2,
+             loss_kinds=("combined",)),
+    Fallback(3, "loss.m3", "a softer cosine margin is easier to satisfy with many similar identities", at_most=0.2,
+             loss_kinds=("combined",)),
 ]
 DATA_CHECKS = (
     "nothing left to escalate: the config is already at level 4. Check the data instead: corrupt or "
@@ -76,7 +83,7 @@ def apply_level(config: EdgeFaceConfig, level: int) -> tuple[EdgeFaceConfig, lis
     data = config.model_dump(mode="json")
     changes: list[dict[str, Any]] = []
     for rung in LADDER:
-        if rung.level > level:
+        if rung.level > level or rung.loss_kinds is not None and config.loss.kind not in rung.loss_kinds:
             continue
         before = _get(config, rung.field)
         if rung.factor is not None:
