@@ -149,10 +149,13 @@ class SQLiteStore(GalleryStore):
         return [Collection(name, persons, samples, created) for name, created, persons, samples in rows]
 
     def collection(self, name: str) -> Collection:
-        found = [item for item in self.collections() if item.name == name]
-        if not found:
+        rows = self._query("SELECT c.created_at, (SELECT COUNT(*) FROM persons p WHERE p.collection_id = c.id), "
+                           "(SELECT COUNT(*) FROM samples s JOIN persons p ON p.id = s.person_id "
+                           "WHERE p.collection_id = c.id) FROM collections c WHERE c.name = ?", (name,))
+        if not rows:
             raise NotFoundError(f"no collection {name!r}: create it first (POST /v1/collections)")
-        return found[0]
+        created, persons, samples = rows[0]
+        return Collection(name, int(persons), int(samples), created)
 
     def delete_collection(self, name: str) -> int:
         with self._transaction() as db:
