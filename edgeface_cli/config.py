@@ -16,11 +16,11 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .config_files import (commented_yaml, deep_merge, leaf_paths, model_path_fields, model_setting_names, nest,
+from .config_files import (annotated_yaml, commented_yaml, deep_merge, leaf_paths, model_path_fields, model_setting_names, nest,
                            parse_set_override, paths_relative_to, read_yaml_file)
 from .config_files import format_validation_error as _format_problems
 from .errors import ConfigError
-from .recipes import RECIPE_NAMES, RECIPE_SUMMARIES, moved_aliases, with_recipe
+from .recipes import RECIPE_NAMES, RECIPE_SUMMARIES, moved_aliases, provenance, with_recipe
 
 __all__ = ["EdgeFaceConfig", "build_config", "load_config", "config_from_dict", "read_yaml_file",
            "parse_set_override", "dump_yaml", "commented_default_yaml", "with_absolute_paths", "path_fields",
@@ -345,11 +345,23 @@ def build_config(
     search_default_file: bool = True,
     flag_names: dict[str, str] | None = None,
 ) -> EdgeFaceConfig:
-    """Resolve the config: defaults < YAML file < named flags < --set overrides.
+    """Resolve the config: defaults < recipe < YAML file < named flags < --set overrides.
 
     ``flags`` maps dotted names (``model.checkpoint``) to values; None means "not given". ``flag_names`` says
     how the user spelt each (``--batch-size``), so that a bad value names what they typed.
     """
+    return build_config_with_sources(config_file, flags, overrides, search_default_file, flag_names)[0]
+
+
+def build_config_with_sources(
+    config_file: Path | None = None,
+    flags: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+    search_default_file: bool = True,
+    flag_names: dict[str, str] | None = None,
+) -> tuple[EdgeFaceConfig, dict[str, str]]:
+    """``build_config``, and who set each setting that is not at its default (dotted name -> source: the file,
+    the flag as spelt, ``--set ...``, or ``recipe NAME``)."""
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}  # dotted field -> who set it (later sources win)
     if config_file is None and search_default_file and Path(DEFAULT_CONFIG_FILE).is_file():
@@ -371,9 +383,10 @@ def build_config(
         sources.pop(dotted, None)
         sources[dotted] = f"--set {text}"
     try:
-        return EdgeFaceConfig.model_validate(merged)
+        config = EdgeFaceConfig.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError("invalid configuration:\n" + format_validation_error(exc, sources)) from None
+    return config, provenance(sources, config.recipe)
 
 
 def config_from_dict(data: dict[str, Any], origin: str) -> EdgeFaceConfig:
@@ -416,6 +429,11 @@ def dump_yaml(config: EdgeFaceConfig) -> str:
     so a file written with CWD-relative ones (troubleshoot's config.level<N>.yaml in a run folder) would name
     other files when read back."""
     return yaml.safe_dump(with_absolute_paths(config).to_yaml_dict(), sort_keys=False)
+
+
+def yaml_with_sources(config: EdgeFaceConfig, sources: dict[str, str]) -> str:
+    """``dump_yaml``, each setting that is not at its default followed by a comment saying who set it."""
+    return annotated_yaml(with_absolute_paths(config).to_yaml_dict(), sources)
 
 
 def commented_default_yaml() -> str:

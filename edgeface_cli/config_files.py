@@ -178,3 +178,20 @@ def commented_yaml(defaults: BaseModel, header: list[str]) -> str:
             lines.append("  " + rendered.strip("{}"))
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def annotated_yaml(data: dict[str, Any], sources: dict[str, str]) -> str:
+    """``data`` (sections of settings) as YAML, each setting named in ``sources`` followed by ``# <source>``."""
+    lines = []
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            lines.append(_line(section, values, sources.get(section), ""))
+            continue
+        lines.append(f"{section}:")
+        lines += [_line(name, value, sources.get(f"{section}.{name}"), "  ") for name, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _line(name: str, value: Any, source: str | None, indent: str) -> str:
+    rendered = yaml.safe_dump({name: value}, default_flow_style=True, sort_keys=False, width=10**6).strip()[1:-1]
+    return f"{indent}{rendered}" + (f"  # {source}" if source else "")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import ConfigOpt, SetOpt, config_app, console, print_json, resolve_config, user_errors
+from .common import FLAG_NAMES, ConfigOpt, SetOpt, config_app, console, print_json, user_errors
 
 
 @config_app.command("show")
@@ -15,20 +15,22 @@ from .common import ConfigOpt, SetOpt, config_app, console, print_json, resolve_
 def config_show(
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of YAML."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of YAML (with a \"sources\" map)."),
 ) -> None:
-    """Print the resolved configuration (defaults < file < --set)."""
-    from ..config import dump_yaml
+    """Print the resolved configuration (defaults < recipe < file < --set), each value that is not a default
+    followed by where it came from (the file, --set, the recipe)."""
+    from ..config import build_config_with_sources, yaml_with_sources
 
-    resolved = resolve_config(config, set_)
+    resolved, sources = build_config_with_sources(config, {}, set_ or [], flag_names=FLAG_NAMES)
     if as_json:
         from ..atomic import finite_or_none
 
         # YAML has .inf and .nan, strict JSON has neither: such a value is null here, its field named.
         shown, nonfinite = finite_or_none(resolved.to_yaml_dict())
+        shown = {**shown, "sources": sources}
         print_json(shown if not nonfinite else {**shown, "nonfinite": [path[2:] for path in nonfinite]})
     else:
-        typer.echo(dump_yaml(resolved), nl=False)
+        typer.echo(yaml_with_sources(resolved, sources), nl=False)
 
 
 @config_app.command("init")
