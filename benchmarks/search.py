@@ -1,0 +1,208 @@
+"""`make bench`, search: top-5 search over synthetic 512-d unit vectors, exact (one matrix product) beside the
+HNSW index (usearch), at 10 k, 100 k and 1 M vectors.
+
+Two kinds of vectors: ``clustered`` like real embeddings (a few samples per identity around its centre, two
+samples of one identity at cosine ~0.6, probes are fresh samples of enrolled identities) and ``random`` (uniform
+on the sphere, probes too: the hardest case for a graph index). For each size: single-query latency p50/p99 for
+both, recall@5 of HNSW against exact on the same queries over an ``expansion_search`` sweep (the smallest setting
+that reaches 0.99 is the one timed), memory per vector, build time, and the f16 / i8 storage options with their
+recall cost. A crossover sweep at small sizes says where HNSW starts to pay (``search.EXACT_UP_TO``).
+
+    python benchmarks/search.py [--sizes 10000 100000 1000000] [--out bench-search.json]
+
+1 M vectors are 2 GB as float32; the exact index holds a second copy and the HNSW graph a third while it is
+built, so this needs about 7 GB of memory and, on 2 cores, 20-40 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.metadata
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeface_cli.atomic import write_json
+from edgeface_cli.platform_info import cpu_features, cpu_model
+from edgeface_cli.serve.search import ExactIndex, HnswIndex
+
+DIM = 512
+K = 5
+PER_IDENTITY = 5
+# Spread of an identity's samples around its centre: two samples meet at cosine 1 / (1 + SPREAD**2) ~ 0.6,
+# the genuine-pair similarity of a trained face model
+SPREAD = 0.8
+RECALL_TARGET = 0.99
+EXPANSIONS = (16, 32, 64, 128, 256, 512, 1024)
+QUERIES = 1000  # for recall (batched) and HNSW latency (one at a time)
+EXACT_TIMED = {10_000: 300, 100_000: 100, 1_000_000: 30}  # exact latency at 1 M is ~0.1-0.3 s a query
+CROSSOVER_SIZES = (500, 1000, 2000, 5000, 10_000, 20_000)
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows
+
+
+def clustered(size: int, queries: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``size`` gallery vectors, PER_IDENTITY per identity, and ``queries`` fresh samples of gallery identities."""
+    identities = -(-size // PER_IDENTITY)
+    centres = unit(rng.standard_normal((identities, DIM), dtype=np.float32))
+    gallery = np.empty((size, DIM), dtype=np.float32)
+    chunk = 100_000
+    for start in range(0, size, chunk):
+        rows = np.arange(start, min(size, start + chunk))
+        noise = rng.standard_normal((len(rows), DIM), dtype=np.float32) * (SPREAD / np.sqrt(DIM))
+        gallery[rows] = unit(centres[rows // PER_IDENTITY] + noise)
+    picked = rng.integers(0, identities, queries)
+    probes = centres[picked] + rng.standard_normal((queries, DIM), dtype=np.float32) * (SPREAD / np.sqrt(DIM))
+    return gallery, unit(probes)
+
+
+def uniform(size: int, queries: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    gallery = np.empty((size, DIM), dtype=np.float32)
+    for start in range(0, size, 100_000):
+        stop = min(size, start + 100_000)
+        gallery[start:stop] = unit(rng.standard_normal((stop - start, DIM), dtype=np.float32))
+    return gallery, unit(rng.standard_normal((queries, DIM), dtype=np.float32))
+
+
+def latencies_ms(index: Any, queries: np.ndarray) -> dict[str, float]:
+    """Single-query top-5 latency (what one identify request costs), after one warm-up query."""
+    index.search(queries[:1], K)
+    times = []
+    for query in queries:
+        started = time.perf_counter_ns()
+        index.search(query[None], K)
+        times.append((time.perf_counter_ns() - started) / 1e6)
+    return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
+            "queries": len(times)}
+
+
+def truth(index: ExactIndex, queries: np.ndarray) -> np.ndarray:
+    """Exact top-5 ids, 50 queries a product (a 50 x 1 M score matrix is 200 MB)."""
+    return np.concatenate([index.search(queries[start:start + 50], K)[1] for start in range(0, len(queries), 50)])
+
+
+def recall(found: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.mean([len(np.intersect1d(a, b)) / K for a, b in zip(found, expected, strict=True)]))
+
+
+def measure_hnsw(gallery: np.ndarray, queries: np.ndarray, expected: np.ndarray, storage: str) -> dict[str, Any]:
+    index = HnswIndex(DIM, storage=storage)
+    empty = index.memory_bytes  # the allocator's fixed start-up reserve, not a cost per vector
+    started = time.perf_counter()
+    index.add(np.arange(len(gallery)), gallery)
+    built = time.perf_counter() - started
+    sweep, chosen = [], None
+    for expansion in EXPANSIONS:
+        index.expansion_search = expansion
+        got = recall(index.search(queries, K)[1], expected)
+        sweep.append({"expansion_search": expansion, "recall_at_5": got})
+        say(f"    {storage} expansion_search={expansion}: recall@5 {got:.4f}")
+        if got >= RECALL_TARGET:
+            chosen = expansion
+            break
+    index.expansion_search = chosen or EXPANSIONS[-1]
+    result = {"storage": storage, "build_s": built, "vectors_per_s": len(gallery) / built,
+              "bytes_per_vector": (index.memory_bytes - empty) / len(gallery), "expansion_search": index.expansion_search,
+              "reaches_target": chosen is not None, "recall_at_5": sweep[-1]["recall_at_5"], "sweep": sweep,
+              **latencies_ms(index, queries)}
+    say(f"    {storage}: built in {built:.1f} s, p50 {result['p50_ms']:.3f} ms at expansion_search "
+        f"{index.expansion_search}, recall@5 {result['recall_at_5']:.4f}")
+    return result
+
+
+def measure(kind: str, size: int, storages: list[str], rng: np.random.Generator,
+            save: Callable[[dict[str, Any]], None]) -> None:
+    """Exact, then HNSW in each storage, on one gallery; ``save`` gets the run after each (a stopped run keeps
+    what it measured)."""
+    say(f"{kind} {size:,}: generating")
+    gallery, queries = (clustered if kind == "clustered" else uniform)(size, QUERIES, rng)
+    exact = ExactIndex(DIM)
+    exact.add(np.arange(size), gallery)
+    expected = truth(exact, queries)
+    exact_result = {"bytes_per_vector": exact._vectors.nbytes / size + exact._ids.nbytes / size,
+                    **latencies_ms(exact, queries[:EXACT_TIMED.get(size, 100)])}
+    say(f"  exact: p50 {exact_result['p50_ms']:.2f} ms")
+    del exact
+    gc.collect()
+    run: dict[str, Any] = {"vectors": size, "data": kind, "exact": exact_result, "hnsw": {}}
+    save(run)
+    for storage in storages:
+        run["hnsw"][storage] = measure_hnsw(gallery, queries, expected, storage)
+        gc.collect()
+        save(run)
+
+
+def crossover(rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Exact against HNSW (f32, at the expansion that reaches the target) on clustered vectors at small sizes."""
+    rows = []
+    for size in CROSSOVER_SIZES:
+        gallery, queries = clustered(size, 200, rng)
+        exact = ExactIndex(DIM)
+        exact.add(np.arange(size), gallery)
+        expected = truth(exact, queries)
+        hnsw = HnswIndex(DIM)
+        started = time.perf_counter()
+        hnsw.add(np.arange(size), gallery)
+        built = time.perf_counter() - started
+        for expansion in EXPANSIONS:
+            hnsw.expansion_search = expansion
+            if recall(hnsw.search(queries, K)[1], expected) >= RECALL_TARGET:
+                break
+        row = {"vectors": size, "exact_p50_ms": latencies_ms(exact, queries)["p50_ms"],
+               "hnsw_p50_ms": latencies_ms(hnsw, queries)["p50_ms"], "hnsw_build_s": built,
+               "hnsw_expansion_search": hnsw.expansion_search}
+        say(f"crossover {size:,}: exact {row['exact_p50_ms']:.3f} ms, hnsw {row['hnsw_p50_ms']:.3f} ms")
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000],
+                        help="gallery sizes for the clustered vectors")
+    parser.add_argument("--random-sizes", type=int, nargs="*", default=[10_000, 100_000],
+                        help="gallery sizes for uniform random vectors (1 M of them takes the longest to build)")
+    parser.add_argument("--storage", nargs="+", default=["f32", "i8", "f16"], choices=["f32", "f16", "i8"])
+    parser.add_argument("--no-crossover", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("bench-search.json"))
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    started = time.perf_counter()
+    result: dict[str, Any] = {"dim": DIM, "k": K, "per_identity": PER_IDENTITY, "spread": SPREAD,
+                              "recall_target": RECALL_TARGET, "cpus": os.cpu_count(), "cpu_model": cpu_model(),
+                              "cpu_features": cpu_features(), "numpy": np.__version__,
+                              "usearch": importlib.metadata.version("usearch"),
+                              "load_average_at_start": os.getloadavg()[0], "runs": []}
+    if not args.no_crossover:
+        result["crossover"] = crossover(rng)
+    # smallest first, and the JSON rewritten after each run: a long run that is stopped keeps what it measured
+    plan = sorted([("clustered", size) for size in args.sizes] + [("random", size) for size in args.random_sizes],
+                  key=lambda run: run[1])
+
+    def save(run: dict[str, Any]) -> None:
+        if run not in result["runs"]:
+            result["runs"].append(run)
+        result["load_average_now"] = os.getloadavg()[0]
+        result["total_s"] = time.perf_counter() - started
+        write_json(args.out, result)
+
+    for kind, size in plan:
+        measure(kind, size, args.storage, rng, save)
+    say(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""The search indexes: exact search against a brute-force numpy ranking written here (ids, order, padding,
+remove, replace); the HNSW index's recall@5 against exact search on vectors clustered like embeddings, its
+removals, its ids mapped back; ``create_index`` choosing between them by the gallery's size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeface_cli.serve.search import EXACT_UP_TO, ExactIndex, HnswIndex, VectorIndex, create_index
+
+pytest.importorskip("usearch", reason="the ann extra (usearch) is not installed")
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def random_unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    return unit(rng.standard_normal((n, dim)))
+
+
+def brute_force(gallery: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every score, sorted: the answer an index must give (random vectors have no ties)."""
+    scores = queries.astype(np.float64) @ gallery.T.astype(np.float64)
+    order = np.argsort(-scores, axis=1)[:, :k]
+    return np.take_along_axis(scores, order, axis=1), ids[order]
+
+
+def test_exact_search_ranks_as_a_brute_force_product_does() -> None:
+    rng = np.random.default_rng(0)
+    gallery, queries = random_unit(rng, 300, 32), random_unit(rng, 20, 32)
+    ids = rng.choice(10**9, 300, replace=False).astype(np.int64)
+    index = ExactIndex(32)
+    index.add(ids[:100], gallery[:100])
+    index.add(ids[100:], gallery[100:])
+    scores, found = index.search(queries, 7)
+    expected_scores, expected_ids = brute_force(gallery, ids, queries, 7)
+    assert found.dtype == np.int64 and scores.dtype == np.float32 and found.shape == (20, 7)
+    assert np.array_equal(found, expected_ids)
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["exact", "hnsw"])
+def test_fewer_vectors_than_k_pad_with_minus_one_and_minus_infinity(kind: str) -> None:
+    rng = np.random.default_rng(1)
+    index = create_index(kind, 16)
+    scores, ids = index.search(random_unit(rng, 2, 16), 4)
+    assert (ids == -1).all() and np.isneginf(scores).all()
+    gallery = random_unit(rng, 3, 16)
+    index.add(np.array([5, 9, 11]), gallery)
+    for queries in (gallery[:1], gallery):  # one query and several take different paths through usearch
+        scores, ids = index.search(queries, 5)
+        assert ids.shape == (len(queries), 5)
+        assert (ids[:, 3:] == -1).all() and np.isneginf(scores[:, 3:]).all()
+        assert set(ids[0, :3].tolist()) == {5, 9, 11} and ids[0, 0] == 5
+        assert np.isfinite(scores[:, :3]).all() and (np.diff(scores[:, :3], axis=1) <= 1e-6).all()
+
+
+@pytest.mark.parametrize("kind", ["exact", "hnsw"])
+def test_remove_and_replace(kind: str) -> None:
+    rng = np.random.default_rng(2)
+    gallery = random_unit(rng, 50, 16)
+    ids = np.arange(1000, 1050)
+    index: VectorIndex = create_index(kind, 16)
+    index.add(ids, gallery)
+    index.remove(np.array([1003, 1007, 424242]))  # an unknown id is ignored
+    assert len(index) == 48
+    scores, found = index.search(gallery[[3, 7]], 50)
+    assert not np.isin(found, [1003, 1007]).any()
+    assert (found[:, :48] >= 0).all() and (found[:, 48:] == -1).all()  # the other 48, and nothing else
+
+    replacement = random_unit(rng, 1, 16)
+    index.add(np.array([1010]), replacement)  # a known id: its vector is replaced, not added twice
+    assert len(index) == 48
+    scores, found = index.search(replacement, 1)
+    assert found[0, 0] == 1010 and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+    _, found = index.search(gallery[10:11], 48)
+    assert found[0, 0] != 1010 and np.count_nonzero(found == 1010) == 1
+
+
+def test_the_hnsw_index_refuses_ids_it_could_not_give_back() -> None:
+    index = HnswIndex(8)
+    vectors = random_unit(np.random.default_rng(3), 2, 8)
+    with pytest.raises(ValueError, match="non-negative"):
+        index.add(np.array([-1, 2]), vectors)
+    with pytest.raises(ValueError, match="twice"):
+        index.add(np.array([4, 4]), vectors)
+    with pytest.raises(ValueError, match="8"):
+        index.add(np.array([1]), random_unit(np.random.default_rng(3), 1, 9))
+    with pytest.raises(ValueError, match="storage"):
+        HnswIndex(8, storage="f8")
+
+
+def test_create_index_picks_exact_below_the_measured_size_and_hnsw_above() -> None:
+    assert isinstance(create_index("auto", 512, expected=EXACT_UP_TO - 1), ExactIndex)
+    assert isinstance(create_index("auto", 512, expected=EXACT_UP_TO), HnswIndex)
+    assert create_index("hnsw", 64, storage="i8").storage == "i8"  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="auto, exact, hnsw"):
+        create_index("faiss", 512)
+
+
+def clustered(rng: np.random.Generator, identities: int, per_identity: int) -> tuple[np.ndarray, np.ndarray]:
+    """Embedding-like vectors (benchmarks/search.py's model): samples around identity centres, two samples of
+    one identity at cosine ~0.6; and one fresh probe per identity."""
+    centres = random_unit(rng, identities, 512)
+    spread = 0.8 / np.sqrt(512)
+    samples = unit(np.repeat(centres, per_identity, axis=0) + rng.standard_normal((identities * per_identity, 512)) * spread)
+    return samples, unit(centres + rng.standard_normal((identities, 512)) * spread)
+
+
+@pytest.mark.slow  # builds a 5 k-vector graph: a few CPU seconds
+def test_hnsw_recall_at_5_against_exact_search_and_ids_mapped_back() -> None:
+    rng = np.random.default_rng(4)
+    gallery, probes = clustered(rng, 1000, 5)
+    ids = (10**12 + 7 * np.arange(len(gallery))).astype(np.int64)  # sparse, large: ids are the store's
+    exact, hnsw = ExactIndex(512), HnswIndex(512)
+    exact.add(ids, gallery)
+    hnsw.add(ids, gallery)
+    queries = probes[:500]
+    expected_scores, expected = exact.search(queries, 5)
+    scores, found = hnsw.search(queries, 5)
+    recall = np.mean([len(np.intersect1d(a, b)) / 5 for a, b in zip(found, expected, strict=True)])
+    assert recall >= 0.99, f"recall@5 {recall:.4f} at expansion_search {hnsw.expansion_search}"
+    assert np.isin(found, ids).all()  # every id is one that was added
+    same = found == expected
+    np.testing.assert_allclose(scores[same], expected_scores[same], atol=1e-4)  # scores are cosines, as exact's
+
+    removed = ids[:25]  # the first five identities, every sample
+    hnsw.remove(removed)
+    exact.remove(removed)
+    assert len(hnsw) == len(gallery) - 25
+    _, found = hnsw.search(probes[:5], 5)
+    assert not np.isin(found, removed).any() and (found >= 0).all()
