@@ -51,4 +51,5 @@ def require(scope: str) -> Callable[..., StoredKey]:
 async def read_photo(service: Service, upload: UploadFile, name: str) -> Photo:
     limits = service.settings.limits
     data = await upload.read(limits.max_body_bytes + 1)
-    return decode_photo(data, limits.max_body_bytes, limits.max_image_pixels, name)
+    named = f"{name} ({upload.filename})" if upload.filename and upload.filename != name else name
+    return decode_photo(data, limits.max_body_bytes, limits.max_image_pixels, named)

@@ -55,8 +55,8 @@ def test_limits_and_undecodable_images(served) -> None:
     assert huge.status_code == 413 and "over the limit" in huge.json()["error"]["message"]
     data = photo_bytes("office3.jpg")
     truncated = client.post("/v1/embed", headers=header, files=files("cut.jpg", data[: len(data) // 2]))
-    assert truncated.status_code == 422 and "cut.jpg cannot be decoded" not in truncated.text  # the field's name
-    assert "image cannot be decoded" in truncated.json()["error"]["message"]
+    assert truncated.status_code == 422
+    assert "image (cut.jpg) cannot be decoded" in truncated.json()["error"]["message"]
     assert "truncated" in truncated.json()["error"]["message"]
     not_image = client.post("/v1/embed", headers=header, files=files("x.jpg", b"hello world"))
     assert not_image.status_code == 422
