@@ -66,6 +66,27 @@ def test_limits_and_undecodable_images(served) -> None:
         assert "Traceback" not in response.text
 
 
+def test_malformed_requests_are_4xx_and_the_service_stays_up(served) -> None:
+    client, keys, _ = served
+    header = Keys.header(keys.admin)
+    attempts = [
+        client.post("/v1/collections", headers={**header, "Content-Type": "application/json"}, content=b"{not json"),
+        client.post("/v1/collections", headers=header, json={"name": ""}),
+        client.post("/v1/collections", headers=header, json={"name": "a/b"}),
+        client.post("/v1/collections", headers={**header, "Content-Type": "text/plain"}, content=b"staff"),
+        client.post("/v1/embed", headers={**header, "Content-Type": "application/json"}, content=b'{"image": 1}'),
+        client.post("/v1/embed", headers={**header, "Content-Type": "multipart/form-data; boundary=x"},
+                    content=b"--x\r\nContent-Disposition: form-data; name=image\r\n\r\ntrunc"),
+        client.post("/v1/identify", headers=header, files=files("a.jpg", photo_bytes("face0.jpg"))),  # no collection
+        client.post("/v1/verify", headers=header, files=files("a.jpg", photo_bytes("face0.jpg"))),  # nothing to compare
+        client.delete("/v1/collections/x/persons/y/samples/not-a-number", headers=header),
+    ]
+    for response in attempts:
+        assert 400 <= response.status_code < 500, (response.status_code, response.text)
+        assert "Traceback" not in response.text and response.json()["error"]["request_id"]
+    assert client.get("/readyz").status_code == 200
+
+
 def test_every_face_of_a_group_photo(served) -> None:
     client, keys, _ = served
     golden = json.loads((SHARED / "golden.json").read_text())["office3.jpg"]["faces"]

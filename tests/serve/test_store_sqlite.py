@@ -14,6 +14,7 @@ import pytest
 
 from edgeface_cli.errors import DataError
 from edgeface_cli.serve.keys import check_key, create_key
+from edgeface_cli.serve.matching import GalleryIndex
 from edgeface_cli.serve.store import ConflictError, NewSample, NotFoundError, StoreModelError, open_store
 from edgeface_cli.thresholds import ModelFingerprint
 
@@ -147,3 +148,18 @@ def test_kill_9_mid_enrolment_leaves_each_person_whole_or_absent(tmp_path: Path)
         assert set(counts.values()) == {4000}  # p2 (and any later) wholly there or absent, never partly
         adds = [change for change in store.changes_since(0) if change.op == "add"]
         assert len(adds) == store.sample_count()  # the log and the samples were committed together
+        assert GalleryIndex(store).size() == store.sample_count()  # a restarted service sees all of it
+
+
+def test_a_second_process_on_the_same_file_follows_the_change_log(tmp_path: Path) -> None:
+    """Two services on one SQLite file: what one enrols or removes, the other's index finds after a refresh."""
+    rng = np.random.default_rng(2)
+    with open_store(tmp_path / "g.db") as writer, open_store(tmp_path / "g.db") as reader:
+        writer.create_collection("c")
+        follower = GalleryIndex(reader)
+        vector = unit(rng, 1)[0]
+        sample = writer.enrol("c", "ana", [NewSample(vector, "a" * 64)])[0]
+        assert follower.search("c", vector[None], 1, "best") != [[]]  # search refreshes first
+        assert follower.search("c", vector[None], 1, "best")[0][0].person == "ana"
+        writer.delete_sample("c", "ana", sample.id)
+        assert follower.refresh() == 1 and follower.search("c", vector[None], 1, "best") == [[]]
