@@ -1,5 +1,5 @@
-"""`edgeface serve`: the REST recognition service (``serve --model M --store S``) and its API keys
-(``serve keys create|list|revoke``)."""
+"""`edgeface serve`: the REST recognition service (``serve --model M --store S``), its API keys
+(``serve keys create|list|revoke``) and the import of an enroll gallery file (``serve import``)."""
 
 from __future__ import annotations
 
@@ -107,6 +107,21 @@ def _settings(path: Optional[Path], assignments: list[str], quality: Optional[st
         first = error.errors()[0] if isinstance(error, ValidationError) else None
         why = f"{'.'.join(str(part) for part in first['loc'])}: {first['msg']}" if first else str(error)
         raise ConfigError(f"bad service setting ({why}): see edgeface serve --help") from None
+
+
+@serve_app.command("import")
+@user_errors
+def import_command(gallery: Path = typer.Argument(..., metavar="GALLERY", help="A gallery file of edgeface enroll."),
+                   store: str = StoreOpt,
+                   collection: str = typer.Option("default", "--collection", help="The collection it becomes.")) -> None:
+    """Bring a gallery file written by edgeface enroll into a store, once (its identities become persons)."""
+    from ..serve.store import open_store
+    from ..serve.store.gallery_import import import_gallery
+
+    with open_store(store) as opened:
+        summary = import_gallery(opened, gallery, collection)
+    err_console.print(f"{summary.message} of {store}; serve it with edgeface serve --model <the model that "
+                      "enrolled it> --store " + store)
 
 
 @keys_app.command("create")

@@ -117,6 +117,16 @@ def test_import_gallery_once(tmp_path: Path) -> None:
         with pytest.raises(StoreModelError):
             import_gallery(store, gallery_file)
 
+    from typer.testing import CliRunner
+
+    from edgeface_cli.cli import app
+
+    fresh = str(tmp_path / "cli.db")
+    said = CliRunner().invoke(app, ["serve", "import", str(gallery_file), "--store", fresh, "--collection", "staff"])
+    assert said.exit_code == 0 and "imported 5 samples of 2 identities into collection 'staff'" in said.output
+    again = CliRunner().invoke(app, ["serve", "import", str(gallery_file), "--store", fresh, "--collection", "staff"])
+    assert again.exit_code == 2 and "exists already" in again.output
+
 
 CHILD = textwrap.dedent("""
     import sys
