@@ -118,8 +118,8 @@ async def enrol(service: ServiceDep, collection: str, person: str, images: Annot
     if len(samples) < len(photos):
         raise QualityRejected(f"nothing enrolled: {len(photos) - len(samples)} of {len(photos)} photo(s) refused",
                               [reason for _, reason in problems], [code for code, _ in problems])
-    stored = service.store.enrol(collection, person, samples)
-    service.index.refresh()
+    stored = await asyncio.to_thread(service.store.enrol, collection, person, samples)  # a durable commit: off the loop
+    await asyncio.to_thread(service.index.refresh)
     return EnrolResponse(person=PersonOut(**vars(service.store.person(collection, person))),
                          samples=[sample_out(sample) for sample in stored],
                          flagged=sum(bool(sample.flags) for sample in stored))

@@ -98,7 +98,7 @@ async def identify(service: ServiceDep, image: Annotated[UploadFile, File()], co
     photo, faces = await photo_faces(service, image, "image")
     mode, k = service.settings.matching.mode, top_k or service.settings.matching.top_k
     probes = np.stack([face.embedding for face in faces]) if faces else np.zeros((0, service.store.dim), np.float32)
-    ranked = service.index.search(collection, probes, k, mode) if faces else []
+    ranked = await asyncio.to_thread(service.index.search, collection, probes, k, mode) if faces else []
     threshold = service.threshold
     out = []
     for face, matches in zip(faces, ranked):
