@@ -7,7 +7,6 @@ import io
 import json
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from .conftest import PHOTOS, SHARED, Keys, jpeg, needs_photos, photo_bytes
