@@ -105,7 +105,8 @@ def clustered(rng: np.random.Generator, identities: int, per_identity: int) -> t
     one identity at cosine ~0.6; and one fresh probe per identity."""
     centres = random_unit(rng, identities, 512)
     spread = 0.8 / np.sqrt(512)
-    samples = unit(np.repeat(centres, per_identity, axis=0) + rng.standard_normal((identities * per_identity, 512)) * spread)
+    noise = rng.standard_normal((identities * per_identity, 512)) * spread
+    samples = unit(np.repeat(centres, per_identity, axis=0) + noise)
     return samples, unit(centres + rng.standard_normal((identities, 512)) * spread)
 
 
@@ -114,9 +115,10 @@ def test_hnsw_recall_at_5_against_exact_search_and_ids_mapped_back() -> None:
     rng = np.random.default_rng(4)
     gallery, probes = clustered(rng, 1000, 5)
     ids = (10**12 + 7 * np.arange(len(gallery))).astype(np.int64)  # sparse, large: ids are the store's
-    exact, hnsw = ExactIndex(512), HnswIndex(512)
+    exact, hnsw = ExactIndex(512), HnswIndex(512, expansion_search=4)  # too narrow: calibration must widen it
     exact.add(ids, gallery)
-    hnsw.add(ids, gallery)
+    hnsw.add(ids, gallery)  # a bulk add: it calibrates the search width on its own vectors
+    assert hnsw.expansion_search > 4
     queries = probes[:500]
     expected_scores, expected = exact.search(queries, 5)
     scores, found = hnsw.search(queries, 5)

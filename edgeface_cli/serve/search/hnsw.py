@@ -20,6 +20,11 @@ STORAGE = ("f32", "f16", "i8")
 CONNECTIVITY = 16
 EXPANSION_ADD = 64
 EXPANSION_SEARCH = 64
+# A bulk add of this many vectors or more (the service building its index from the store) ends with
+# ``calibrate``: how wide a search must be for a recall depends on the vectors, so it is measured on them
+CALIBRATE_FROM = 1000
+RECALL_TARGET = 0.99
+MAX_EXPANSION = 4096
 
 
 class HnswIndex(VectorIndex):
@@ -50,8 +55,13 @@ class HnswIndex(VectorIndex):
         self._index.expansion_search = value
 
     @property
-    def memory_bytes(self) -> int:
-        """The graph and its vectors, in bytes (usearch's own count)."""
+    def stored_bytes(self) -> int:
+        """What the vectors and the graph's links take, in bytes (their serialised size). The process holds
+        more: usearch reserves its arenas ahead of growth (``reserved_bytes``)."""
+        return int(self._index.serialized_length)
+
+    @property
+    def reserved_bytes(self) -> int:
         return int(self._index.memory_usage)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -67,6 +77,26 @@ class HnswIndex(VectorIndex):
         if known.any():
             self._index.remove(keys[known])
         self._index.add(keys, vectors, threads=self.threads)
+        if len(keys) >= CALIBRATE_FROM:
+            self.calibrate()
+
+    def calibrate(self, target: float = RECALL_TARGET, probes: int = 200, k: int = 5) -> float:
+        """Widen ``expansion_search`` (doubling, up to MAX_EXPANSION) until recall@k on ``probes`` of the index's
+        own vectors, against an exact scan of every vector, reaches ``target``; the recall reached. A probe's own
+        vector is left out of both answers (finding itself proves nothing)."""
+        keys = np.asarray(self._index.keys, dtype=np.uint64)
+        if len(keys) <= k:
+            return 1.0
+        picked = keys[np.random.default_rng(0).choice(len(keys), min(probes, len(keys)), replace=False)]
+        queries = np.stack(self._index.get(picked, dtype=np.float32)).astype(np.float32)
+        truth = self._index.search(queries, k + 1, exact=True, threads=self.threads).keys
+        while True:
+            found = self._index.search(queries, k + 1, threads=self.threads).keys
+            recall = float(np.mean([len(np.setdiff1d(np.intersect1d(got, best), [own])) / k
+                                    for got, best, own in zip(found, truth, picked, strict=True)]))
+            if recall >= target or self.expansion_search >= MAX_EXPANSION:
+                return recall
+            self.expansion_search = min(MAX_EXPANSION, 2 * self.expansion_search)
 
     def remove(self, ids: np.ndarray) -> None:
         keys = _keys(ids)
