@@ -5,13 +5,15 @@ Each raises the same typed error the deeper code would, naming the problem and t
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import struct
+import sys
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import CheckpointError, DataError, RunDirError
+from .errors import CheckpointError, DataError, MissingExtraError, RunDirError
 
 HEIF_EXTENSIONS = {".heic", ".heif"}  # phone photos: read through the optional pillow-heif plugin
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", *HEIF_EXTENSIONS}
@@ -24,15 +26,44 @@ def is_system_file(path: Path) -> bool:
     return path.name.startswith(".") or path.name.lower() in SYSTEM_FILES
 
 
-EXPORT_SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".ts", "safetensors": ".safetensors"}
+EXPORT_SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".ts", "safetensors": ".safetensors",
+                   "openvino": ".xml", "tflite": ".tflite", "ncnn": ".ncnn.param", "coreml": ".mlpackage"}
+# The optional extra each format needs and the packages it brings: found (not imported: litert-torch takes
+# seconds) before any model loads, so that a missing one is one line at once.
+EXPORT_EXTRAS = {"onnx": ("export", ("onnx", "onnxscript", "onnxruntime")), "openvino": ("openvino", ("openvino",)),
+                 "tflite": ("tflite", ("litert_torch", "ai_edge_litert")), "ncnn": ("ncnn", ("pnnx", "ncnn")),
+                 "coreml": ("coreml", ("coremltools",))}
+STATIC_BATCH_FORMATS = ("onnx", "openvino", "tflite")  # any fixed N; pt2 only 1; the others take any batch as written
 
 
-def check_export_request(fmt: str, int8: bool) -> None:
-    """A format export writes, and int8 only for ONNX (checked before any model is loaded)."""
+def module_installed(name: str) -> bool:
+    """``name`` can be imported here, found without importing it (a module set to None in ``sys.modules``, as an
+    environment that hides one does, counts as absent)."""
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_export_request(fmt: str, int8: bool, static_batch: int | None = None) -> None:
+    """A format export writes, its extra installed, int8 only for ONNX, a static batch the format can have
+    (checked before any model is loaded)."""
     if fmt not in EXPORT_SUFFIXES:
         raise DataError(f"--format {fmt}: use one of {', '.join(EXPORT_SUFFIXES)}")
     if int8 and fmt != "onnx":
         raise DataError("--int8 quantises ONNX models: pass --format onnx")
+    extra, modules = EXPORT_EXTRAS.get(fmt, ("", ()))
+    missing = next((module for module in modules if not module_installed(module)), None)
+    if missing is not None:
+        raise MissingExtraError(f"--format {fmt}", extra, missing)
+    if static_batch is not None and not (static_batch >= 1 and fmt in STATIC_BATCH_FORMATS
+                                         or (fmt == "pt2" and static_batch == 1)):
+        raise DataError(f"--static-batch {static_batch}: an onnx, openvino or tflite file takes any static batch, a "
+                        "pt2 archive only 1 (its runner cannot pad a last, smaller batch); "
+                        + ("an ncnn file has no batch axis (one image per extractor)" if fmt == "ncnn"
+                           else f"{fmt} files take any batch"))
 
 
 def int8_path(out: Path) -> Path:

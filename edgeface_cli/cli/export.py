@@ -1,4 +1,5 @@
-"""`edgeface export`: a trained backbone as ONNX, pt2, TorchScript or safetensors, checked for parity."""
+"""`edgeface export`: a trained backbone as ONNX, pt2, TorchScript, safetensors, OpenVINO IR, LiteRT (tflite),
+ncnn or CoreML, checked for parity in the runtime that runs it (CoreML: convert-only, said so)."""
 
 from __future__ import annotations
 
@@ -13,18 +14,43 @@ from rich.markup import escape
 from .common import ArchOpt, ConfigOpt, SetOpt, TrustCodeOpt, app, console, err_console, print_json, resolve_config, user_errors
 
 ONNX_OPSETS = (17, 18, 20)  # deploy.export.ONNX_OPSETS, here to answer a wrong --opset before torch loads (tested equal)
+COMPANION_SUFFIXES = {"openvino": ".bin", "ncnn": ".bin"}  # the weights file beside the graph (deploy.formats' files)
+
+
+def export_files(fmt: str, out: Path) -> list[Path]:
+    """The paths an export to ``out`` writes besides its sidecar (known before torch loads)."""
+    companion = COMPANION_SUFFIXES.get(fmt)
+    return [out.with_suffix(companion), out] if companion else [out]
+
+
+def check_outputs(paths: list[Path], force: bool, inputs: list[Path]) -> None:
+    """The output rule for every path written; a CoreML package is a folder, replaced whole with --force."""
+    from ..atomic import output_file
+    from ..errors import OutputError
+
+    for path in paths:
+        if path.suffix == ".mlpackage" and path.is_dir():
+            if not force:
+                raise OutputError(f"{path} exists; pass --force to replace it "
+                                  "(the previous package is kept until the new one is complete)")
+            continue
+        output_file(path, force=force, inputs=inputs)
 
 
 @app.command("export")
 @user_errors
 def export(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A run dir (its best.pt), best.pt/last.pt, or a bare backbone."),
-    fmt: str = typer.Option("onnx", "--format", help="onnx, pt2 (torch.export), torchscript (deprecated) or safetensors."),
+    fmt: str = typer.Option(
+        "onnx", "--format",
+        help="onnx, pt2 (torch.export), torchscript (deprecated), safetensors, openvino (IR .xml+.bin), tflite "
+             "(LiteRT), ncnn (.ncnn.param+.ncnn.bin) or coreml (.mlpackage, convert-only)."),
     out: Optional[Path] = typer.Option(None, "--out", help="The file to write (default: edgeface.<format suffix> here)."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset: 17 (GELU as Erf), 18, or 20 (the standard Gelu)."),
     static_batch: Optional[int] = typer.Option(
         None, "--static-batch", min=1, metavar="N",
-        help="A fixed batch of N images, for runtimes that want fixed shapes (onnx; pt2: 1). Default: any batch."),
+        help="A fixed batch of N images, for runtimes that want fixed shapes (onnx, openvino, tflite; pt2: 1). "
+             "Default: any batch (tflite: 1)."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Any batch: the default now (kept for old scripts)."),
     int8: bool = typer.Option(False, "--int8", help="Also write an int8 ONNX model (dynamic int8 MatMul/Gemm layers) beside --out."),
     parity_dir: Optional[Path] = typer.Option(
@@ -32,6 +58,9 @@ def export(
         help="Images the file is checked on against PyTorch (default: the run's val/train data)."),
     int8_min_cosine: float = typer.Option(0.99, "--int8-min-cosine", min=0.0, max=1.0, help="Parity the int8 model must reach."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
+    bench_file: bool = typer.Option(
+        False, "--bench", help="Then run the file in every installed runtime that can (edgeface bench) and name the "
+                               "fastest runtime and precision measured here."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     arch: Optional[str] = ArchOpt,
     trust_code: bool = TrustCodeOpt,
@@ -45,25 +74,21 @@ def export(
     is standard ONNX (onnx.checker full check, only the ai.onnx domain). A sidecar <file>.json records how
     to feed it and the parity found.
     """
-    from ..atomic import created_folder_note, missing_folder, output_file
+    from ..atomic import created_folder_note, missing_folder
     from ..errors import DataError
     from ..preflight import EXPORT_SUFFIXES, check_export_request, int8_path
 
-    check_export_request(fmt, int8)
-    out = out or Path(f"edgeface{EXPORT_SUFFIXES[fmt]}")
-    if parity_dir is not None and not parity_dir.is_dir():
-        raise DataError(f"--parity-dir {parity_dir} is not a folder of images")
+    if dynamic_batch and static_batch is not None:
+        raise DataError("--dynamic-batch and --static-batch contradict each other; pass one (any batch is the default)")
     if fmt == "onnx" and opset not in ONNX_OPSETS:
         raise DataError(f"--opset {opset}: use one of {', '.join(map(str, ONNX_OPSETS))} (17: GELU as Erf, "
                         "LayerNormalization native; 20: the standard Gelu operator)")
-    if dynamic_batch and static_batch is not None:
-        raise DataError("--dynamic-batch and --static-batch contradict each other; pass one (any batch is the default)")
-    if static_batch is not None and not (fmt == "onnx" or (fmt == "pt2" and static_batch == 1)):
-        raise DataError(f"--static-batch {static_batch}: an onnx file takes any static batch, a pt2 archive only 1; "
-                        f"{fmt} files take any batch")
-    outputs = [out, int8_path(out)] if int8 else [out]
-    for path in outputs:
-        output_file(path, force=force, inputs=[checkpoint])
+    check_export_request(fmt, int8, static_batch)
+    out = out or Path(f"edgeface{EXPORT_SUFFIXES[fmt]}")
+    if parity_dir is not None and not parity_dir.is_dir():
+        raise DataError(f"--parity-dir {parity_dir} is not a folder of images")
+    outputs = [*export_files(fmt, out), *([int8_path(out)] if int8 else [])]
+    check_outputs(outputs, force, [checkpoint])
     new_folder = missing_folder(out)  # the int8 file goes beside it
     resolved = resolve_config(config, set_, **{"runtime.device": "cpu", "model.arch": arch})
     from ..deploy.decisions import decision_threshold
@@ -75,8 +100,7 @@ def export(
     embedder = load_embedder(checkpoint, resolved, trust_code=trust_code)
     if embedder.kind != "pytorch":
         raise DataError(f"{checkpoint} is already an exported {embedder.kind} model; export from the run or checkpoint")
-    for path in outputs:  # the checkpoint file a run directory resolved to is an input too
-        output_file(path, force=force, inputs=[checkpoint, embedder.source])
+    check_outputs(outputs, force, [checkpoint, embedder.source])  # the checkpoint a run directory resolved to too
     run_dir = run_dir_of(checkpoint)
     folders = [parity_dir] if parity_dir is not None else []
     if run_dir is not None:  # the run's own images, when they are still there
@@ -98,32 +122,46 @@ def export(
             progress=(lambda text: status.update(text)) if status is not None else None,
             source_sha256=embedder.model.sha256, threshold_note=threshold_note,
         )
+    recommendation: dict | None = None
+    if bench_file:
+        recommendation = recommend_runtime(result.path, embedder.model)
+    checked = result.parity
     report = {
         "file": str(result.path), "format": fmt, "bytes": result.size_bytes, "sidecar": str(result.sidecar),
-        "parity_min_cosine": result.parity.min_cosine, "parity_mean_cosine": result.parity.mean_cosine,
-        "parity_images": result.parity.source, "image_size": embedder.settings.image_size,
+        "files": [str(path) for path in export_files(fmt, result.path)],
+        "parity_checked": checked is not None,
+        "parity_min_cosine": checked.min_cosine if checked else None,
+        "parity_mean_cosine": checked.mean_cosine if checked else None,
+        "parity_images": checked.source if checked else None, "image_size": embedder.settings.image_size,
         "int8": None if result.int8 is None else {
             "file": str(result.int8.path), "bytes": result.int8.size_bytes, "fp32_bytes": result.int8.fp32_size_bytes,
             "parity_min_cosine": result.int8.parity.min_cosine, "parity_mean_cosine": result.int8.parity.mean_cosine,
             "images_per_s": result.int8.images_per_s, "fp32_images_per_s": result.int8.fp32_images_per_s,
         },
         "speed": None if result.speed is None else asdict(result.speed),
-        "batch": static_batch or "any", "opset": opset if fmt == "onnx" else None,
+        "batch": static_batch or (1 if fmt in ("tflite", "ncnn") else "any"), "opset": opset if fmt == "onnx" else None,
         "loading_runs_code": fmt in ("pt2", "torchscript"),
+        **({"recommendation": recommendation} if bench_file else {}),
     }
     if as_json:
         print_json(report)
     else:
         side = embedder.settings.image_size
-        console.print(f"wrote {escape(str(result.path))} ({fmt}{f', opset {opset}' if fmt == 'onnx' else ''}, "
-                      f"{result.size_bytes / 2**20:.1f} MiB; input {static_batch or 'N'}×3×{side}×{side}"
-                      f"{'' if static_batch else ', any batch N'}) and {escape(result.sidecar.name)}")
-        console.print(f"parity with PyTorch: min cosine {result.parity.min_cosine:.6f}, mean {result.parity.mean_cosine:.6f} "
-                      f"on {escape(result.parity.source)}")
-        if result.speed is not None:
+        batch = static_batch or (1 if fmt in ("tflite", "ncnn") else None)
+        written = " + ".join(escape(path.name) for path in export_files(fmt, result.path)[:-1])
+        console.print(f"wrote {escape(str(result.path))}{f' (+ {written})' if written else ''} "
+                      f"({fmt}{f', opset {opset}' if fmt == 'onnx' else ''}, "
+                      f"{result.size_bytes / 2**20:.1f} MiB; input {batch or 'N'}×3×{side}×{side}"
+                      f"{'' if batch else ', any batch N'}) and {escape(result.sidecar.name)}")
+        if checked is None:
+            console.print(f"parity with PyTorch: NOT CHECKED (nothing on this OS runs {fmt}); the sidecar says so")
+        else:
+            console.print(f"parity with PyTorch: min cosine {checked.min_cosine:.6f}, mean {checked.mean_cosine:.6f} "
+                          f"on {escape(checked.source)}")
+        if result.speed is not None and checked is not None:
             runs = "one image per call" if result.speed.batch == 1 else f"{result.speed.batch} images per call"
             console.print(f"speed here: {result.speed.images_per_s:.0f} images/s ({runs}); PyTorch eager, warm, "
-                          f"{result.speed.pytorch_images_per_s:.0f} on the same {result.parity.images} images as one batch "
+                          f"{result.speed.pytorch_images_per_s:.0f} on the same {checked.images} images as one batch "
                           f"({result.speed.threads} threads, interleaved rounds)")
         if result.int8 is not None:
             console.print(f"int8: {escape(str(result.int8.path))}, {result.int8.size_bytes / 2**20:.1f} MiB "
@@ -131,12 +169,37 @@ def export(
                           f"{result.int8.parity.min_cosine:.4f}, mean {result.int8.parity.mean_cosine:.4f}"
                           + (f"; {result.int8.images_per_s:.0f} images/s against fp32's "
                              f"{result.int8.fp32_images_per_s:.0f} here" if result.int8.images_per_s else ""))
+        if bench_file:
+            console.print(recommendation_line(recommendation))
     if dynamic_batch:
         result.notes.append("--dynamic-batch is the default now and changes nothing (--static-batch N fixes the batch)")
     for note in [created_folder_note(new_folder), *result.notes]:
         if note is not None:
             err_console.print(f"note: {escape(note)}", soft_wrap=True)
-    if threshold is None:
+    if threshold is None and checked is not None:
         err_console.print(f"note: exported without a threshold: {escape(why)}, then export again to carry it; "
                           "until then verify and identify on the export need --threshold T", soft_wrap=True)
 
+
+def recommend_runtime(path: Path, source: object) -> dict:
+    """``edgeface bench`` on the file just written, beside its source model: the fastest runtime and precision
+    measured here whose parity passed (``deploy.bench.recommend``), or why there is none."""
+    import torch
+
+    from ..deploy.bench import bench
+
+    report = bench([path], source, threads=torch.get_num_threads(), compile_source=False)  # type: ignore[arg-type]
+    return {"measured": report.recommendation, "why_not": report.no_recommendation, "batch": report.batch,
+            "threads": report.threads, "cpu_features": report.vector_features}
+
+
+def recommendation_line(recommendation: dict | None) -> str:
+    if not recommendation or not recommendation["measured"]:
+        return f"fastest here: none ({escape(str((recommendation or {}).get('why_not')))})"
+    batch = recommendation["batch"]
+    fastest = recommendation["measured"][f"throughput_batch_{batch}"]
+    quickest = recommendation["measured"]["latency_batch_1"]
+    versus = f", {fastest['vs_eager']:.2f}x warm eager" if fastest.get("vs_eager") else ""
+    return (f"fastest here (edgeface bench, {recommendation['threads']} threads): {fastest['runtime']} "
+            f"{fastest['precision']}, {fastest['images_per_s']:.0f} images/s at batch {batch}{versus}; lowest batch-1 "
+            f"latency {quickest['runtime']} {quickest['precision']}, {quickest['latency_ms']:.1f} ms")

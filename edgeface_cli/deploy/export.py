@@ -1,26 +1,18 @@
 """`edgeface export`: the backbone as a deployable file, kept only after it computes the same embeddings.
 
-Formats: ONNX (torch.onnx's exporter, run back on onnxruntime), ``pt2`` (a ``torch.export`` archive),
-TorchScript (deprecated by PyTorch: for older C++ deployments only) and safetensors (the weights in the
-published key layout). Every file is written under a temporary name, run on real images against the
-PyTorch model, and renamed into place only when the smallest cosine similarity between the two
-outputs reaches the bar; a sidecar JSON beside it says how to feed it.
-
-An ONNX file is standard ONNX (``require_standard_onnx``), any batch unless a static one is asked for, with no
-runtime's own fusions: opset 17 by default (LayerNormalization native, GELU as Erf), 18, or 20 (the standard
-``Gelu``). On XXS, OpenCV DNN 5.1 and OpenVINO 2026.4 (f32) run the default file at min cosine 0.9999999
-against PyTorch (``tests/deploy/test_standard_onnx.py``).
+Each format is one module of ``deploy.formats`` (what goes into the file, how it is written, how it is run back);
+this module does what every format shares. Every file is written in a private folder beside the output, run on
+real images in its own runtime against the PyTorch model, and moved into place (its companion files first) only
+when the smallest cosine similarity between the two outputs reaches the bar; a sidecar JSON beside it says how
+to feed it. A CoreML package, which nothing here can run, is kept with its sidecar saying parity was not checked.
 """
 
 from __future__ import annotations
 
-import logging
 import random
 import statistics
 import time
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,31 +22,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import __version__
-from ..atomic import atomic_write_file, write_json
+from ..atomic import write_json
 from ..data.augment import normalize
 from ..data.folder import ImageSettings, check_image, decode_image
 from ..errors import CheckpointError, DataError, ParityError, import_extra
-from ..model.programs import NORMALIZATION, SAME_EMBEDDINGS_MIN_COSINE, load_program, sidecar_path
+from ..model.programs import SAME_EMBEDDINGS_MIN_COSINE, sidecar_path
 from ..model.backbones import EdgeFace
-from ..model.checkpoints import load_backbone
-from ..preflight import EXPORT_SUFFIXES, check_export_request, int8_path
+from ..preflight import check_export_request, int8_path
 from ..platform_info import INT8_DOT_PRODUCT, cpu_features
-from ..thresholds import file_sha256
 from .embedder import list_images
-from .inference_graph import ChannelsLastEdgeFace, UnsupportedLayout
+from .formats import FORMATS, WriteRequest
+# Some names only re-exported: where callers (tests, benchmarks) found them before the formats had modules.
+from .formats.base import CHANNELS_LAST_GRAPH, INPUT_NAME, OUTPUT_NAME, Embed, graph_of, quiet  # noqa: F401
+from .formats.files import file_size, write_checked_files
+from .formats.onnx import DEFAULT_OPSET, NATIVE_GELU_OPSET, ONNX_OPSETS, require_standard_onnx  # noqa: F401
+from .formats.pt2 import RUNS_CODE_NOTE, load_written  # noqa: F401
+from .formats.sidecar import PROGRAM_FORMATS, alignment_contract, describe, loading_contract  # noqa: F401
 
 MIN_COSINE = SAME_EMBEDDINGS_MIN_COSINE  # fp32 exports: anything lower is a broken export, not rounding
 MIN_COSINE_INT8 = 0.99
 PARITY_IMAGES = 32
-INPUT_NAME, OUTPUT_NAME = "images", "embeddings"
-CHANNELS_LAST_GRAPH = "channels-last rewrite of the backbone (same function; edgeface_cli.deploy.inference_graph)"
-ONNX_OPSETS = (17, 18, 20)  # 17: LayerNormalization native, GELU as Erf; 20: the standard Gelu operator
-DEFAULT_OPSET = 17
-NATIVE_GELU_OPSET = 20
-PROGRAM_FORMATS = ("pt2", "torchscript")  # loading one runs code; onnx and safetensors are data
-RUNS_CODE_NOTE = ("a torch.export/TorchScript archive is a program: edgeface loads it only with --trust-code; "
-                  "the .onnx and .safetensors formats are data")
 SPEED_WARMUP_CALLS, SPEED_ROUNDS = 2, 5
 
 
@@ -93,7 +80,7 @@ class Int8Result:
 class ExportResult:
     path: Path
     format: str
-    parity: Parity
+    parity: Parity | None  # None: nothing on this OS runs the format (CoreML): kept unchecked, and said
     size_bytes: int
     sidecar: Path
     int8: Int8Result | None = None
@@ -139,103 +126,23 @@ def reference_images(folders: list[Path], settings: ImageSettings, counts: list[
 
 
 def exportable(backbone: EdgeFace, fmt: str, image_size: int, opset: int = DEFAULT_OPSET) -> nn.Module:
-    """What goes into the file (input in [-1, 1], output the raw embedding): for ONNX the same function written
-    channels-last (``inference_graph``: 1.2x the module as written on onnxruntime, ``make bench``), GELU the
-    standard operator from opset 20; the backbone itself for the formats whose users may want the published
-    module and weight names back (pt2 gained nothing measurable from it)."""
-    if fmt == "onnx":
-        try:
-            return ChannelsLastEdgeFace(backbone, image_size, native_gelu=opset >= NATIVE_GELU_OPSET)
-        except UnsupportedLayout:
-            return backbone  # another timm layout: exported as it is, slower but the same function
-    return backbone
-
-
-def _batch_dimension(dynamic_batch: bool) -> dict[str, Any] | None:
-    return {INPUT_NAME: {0: torch.export.Dim("batch", min=1)}} if dynamic_batch else None
-
-
-@contextmanager
-def _quiet(*loggers: str) -> Iterator[None]:
-    """The exporters and the quantiser log and warn about their own choices (building at opset 18 and converting
-    down, each weight left alone): library code does not print, and the checks that follow say what matters."""
-    levels = {name: logging.getLogger(name).level for name in loggers}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            for name in loggers:
-                logging.getLogger(name).setLevel(logging.ERROR)
-            yield
-        finally:
-            for name, level in levels.items():
-                logging.getLogger(name).setLevel(level)
-
-
-def require_standard_onnx(path: Path, what: str, opset: int | None = None) -> None:
-    """``path`` passes ``onnx.checker.check_model(full_check=True)`` (topologically sorted, every shape
-    inferable), uses only the default ``ai.onnx`` domain and has ``opset``: what any runtime (OpenCV DNN,
-    OpenVINO, TensorRT, ...) can load. Else a CheckpointError saying why."""
-    import onnx
-
-    model = onnx.load(str(path))
-    foreign = sorted(({node.domain for node in model.graph.node} | {entry.domain for entry in model.opset_import}
-                      | {function.domain for function in model.functions}) - {"", "ai.onnx"})
-    written = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None)
-    problem = None
-    if foreign:
-        problem = f"it uses operators outside the standard ai.onnx domain ({', '.join(foreign)})"
-    elif opset is not None and written != opset:
-        problem = (f"torch's ONNX exporter wrote opset {written}, not the requested {opset} (its version converter "
-                   "could not convert this graph); pass --opset 18 (the exporter's own) or 20")
-    else:
-        try:
-            onnx.checker.check_model(model, full_check=True)
-        except Exception as exc:  # noqa: BLE001 - the checker raises several types, all meaning "not valid ONNX"
-            problem = f"onnx.checker rejects it: {str(exc).strip().splitlines()[0][:200]}"
-    if problem is not None:
-        raise CheckpointError(f"{what} is not standard ONNX, so it was not kept: {problem}")
+    """What goes into the file (input in [-1, 1], output the raw embedding): the format's choice
+    (``deploy.formats``): the channels-last graph where a converter runs it faster, the backbone itself for
+    the formats whose users may want the published module and weight names back."""
+    return FORMATS[fmt].module(backbone, image_size, opset)
 
 
 def write_program(module: nn.Module, fmt: str, path: Path, example: torch.Tensor, opset: int, dynamic_batch: bool) -> None:
     """``module`` as a ``fmt`` file at ``path`` (``example``: one input batch, shapes as exported; its batch is
     the file's static batch unless ``dynamic_batch``). An ONNX file is checked to be standard ONNX at ``opset``."""
-    if fmt == "onnx":
-        for name in ("onnx", "onnxscript", "onnxruntime"):
-            import_extra(name, "ONNX export", "export")
-        if opset not in ONNX_OPSETS:
-            raise DataError(f"--opset {opset}: use one of {', '.join(map(str, ONNX_OPSETS))}")
-        with _quiet("torch.onnx", "torch.export", "onnxscript"):
-            torch.onnx.export(module, (example,), str(path), dynamo=True, external_data=False, verbose=False,
-                              opset_version=opset, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_shapes=_batch_dimension(dynamic_batch))
-        require_standard_onnx(path, "the ONNX file", opset)
-    elif fmt == "pt2":
-        program = torch.export.export(module, (example,), dynamic_shapes=_batch_dimension(dynamic_batch))
-        torch.export.save(program, path)
-    elif fmt == "torchscript":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # PyTorch deprecates TorchScript: we say so ourselves
-            torch.jit.trace(module, example).save(str(path))
-    elif fmt == "safetensors":
-        from safetensors.torch import save_file
-
-        state = {key: value.detach().contiguous() for key, value in module.state_dict().items()}
-        save_file(state, str(path), metadata={"format": "pt", "producer": f"edgeface-cli {__version__}"})
-    else:
-        raise DataError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_SUFFIXES)}")
+    if fmt not in FORMATS:
+        raise DataError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    FORMATS[fmt].write(module, path, WriteRequest(example, opset, dynamic_batch))
 
 
-def load_written(path: Path, fmt: str) -> nn.Module:
-    """A program this export has just written, runnable. Loading a pt2/TorchScript archive runs its code: this
-    one is the file export itself wrote a moment ago (under a name only it knows), so it is trusted."""
-    return load_program(path, fmt, trust_code=True)
-
-
-def load_export(path: Path, fmt: str, like: EdgeFace) -> nn.Module:
-    """The written file, runnable: the program itself, or the weights loaded into ``like``'s architecture."""
-    if fmt == "safetensors":
-        return load_backbone(path, like.arch, like.use_pos_emb, like.embedding_dim, allow_missing=False).backbone.eval()
-    return load_written(path, fmt)
+def load_export(path: Path, fmt: str, like: EdgeFace) -> Embed | None:
+    """The written file, runnable in its own runtime (None where nothing here can run it)."""
+    return FORMATS[fmt].runner(path, like)
 
 
 def in_fixed_batches(candidate: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor,
@@ -293,7 +200,7 @@ def quantize_int8(fp32_path: Path, out: Path) -> None:
     import_extra("onnxruntime", "--int8", "export")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with _quiet(""):  # the root logger: onnxruntime logs a warning per weight it leaves alone
+    with quiet(""):  # the root logger: onnxruntime logs a warning per weight it leaves alone
         quantize_dynamic(str(fp32_path), str(out), weight_type=QuantType.QInt8, per_channel=True,
                          op_types_to_quantize=["MatMul", "Gemm"])
 
@@ -321,62 +228,27 @@ def compare_speed(candidate: Callable[[torch.Tensor], Any], eager: nn.Module, in
 
 
 
-def alignment_contract() -> dict[str, Any]:
-    """What the model's input faces must look like: the crops ``edgeface align`` (and ``--align``) make."""
-    from ..data.alignment.warp import ARCFACE_TEMPLATE, CROP_SIZE
-
-    return {"faces": "aligned crops: five landmarks (MTCNN) mapped by a least-squares similarity transform onto "
-                     "the ArcFace template, then resized to image_size",
-            "crop_size": CROP_SIZE, "template": ARCFACE_TEMPLATE.tolist(),
-            "make_with": "edgeface align PHOTOS CROPS, or --align on embed/verify/enroll/identify/eval"}
-
-
-def loading_contract(fmt: str) -> dict[str, Any]:
-    """Whether loading the file runs code: what a deployment must know before it opens one from elsewhere."""
-    runs_code = fmt in PROGRAM_FORMATS
-    return {"runs_code": runs_code, "note": RUNS_CODE_NOTE if runs_code else f"a {fmt} file is data: loading it runs no code"}
-
-
 def non_finite_weights(backbone: nn.Module) -> list[str]:
     """The names of the tensors of ``backbone`` that hold a NaN or an infinity."""
     return [name for name, tensor in backbone.state_dict().items()
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
 
 
-def describe(backbone: EdgeFace, settings: ImageSettings, fmt: str, path: Path, source: Path, checked: Parity,
-             static_batch: int | None, opset: int | None, threshold: tuple[float, str] | None, quantized: bool = False,
-             graph: str = "the backbone as trained", source_sha256: str | None = None) -> dict[str, Any]:
-    """The sidecar: everything a deployment needs to feed the file and trust its output."""
-    batch: int | str = static_batch or "batch"
-    return {
-        "format": fmt,
-        "file": path.name,
-        "int8": quantized,
-        "graph": graph,
-        "arch": backbone.arch,
-        "use_pos_emb": list(backbone.use_pos_emb),  # a non-default layout loads wrongly without it
-        "embedding_dim": backbone.embedding_dim,
-        "image_size": settings.image_size,
-        "non_square": settings.non_square,
-        "input": {"name": INPUT_NAME, "layout": "NCHW", "channels": "RGB", "dtype": "float32",
-                  "shape": [batch, 3, settings.image_size, settings.image_size], "normalization": NORMALIZATION},
-        "alignment": alignment_contract(),
-        "output": {"name": OUTPUT_NAME, "dim": backbone.embedding_dim, "shape": [batch, backbone.embedding_dim],
-                   "dtype": "float32", "l2_normalized": False,
-                   "compare_with": "cosine similarity of the L2-normalised outputs"},
-        "loading": loading_contract(fmt),
-        "source_checkpoint": str(source.resolve()),
-        # Of the bytes that were loaded and exported (the caller's LoadedModel), else of the file now.
-        "source_sha256": source_sha256 or (file_sha256(source) if source.is_file() else None),
-        "parity": {**asdict(checked), "reference": "the PyTorch model in fp32"},
-        # Measured without flip at this size: embed/verify on the export use it only so (deploy.decisions).
-        "threshold": ({"value": threshold[0], "source": threshold[1], "image_size": settings.image_size, "flip": False,
-                       "preprocessing": settings.recipe} if threshold else None),
-        "opset": opset,
-        "standard": {"domains": ["ai.onnx"], "checker": "onnx.checker.check_model(full_check=True) passed",
-                     "runtime_fusions": "none in the file (onnxruntime fuses GELU itself at load)"} if fmt == "onnx" else None,
-        "exported_by": f"edgeface-cli {__version__}, torch {torch.__version__}",
-    }
+def checked_inputs(backbone: EdgeFace, images: torch.Tensor, images_source: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model inputs of ``images`` and the PyTorch embeddings every file is judged against; refused when the
+    weights or the embeddings are not finite (nothing to export)."""
+    broken = non_finite_weights(backbone)
+    if broken:
+        raise CheckpointError(f"the model has non-finite weights (NaN or infinity in {len(broken)} of "
+                              f"{len(backbone.state_dict())} tensors, first {broken[0]}): nothing was exported; "
+                              "export an earlier checkpoint of the run")
+    inputs = normalize(images)
+    with torch.no_grad():
+        reference = backbone(inputs)
+    if not bool(torch.isfinite(reference).all()):
+        raise CheckpointError(f"the model computes non-finite embeddings on {images_source} although its weights "
+                              "are finite (its activations overflow): nothing was exported")
+    return inputs, reference
 
 
 def export_backbone(
@@ -396,71 +268,63 @@ def export_backbone(
     source_sha256: str | None = None,
     threshold_note: str | None = None,
 ) -> ExportResult:
-    """Write ``backbone`` as ``fmt`` to ``out`` (any batch, or ``static_batch`` images per call: onnx and pt2),
-    check it on ``images`` (uint8), write the sidecar; and, with ``int8`` (ONNX only), an int8 copy beside it,
-    checked likewise; ONNX and pt2 sidecars record the throughput measured at export on this machine.
-    ``threshold_note``: why there is no ``threshold``, kept in the sidecar so that verify and identify on the
-    file give that reason (not a guessed one)."""
-    check_export_request(fmt, int8)
-    if static_batch is not None and not ((fmt == "onnx" and static_batch >= 1) or (fmt == "pt2" and static_batch == 1)):
-        raise DataError(f"--static-batch {static_batch}: an onnx file takes any static batch, a pt2 archive only 1 "
-                        "(its runner cannot pad a last, smaller batch); the other formats take any batch")
-    broken = non_finite_weights(backbone)
-    if broken:
-        raise CheckpointError(f"the model has non-finite weights (NaN or infinity in {len(broken)} of "
-                              f"{len(backbone.state_dict())} tensors, first {broken[0]}): nothing was exported; "
-                              "export an earlier checkpoint of the run")
+    """Write ``backbone`` as ``fmt`` to ``out`` (any batch, or ``static_batch`` images per call where the format
+    has one), check it on ``images`` (uint8) in its own runtime, write the sidecar; and, with ``int8`` (ONNX
+    only), an int8 copy beside it, checked likewise; the sidecars of the formats that measure speed record the
+    throughput measured at export on this machine. ``threshold_note``: why there is no ``threshold``, kept in
+    the sidecar so that verify and identify on the file give that reason (not a guessed one)."""
+    check_export_request(fmt, int8, static_batch)
+    form = FORMATS[fmt]
     say = progress or (lambda text: None)
     backbone = backbone.cpu().eval()
-    inputs = normalize(images)
-    with torch.no_grad():
-        reference = backbone(inputs)
-    if not bool(torch.isfinite(reference).all()):
-        raise CheckpointError(f"the model computes non-finite embeddings on {images_source} although its weights "
-                              "are finite (its activations overflow): nothing was exported")
-    fixed_batch = static_batch if fmt in ("onnx", "pt2") else None
+    inputs, reference = checked_inputs(backbone, images, images_source)
+    fixed_batch = form.fixed_batch(static_batch)
 
-    def write_checked(path: Path, write: Callable[[Path], object], load: Callable[[Path], nn.Module], bar: float,
-                      what: str, hint: str) -> Parity:
-        """``write`` to a temp file, run it against the reference, keep it as ``path`` only when close enough."""
-        checked: list[Parity] = []
+    def write_checked(path: Path, write: Callable[[Path], object], load: Callable[[Path], Embed | None], bar: float,
+                      what: str, hint: str) -> Parity | None:
+        """``write`` in a private folder, run it against the reference, keep it as ``path`` only when close
+        enough (None: nothing here runs it, kept unchecked)."""
+        checked: list[Parity | None] = []
 
         def write_and_check(temp: Path) -> None:
             say(f"writing {what}")
             write(temp)
-            say(f"checking the parity of {what}")
-            checked.append(parity(load(temp), inputs, reference, images_source, fixed_batch))
-            _require_parity(checked[0], bar, what, path, hint)
+            candidate = load(temp)
+            if candidate is None:
+                checked.append(None)
+                return
+            say(f"checking the parity of {what} in {form.runtime}")
+            checked.append(parity(candidate, inputs, reference, images_source, fixed_batch))
+            _require_parity(checked[0], bar, what, path, hint)  # type: ignore[arg-type]
 
-        atomic_write_file(path, write_and_check)
+        write_checked_files(path, form.files, write_and_check, form.is_folder)
         return checked[0]
 
     # A static file is traced with its own batch; a dynamic one with two images, so that no size is baked in.
     example = inputs.repeat(-(-(fixed_batch or 2) // len(inputs)), 1, 1, 1)[:fixed_batch or 2]
     program = exportable(backbone, fmt, settings.image_size, opset)
-    graph = CHANNELS_LAST_GRAPH if isinstance(program, ChannelsLastEdgeFace) else "the backbone as trained"
     exported = write_checked(
         out, lambda temp: write_program(program, fmt, temp, example, opset, fixed_batch is None),
         lambda temp: load_export(temp, fmt, backbone), MIN_COSINE, "the export", EXPORT_HINT)
-    notes = []
-    if fmt == "onnx" and program is backbone:
-        notes.append("this timm version builds EdgeNeXt differently from the channels-last rewrite: exported as "
-                     "trained, which runs slower on onnxruntime")
-    if fmt == "torchscript":
-        notes.append("TorchScript is deprecated in PyTorch: kept for older C++ deployments only; prefer onnx or pt2")
-    if fmt in PROGRAM_FORMATS:
-        notes.append(RUNS_CODE_NOTE)
-    opset_used = opset if fmt == "onnx" else None
+    notes = form.notes(program)
     speed = None
-    if fmt in ("onnx", "pt2"):  # the deployable programs: how fast they run here, beside warm PyTorch
+    if form.measures_speed and exported is not None:  # how fast the file runs here, beside warm PyTorch
         say("measuring the speed")
-        file_speed, eager_speed = compare_speed(load_export(out, fmt, backbone), backbone, inputs)
+        runner = load_export(out, fmt, backbone)
+        assert runner is not None  # its parity was just checked in it
+        file_speed, eager_speed = compare_speed(runner, backbone, inputs)
         speed = Speed(file_speed, eager_speed, fixed_batch or len(inputs), torch.get_num_threads(), cpu_features())
+    if exported is None and threshold is not None:  # unchecked: nothing says it computes the model's similarities
+        threshold, threshold_note = None, (f"no threshold: {out.name}'s parity with the PyTorch model was not checked "
+                                           "here, so the model's threshold is not carried over")
+        notes.append(threshold_note)
     sidecar = sidecar_path(out)
-    write_json(sidecar, {**describe(backbone, settings, fmt, out, source, exported, fixed_batch, opset_used, threshold,
-                                    graph=graph, source_sha256=source_sha256), "speed": asdict(speed) if speed else None,
+    write_json(sidecar, {**describe(backbone, settings, fmt, out, source, exported, fixed_batch,
+                                    opset if fmt == "onnx" else None, threshold, graph=graph_of(program),
+                                    source_sha256=source_sha256), "speed": asdict(speed) if speed else None,
                         **({"threshold_note": threshold_note} if threshold is None and threshold_note else {})})
-    result = ExportResult(out, fmt, exported, out.stat().st_size, sidecar, notes=notes, speed=speed)
+    size = sum(file_size(part) for part in form.files(out))
+    result = ExportResult(out, fmt, exported, size, sidecar, notes=notes, speed=speed)
     if int8:
         quantized_path = int8_path(out)
 
@@ -470,12 +334,12 @@ def export_backbone(
 
         quantized = write_checked(quantized_path, quantize_checked, lambda temp: load_written(temp, "onnx"),
                                   int8_min_cosine, "the int8 model", INT8_HINT)
+        assert quantized is not None and speed is not None  # int8 is ONNX only: checked and timed above
         say("measuring the speed of the int8 model")
-        assert speed is not None  # int8 is ONNX only, whose speed was measured above
         int8_speed = replace(speed, images_per_s=compare_speed(load_written(quantized_path, "onnx"), backbone, inputs)[0])
         write_json(sidecar_path(quantized_path), {
-            **describe(backbone, settings, fmt, quantized_path, source, quantized, fixed_batch, opset_used, None,
-                       quantized=True, graph=graph, source_sha256=source_sha256),
+            **describe(backbone, settings, fmt, quantized_path, source, quantized, fixed_batch, opset, None,
+                       quantized=True, graph=graph_of(program), source_sha256=source_sha256),
             "quantization": "dynamic int8: MatMul/Gemm weights per channel, activations at run time; convolutions fp32",
             "threshold_note": int8_threshold_note(quantized_path, quantized),
             "speed": {**asdict(int8_speed), "fp32_images_per_s": speed.images_per_s}})

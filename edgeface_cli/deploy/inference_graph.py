@@ -28,6 +28,10 @@ operators in it; what a runtime fuses it fuses itself, when it loads the file:
   ``ReduceMean`` with axes as an input) never appear, so the graph written at opset 18 is valid at 17
   unchanged (onnx's version converter has no Split 18->17 adapter, and torch then silently keeps 18).
 
+The same graph goes to OpenVINO IR, CoreML and ncnn. pnnx -> ncnn needs it: timm's attention splits q, k and v
+with ``qkv.unbind(0)``, a layer ncnn does not have (the net does not load), and cuts channels with an uneven
+``chunk``, which pnnx cannot convert; here both are ``split`` with explicit sizes.
+
 The parity check of ``edgeface export`` compares this module's file with the original PyTorch model.
 """
 
@@ -68,8 +72,9 @@ def _split_sizes(channels: int, parts: int) -> list[int]:
 
 def _unit_columns(x: torch.Tensor) -> torch.Tensor:
     """``F.normalize(x, dim=1)`` (x / max(||x||, 1e-12)) as ReduceSum and Sqrt: no ReduceL2 (see the module
-    docstring)."""
-    return x / (x * x).sum(dim=1, keepdim=True).clamp_min(1e-24).sqrt()
+    docstring). ``torch.clamp``, not ``clamp_min``: pnnx turns the latter's bound into an expression layer
+    ncnn does not have, the former into ncnn's Clip."""
+    return x / torch.clamp((x * x).sum(dim=1, keepdim=True), min=1e-24).sqrt()
 
 
 class ErfGelu(nn.Module):

@@ -1,6 +1,8 @@
-"""LiteRT (formerly TensorFlow Lite), package ``ai-edge-litert``: runs ``.tflite`` files (edgeface exports
-none; an ONNX file converted by a tool such as onnx2tf). Such files usually take NHWC input: a batch is
-transposed when the model's last input dimension is the 3 channels."""
+"""LiteRT (formerly TensorFlow Lite), package ``ai-edge-litert``: runs ``.tflite`` files (``edgeface export
+--format tflite``, or an ONNX file converted by a tool such as onnx2tf). Such tools' files usually take NHWC
+input: a batch is transposed when the model's last input dimension is the 3 channels. A file with a fixed
+batch (its shape signature has no -1: litert-torch writes such files) runs that many images per invoke, the
+last run padded; a dynamic one is resized, and re-planned only when the batch changes."""
 
 from __future__ import annotations
 
@@ -11,10 +13,18 @@ import numpy as np
 from .base import FP32, Runner, Runtime
 
 
+def tensor_names(path: Path) -> tuple[str, str]:
+    """The names of a .tflite file's first input and output."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    return interpreter.get_input_details()[0]["name"], interpreter.get_output_details()[0]["name"]
+
+
 class LiteRt(Runtime):
     name = "litert"
     package = "ai_edge_litert"
-    install = "pip install ai-edge-litert"
+    install = "pip install -e '.[tflite]'"
     suffixes = (".tflite",)
 
     def load(self, path: Path, threads: int, precision: str | None = None, trust_code: bool = False) -> Runner:
@@ -23,7 +33,11 @@ class LiteRt(Runtime):
         interpreter = Interpreter(model_path=str(path), num_threads=threads)
         source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
         channels_last = int(source["shape"][-1]) == 3 and int(source["shape"][1]) != 3
-        shape: list[tuple[int, ...]] = []
+        signature = source.get("shape_signature", source["shape"])
+        fixed = int(source["shape"][0]) if len(signature) and int(signature[0]) != -1 else None
+        if fixed:
+            interpreter.allocate_tensors()
+        shape: list[tuple[int, ...]] = [tuple(source["shape"])] if fixed else []
 
         def run(batch: np.ndarray) -> np.ndarray:
             batch = np.ascontiguousarray(batch.transpose(0, 2, 3, 1) if channels_last else batch)
@@ -33,7 +47,7 @@ class LiteRt(Runtime):
                 shape[:] = [batch.shape]
             interpreter.set_tensor(source["index"], batch)
             interpreter.invoke()
-            return interpreter.get_tensor(target["index"])
+            return interpreter.get_tensor(target["index"]).copy()  # the interpreter reuses its output buffer
 
         precision_label = "int8" if np.dtype(source["dtype"]) == np.int8 else FP32
-        return Runner(self.name, precision_label, threads, run)
+        return Runner(self.name, precision_label, threads, run, fixed_batch=fixed)
