@@ -116,11 +116,12 @@ def degrade_batch(pixels: torch.Tensor, indices: torch.Tensor, plan: EpochAugmen
 
 def _on_rows(pixels: torch.Tensor, chosen: torch.Tensor, change: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
              ) -> torch.Tensor:
-    """``pixels`` with ``change`` applied to the chosen images only (the others cost nothing)."""
+    """``pixels`` (augment_batch's own tensor, changed in place) with ``change`` applied to the chosen images only
+    (the others cost nothing)."""
     rows = torch.nonzero(chosen).squeeze(1)
     if len(rows) == 0:  # reads one count back from the device: a degradation's whole cost when nothing is chosen
         return pixels
-    return pixels.index_copy(0, rows, change(pixels.index_select(0, rows), chosen).clamp_(0, 255))
+    return pixels.index_copy_(0, rows, change(pixels.index_select(0, rows), chosen).clamp_(0, 255))
 
 
 def _downscaled(images: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:

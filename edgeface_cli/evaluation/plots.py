@@ -113,3 +113,58 @@ def plot_runs(run_dirs: list[Path], out: Path) -> PlotSummary:
     atomic_write_file(out, lambda path: figure.savefig(path, dpi=90, format=out.suffix[1:].lower()))
     plt.close(figure)
     return summary
+
+
+def _applied(plan: Any, index: int) -> str:
+    """What the plan did to image ``index``, in a few words."""
+    words = ["flip"] if bool(plan.flip[index]) else []
+    if plan.downscale is not None and int(plan.downscale[index]):
+        words.append(f"{int(plan.downscale[index])}px")
+    if plan.blur is not None and float(plan.blur[index]):
+        words.append(f"blur {float(plan.blur[index]):.1f}")
+    if plan.hsv is not None and plan.hsv[index].tolist() != [0.0, 1.0, 1.0]:
+        words.append("hsv")
+    if plan.gray is not None and bool(plan.gray[index]):
+        words.append("gray")
+    return ", ".join(words) or "as is"
+
+
+def plot_augmented_batch(config: Any, out: Path, count: int = 16, epoch: int = 1) -> int:
+    """``count`` training images (data.train_dir) above the same images as epoch ``epoch`` of a training run
+    with this config would see them (flip, colour jitter, augment.*); returns how many were drawn."""
+    import torch
+
+    from ..data.augment import augment_batch, plan_epoch
+    from ..data.folder import ImageSettings, scan_image_folder
+    from ..data.loaders import FaceDataset
+
+    plt = require_matplotlib()
+    if config.data.train_dir is None:
+        raise RunDirError("plot --augment needs training images: pass --train-dir DIR (one folder per identity)")
+    settings = ImageSettings.from_config(config.data)
+    scan = scan_image_folder(config.data.train_dir, "train", settings=settings)
+    if not scan.samples:
+        raise RunDirError(f"{config.data.train_dir} holds no readable training image to augment")
+    generator = torch.Generator().manual_seed(config.runtime.seed)
+    picked = torch.randperm(len(scan.samples), generator=generator)[:count].sort().values
+    dataset = FaceDataset(scan.samples, settings)
+    images = torch.stack([dataset[int(index)][0] for index in picked])
+    data = config.data
+    plan = plan_epoch(len(scan.samples), config.runtime.seed, epoch, data.hflip, data.color_jitter, config.augment)
+    augmented = augment_batch(images, picked, plan).round().clamp(0, 255).to(torch.uint8)
+    columns = min(8, len(picked))
+    rows = -(-len(picked) // columns)
+    figure, axes = plt.subplots(2 * rows, columns, figsize=(1.6 * columns, 3.6 * rows), squeeze=False)
+    for axis in axes.reshape(-1):
+        axis.axis("off")
+    for slot, index in enumerate(picked.tolist()):
+        row, column = 2 * (slot // columns), slot % columns
+        axes[row, column].imshow(images[slot].permute(1, 2, 0).numpy())
+        axes[row + 1, column].imshow(augmented[slot].permute(1, 2, 0).numpy())
+        axes[row + 1, column].set_title(_applied(plan, index), fontsize=7)
+    figure.suptitle(f"epoch {epoch} augmentation of {len(picked)} images from {config.data.train_dir} "
+                    f"(each pair: as stored, as trained)", fontsize=9)
+    figure.tight_layout()
+    atomic_write_file(out, lambda path: figure.savefig(path, dpi=90, format=out.suffix[1:].lower()))
+    plt.close(figure)
+    return len(picked)

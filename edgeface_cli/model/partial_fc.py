@@ -98,14 +98,16 @@ class PartialFCHead(MarginHead):
     def loss_and_correct(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.training:
             return super().loss_and_correct(embeddings, labels)
+        return self.sampled_loss(embeddings, labels), self._nearest_is_label(embeddings.detach(), labels)
+
+    def sampled_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The mean margin loss over this step's sample of centres (drawn here), without the accuracy."""
         index = sample_rows(labels, self.num_classes, self.sample_count)
         self._take_rows(index)
         local = torch.searchsorted(index, labels)
         cosine = self.cosine_to(embeddings, self.active)
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            logits = self.loss(cosine, local, self.norms(embeddings))
-            loss = F.cross_entropy(logits, local)
-        return loss, self._nearest_is_label(embeddings.detach(), labels)
+            return F.cross_entropy(self.loss(cosine, local, self.norms(embeddings)), local)
 
     @torch.no_grad()
     def _nearest_is_label(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -84,3 +84,18 @@ def test_blur_equals_a_direct_gaussian_convolution_with_reflected_borders() -> N
         for dx in range(2 * radius + 1):
             wanted += kernel[dy, dx] * padded[:, dy:dy + 16, dx:dx + 16]
     assert np.abs(out[0].numpy() - wanted).max() < 1e-3
+
+
+def test_plot_augment_draws_a_sampled_batch_as_stored_and_as_trained(sample_dataset, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from edgeface_cli.cli import app
+
+    out = tmp_path / "batch.png"
+    result = CliRunner().invoke(app, ["plot", "--augment", "--train-dir", str(sample_dataset / "train"), "--count", "4",
+                                      "--out", str(out), "--set", "recipe=edgeface-paper", "--set", "data.image_size=32",
+                                      "--set", "data.cache=off"])
+    assert result.exit_code == 0, result.output
+    assert "4 images as stored and as augmented" in result.output and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    refused = CliRunner().invoke(app, ["plot", "--augment", "--out", str(tmp_path / "x.png")])
+    assert refused.exit_code == 2 and "--train-dir" in refused.output
