@@ -1,17 +1,21 @@
 """`make bench`, search: top-5 search over synthetic 512-d unit vectors, exact (one matrix product) beside the
 HNSW index (usearch), at 10 k, 100 k and 1 M vectors.
 
-Two kinds of vectors: ``clustered`` like real embeddings (a few samples per identity around its centre, two
-samples of one identity at cosine ~0.6, probes are fresh samples of enrolled identities) and ``random`` (uniform
-on the sphere, probes too: the hardest case for a graph index). For each size: single-query latency p50/p99 for
-both, recall@5 of HNSW against exact on the same queries over an ``expansion_search`` sweep (the smallest setting
-that reaches 0.99 is the one timed), memory per vector, build time, and the f16 / i8 storage options with their
-recall cost. A crossover sweep at small sizes says where HNSW starts to pay (``search.EXACT_UP_TO``).
+Three kinds of vectors. ``clustered``: like embeddings, a few samples per identity around its centre (two
+samples of one identity at cosine ~0.6; probes are fresh samples of enrolled identities), centres uniform on
+the sphere (two identities at cosine 0 +- 0.044). ``spectral``: the same with centres whose spread is a trained
+model's (0 +- 0.1). ``random``: uniform on the sphere, probes too, the hardest case for a graph index. For each
+size: single-query latency p50/p99 for both, recall@5 of HNSW against exact on the same queries over an
+``expansion_search`` sweep (the smallest setting that reaches 0.99 is the one timed), memory per vector, build
+time (which includes the index's own calibration), and the f16 / i8 storage options with their recall cost. A
+crossover sweep at small sizes says where HNSW starts to pay (``search.EXACT_UP_TO``).
 
-    python benchmarks/search.py [--sizes 10000 100000 1000000] [--out bench-search.json]
+    python benchmarks/search.py [--sizes 10000 100000 1000000] [--spectral-sizes ...] [--random-sizes ...]
+                                [--storage f32 i8 f16] [--out bench-search.json]
 
-1 M vectors are 2 GB as float32; the exact index holds a second copy and the HNSW graph a third while it is
-built, so this needs about 7 GB of memory and, on 2 cores, 20-40 minutes.
+Building the graph is what takes the time: on 2 shared cores 100 k f32 vectors took 12.5 min (i8: 3 min), so
+1 M takes hours there; give smaller --sizes for a routine run. 1 M float32 vectors are 2 GB, and the exact
+index holds a second copy while the graph is built: about 7 GB of memory.
 """
 
 from __future__ import annotations
