@@ -20,6 +20,7 @@ from . import (  # noqa: F401 - registers the commands
     eval,
     export,
     inspect_keys,
+    pack,
     plot,
     recognize,
     sample_data,

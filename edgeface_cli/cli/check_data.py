@@ -50,6 +50,9 @@ def _describe(item: dict[str, Any]) -> str:
 @user_errors
 def check_data(
     train_dir: Optional[Path] = typer.Option(None, "--train-dir", help="Training images, one folder per identity."),
+    train_rec: Optional[Path] = typer.Option(
+        None, "--train-rec", help="Training images as an insightface .rec (with its .idx beside it): every record "
+                                  "read and decoded, labels checked."),
     val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Validation images: also checked for leakage."),
     checkpoint: Optional[Path] = typer.Option(
         None, "--checkpoint", help="A run or model: also find images closer to another identity than to their own."),
@@ -74,11 +77,19 @@ def check_data(
     from ..errors import DataError
     from ..preflight import check_image_folder, check_output_file
 
-    resolved = resolve_config(config, set_, **{"data.train_dir": train_dir, "data.val_dir": val_dir, "runtime.device": device,
-                                                   "data.align": align_flag(align, faces), "model.arch": arch})
-    if resolved.data.train_dir is None:
-        raise DataError("nothing to check: pass --train-dir DIR (one folder per identity)")
-    check_image_folder(resolved.data.train_dir, "train")
+    resolved = resolve_config(config, set_, **{"data.train_dir": train_dir, "data.train_rec": train_rec,
+                                               "data.val_dir": val_dir, "runtime.device": device,
+                                               "data.align": align_flag(align, faces), "model.arch": arch})
+    if resolved.data.train_rec is not None:
+        if checkpoint is not None:
+            raise DataError("--checkpoint (label noise from a model's embeddings) reads identity folders, not a .rec "
+                            "yet: drop --checkpoint, or run it on the folder the .rec was packed from")
+        if not resolved.data.train_rec.is_file():
+            raise DataError(f"--train-rec {resolved.data.train_rec}: not found; pass an insightface .rec file")
+    elif resolved.data.train_dir is None:
+        raise DataError("nothing to check: pass --train-dir DIR (one folder per identity) or --train-rec FILE.rec")
+    else:
+        check_image_folder(resolved.data.train_dir, "train")
     if resolved.data.val_dir is not None:
         check_image_folder(resolved.data.val_dir, "val")
     if out is not None:
@@ -104,7 +115,7 @@ def check_data(
     if as_json:
         print_json(result)
     else:
-        _print_report(report, resolved.data.train_dir, resolved.data.val_dir, show_all)
+        _print_report(report, resolved.data.train_rec or resolved.data.train_dir, resolved.data.val_dir, show_all)
         if out is not None:
             err_console.print(f"wrote {escape(str(out))}")
     if report.has_problems:

@@ -57,6 +57,9 @@ def train(
     edgeface: Optional[Path] = typer.Option(None, "--edgeface", "-e", help="Pretrained backbone checkpoint (omit: random init)."),
     arch: Optional[str] = typer.Option(None, "--arch", help=f"Zoo variant, or 'auto' to detect it from --edgeface. {_default('model.arch')}"),
     train_dir: Optional[Path] = typer.Option(None, "--train-dir", help="Training images, one folder per identity."),
+    train_rec: Optional[Path] = typer.Option(
+        None, "--train-rec", help="Training images as an insightface .rec (MS1MV2, Glint360K, edgeface pack), "
+                                  "with its .idx beside it; instead of --train-dir."),
     val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Validation images, one folder per identity."),
     holdout_dir: Optional[Path] = typer.Option(
         None, "--holdout-dir", help="Identities never trained on (one folder each): measured before the first step "
@@ -90,7 +93,7 @@ def train(
     """
     flags = {
         "model.checkpoint": edgeface, "model.arch": arch,
-        "data.train_dir": train_dir, "data.val_dir": val_dir, "runtime.device": device,
+        "data.train_dir": train_dir, "data.train_rec": train_rec, "data.val_dir": val_dir, "runtime.device": device,
         "optim.epochs": epochs, "optim.stage1_epochs": stage1_epochs, "data.batch_size": batch_size,
         "data.workers": workers, "runtime.seed": seed, "runtime.out": out, "data.holdout_dir": holdout_dir,
         "data.val_bins": val_bins or None, "runtime.select_best": select_best,
@@ -119,13 +122,33 @@ def _check_resumed_inputs(resume: Path, resolved: Any) -> None:
     """The data a resumed run reads again, as its config.yaml names it: a folder moved since (or a relative
     path, which means one beside config.yaml) is named with the setting that fixes it, not found later."""
     data = resolved.data
-    named = [("data.train_dir", data.train_dir), ("data.val_dir", data.val_dir), ("data.holdout_dir", data.holdout_dir)]
+    named = [("data.train_dir", data.train_dir), ("data.train_rec", data.train_rec), ("data.val_dir", data.val_dir), ("data.holdout_dir", data.holdout_dir)]
     named += [(f"data.val_bins[{index}]", path) for index, path in enumerate(data.val_bins)]
     for setting, path in named:
         if path is not None and not path.exists():
             fix = "data.val_bins=[...]" if setting.startswith("data.val_bins") else f"{setting}=PATH"
             fail(f"cannot resume {resume}: {setting} is {path}, which does not exist (its config.yaml's relative "
                  f"paths are relative to {resume}); pass --set {fix} with where it is now")
+
+
+def _check_rec_inputs(resolved: Any, resume: Optional[Path]) -> None:
+    """preflight's checks of a folder run, for a run from a .rec: the .rec and .idx exist, the folders are folders
+    of identities, --out is writable."""
+    from ..errors import DataError
+    from ..preflight import check_image_folder, check_writable_folder
+
+    data = resolved.data
+    rec = data.train_rec
+    if not rec.is_file():
+        raise DataError(f"--train-rec {rec}: " + ("a folder; pass the .rec file in it (train.rec)" if rec.is_dir()
+                                                  else "not found; pass an insightface .rec file (train.rec)"))
+    if not rec.with_suffix(".idx").is_file():
+        raise DataError(f"--train-rec {rec}: no {rec.with_suffix('.idx').name} beside it; a .rec is read through its "
+                        "index (edgeface pack writes both)")
+    for folder, role in ((data.val_dir, "val"), (data.holdout_dir, "holdout")):
+        if folder is not None:
+            check_image_folder(folder, role)
+    check_writable_folder(resume or resolved.runtime.out or Path("runs"), "the run directory")
 
 
 @contextmanager
@@ -157,8 +180,12 @@ def run_and_report(
     from ..rundir import check_run_dir
 
     # Before torch loads: a wrong path, a run in the way or an unwritable --out is answered at once, not after the scan.
-    check_training_inputs(resolved.data.train_dir, resolved.data.val_dir, resume or resolved.runtime.out,
-                          None if resume else resolved.model.checkpoint, resolved.data.holdout_dir, resolved.data.val_bins)
+    if resolved.data.train_rec is not None:
+        _check_rec_inputs(resolved, resume)
+    else:
+        check_training_inputs(resolved.data.train_dir, resolved.data.val_dir, resume or resolved.runtime.out,
+                              None if resume else resolved.model.checkpoint, resolved.data.holdout_dir,
+                              resolved.data.val_bins)
     if resume is None and resolved.runtime.out is not None:
         check_run_dir(resolved.runtime.out, force)
     from ..training.distributed import from_environment, shutdown

@@ -4,7 +4,8 @@ Every check reads the same scan as ``train`` (and its decoded-image cache): unre
 identities, exact duplicates (file content hash) and near duplicates (imagehash's perceptual hash of
 the decoded pixels), split into within one identity (harmless), across identities (label noise) and
 across train and val (leakage); identity sizes, image sizes, grayscale share, val identities unknown to
-training; and, given a model, images closer to another identity than to their own.
+training; and, given a model, images closer to another identity than to their own. A ``.rec`` (``data.train_rec``)
+gets its own checks (``_check_rec``): its records read and decoded, labels checked against its classes.
 
 Near duplicates are found without comparing all pairs: two 64-bit hashes within Hamming distance d agree
 exactly on at least one of d + 1 bands of bits (pigeonhole), so only images sharing a band value are
@@ -29,6 +30,7 @@ from ..events import StepCallback, step_reporter
 from .folder import ImageSettings, ScanResult, is_no_face, scan_image_folder
 from .image_files import open_image
 from .loaders import inference_loader
+from .rec_dataset import RecSamples, scan_rec
 
 PROBLEM, WARNING, INFO = "problem", "warning", "info"
 TRAIN_FEW_IMAGES = 5  # fewer than this per training identity: a warning
@@ -188,6 +190,18 @@ def _duplicate_findings(images: list[Entry], exact: list[tuple[int, int]], near:
             for kind, (check, severity, summary, advice) in DUPLICATE_KINDS.items() if kinds[kind]]
 
 
+HISTOGRAM_EDGES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+def identity_histogram(counts: np.ndarray) -> dict[str, int]:
+    """How many identities have 1, 2-4, 5-9, ... images: the shape of a dataset's long tail."""
+    bins = np.searchsorted(HISTOGRAM_EDGES, counts, side="right") - 1
+    tally = np.bincount(bins, minlength=len(HISTOGRAM_EDGES))
+    names = [f"{low}" if high - low == 1 else f"{low}-{high - 1}" for low, high in zip(HISTOGRAM_EDGES, HISTOGRAM_EDGES[1:])]
+    names.append(f"{HISTOGRAM_EDGES[-1]}+")
+    return {name: int(count) for name, count in zip(names, tally)}
+
+
 def _count_findings(train: ScanResult, val: ScanResult | None, config: EdgeFaceConfig) -> tuple[list[Finding], dict[str, Any]]:
     findings = []
     stats: dict[str, Any] = {}
@@ -196,9 +210,11 @@ def _count_findings(train: ScanResult, val: ScanResult | None, config: EdgeFaceC
         if scan is None:
             continue
         counts = np.bincount([sample.identity for sample in scan.samples], minlength=len(scan.classes))
-        stats[split] = {"images": int(counts.sum()), "identities": len(scan.classes), "per_identity_min": int(counts.min()),
-                        "per_identity_median": float(np.median(counts)), "per_identity_max": int(counts.max()),
-                        "imbalance_ratio": float(counts.max() / counts.min())}
+        present = counts[counts > 0]  # a .rec's classes without images are their own finding
+        stats[split] = {"images": int(counts.sum()), "identities": len(scan.classes), "per_identity_min": int(present.min()),
+                        "per_identity_median": float(np.median(present)), "per_identity_max": int(present.max()),
+                        "imbalance_ratio": float(present.max() / present.min()),
+                        "per_identity_histogram": identity_histogram(present)}
         few_below = TRAIN_FEW_IMAGES if split == "train" else minimum
         few = [{"identity": name, "images": int(count)} for name, count in zip(scan.classes, counts) if count < few_below]
         if few:
@@ -285,6 +301,8 @@ def check_data(config: EdgeFaceConfig, model_findings: Callable[[Path], list[Fin
     keeps the first ``listed`` of its items (None: all of them); its count covers all."""
     data = config.data
     settings = ImageSettings.from_config(data)
+    if data.train_rec is not None:
+        return _limited(_check_rec(config, settings, progress), listed)
     assert data.train_dir is not None
     train = scan_image_folder(data.train_dir, "train", settings=settings,
                               progress=step_reporter(progress, "scanning train images"))
@@ -324,8 +342,49 @@ def check_data(config: EdgeFaceConfig, model_findings: Callable[[Path], list[Fin
             int(gray.sum()), [{"file": str(images[i].path)} for i in np.flatnonzero(gray)]))
     if model_findings is not None:
         findings += model_findings(data.train_dir)
+    return _limited(DataReport(findings, stats), listed)
+
+
+def _limited(report: DataReport, listed: int | None) -> DataReport:
+    """Problems first, each finding keeping its first ``listed`` items (None: all)."""
     if listed is not None:
-        for finding in findings:
+        for finding in report.findings:
             finding.items = finding.items[:listed]
     order = {PROBLEM: 0, WARNING: 1, INFO: 2}
-    return DataReport(sorted(findings, key=lambda finding: order[finding.severity]), stats)
+    return DataReport(sorted(report.findings, key=lambda finding: order[finding.severity]), report.stats)
+
+
+def _check_rec(config: EdgeFaceConfig, settings: ImageSettings, progress: StepCallback | None) -> DataReport:
+    """A .rec's checks: counts and the per-identity histogram, corrupt, undecodable or out-of-range records, classes
+    without images, near duplicates across identities and against val (perceptual hashes of the decoded crops)."""
+    data = config.data
+    assert data.train_rec is not None
+    train = scan_rec(data.train_rec, "train", settings, step_reporter(progress, "reading train records"), strict=False)
+    val = (scan_image_folder(data.val_dir, "val", class_names=train.classes, settings=settings,
+                             progress=step_reporter(progress, "scanning val images")) if data.val_dir is not None else None)
+    findings, stats = _count_findings(train, val, config)
+    stats["train"]["classes"] = len(train.classes)
+    if train.height is not None:
+        stats["train"]["crop_size"] = [train.height, train.width]
+    if train.problems:
+        findings.append(Finding(
+            "corrupt or out-of-range train records", PROBLEM,
+            f"{len(train.problems)} records of {train.root} are damaged, do not decode, or carry a label that is not a class",
+            "training refuses the file while they are there: pack the images again (edgeface pack), or fetch the "
+            "dataset again", len(train.problems),
+            [{"file": f"record {key}", "why": why} for key, why in train.problems]))
+    samples = train.samples
+    assert isinstance(samples, RecSamples)
+    images = [Entry(Path(f"{train.root}#{key}"), "train", str(label)) for key, label in
+              zip(samples.keys.tolist(), samples.labels.tolist())]
+    hashes, thumbs, gray = perceptual_hashes(train, settings, data.batch_size, data.workers,
+                                             step_reporter(progress, "perceptual hashes (train)"))
+    if val is not None:
+        images += [Entry(sample.path, "val", val.classes[sample.identity]) for sample in val.samples]
+        val_hashes, val_thumbs, _ = perceptual_hashes(val, settings, data.batch_size, data.workers,
+                                                      step_reporter(progress, "perceptual hashes (val)"))
+        hashes, thumbs = np.concatenate([hashes, val_hashes]), np.concatenate([thumbs, val_thumbs])
+    near = same_colours(thumbs, near_pairs(hashes, data.near_duplicate_distance))
+    findings += _duplicate_findings(images, [], near)
+    stats.update(grayscale_share=float(gray.mean()) if len(gray) else 0.0, near_duplicate_pairs=len(near))
+    return DataReport(findings, stats)

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .cache import CachedImages
 from .folder import ImageSettings, Sample, ScanResult, decode_with
+from .rec_dataset import RecDataset, RecSamples, RecScan
 
 
 class FaceDataset(Dataset):
@@ -64,7 +65,10 @@ class CachedBatches(Dataset):
 
 
 def face_dataset(samples: Sequence[Sample], scan: ScanResult | None, settings: ImageSettings) -> Dataset:
-    """Batches from the scan's cache when it has one, else a file decoded per image."""
+    """Batches from the scan's cache when it has one, a record decoded per image from a ``.rec``, else a file
+    decoded per image."""
+    if isinstance(scan, RecScan) and isinstance(samples, RecSamples) and scan.records is not None:
+        return RecDataset(samples, scan.records, settings)
     if scan is not None and scan.cached is not None and all(sample.row >= 0 for sample in samples):
         return CachedBatches(samples, scan.cached)
     return FaceDataset(samples, settings)

@@ -11,6 +11,7 @@ import torch
 
 from ..config import EdgeFaceConfig, with_absolute_paths
 from ..data.folder import NON_SQUARE_HINT, ImageSettings, ScanResult, left_out_note, problem_counts, scan_image_folder
+from ..data.rec_dataset import scan_rec
 from ..errors import DataError, RunDirError
 from ..events import EventHandler, Notice, ScanProgress
 from ..model.checkpoints import BackboneLoad, load_backbone
@@ -24,17 +25,21 @@ from .training_state import seed_everything
 
 def scan_datasets(config: EdgeFaceConfig, on_event: EventHandler) -> tuple[ScanResult, ScanResult | None]:
     """Scan (and cache) train and val up front; report unreadable files, empty identities, odd shapes."""
-    if config.data.train_dir is None:
-        raise DataError("no training data: pass --train-dir DIR (one folder per identity)")
     settings = ImageSettings.from_config(config.data)
-    train = scan_image_folder(
-        config.data.train_dir, "train", settings=settings,
-        progress=lambda done, total: on_event(ScanProgress("train", done, total)),
-    )
-    report_scan(train, "train", on_event)
+    scan_progress = lambda done, total: on_event(ScanProgress("train", done, total))  # noqa: E731
+    if config.data.train_rec is not None:
+        train: ScanResult = scan_rec(config.data.train_rec, "train", settings, scan_progress)
+        if train.empty_classes:
+            on_event(Notice("warning", f"{len(train.empty_classes)} of the {len(train.classes)} classes of "
+                                       f"{train.root} have no image record: their centres never train"))
+    elif config.data.train_dir is None:
+        raise DataError("no training data: pass --train-dir DIR (one folder per identity) or --train-rec FILE.rec")
+    else:
+        train = scan_image_folder(config.data.train_dir, "train", settings=settings, progress=scan_progress)
+        report_scan(train, "train", on_event)
     if len(train.classes) < 2:
         raise DataError(
-            f"train dir {train.root} has {len(train.classes)} usable identity; at least 2 are needed to learn to tell them apart"
+            f"train data {train.root} has {len(train.classes)} usable identity; at least 2 are needed to learn to tell them apart"
         )
     val = None
     if config.data.val_dir is not None:
