@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make gpu-check`: on a machine with a CUDA GPU, every step time-limited (12.5 minutes in all), writes
+# `make gpu-check`: on a machine with a CUDA GPU, every step time-limited (15.5 minutes in all), writes
 # gpu-check/summary.json with
 #   1. the CUDA-marked tests (tests/test_cuda.py),
 #   2. `make bench` on the GPU: EdgeFace-XXS, batch 256, fp16 AMP (gpu-check/bench.json),
@@ -8,7 +8,9 @@
 #   5. face alignment (MTCNN) on the GPU beside the official-style loop (gpu-check/bench-align.json; needs the
 #      example photos: EDGEFACE_SHARED, else ../shared; skipped without them),
 #   6. the ONNX export on onnxruntime's CUDA provider, fp32 and fp16, beside PyTorch on the GPU
-#      (gpu-check/onnx-gpu.json; says "skipped" when onnxruntime-gpu is not installed).
+#      (gpu-check/onnx-gpu.json; says "skipped" when onnxruntime-gpu is not installed),
+#   7. the default ONNX export through TensorRT's ONNX parser, fp32 and fp16 engines, beside eager CUDA
+#      (gpu-check/tensorrt-gpu.json; says "skipped" when the tensorrt package is not installed).
 # It installs nothing: run it where the package is importable (make install, or pip install --no-deps -e .).
 # GPU_CHECK_DEVICE=cpu rehearses the same steps on the CPU (a quick bench) to check the script itself.
 set -uo pipefail
@@ -49,6 +51,7 @@ step deploy 90 bash -c "'$PY' -m edgeface_cli eval --val-dir '$OUT/data/val' --c
   --device $DEVICE --json"
 step align 60 "$PY" benchmarks/align.py --device $DEVICE --repeats 2 --out "$OUT/bench-align.json"
 step onnx-gpu 120 "$PY" benchmarks/onnx_gpu.py --device $DEVICE --out "$OUT/onnx-gpu.json"
+step tensorrt 180 "$PY" benchmarks/tensorrt_gpu.py --out "$OUT/tensorrt-gpu.json"
 "$PY" - "$OUT" "$started" <<'PY'
 import json, sys, time
 from pathlib import Path
@@ -56,7 +59,8 @@ out = Path(sys.argv[1])
 steps = dict(line.split(" ", 1) for line in (out / "steps.txt").read_text().splitlines())
 summary = {"device": (out / "device.txt").read_text().strip(), "steps": steps,
            "seconds": round(time.time() - int(sys.argv[2]))}
-for key, name in (("bench", "bench.json"), ("align", "bench-align.json"), ("onnx_gpu", "onnx-gpu.json")):
+for key, name in (("bench", "bench.json"), ("align", "bench-align.json"), ("onnx_gpu", "onnx-gpu.json"),
+                  ("tensorrt", "tensorrt-gpu.json")):
     if (out / name).exists():
         summary[key] = json.loads((out / name).read_text())
 metrics = out / "train" / "metrics.jsonl"
