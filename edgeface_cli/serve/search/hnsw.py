@@ -45,6 +45,7 @@ class HnswIndex(VectorIndex):
             raise ValueError(f"unknown vector storage {storage!r}: use one of {', '.join(STORAGE)}")
         usearch = import_extra("usearch.index", "the HNSW search index", "ann")
         self.storage = storage
+        self.calibrated_recall: float | None = None  # what the last ``calibrate`` reached (below target: use exact)
         self.threads = threads  # 0: every core (for bulk adds; one query runs on one core)
         self._index: Any = usearch.Index(ndim=dim, metric="cos", dtype=storage, connectivity=connectivity,
                                          expansion_add=expansion_add, expansion_search=expansion_search)
@@ -98,6 +99,7 @@ class HnswIndex(VectorIndex):
             recall = float(np.mean([len(np.setdiff1d(np.intersect1d(got, best), [own])) / k
                                     for got, best, own in zip(found, truth, picked, strict=True)]))
             if recall >= target or self.expansion_search >= MAX_EXPANSION:
+                self.calibrated_recall = recall
                 return recall
             self.expansion_search = min(MAX_EXPANSION, 2 * self.expansion_search)
 
