@@ -21,8 +21,12 @@ API_VERSION = "v1"
 
 async def _follow(service: Service) -> None:
     """Another replica's enrolments reach this one's index (and the gallery-size metric) within the interval."""
+    wait = getattr(service.store, "wait_for_change", None)  # PostgreSQL's: woken by NOTIFY at each commit
     while True:
-        await asyncio.sleep(service.settings.follow_interval_s)
+        if wait is None:
+            await asyncio.sleep(service.settings.follow_interval_s)
+        else:
+            await asyncio.to_thread(wait, service.settings.follow_interval_s)
         await asyncio.to_thread(service.index.refresh)
 
 
