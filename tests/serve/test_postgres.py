@@ -280,8 +280,12 @@ def test_collections_persons_samples_keys_and_the_model_binding(database: str) -
             store.revoke_key("nope")
 
     other = ModelFingerprint.of(Path("/models/other.pt"), "b" * 64, 112, "rgb/127.5-1 center_crop", False)
-    with PostgresStore(database) as replica, pytest.raises(StoreModelError, match="enrolled with"):
-        replica.bind(other, database)  # a replica started with another model is refused
+    with PostgresStore(database) as replica:
+        with pytest.raises(StoreModelError, match="enrolled with"):
+            replica.bind(other, database)  # a replica started with another model is refused
+        with pytest.raises(StoreModelError, match="by another replica"):
+            replica._write_fingerprint(other)  # two binding an empty store at once: bind saw none, the other won
+        assert replica.fingerprint() == fingerprint
 
 
 def test_an_unreachable_server_is_one_line_naming_the_fix_without_the_password() -> None:
