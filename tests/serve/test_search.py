@@ -119,7 +119,7 @@ def test_hnsw_recall_at_5_against_exact_search_and_ids_mapped_back() -> None:
     exact.add(ids, gallery)
     hnsw.add(ids, gallery)  # a bulk add: it calibrates the search width on its own vectors
     assert hnsw.expansion_search > 4 and hnsw.calibrated_recall is not None and hnsw.calibrated_recall >= 0.99
-    queries = probes[:500]
+    queries = probes[:300]
     expected_scores, expected = exact.search(queries, 5)
     scores, found = hnsw.search(queries, 5)
     recall = np.mean([len(np.intersect1d(a, b)) / 5 for a, b in zip(found, expected, strict=True)])
