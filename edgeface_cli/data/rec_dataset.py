@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from .folder import ImageSettings, Sample, ScanResult
-from .recordio import RecLayout, RecordFile, class_of, read_layout
+from .recordio import IRHeader, RecLayout, RecordFile, class_of, read_layout
 
 
 class RecSamples(Sequence[Sample]):
@@ -85,11 +85,13 @@ def scan_rec(path: Path | str, role: str = "train", settings: ImageSettings | No
     labels = np.empty(len(keys), dtype=np.int64)
     raw: list[float] = []
     problems: list[tuple[int, str]] = []
-    headers = []
+    headers: list[IRHeader | None] = []
     for done, key in enumerate(keys.tolist(), 1):
         try:
-            header, data = records.record(key)
-            if not strict:  # check-data: every image decoded too, as a folder's files are
+            if strict:
+                header = records.header(key)
+            else:  # check-data: every record read whole and its image decoded, as a folder's files are
+                header, data = records.record(key)
                 decode_payload(data, settings, records.where(key))
         except DataError as exc:
             if strict:

@@ -39,6 +39,7 @@ MAX_PART = (1 << LENGTH_BITS) - 1
 # cflag of a record part: 0 whole, 1 first of several, 2 middle, 3 last.
 WHOLE, FIRST, MIDDLE, LAST = 0, 1, 2, 3
 IDENTITY_HEADER_FLAG = 2
+HEADER_READ = 8 + 24 + 4 * 8  # a frame, the IRHeader and up to 8 labels: what a scan reads of each record
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,25 @@ class RecordFile:
 
     def record(self, key: int) -> tuple[IRHeader, bytes]:
         return unpack_payload(self.read(key), self.where(key))
+
+    def header(self, key: int) -> IRHeader:
+        """Record ``key``'s IRHeader from one small read (a scan of millions of records reads no image bytes):
+        its first part's frame is checked, and its length against the file's end; the rest is checked when read."""
+        offset = self.offset(key)
+        head = os.pread(self._handle(), HEADER_READ, offset)
+        if len(head) < _FRAME.size:
+            raise DataError(f"{self.where(key)}: the file ends inside the record (at byte {offset}); it is truncated")
+        magic, lrecord = _FRAME.unpack_from(head)
+        cflag, length = lrecord >> LENGTH_BITS, lrecord & MAX_PART
+        if magic != MAGIC or cflag not in (WHOLE, FIRST):
+            return self.record(key)[0]  # the full read names what is wrong
+        if offset + _FRAME.size + length > self.size:
+            raise DataError(f"{self.where(key)}: its length ({length} bytes at byte {offset + _FRAME.size}) runs past "
+                            f"the end of the file ({self.size} bytes); it is truncated")
+        first_part = head[_FRAME.size:_FRAME.size + length]
+        if cflag == FIRST or len(first_part) < HEADER.size or len(first_part) < HEADER.size + 4 * HEADER.unpack_from(first_part)[0]:
+            return self.record(key)[0]  # a header split across parts, or many labels: read it whole
+        return unpack_payload(first_part, self.where(key))[0]
 
 
 def class_of(header: IRHeader, num_classes: int, where: str) -> int:
