@@ -63,6 +63,12 @@ bench: install
 	$(BIN)/python benchmarks/align.py --out bench-align.json
 	$(BIN)/python benchmarks/regularisers.py --out bench-regularisers.json
 	$(BIN)/python benchmarks/deploy.py --out bench-deploy.json
+	$(BIN)/python benchmarks/int8.py --out bench-int8.json
+	$(BIN)/python benchmarks/recordio.py --out bench-recordio.json
+	$(BIN)/python benchmarks/partial_fc.py --out bench-partial-fc.json
+	$(BIN)/python benchmarks/augment.py --out bench-augment.json
+	$(BIN)/python benchmarks/search.py --sizes 10000 100000 --out bench-search.json
+	$(BIN)/python benchmarks/serve_load.py --out bench-serve.json
 
 # On a machine with a CUDA GPU (installs nothing): CUDA tests, bench on the GPU, a 2-epoch CUDA run, deploy,
 # alignment and the ONNX file on onnxruntime's CUDA provider -> gpu-check/.
@@ -70,4 +76,5 @@ gpu-check:
 	PYTHON=$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) bash benchmarks/gpu_check.sh
 
 clean:
-	rm -rf $(DEMO) .pytest_cache gpu-check bench.json bench-sharded-head.json bench-check-data.json bench-align.json bench-regularisers.json bench-deploy.json
+	rm -rf $(DEMO) .pytest_cache gpu-check bench.json bench-sharded-head.json bench-check-data.json bench-align.json bench-regularisers.json bench-deploy.json \
+		bench-int8.json bench-recordio.json bench-partial-fc.json bench-augment.json bench-search.json bench-serve.json
