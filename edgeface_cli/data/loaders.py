@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..errors import EdgeFaceError
 from .cache import CachedImages
 from .folder import ImageSettings, Sample, ScanResult, decode_with
 from .rec_dataset import RecDataset, RecSamples, RecScan
@@ -173,6 +174,21 @@ class PrefetchLoader:
             thread.join()
 
 
+class WorkerLoader(DataLoader):
+    """A DataLoader whose worker processes' user errors (a damaged record, say) reach the caller as the one line
+    they were raised with: torch re-raises them with the worker's traceback folded into the message."""
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        try:
+            yield from super().__iter__()
+        except EdgeFaceError as exc:
+            lines = [line for line in str(exc).splitlines() if line.strip()]
+            if len(lines) <= 1:
+                raise
+            last = lines[-1]
+            raise type(exc)(last.split(": ", 1)[1] if last.startswith(type(exc).__module__) else last) from None
+
+
 BatchLoader = DataLoader | PrefetchLoader
 
 
@@ -185,8 +201,8 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, 
     batches = EpochBatches(len(dataset), batch_size, shuffle, seed, rank, world)  # type: ignore[arg-type]
     if isinstance(dataset, CachedBatches):
         return PrefetchLoader(DataLoader(dataset, sampler=batches, batch_size=None, num_workers=0, pin_memory=pin_memory))
-    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory,
-                      persistent_workers=workers > 0)
+    return WorkerLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory,
+                        persistent_workers=workers > 0)
 
 
 def inference_loader(samples: Sequence[Sample], scan: ScanResult | None, settings: ImageSettings, batch_size: int,

@@ -262,3 +262,15 @@ def test_check_data_reports_counts_histogram_and_bad_records(packed: Path, tmp_p
     report = json.loads(output[output.index("{"):])
     bad = next(item for item in report["findings"] if item["check"] == "corrupt or out-of-range train records")
     assert bad["count"] == 1 and "record 3" in bad["items"][0]["why"] and report["stats"]["train"]["images"] == 3
+
+
+@pytest.mark.slow
+def test_a_damaged_record_in_a_worker_process_is_still_one_line(tmp_path: Path) -> None:
+    from edgeface_cli.data.loaders import make_loader
+
+    rec = _damaged("undecodable image", tmp_path)
+    scan = scan_rec(rec, settings=ImageSettings(image_size=32, cache="off"))
+    loader = make_loader(face_dataset(scan.samples, scan, scan.settings), 2, False, 1, False, 0)
+    with pytest.raises(DataError) as caught:
+        list(loader)
+    assert str(caught.value).startswith(f"{rec} record 2: its image does not decode") and "\n" not in str(caught.value)
