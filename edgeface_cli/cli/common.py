@@ -132,7 +132,7 @@ FLAG_NAMES = {
     "data.workers": "--workers", "data.align": "--align/--faces", "model.arch": "--arch", "model.checkpoint": "--edgeface",
     "optim.epochs": "--epochs", "optim.stage1_epochs": "--stage1-epochs", "runtime.device": "--device",
     "runtime.out": "--out", "runtime.seed": "--seed", "runtime.amp": "--amp", "data.holdout_dir": "--holdout-dir",
-    "data.val_bins": "--val-bin", "runtime.select_best": "--select-best",
+    "data.val_bins": "--val-bin", "runtime.select_best": "--select-best", "data.train_rec": "--train-rec",
 }
 
 
