@@ -2,17 +2,21 @@
 standard ai.onnx form every runtime that takes int8 ONNX reads), per-channel int8 weights, int8 activations whose
 scales come from calibration images.
 
-The recipe is what measured best on XXS at 112 px (``benchmarks/int8.py``, 64 generated faces to calibrate,
-64 others to judge): unsigned (asymmetric) activations with MinMax ranges. Signed activations ran at half the
-speed on onnxruntime 1.32 (its VNNI kernels are u8×s8) at the same min cosine (0.9986); ``reduce_range`` lost
-accuracy (0.9985) for no speed; MatMul/Gemm only kept more (0.9998) but ran slower still, since each
-remaining fp32 convolution then sits between a dequantise and a quantise. LayerNormalization, Softmax, Erf
-and the other element-wise operators stay fp32 (onnxruntime quantises none of them by default).
+The recipe (``StaticRecipe``) was chosen by measuring (``benchmarks/int8.py``: XXS at 112 px, batch 64, 2 threads,
+onnxruntime 1.32 on an AVX-512 VNNI + AMX CPU; min cosine against eager on 64 rendered faces not used to
+calibrate): unsigned (asymmetric) activations, MinMax ranges, Conv+MatMul+Gemm: 0.78x fp32 at 0.9955.
+Signed activations ran slower (0.58x, 0.9945: onnxruntime's VNNI kernels are u8×s8), ``reduce_range`` too
+(0.69x, 0.9953); percentile ranges 0.84x at 0.9973; MatMul/Gemm only 0.88x at 0.9996. None beats fp32 on this
+model (not profiled; likely the fp32 LayerNorm/GELU and the Q/DQ around EdgeNeXt's small pointwise layers).
+LayerNormalization, Softmax, Erf and the other element-wise operators stay fp32 (onnxruntime quantises none
+of them by default); every variant kept AUC on rendered pairs within 0.1 pp.
 """
 
 from __future__ import annotations
 
+import io
 import tempfile
+from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,8 +94,10 @@ def quantize_onnx_static(fp32_path: Path, out_path: Path, calibration: np.ndarra
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
 
-    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.") as work, quiet(""):
-        # quiet(""): onnxruntime's quantiser logs a warning per tensor it leaves alone through the root logger
+    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.") as work, quiet(""), \
+            redirect_stdout(io.StringIO()):
+        # onnxruntime's quantiser logs a warning per tensor it leaves alone (the root logger) and its histogram
+        # calibrators print their progress: library code does not print
         # Shapes inferred for the quantiser; its graph optimisation is skipped: fusions belong to the runtime
         # at session start, never in the shipped file.
         prepared = Path(work) / "prepared.onnx"
