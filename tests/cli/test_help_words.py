@@ -34,7 +34,7 @@ def test_every_command_help_is_in_plain_words() -> None:
     odd = {name: ODD.findall(text) for name, text in helps.items() if ODD.search(text)}
     assert not odd, odd
     assert "Usage: edgeface align [OPTIONS] IN OUT" in helps["edgeface align"]
-    assert "Usage: edgeface plot [OPTIONS] RUN..." in helps["edgeface plot"]
+    assert "Usage: edgeface plot [OPTIONS] [RUN]..." in helps["edgeface plot"]  # optional with --augment
     assert "Usage: edgeface enroll [OPTIONS] [GALLERY_DIR]" in helps["edgeface enroll"]
     assert re.search(r"--val-bin PATH\s", helps["edgeface train"])
     assert re.search(r"--epochs INTEGER\s", helps["edgeface train"])
