@@ -131,7 +131,7 @@ def test_align_all_faces_writes_each_face_as_its_own_crop_with_its_box(
 @needs_photos
 def test_identify_and_embed_all_faces_answer_per_face_with_its_box(
         group_folder: Path, all_crops: tuple[Path, str], tmp_path: Path, xxs_checkpoint: Path,
-        golden_faces: list[dict]) -> None:
+        golden_faces: list[dict], monkeypatch: pytest.MonkeyPatch) -> None:
     """A gallery of the three crops align --all-faces wrote, one identity each: identify --all-faces on the group
     photo must give each face its own crop's identity, at similarity 1 (the same pixels through the same model)."""
     from typer.testing import CliRunner
@@ -160,6 +160,9 @@ def test_identify_and_embed_all_faces_answer_per_face_with_its_box(
         assert probe["matches"][0]["similarity"] == pytest.approx(1.0, abs=1e-4)
         assert probe["matches"][1]["similarity"] < 0.9999
         _near(probe["box"], golden_faces)
+    from edgeface_cli.cli.common import console
+
+    monkeypatch.setattr(console, "_width", 400)  # table cells on one line each, whatever COLUMNS other tests left
     table = runner.invoke(app, ["identify", probes[0], "--gallery", str(gallery), "--all-faces", *fast])
     assert table.exit_code == 0 and "0: box " in table.output and "2: box " in table.output
     out = tmp_path / "faces.npz"
