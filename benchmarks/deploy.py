@@ -29,6 +29,7 @@ from edgeface_cli.data.folder import ImageSettings
 from edgeface_cli.data.sample_data import write_sample_dataset
 from edgeface_cli.deploy.bench import bench
 from edgeface_cli.deploy.export import export_backbone, generated_faces, write_program
+from edgeface_cli.deploy.int8_export import Int8Request, export_int8, gate_pairs
 from edgeface_cli.model.loading import load_model
 from edgeface_cli.model.programs import ExportedProgram, OnnxBackbone
 from edgeface_cli.platform_info import cpu_features
@@ -110,7 +111,12 @@ def main() -> None:
     backbone = EdgeFace("edgeface_xxs").eval()
     settings = ImageSettings(image_size=args.size)
     images = generated_faces(32, args.size)
-    onnx = export_backbone(backbone, settings, "onnx", work / "m.onnx", images, "generated", work / "m.pt", int8=True)
+    onnx = export_backbone(backbone, settings, "onnx", work / "m.onnx", images, "generated", work / "m.pt")
+    # export --int8: static QDQ calibrated on generated faces, judged on rendered pairs (8 people, 4 renders each)
+    write_sample_dataset(work / "pairs", identities=8, per_identity=4, size=args.size, seed=1, val_per_identity=0)
+    export_int8(onnx, backbone, settings, images, "generated", work / "m.pt",
+                Int8Request(generated_faces(32, args.size, seed=1), "generated faces",
+                            *gate_pairs(work / "pairs" / "train", settings)))
     onnx20 = export_backbone(backbone, settings, "onnx", work / "m20.onnx", images, "generated", work / "m.pt", opset=20)
     pt2 = export_backbone(backbone, settings, "pt2", work / "m.pt2", images, "generated", work / "m.pt")
     plain = work / "as_trained.onnx"  # the backbone exported as it is, without the channels-last rewrite
@@ -121,7 +127,7 @@ def main() -> None:
         "onnx fp32, opset 20 (standard Gelu)": (OnnxBackbone(onnx20.path), onnx20.path),
         "onnx fp32, one session with intra-op threads": (IntraOpOnly(onnx.path), onnx.path),
         "onnx fp32, graph as trained (previous export)": (IntraOpOnly(plain), plain),
-        "onnx int8 (shipped: dynamic matmul)": (OnnxBackbone(onnx.int8.path), onnx.int8.path),  # type: ignore[union-attr]
+        "onnx int8 (shipped: static QDQ)": (OnnxBackbone(onnx.int8.path), onnx.int8.path),  # type: ignore[union-attr]
         "pt2": (ExportedProgram(pt2.path), pt2.path),
     }
     for name, path in quantized_variants(onnx.path, work).items():

@@ -33,6 +33,9 @@ EXPORT_SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".ts", "safete
 EXPORT_EXTRAS = {"onnx": ("export", ("onnx", "onnxscript", "onnxruntime")), "openvino": ("openvino", ("openvino",)),
                  "tflite": ("tflite", ("litert_torch", "ai_edge_litert")), "ncnn": ("ncnn", ("pnnx", "ncnn")),
                  "coreml": ("coreml", ("coremltools",))}
+# --int8: static int8 from calibration images, and what each needs beyond its format's own packages.
+INT8_FORMATS = ("onnx", "openvino")
+INT8_EXTRAS = {"openvino": ("nncf",)}
 STATIC_BATCH_FORMATS = ("onnx", "openvino", "tflite")  # any fixed N; pt2 only 1; the others take any batch as written
 
 
@@ -48,16 +51,20 @@ def module_installed(name: str) -> bool:
 
 
 def check_export_request(fmt: str, int8: bool, static_batch: int | None = None) -> None:
-    """A format export writes, its extra installed, int8 only for ONNX, a static batch the format can have
-    (checked before any model is loaded)."""
+    """A format export writes, its extra installed, int8 only for ONNX and OpenVINO (tflite: not built yet), a
+    static batch the format can have (checked before any model is loaded)."""
     if fmt not in EXPORT_SUFFIXES:
         raise DataError(f"--format {fmt}: use one of {', '.join(EXPORT_SUFFIXES)}")
-    if int8 and fmt != "onnx":
-        raise DataError("--int8 quantises ONNX models: pass --format onnx")
+    if int8 and fmt == "tflite":
+        raise DataError("--format tflite --int8 (full-integer LiteRT) is not built yet: export --format onnx --int8 "
+                        "or --format openvino --int8, or the tflite file in fp32")
+    if int8 and fmt not in INT8_FORMATS:
+        raise DataError(f"--int8 quantises onnx and openvino models, not {fmt}: pass --format onnx or --format openvino")
     extra, modules = EXPORT_EXTRAS.get(fmt, ("", ()))
-    missing = next((module for module in modules if not module_installed(module)), None)
+    missing = next((module for module in (*modules, *(INT8_EXTRAS.get(fmt, ()) if int8 else ()))
+                    if not module_installed(module)), None)
     if missing is not None:
-        raise MissingExtraError(f"--format {fmt}", extra, missing)
+        raise MissingExtraError(f"--format {fmt}{' --int8' if int8 else ''}", extra, missing)
     if static_batch is not None and not (static_batch >= 1 and fmt in STATIC_BATCH_FORMATS
                                          or (fmt == "pt2" and static_batch == 1)):
         raise DataError(f"--static-batch {static_batch}: an onnx, openvino or tflite file takes any static batch, a "
@@ -67,7 +74,8 @@ def check_export_request(fmt: str, int8: bool, static_batch: int | None = None) 
 
 
 def int8_path(out: Path) -> Path:
-    """Where ``--int8`` writes the quantised model: beside the fp32 one (``model.onnx`` -> ``model.int8.onnx``)."""
+    """Where ``--int8`` writes the quantised model: beside the fp32 one (``model.onnx`` -> ``model.int8.onnx``,
+    ``model.xml`` -> ``model.int8.xml`` with its ``model.int8.bin``)."""
     return out.with_name(f"{out.stem}.int8{out.suffix}")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.markup import escape
@@ -52,10 +52,22 @@ def export(
         help="A fixed batch of N images, for runtimes that want fixed shapes (onnx, openvino, tflite; pt2: 1). "
              "Default: any batch (tflite: 1)."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Any batch: the default now (kept for old scripts)."),
-    int8: bool = typer.Option(False, "--int8", help="Also write an int8 ONNX model (dynamic int8 MatMul/Gemm layers) beside --out."),
+    int8: bool = typer.Option(
+        False, "--int8",
+        help="Also write a static int8 copy beside --out (onnx: per-channel QDQ for onnxruntime; openvino: NNCF int8 "
+             "IR), calibrated on --calibration-dir and kept only if it loses at most --int8-max-drop on verification "
+             "pairs."),
     parity_dir: Optional[Path] = typer.Option(
         None, "--parity-dir", "--calibration-dir",
-        help="Images the file is checked on against PyTorch (default: the run's val/train data)."),
+        help="Images the file is checked on against PyTorch, and --int8 calibrates on (aligned faces; default: the "
+             "run's val/train data, train first for calibration)."),
+    int8_pairs_dir: Optional[Path] = typer.Option(
+        None, "--int8-pairs-dir",
+        help="Identity folders (<identity>/<image>) --int8 judges fp32 against int8 on, all pairs (default: the "
+             "run's val folder)."),
+    int8_max_drop: float = typer.Option(
+        0.5, "--int8-max-drop", min=0.0,
+        help="Percentage points of TAR at FAR 1e-3 (of AUC where the pairs cannot resolve that FAR) int8 may lose."),
     int8_min_cosine: float = typer.Option(0.99, "--int8-min-cosine", min=0.0, max=1.0, help="Parity the int8 model must reach."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
     bench_file: bool = typer.Option(
@@ -87,13 +99,16 @@ def export(
     out = out or Path(f"edgeface{EXPORT_SUFFIXES[fmt]}")
     if parity_dir is not None and not parity_dir.is_dir():
         raise DataError(f"--parity-dir {parity_dir} is not a folder of images")
-    outputs = [*export_files(fmt, out), *([int8_path(out)] if int8 else [])]
+    if int8_pairs_dir is not None and not int8_pairs_dir.is_dir():
+        raise DataError(f"--int8-pairs-dir {int8_pairs_dir} is not a folder of identity folders")
+    outputs = [*export_files(fmt, out), *(export_files(fmt, int8_path(out)) if int8 else [])]
     check_outputs(outputs, force, [checkpoint])
     new_folder = missing_folder(out)  # the int8 file goes beside it
     resolved = resolve_config(config, set_, **{"runtime.device": "cpu", "model.arch": arch})
     from ..deploy.decisions import decision_threshold
     from ..deploy.embedder import load_embedder
     from ..deploy.export import PARITY_IMAGES, export_backbone, reference_images
+    from ..deploy.int8_export import CALIBRATION_IMAGES, Int8Request, accuracy_record, export_int8, gate_pairs
     from ..rundir import run_dir_of
     from ..thresholds import recorded_threshold
 
@@ -102,26 +117,48 @@ def export(
         raise DataError(f"{checkpoint} is already an exported {embedder.kind} model; export from the run or checkpoint")
     check_outputs(outputs, force, [checkpoint, embedder.source])  # the checkpoint a run directory resolved to too
     run_dir = run_dir_of(checkpoint)
-    folders = [parity_dir] if parity_dir is not None else []
+    val_dir = train_dir = None
     if run_dir is not None:  # the run's own images, when they are still there
         from ..config import build_config
 
         trained = build_config(run_dir / "config.yaml", search_default_file=False).data
-        folders += [folder for folder in (trained.val_dir, trained.train_dir) if folder is not None]
+        val_dir, train_dir = trained.val_dir, trained.train_dir
+    pairs_dir = int8_pairs_dir or (val_dir if val_dir is not None and val_dir.is_dir() else None)
+    if int8 and pairs_dir is None:
+        raise DataError("--int8 judges the int8 copy on verification pairs and this checkpoint's run has no val "
+                        "folder at hand: give --int8-pairs-dir FOLDER (identity folders of aligned faces)")
     sources = embedder.threshold_sources()
     found, _ = decision_threshold(sources)  # the one eval recorded for these weights, at this size, without flip
     threshold = (found.value, found.source) if found else None
     # The eval record's own reason: decision_threshold's ends in "pass --threshold T", which export has not.
     why = "" if found else recorded_threshold(sources.fingerprint, sources.run_dir)[1]
     threshold_note = f"no threshold at export: {why}" if why else None
+    run_folders = [folder for folder in (val_dir, train_dir) if folder is not None]
     with console.status("exporting", spinner="dots") if console.is_terminal else nullcontext() as status:
-        (images, source), = reference_images(folders, embedder.settings, [PARITY_IMAGES])
+        progress = (lambda text: status.update(text)) if status is not None else None
+        request = None
+        if int8 and parity_dir is not None:  # disjoint sets: parity is never judged on the calibration images
+            (images, source), calibration = reference_images([parity_dir], embedder.settings,
+                                                             [PARITY_IMAGES, CALIBRATION_IMAGES])
+        else:
+            (images, source), = reference_images([parity_dir] if parity_dir else run_folders, embedder.settings,
+                                                 [PARITY_IMAGES])
+            # The run's train images first: the gate judges on its val pairs.
+            calibration = reference_images(run_folders[::-1], embedder.settings, [CALIBRATION_IMAGES])[0] if int8 else None
+        if int8:  # the pairs read before anything is written: a wrong folder costs no export
+            assert pairs_dir is not None and calibration is not None  # refused above; found just now
+            request = Int8Request(*calibration, *gate_pairs(pairs_dir, embedder.settings), int8_max_drop, int8_min_cosine)
         result = export_backbone(
             embedder.backbone, embedder.settings, fmt, out, images, source, embedder.source, opset=opset,
-            static_batch=static_batch, int8=int8, int8_min_cosine=int8_min_cosine, threshold=threshold,
-            progress=(lambda text: status.update(text)) if status is not None else None,
+            static_batch=static_batch, threshold=threshold, progress=progress,
             source_sha256=embedder.model.sha256, threshold_note=threshold_note,
         )
+        if request is not None:
+            if "generated faces" in request.calibration_source:
+                result.notes.append("int8 was calibrated on generated faces (no image folder at hand): give "
+                                    "--calibration-dir a folder of aligned faces like those it will see")
+            export_int8(result, embedder.backbone, embedder.settings, images, source, embedder.source, request,
+                        static_batch, progress, embedder.model.sha256)
     recommendation: dict | None = None
     if bench_file:
         recommendation = recommend_runtime(result.path, embedder.model)
@@ -134,8 +171,11 @@ def export(
         "parity_mean_cosine": checked.mean_cosine if checked else None,
         "parity_images": checked.source if checked else None, "image_size": embedder.settings.image_size,
         "int8": None if result.int8 is None else {
-            "file": str(result.int8.path), "bytes": result.int8.size_bytes, "fp32_bytes": result.int8.fp32_size_bytes,
+            "file": str(result.int8.path), "files": [str(path) for path in export_files(fmt, result.int8.path)],
+            "sidecar": str(result.int8.sidecar), "bytes": result.int8.size_bytes,
+            "fp32_bytes": result.int8.fp32_size_bytes, "runtime": result.int8.runtime,
             "parity_min_cosine": result.int8.parity.min_cosine, "parity_mean_cosine": result.int8.parity.mean_cosine,
+            "calibration": result.int8.calibration, "accuracy": accuracy_record(result.int8.verdict, result.int8.pairs),
             "images_per_s": result.int8.images_per_s, "fp32_images_per_s": result.int8.fp32_images_per_s,
         },
         "speed": None if result.speed is None else asdict(result.speed),
@@ -164,11 +204,14 @@ def export(
                           f"{result.speed.pytorch_images_per_s:.0f} on the same {checked.images} images as one batch "
                           f"({result.speed.threads} threads, interleaved rounds)")
         if result.int8 is not None:
-            console.print(f"int8: {escape(str(result.int8.path))}, {result.int8.size_bytes / 2**20:.1f} MiB "
-                          f"({result.int8.size_bytes / result.int8.fp32_size_bytes:.0%} of fp32); min cosine "
-                          f"{result.int8.parity.min_cosine:.4f}, mean {result.int8.parity.mean_cosine:.4f}"
-                          + (f"; {result.int8.images_per_s:.0f} images/s against fp32's "
-                             f"{result.int8.fp32_images_per_s:.0f} here" if result.int8.images_per_s else ""))
+            quantized = result.int8
+            console.print(f"int8 (static, calibrated on {escape(quantized.calibration)}): {escape(str(quantized.path))}, "
+                          f"{quantized.size_bytes / 2**20:.1f} MiB ({quantized.size_bytes / quantized.fp32_size_bytes:.0%} "
+                          f"of fp32); min cosine {quantized.parity.min_cosine:.4f}, mean "
+                          f"{quantized.parity.mean_cosine:.4f}; {quantized.images_per_s:.0f} images/s against fp32's "
+                          f"{quantized.fp32_images_per_s:.0f} in {quantized.runtime} here")
+            console.print(f"int8 accuracy gate ({quantized.runtime}, {escape(quantized.pairs)}): "
+                          f"{escape(gate_figures(quantized.verdict))}", soft_wrap=True)
         if bench_file:
             console.print(recommendation_line(recommendation))
     if dynamic_batch:
@@ -179,6 +222,14 @@ def export(
     if threshold is None and checked is not None:
         err_console.print(f"note: exported without a threshold: {escape(why)}, then export again to carry it; "
                           "until then verify and identify on the export need --threshold T", soft_wrap=True)
+
+
+def gate_figures(verdict: Any) -> str:
+    """TAR at FAR 1e-3 and AUC of fp32 and int8 (an ``Int8Verdict``), and what the gate judged on."""
+    tar = (f"TAR@FAR=1e-3 fp32 {verdict.fp32_tar:.4f}, int8 {verdict.int8_tar:.4f}" if verdict.far_measurable
+           else "TAR@FAR=1e-3 not measurable on these pairs")
+    return (f"{tar}; AUC fp32 {verdict.fp32_auc:.4f}, int8 {verdict.int8_auc:.4f}; judged on {verdict.gated_on}: "
+            f"drop {verdict.drop_pp:.2f} pp, allowed {verdict.max_drop_pp:g} pp (--int8-max-drop); accepted")
 
 
 def recommend_runtime(path: Path, source: object) -> dict:

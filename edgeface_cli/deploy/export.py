@@ -5,6 +5,7 @@ this module does what every format shares. Every file is written in a private fo
 real images in its own runtime against the PyTorch model, and moved into place (its companion files first) only
 when the smallest cosine similarity between the two outputs reaches the bar; a sidecar JSON beside it says how
 to feed it. A CoreML package, which nothing here can run, is kept with its sidecar saying parity was not checked.
+The int8 copy (``--int8``) is ``deploy.int8_export``'s, written the same way after the fp32 file.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +26,24 @@ from torch import nn
 from ..atomic import write_json
 from ..data.augment import normalize
 from ..data.folder import ImageSettings, check_image, decode_image
-from ..errors import CheckpointError, DataError, ParityError, import_extra
+from ..errors import CheckpointError, DataError, ParityError
 from ..model.programs import SAME_EMBEDDINGS_MIN_COSINE, sidecar_path
 from ..model.backbones import EdgeFace
-from ..preflight import check_export_request, int8_path
-from ..platform_info import INT8_DOT_PRODUCT, cpu_features
+from ..preflight import check_export_request
+from ..platform_info import cpu_features
 from .embedder import list_images
 from .formats import FORMATS, WriteRequest
+from .formats.base import ExportFormat
 # Some names only re-exported: where callers (tests, benchmarks) found them before the formats had modules.
 from .formats.base import CHANNELS_LAST_GRAPH, INPUT_NAME, OUTPUT_NAME, Embed, graph_of, quiet  # noqa: F401
 from .formats.files import file_size, write_checked_files
 from .formats.onnx import DEFAULT_OPSET, NATIVE_GELU_OPSET, ONNX_OPSETS, require_standard_onnx  # noqa: F401
 from .formats.pt2 import RUNS_CODE_NOTE, load_written  # noqa: F401
 from .formats.sidecar import PROGRAM_FORMATS, alignment_contract, describe, loading_contract  # noqa: F401
+from .quantization.gate import Int8Verdict
 
 MIN_COSINE = SAME_EMBEDDINGS_MIN_COSINE  # fp32 exports: anything lower is a broken export, not rounding
-MIN_COSINE_INT8 = 0.99
+MIN_COSINE_INT8 = 0.99  # int8 and bf16 files (export's --int8-min-cosine, bench): below it a file is broken
 PARITY_IMAGES = 32
 SPEED_WARMUP_CALLS, SPEED_ROUNDS = 2, 5
 
@@ -68,12 +71,18 @@ class Speed:
 
 @dataclass
 class Int8Result:
+    """The int8 copy beside the fp32 file (``deploy.int8_export``), kept because it passed the accuracy gate."""
     path: Path
-    parity: Parity
+    runtime: str  # where it was judged and timed beside the fp32 file
+    parity: Parity  # against the PyTorch model, on the parity images
+    verdict: Int8Verdict  # TAR at FAR 1e-3 and AUC of fp32 and int8 on the verification pairs
     size_bytes: int
     fp32_size_bytes: int
-    images_per_s: float | None = None  # measured at export, on this machine
-    fp32_images_per_s: float | None = None
+    images_per_s: float  # measured at export, on this machine, in the same rounds as the fp32 file
+    fp32_images_per_s: float
+    calibration: str  # where the calibration images came from
+    pairs: str  # where the verification pairs came from
+    sidecar: Path
 
 
 @dataclass
@@ -83,7 +92,7 @@ class ExportResult:
     parity: Parity | None  # None: nothing on this OS runs the format (CoreML): kept unchecked, and said
     size_bytes: int
     sidecar: Path
-    int8: Int8Result | None = None
+    int8: Int8Result | None = None  # the int8 copy beside it (``deploy.int8_export``), once written
     notes: list[str] = field(default_factory=list)
     speed: Speed | None = None
 
@@ -159,6 +168,16 @@ def in_fixed_batches(candidate: Callable[[torch.Tensor], torch.Tensor], inputs: 
     return torch.cat(outputs)
 
 
+@dataclass(frozen=True)
+class ParityImages:
+    """What every file written is judged on: the model inputs, the PyTorch embeddings of them, where the images
+    came from, and the file's static batch (None: any)."""
+    inputs: torch.Tensor
+    reference: torch.Tensor
+    source: str
+    fixed_batch: int | None
+
+
 @torch.no_grad()
 def parity(candidate: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, reference: torch.Tensor,
            source: str, fixed_batch: int | None) -> Parity:
@@ -169,8 +188,6 @@ def parity(candidate: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tens
 
 
 EXPORT_HINT = "This is a bug in the export path; please report it with the command used"
-INT8_HINT = ("Int8 loses too much for this model: check it on more, real images (--parity-dir), "
-             "or lower --int8-min-cosine if the loss is acceptable")
 
 
 def _require_parity(result: Parity, bar: float, what: str, path: Path, hint: str) -> None:
@@ -181,51 +198,52 @@ def _require_parity(result: Parity, bar: float, what: str, path: Path, hint: str
         )
 
 
-def int8_threshold_note(path: Path, checked: Parity) -> str:
-    """Why an int8 file carries no threshold (``eval`` of the file records its own)."""
-    return (f"{path.name} is int8 (min cosine {checked.min_cosine:.4f} against the fp32 model): its similarities move, "
-            "so the fp32 model's threshold is not carried over")
-
-
-def quantize_int8(fp32_path: Path, out: Path) -> None:
-    """Dynamic int8 quantisation of the MatMul/Gemm layers (onnxruntime; per-channel int8 weights, activations
-    quantised at run time), as EdgeFace's own ``_q`` models quantise their Linear layers in PyTorch. Its
-    operators (DynamicQuantizeLinear, MatMulInteger) are standard ai.onnx ones.
-
-    Measured on XXS at 112 px, batch 64, 2 threads (``benchmarks/deploy.py``, an AVX2 CPU without VNNI):
-    dynamic MatMul/Gemm 0.96x fp32 at min cosine 0.99 (one image per run: see ``OnnxBackbone``), static QDQ on
-    Conv+MatMul+Gemm 0.92x at 0.968, static QDQ on MatMul/Gemm 0.90x at 0.996, static QOperator 0.92x at
-    0.968. Without int8 dot-product instructions the products cost what fp32 ones do. The depthwise
-    convolutions lose the most accuracy, so they stay fp32; no calibration is needed."""
-    import_extra("onnxruntime", "--int8", "export")
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with quiet(""):  # the root logger: onnxruntime logs a warning per weight it leaves alone
-        quantize_dynamic(str(fp32_path), str(out), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul", "Gemm"])
+def interleaved_speeds(runners: dict[str, Callable[[torch.Tensor], Any]], inputs: torch.Tensor) -> dict[str, float]:
+    """Images per second of each runner, each given all of ``inputs`` (a runner runs a static file its own
+    batch at a time, as embed does), with the same threads: ``SPEED_WARMUP_CALLS`` untimed calls each first (a
+    cold first eager call allocates and plans its kernels: the issue saw 86 images/s cold against 684 warm),
+    then ``SPEED_ROUNDS`` rounds timing each in turn, so that a shared machine's drift hits all alike; the
+    medians. Not one image per call from here: a lone image runs on onnxruntime's intra-op threads, which spin
+    after the run and slowed the eager call timed next (measured: 351-430 images/s against 471-513)."""
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    with torch.inference_mode():
+        for run in [run for run in runners.values() for _ in range(SPEED_WARMUP_CALLS)]:
+            run(inputs)
+        for _ in range(SPEED_ROUNDS):
+            for name, run in runners.items():
+                started = time.perf_counter()
+                run(inputs)
+                times[name].append(time.perf_counter() - started)
+    return {name: len(inputs) / statistics.median(spent) for name, spent in times.items()}
 
 
 def compare_speed(candidate: Callable[[torch.Tensor], Any], eager: nn.Module, inputs: torch.Tensor) -> tuple[float, float]:
-    """Images per second of the file's runner ``candidate`` and of PyTorch ``eager``, each given all of
-    ``inputs`` (the runner runs a static file its own batch at a time, as embed does), with the same threads:
-    ``SPEED_WARMUP_CALLS`` untimed calls each first (a cold first eager call allocates and plans its kernels:
-    the issue saw 86 images/s cold against 684 warm), then ``SPEED_ROUNDS`` rounds timing each in turn, so
-    that a shared machine's drift hits both alike; the medians. Not one image per call from here: a lone
-    image runs on onnxruntime's intra-op threads, which spin after the run and slowed the eager call timed
-    next (measured: 351-430 images/s against 471-513)."""
-    runs = {"file": lambda: candidate(inputs), "eager": lambda: eager(inputs)}
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    with torch.inference_mode():
-        for run in [run for run in runs.values() for _ in range(SPEED_WARMUP_CALLS)]:
-            run()
-        for _ in range(SPEED_ROUNDS):
-            for name, run in runs.items():
-                started = time.perf_counter()
-                run()
-                times[name].append(time.perf_counter() - started)
-    return len(inputs) / statistics.median(times["file"]), len(inputs) / statistics.median(times["eager"])
+    """Images per second of the file's runner ``candidate`` and of warm PyTorch ``eager`` (``interleaved_speeds``)."""
+    speeds = interleaved_speeds({"file": candidate, "eager": eager}, inputs)
+    return speeds["file"], speeds["eager"]
 
 
+def write_checked(form: ExportFormat, path: Path, write: Callable[[Path], object], load: Callable[[Path], Embed | None],
+                  judged: ParityImages, bar: float, what: str, hint: str,
+                  say: Callable[[str], None]) -> Parity | None:
+    """``write`` in a private folder, run it against the reference in ``form``'s runtime, keep it as ``path``
+    (its companion files first) only when its min cosine reaches ``bar``; None: nothing here runs it, kept
+    unchecked. ``write`` may refuse the file itself (raise): nothing is then left behind."""
+    checked: list[Parity | None] = []
+
+    def write_and_check(temp: Path) -> None:
+        say(f"writing {what}")
+        write(temp)
+        candidate = load(temp)
+        if candidate is None:
+            checked.append(None)
+            return
+        say(f"checking the parity of {what} in {form.runtime}")
+        checked.append(parity(candidate, judged.inputs, judged.reference, judged.source, judged.fixed_batch))
+        _require_parity(checked[0], bar, what, path, hint)  # type: ignore[arg-type]
+
+    write_checked_files(path, form.files, write_and_check, form.is_folder)
+    return checked[0]
 
 
 def non_finite_weights(backbone: nn.Module) -> list[str]:
@@ -251,6 +269,13 @@ def checked_inputs(backbone: EdgeFace, images: torch.Tensor, images_source: str)
     return inputs, reference
 
 
+def judged_images(backbone: EdgeFace, form: ExportFormat, images: torch.Tensor, images_source: str,
+                  static_batch: int | None) -> ParityImages:
+    """``images`` (uint8) as what every file of ``form`` is judged on (``checked_inputs``)."""
+    inputs, reference = checked_inputs(backbone, images, images_source)
+    return ParityImages(inputs, reference, images_source, form.fixed_batch(static_batch))
+
+
 def export_backbone(
     backbone: EdgeFace,
     settings: ImageSettings,
@@ -261,51 +286,28 @@ def export_backbone(
     source: Path,
     opset: int = DEFAULT_OPSET,
     static_batch: int | None = None,
-    int8: bool = False,
-    int8_min_cosine: float = MIN_COSINE_INT8,
     threshold: tuple[float, str] | None = None,
     progress: Callable[[str], None] | None = None,
     source_sha256: str | None = None,
     threshold_note: str | None = None,
 ) -> ExportResult:
     """Write ``backbone`` as ``fmt`` to ``out`` (any batch, or ``static_batch`` images per call where the format
-    has one), check it on ``images`` (uint8) in its own runtime, write the sidecar; and, with ``int8`` (ONNX
-    only), an int8 copy beside it, checked likewise; the sidecars of the formats that measure speed record the
-    throughput measured at export on this machine. ``threshold_note``: why there is no ``threshold``, kept in
+    has one), check it on ``images`` (uint8) in its own runtime, write the sidecar; the sidecars of the formats
+    that measure speed record the throughput measured at export on this machine (an int8 copy beside it:
+    ``deploy.int8_export.export_int8``, on the result). ``threshold_note``: why there is no ``threshold``, kept in
     the sidecar so that verify and identify on the file give that reason (not a guessed one)."""
-    check_export_request(fmt, int8, static_batch)
+    check_export_request(fmt, False, static_batch)
     form = FORMATS[fmt]
     say = progress or (lambda text: None)
     backbone = backbone.cpu().eval()
-    inputs, reference = checked_inputs(backbone, images, images_source)
-    fixed_batch = form.fixed_batch(static_batch)
-
-    def write_checked(path: Path, write: Callable[[Path], object], load: Callable[[Path], Embed | None], bar: float,
-                      what: str, hint: str) -> Parity | None:
-        """``write`` in a private folder, run it against the reference, keep it as ``path`` only when close
-        enough (None: nothing here runs it, kept unchecked)."""
-        checked: list[Parity | None] = []
-
-        def write_and_check(temp: Path) -> None:
-            say(f"writing {what}")
-            write(temp)
-            candidate = load(temp)
-            if candidate is None:
-                checked.append(None)
-                return
-            say(f"checking the parity of {what} in {form.runtime}")
-            checked.append(parity(candidate, inputs, reference, images_source, fixed_batch))
-            _require_parity(checked[0], bar, what, path, hint)  # type: ignore[arg-type]
-
-        write_checked_files(path, form.files, write_and_check, form.is_folder)
-        return checked[0]
-
+    judged = judged_images(backbone, form, images, images_source, static_batch)
+    inputs, fixed_batch = judged.inputs, judged.fixed_batch
     # A static file is traced with its own batch; a dynamic one with two images, so that no size is baked in.
     example = inputs.repeat(-(-(fixed_batch or 2) // len(inputs)), 1, 1, 1)[:fixed_batch or 2]
     program = exportable(backbone, fmt, settings.image_size, opset)
     exported = write_checked(
-        out, lambda temp: write_program(program, fmt, temp, example, opset, fixed_batch is None),
-        lambda temp: load_export(temp, fmt, backbone), MIN_COSINE, "the export", EXPORT_HINT)
+        form, out, lambda temp: write_program(program, fmt, temp, example, opset, fixed_batch is None),
+        lambda temp: load_export(temp, fmt, backbone), judged, MIN_COSINE, "the export", EXPORT_HINT, say)
     notes = form.notes(program)
     speed = None
     if form.measures_speed and exported is not None:  # how fast the file runs here, beside warm PyTorch
@@ -324,31 +326,4 @@ def export_backbone(
                                     source_sha256=source_sha256), "speed": asdict(speed) if speed else None,
                         **({"threshold_note": threshold_note} if threshold is None and threshold_note else {})})
     size = sum(file_size(part) for part in form.files(out))
-    result = ExportResult(out, fmt, exported, size, sidecar, notes=notes, speed=speed)
-    if int8:
-        quantized_path = int8_path(out)
-
-        def quantize_checked(temp: Path) -> None:
-            quantize_int8(out, temp)
-            require_standard_onnx(temp, "the int8 file")
-
-        quantized = write_checked(quantized_path, quantize_checked, lambda temp: load_written(temp, "onnx"),
-                                  int8_min_cosine, "the int8 model", INT8_HINT)
-        assert quantized is not None and speed is not None  # int8 is ONNX only: checked and timed above
-        say("measuring the speed of the int8 model")
-        int8_speed = replace(speed, images_per_s=compare_speed(load_written(quantized_path, "onnx"), backbone, inputs)[0])
-        write_json(sidecar_path(quantized_path), {
-            **describe(backbone, settings, fmt, quantized_path, source, quantized, fixed_batch, opset, None,
-                       quantized=True, graph=graph_of(program), source_sha256=source_sha256),
-            "quantization": "dynamic int8: MatMul/Gemm weights per channel, activations at run time; convolutions fp32",
-            "threshold_note": int8_threshold_note(quantized_path, quantized),
-            "speed": {**asdict(int8_speed), "fp32_images_per_s": speed.images_per_s}})
-        result.int8 = Int8Result(quantized_path, quantized, quantized_path.stat().st_size, result.size_bytes,
-                                 int8_speed.images_per_s, speed.images_per_s)
-        if int8_speed.images_per_s <= speed.images_per_s:
-            why = ("" if set(speed.cpu_features) & INT8_DOT_PRODUCT
-                   else "; this CPU has no int8 dot-product instructions (VNNI)")
-            notes.append(f"int8 is not faster than fp32 on this machine ({int8_speed.images_per_s:.0f} vs "
-                         f"{speed.images_per_s:.0f} images/s"
-                         f"{why}): it saves size ({result.int8.size_bytes / result.size_bytes:.0%} of fp32), not time")
-    return result
+    return ExportResult(out, fmt, exported, size, sidecar, notes=notes, speed=speed)

@@ -69,10 +69,13 @@ def test_int8_export_is_smaller_and_close(onnx_export: tuple[Path, dict]) -> Non
     assert int8["bytes"] < 0.5 * int8["fp32_bytes"] == 0.5 * out.stat().st_size
     assert 0.99 <= int8["parity_min_cosine"] < 1.0  # quantised: close, but not the same numbers
     sidecar = json.loads(Path(int8["file"] + ".json").read_text())
-    assert sidecar["int8"] is True and "dynamic int8" in sidecar["quantization"]
-    speed = sidecar["speed"]  # measured at export on this machine, beside fp32's
+    assert sidecar["int8"] is True and sidecar["quantization"].startswith("static int8 QDQ")
+    # Calibrated on the run's train images, judged on all pairs of its val images (never the same images).
+    assert "/train" in sidecar["calibration"]["source"] and "/val" in sidecar["accuracy_gate"]["pairs"]
+    assert sidecar["accuracy_gate"] == int8["accuracy"] and int8["accuracy"]["accepted"] is True
+    speed = sidecar["speed"]  # measured at export on this machine, in the same rounds as fp32's
     assert speed["images_per_s"] > 0 and speed["fp32_images_per_s"] > 0 and speed["threads"] >= 1
-    assert int8["images_per_s"] == speed["images_per_s"]
+    assert int8["images_per_s"] == speed["images_per_s"] and int8["fp32_images_per_s"] == speed["fp32_images_per_s"]
 
 
 @pytest.mark.parametrize(("fmt", "options"), [("pt2", ["--static-batch", "1"]), ("torchscript", ["--dynamic-batch"])])

@@ -6,6 +6,7 @@ rule."""
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 
@@ -13,8 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from edgeface_cli.data.augment import normalize
 from edgeface_cli.data.folder import ImageSettings
+from edgeface_cli.data.sample_data import random_identity, render_face
 from edgeface_cli.deploy.export import ONNX_OPSETS, ExportResult, export_backbone, generated_faces
+from edgeface_cli.deploy.int8_export import Int8Request, export_int8
+from edgeface_cli.deploy.quantization import VerificationPairs, all_pairs
 from edgeface_cli.errors import CheckpointError
 from edgeface_cli.model.programs import OnnxBackbone
 from edgeface_cli.model.backbones import EdgeFace
@@ -50,9 +55,23 @@ def export(backbone: EdgeFace, out: Path, **options: object) -> ExportResult:
                            out.with_name("source.pt"), **options)  # type: ignore[arg-type]
 
 
+def rendered_pairs(identities: int, per_identity: int, seed: int) -> VerificationPairs:
+    """All pairs of ``per_identity`` renders of each of ``identities`` generated people (normalised)."""
+    rng = random.Random(seed)
+    people = [random_identity(rng) for _ in range(identities)]
+    faces = [np.asarray(render_face(person, SIZE, rng), dtype=np.uint8).transpose(2, 0, 1)
+             for person in people for _ in range(per_identity)]
+    return all_pairs(normalize(torch.from_numpy(np.stack(faces))).numpy(), np.repeat(np.arange(identities), per_identity))
+
+
 @pytest.fixture(scope="module")
 def default_export(backbone: EdgeFace, tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
-    return export(backbone, tmp_path_factory.mktemp("standard") / "model.onnx", int8=True)
+    """The default file and its static int8 copy (calibrated on generated faces, judged on rendered pairs)."""
+    result = export(backbone, tmp_path_factory.mktemp("standard") / "model.onnx")
+    request = Int8Request(generated_faces(16, SIZE, seed=7), "generated faces", rendered_pairs(6, 3, seed=8), "rendered")
+    export_int8(result, backbone, ImageSettings(image_size=SIZE), generated_faces(12, SIZE), "generated faces",
+                result.path.with_name("source.pt"), request)
+    return result
 
 
 def images(count: int, seed: int = 1) -> torch.Tensor:
@@ -84,7 +103,7 @@ def test_the_default_file_and_its_int8_copy_are_standard_onnx(default_export: Ex
         assert domains <= {"", "ai.onnx"} and opsets == {"": 17} and not model.functions
         assert "LayerNormalization" in ops and "Erf" in ops and "Gelu" not in ops  # opset 17: GELU as Erf
     int8_ops = domains_and_ops(default_export.int8.path)[1]
-    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= int8_ops  # the quantiser's standard operators
+    assert {"QuantizeLinear", "DequantizeLinear"} <= int8_ops and "MatMulInteger" not in int8_ops  # static QDQ
 
 
 def test_the_sidecar_says_what_goes_in_and_what_comes_out(default_export: ExportResult) -> None:
