@@ -1,10 +1,9 @@
 """When an epoch goes wrong: the guards that stop it, the seed's warning signs, and --auto-troubleshoot's
 escalation (reload the last good state, apply the next fallback level, or switch the backbone at level 4).
-Mixed into the Trainer."""
+Mixed into the Trainer; what a record means (stop, warn) is GuardPolicy's decision, this acts on it."""
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import torch
 
 from ..config import EdgeFaceConfig
 from ..events import Escalated, Notice
+from .guard_policy import GuardPolicy
 from .optim import stage_of
 from .outcome import GuardStop, RunResult, SwitchBackbone
 from .training_state import restore_rng_state
@@ -21,48 +21,14 @@ from .training_state import restore_rng_state
 class Recovery:
     """Guards, warning signs and escalation for the Trainer."""
 
+    def _guard_policy(self) -> GuardPolicy:
+        distributed = getattr(self, "distributed", None)
+        return GuardPolicy(self.config.guard, distributed.world_size if distributed is not None else 1)
+
     def _warning_signs(self, record: dict[str, Any]) -> list[str]:
-        """The seed's warning signs, checked every epoch."""
-        warnings = []
-        guard = self.config.guard
-        if record.get("val_nonfinite"):
-            warnings.append(f"{record['val_nonfinite']} val embeddings are NaN or infinite: the model is broken "
-                            "at this epoch, which therefore cannot be the best one")
-            return warnings
-        pos, neg = record.get("val_sim_pos"), record.get("val_sim_neg")
-        if pos is not None and pos >= guard.collapse_similarity:
-            warnings.append(f"same-identity similarity is {pos:.4f}: embeddings may have collapsed")
-        elif pos is not None and neg is not None and pos - neg < guard.min_similarity_gap:
-            warnings.append(
-                f"same/different similarity gap is {pos - neg:.4f} (< {guard.min_similarity_gap}): "
-                "embeddings do not separate identities"
-            )
-        if record["stage"] == 2 and self.stale_epochs >= guard.patience:
-            warnings.append(self._stale_warning(record))
-        forgetting = self._generality_warning(record)
-        if forgetting:
-            warnings.append(forgetting)
-        return warnings
-
-    def _stale_warning(self, record: dict[str, Any]) -> str:
-        """Val accuracy stopped improving: overfitting when train accuracy went on rising meanwhile (or is far
-        above val), else the model is not learning. The two need opposite remedies, so they are never one."""
-        from .troubleshoot import OVERFIT_GAP, OVERFIT_TRAIN_RISE
-
-        stale = f"{self.stale_epochs} epoch{'' if self.stale_epochs == 1 else 's'}"
-        best = next((row for row in self.records if "event" not in row and row.get("epoch") == self.best_epoch), None)
-        train_now = record.get("train_acc")
-        train_then = best.get("train_acc") if best is not None else None
-        val_now = record.get("val_acc")
-        finite = [value for value in (train_now, train_then) if isinstance(value, float) and math.isfinite(value)]
-        if len(finite) == 2 and train_now - train_then >= OVERFIT_TRAIN_RISE:  # type: ignore[operator]
-            return (f"val accuracy has not improved for {stale} (best at epoch {self.best_epoch}) while train accuracy "
-                    f"rose from {train_then:.1%} to {train_now:.1%}: overfitting; best.pt keeps epoch {self.best_epoch}")
-        if (isinstance(train_now, float) and isinstance(val_now, float) and math.isfinite(train_now)
-                and math.isfinite(val_now) and train_now - val_now >= OVERFIT_GAP):
-            return (f"val accuracy has not improved for {stale} (best at epoch {self.best_epoch}), train accuracy "
-                    f"{train_now:.1%} against val {val_now:.1%}: overfitting; best.pt keeps epoch {self.best_epoch}")
-        return f"val accuracy has not improved for {stale} after stage 1: model not learning"
+        """The seed's warning signs, checked every epoch (decided by GuardPolicy)."""
+        forgetting = None if record.get("val_nonfinite") else self._generality_warning(record)
+        return self._guard_policy().warning_signs(record, self.records, self.best_epoch, self.stale_epochs, forgetting)
 
     def _report_warnings(self, epoch: int, warnings: list[str]) -> None:
         """Each kind of warning once, when it first shows; its repeats are counted (see the end of the run)."""
@@ -79,22 +45,9 @@ class Recovery:
                                                 f"{first}"))
 
     def _check_guards(self, record: dict[str, Any]) -> None:
-        skipped = record["skipped_batches"] + record["skipped_steps"]
-        if not math.isfinite(record["train_loss"]):
-            raise GuardStop(record["epoch"], f"mean train loss is {record['train_loss']} at epoch {record['epoch']}", "nan_loss",
-                            skipped)
-        if record["optimizer_steps"] == 0:
-            raise GuardStop(record["epoch"], f"no optimizer step was taken in epoch {record['epoch']}: every step's "
-                                             "gradients were non-finite", "skipped", skipped)
-        batches = record["batches"] * self.distributed.world_size  # the counts are summed over ranks
-        fraction = skipped / max(1, batches)
-        if fraction > self.config.guard.max_skip_fraction:
-            raise GuardStop(
-                record["epoch"],
-                f"{skipped} of {batches} batches skipped at epoch {record['epoch']} "
-                f"({fraction:.0%} > guard.max_skip_fraction {self.config.guard.max_skip_fraction:.0%})",
-                "skipped", skipped,
-            )
+        stop = self._guard_policy().stop_for(record)
+        if stop is not None:
+            raise stop
 
     def _stopped(self, stop: GuardStop) -> RunResult:
         recommended = min(4, self.config.troubleshoot_level + 1)

@@ -28,7 +28,6 @@ from ..evaluation.metrics import SimilarityHistogram, VerificationStats
 from ..events import BatchEnded, EmbeddingProgress, EpochEnded, EpochStarted, EventHandler, Notice, RunStarted
 from ..model.checkpoints import BackboneLoad
 from ..model.heads import MarginHead
-from ..model.partial_fc import PartialFCHead
 from ..model.runtime import BackboneForward, Precision, prepare_device, resolve_device, resolve_precision
 from .anchor import Anchor
 from .distributed import SINGLE, Distributed
@@ -226,8 +225,9 @@ class Trainer(RunState, EpochValidation, Recovery, Stage1Embeddings):
 
     def _build_optimizer(self, stage: int) -> None:
         self.optimizer = build_optimizer(self.backbone, self.head, stage, self.config, self.device)
-        if isinstance(self.head, PartialFCHead):
-            self.head.bind_optimizer(self.optimizer)  # its per-row state follows the sampled centres
+        bind_optimizer = getattr(self.head, "bind_optimizer", None)
+        if bind_optimizer is not None:
+            bind_optimizer(self.optimizer)  # a sampling head's (Partial FC) per-row state follows its sampled centres
         self.optimizer_stage = stage
         step = TrainStep(self.backbone, self.head, self.forward, self.anchor)
         if self.distributed.enabled:
