@@ -84,6 +84,14 @@ class DataSection(_Section):
     train_rec: Path | None = Field(
         None, description="training images as an insightface RecordIO .rec (with its .idx beside it), instead of train_dir")
     val_dir: Path | None = Field(None, description="validation images, one folder per identity")
+    rehearsal_dir: Path | None = Field(
+        None, description="public identities (one folder each) mixed into every training batch against forgetting; "
+                          "their classes are appended after yours as 'rehearsal/<name>' and never enter val")
+    rehearsal_rec: Path | None = Field(
+        None, description="public identities as an insightface RecordIO .rec (MS1MV2, ...), instead of rehearsal_dir")
+    rehearsal_share: float = Field(
+        0.25, gt=0.0, lt=1.0, description="with rehearsal_dir/rehearsal_rec: the share of each batch drawn from the "
+                                          "public identities (an epoch is still one pass over your data)")
     image_size: int = Field(112, ge=32, le=1024, description="square input size in pixels (EdgeFace: 112); a multiple of 16")
     batch_size: int = Field(64, gt=0, le=16384, description="images per batch")
     workers: int = Field(
@@ -132,6 +140,9 @@ class DataSection(_Section):
         if self.train_dir is not None and self.train_rec is not None:
             raise ValueError(f"train_dir ({self.train_dir}) and train_rec ({self.train_rec}) are both set: train from "
                              "one of them (drop --train-dir or --train-rec)")
+        if self.rehearsal_dir is not None and self.rehearsal_rec is not None:
+            raise ValueError(f"rehearsal_dir ({self.rehearsal_dir}) and rehearsal_rec ({self.rehearsal_rec}) are both "
+                             "set: rehearse one public set (drop --rehearsal-dir or --rehearsal-rec)")
         return self
 
 

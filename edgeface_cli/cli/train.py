@@ -61,6 +61,13 @@ def train(
         None, "--train-rec", help="Training images as an insightface .rec (MS1MV2, Glint360K, edgeface pack), "
                                   "with its .idx beside it; instead of --train-dir."),
     val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Validation images, one folder per identity."),
+    rehearsal_dir: Optional[Path] = typer.Option(
+        None, "--rehearsal-dir", help="Public identities (one folder each) mixed into every batch so the model does "
+                                      "not forget them; classes 'rehearsal/<name>', never in val."),
+    rehearsal_rec: Optional[Path] = typer.Option(
+        None, "--rehearsal-rec", help="Public identities as an insightface .rec (with its .idx); instead of --rehearsal-dir."),
+    rehearsal_share: Optional[float] = typer.Option(
+        None, "--rehearsal-share", help=f"Share of each batch drawn from the public identities. {_default('data.rehearsal_share')}"),
     holdout_dir: Optional[Path] = typer.Option(
         None, "--holdout-dir", help="Identities never trained on (one folder each): measured before the first step "
                                     "and after every epoch, to see what fine-tuning does to everyone else."),
@@ -96,7 +103,8 @@ def train(
         "data.train_dir": train_dir, "data.train_rec": train_rec, "data.val_dir": val_dir, "runtime.device": device,
         "optim.epochs": epochs, "optim.stage1_epochs": stage1_epochs, "data.batch_size": batch_size,
         "data.workers": workers, "runtime.seed": seed, "runtime.out": out, "data.holdout_dir": holdout_dir,
-        "data.val_bins": val_bins or None, "runtime.select_best": select_best,
+        "data.val_bins": val_bins or None, "runtime.select_best": select_best, "data.rehearsal_dir": rehearsal_dir,
+        "data.rehearsal_rec": rehearsal_rec, "data.rehearsal_share": rehearsal_share,
     }
     if resume is not None:
         if config is not None:
@@ -122,7 +130,8 @@ def _check_resumed_inputs(resume: Path, resolved: Any) -> None:
     """The data a resumed run reads again, as its config.yaml names it: a folder moved since (or a relative
     path, which means one beside config.yaml) is named with the setting that fixes it, not found later."""
     data = resolved.data
-    named = [("data.train_dir", data.train_dir), ("data.train_rec", data.train_rec), ("data.val_dir", data.val_dir), ("data.holdout_dir", data.holdout_dir)]
+    named = [("data.train_dir", data.train_dir), ("data.train_rec", data.train_rec), ("data.val_dir", data.val_dir), ("data.holdout_dir", data.holdout_dir),
+             ("data.rehearsal_dir", data.rehearsal_dir), ("data.rehearsal_rec", data.rehearsal_rec)]
     named += [(f"data.val_bins[{index}]", path) for index, path in enumerate(data.val_bins)]
     for setting, path in named:
         if path is not None and not path.exists():

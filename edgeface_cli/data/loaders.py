@@ -67,7 +67,11 @@ class CachedBatches(Dataset):
 
 def face_dataset(samples: Sequence[Sample], scan: ScanResult | None, settings: ImageSettings) -> Dataset:
     """Batches from the scan's cache when it has one, a record decoded per image from a ``.rec``, else a file
-    decoded per image."""
+    decoded per image; a training set with public identities mixed in (rehearsal.py) combines its two parts."""
+    from .rehearsal import CombinedDataset, CombinedSamples, RehearsalScan  # rehearsal builds on this module
+
+    if isinstance(scan, RehearsalScan) and isinstance(samples, CombinedSamples):
+        return CombinedDataset(samples, scan, settings)
     if isinstance(scan, RecScan) and isinstance(samples, RecSamples) and scan.records is not None:
         return RecDataset(samples, scan.records, settings)
     if scan is not None and scan.cached is not None and all(sample.row >= 0 for sample in samples):
@@ -196,8 +200,15 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, 
                 seed: int, rank: int = 0, world: int = 1) -> BatchLoader:
     """Batches of (uint8 images, labels, identities, dataset indices) in ``EpochBatches`` order.
 
-    Files decoded per image use ``workers`` processes; cached batches use one prefetch thread.
+    Files decoded per image use ``workers`` processes; cached batches use one prefetch thread. A shuffled
+    training set with public identities mixed in draws each batch's share of them (``RehearsalBatches``).
     """
+    from .rehearsal import CombinedDataset, RehearsalBatches
+
+    if shuffle and isinstance(dataset, CombinedDataset) and dataset.whole:
+        rehearsal = RehearsalBatches(dataset.user_size, len(dataset.public), batch_size, dataset.share, seed, rank, world)
+        return WorkerLoader(dataset, batch_sampler=rehearsal, num_workers=workers, pin_memory=pin_memory,
+                            persistent_workers=workers > 0)
     batches = EpochBatches(len(dataset), batch_size, shuffle, seed, rank, world)  # type: ignore[arg-type]
     if isinstance(dataset, CachedBatches):
         return PrefetchLoader(DataLoader(dataset, sampler=batches, batch_size=None, num_workers=0, pin_memory=pin_memory))

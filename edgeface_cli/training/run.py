@@ -12,6 +12,7 @@ import torch
 from ..config import EdgeFaceConfig, with_absolute_paths
 from ..data.folder import NON_SQUARE_HINT, ImageSettings, ScanResult, left_out_note, problem_counts, scan_image_folder
 from ..data.rec_dataset import scan_rec
+from ..data.rehearsal import with_rehearsal
 from ..errors import DataError, RunDirError
 from ..events import EventHandler, Notice, ScanProgress
 from ..model.checkpoints import BackboneLoad, load_backbone
@@ -37,6 +38,7 @@ def scan_datasets(config: EdgeFaceConfig, on_event: EventHandler) -> tuple[ScanR
     else:
         train = scan_image_folder(config.data.train_dir, "train", settings=settings, progress=scan_progress)
         report_scan(train, "train", on_event)
+    train = with_rehearsal(train, config.data, settings, lambda done, total: on_event(ScanProgress("rehearsal", done, total)))
     if len(train.classes) < 2:
         raise DataError(
             f"train data {train.root} has {len(train.classes)} usable identity; at least 2 are needed to learn to tell them apart"

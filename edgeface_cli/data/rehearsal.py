@@ -1,0 +1,175 @@
+"""Rehearsal against forgetting: public identities mixed into every training batch.
+
+The public identities (an image folder or an insightface ``.rec``) get their own classes, appended after the
+user's as ``rehearsal/<name>``: a folder name cannot hold '/', so a public identity never merges with one of the
+user's, and no val folder can match one (val, thresholds and enrolment concern the user's identities only). The
+checkpoint keeps the whole class list, so the head loads and a run resumes; ``user_classes`` gives the user's part.
+Each batch carries ``round(share * batch)`` public samples and the rest from the user's data; an epoch is one pass
+over the user's data (sharded across ranks as ``EpochBatches`` does), the public samples are drawn per rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, overload
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+from .folder import ImageSettings, Sample, ScanResult, scan_image_folder
+from .loaders import EpochBatches, face_dataset
+from .rec_dataset import scan_rec
+
+PREFIX = "rehearsal/"
+
+
+def user_classes(classes: Sequence[str]) -> list[str]:
+    """The user's identities of a run's class list (the rehearsal classes left out)."""
+    return [name for name in classes if not name.startswith(PREFIX)]
+
+
+class CombinedSamples(Sequence[Sample]):
+    """The user's samples, then the public ones with labels shifted past the user's classes; slicing keeps a view."""
+
+    def __init__(self, user: Sequence[Sample], public: Sequence[Sample], offset: int,
+                 indices: np.ndarray | None = None) -> None:
+        self.user = user
+        self.public = public
+        self.offset = offset
+        self.indices = np.arange(len(user) + len(public)) if indices is None else indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @overload
+    def __getitem__(self, index: int) -> Sample: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> "CombinedSamples": ...
+
+    def __getitem__(self, index: int | slice) -> "Sample | CombinedSamples":
+        if isinstance(index, slice):
+            return CombinedSamples(self.user, self.public, self.offset, self.indices[index])
+        whole = int(self.indices[index])
+        if whole < len(self.user):
+            return self.user[whole]
+        sample = self.public[whole - len(self.user)]
+        return Sample(sample.path, sample.label + self.offset, sample.identity + self.offset, -1)
+
+    def __iter__(self) -> Iterator[Sample]:
+        return (self[index] for index in range(len(self)))
+
+
+@dataclass
+class RehearsalScan(ScanResult):
+    """The user's scan and the public scan as one training set: ``classes`` = user's + ``rehearsal/<name>``."""
+
+    user: ScanResult | None = None
+    public: ScanResult | None = None
+    share: float = 0.25
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def user_size(self) -> int:
+        return len(self.user.samples) if self.user is not None else 0
+
+
+def with_rehearsal(train: ScanResult, data: Any, settings: ImageSettings,
+                   progress: Callable[[int, int], None] | None = None) -> ScanResult:
+    """``train`` with the public identities of ``data.rehearsal_dir``/``rehearsal_rec`` appended (``train`` itself
+    when neither is set)."""
+    if data.rehearsal_dir is None and data.rehearsal_rec is None:
+        return train
+    public = scan_public(data.rehearsal_dir, data.rehearsal_rec, settings, progress)
+    classes = list(train.classes) + [PREFIX + name for name in public.classes]
+    samples = CombinedSamples(train.samples, public.samples, len(train.classes))
+    return RehearsalScan(train.root, classes, samples, list(train.unreadable), list(train.empty_classes),
+                         train.non_square, settings, None, train.cache_note, train.cache_hit,
+                         user=train, public=public, share=float(data.rehearsal_share))
+
+
+def scan_public(folder: Path | None, rec: Path | None, settings: ImageSettings,
+                progress: Callable[[int, int], None] | None = None) -> ScanResult:
+    if rec is not None:
+        if not Path(rec).is_file():
+            raise DataError(f"--rehearsal-rec {rec}: not found; pass an insightface .rec file with its .idx beside it")
+        if not Path(rec).with_suffix(".idx").is_file():
+            raise DataError(f"--rehearsal-rec {rec}: no {Path(rec).with_suffix('.idx').name} beside it; a .rec is "
+                            "read through its index (edgeface pack writes both)")
+        return scan_rec(rec, "rehearsal", settings, progress)
+    assert folder is not None
+    if not Path(folder).is_dir():
+        raise DataError(f"--rehearsal-dir {folder}: not a folder; pass a folder of public identities, one sub-folder each")
+    scan = scan_image_folder(folder, "rehearsal", settings=settings, progress=progress)
+    if not scan.classes:
+        raise DataError(f"--rehearsal-dir {folder}: no identity folder with a readable image; pass a folder with "
+                        "one sub-folder of face crops per public identity")
+    return scan
+
+
+class CombinedDataset(Dataset):
+    """Items of the user's dataset then the public one (labels shifted), for the indices of a ``CombinedSamples``."""
+
+    def __init__(self, samples: CombinedSamples, scan: RehearsalScan, settings: ImageSettings) -> None:
+        assert scan.user is not None and scan.public is not None
+        self.indices = samples.indices
+        self.user_size = len(samples.user)
+        self.offset = samples.offset
+        self.share = scan.share
+        self.whole = len(self.indices) == len(samples.user) + len(samples.public)  # the training set, not a slice
+        self.user = face_dataset(samples.user, scan.user, settings)
+        self.public = face_dataset(samples.public, scan.public, settings)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int]:
+        whole = int(self.indices[index])
+        if whole < self.user_size:
+            return (*_item(self.user, whole), index)  # type: ignore[return-value]
+        image, label, identity = _item(self.public, whole - self.user_size)
+        return image, label + self.offset, identity + self.offset, index
+
+
+def _item(dataset: Dataset, index: int) -> tuple[torch.Tensor, int, int]:
+    if getattr(dataset, "cached", None) is not None and hasattr(dataset, "rows"):  # CachedBatches: a batch of one
+        images, labels, identities, _ = dataset[[index]]
+        return images[0], int(labels[0]), int(identities[0])
+    image, label, identity, _ = dataset[index]
+    return image, label, identity
+
+
+class RehearsalBatches(EpochBatches):
+    """Batches of ``batch - round(share * batch)`` user indices (this rank's shard of the user's epoch, as
+    ``EpochBatches``) plus ``round(share * batch)`` public indices (offset by the user's size), drawn without
+    replacement from a permutation seeded with (seed, epoch, rank) and renewed when used up. The last, short batch
+    keeps the share (rounded)."""
+
+    def __init__(self, user_size: int, public_size: int, batch_size: int, share: float, seed: int = 0,
+                 rank: int = 0, world: int = 1) -> None:
+        super().__init__(user_size, batch_size, True, seed, rank, world)
+        self.public_size = public_size
+        self.public_per_batch = min(batch_size - 1, max(1, round(share * batch_size)))
+        self.user_per_batch = batch_size - self.public_per_batch
+
+    def _public_draws(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) * 1_009 + self.rank + 1)
+        while True:
+            yield from torch.randperm(self.public_size, generator=generator).tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        shard = self.shard().tolist()
+        draws = self._public_draws()
+        for start in range(0, len(shard), self.user_per_batch):
+            users = shard[start:start + self.user_per_batch]
+            count = self.public_per_batch if len(users) == self.user_per_batch else max(
+                1, round(len(users) * self.public_per_batch / self.user_per_batch))
+            yield users + [self.size + next(draws) for _ in range(count)]
+
+    def __len__(self) -> int:
+        per_rank = -(-self.size // self.world)
+        return -(-per_rank // self.user_per_batch)
