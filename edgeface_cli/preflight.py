@@ -187,7 +187,7 @@ def check_training_inputs(train_dir: Path | None, val_dir: Path | None, out: Pat
 # ------------------------------------------------------------------ model files and photos, judged by their bytes
 
 CHECKPOINT_FIX_HINT = "pass a checkpoint saved with torch.save(model.state_dict(), PATH) or a .safetensors file"
-EXPORTED_SUFFIXES = (".onnx", ".pt2")  # programs edgeface export writes: run as they are, never read as weights
+EXPORTED_SUFFIXES = (".onnx", ".pt2", ".xml", ".tflite", ".param")  # exports run as they are, never read as weights
 SNIFF_BYTES = 4096
 
 

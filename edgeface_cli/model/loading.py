@@ -2,7 +2,8 @@
 
 A model is a training run (its best.pt), a training checkpoint (backbone, head and identities), a bare
 backbone in any format ``inspect-keys`` reads, or a file written by ``edgeface export``: ONNX runs on
-onnxruntime, a pt2 archive as the exported program (``programs``); safetensors and TorchScript exports load
+onnxruntime, a pt2 archive as the exported program (``programs``); OpenVINO IR (``.xml``), LiteRT
+(``.tflite``) and ncnn (``.param``) exports in their own runtimes (``runtimes.backbone``); safetensors and TorchScript exports load
 into the PyTorch model, built as their sidecar says. Files that run code when loaded (TorchScript, pt2) load
 only with ``trust_code``. Weights holding NaN or infinity are refused: every figure they give is meaningless.
 
@@ -29,6 +30,7 @@ from .checkpoint_io import LoadedCheckpoint, nonfinite_tensors, read_checkpoint
 from .checkpoints import load_backbone
 from .heads import MarginHead, saved_head
 from .programs import PROGRAM_SUFFIXES, is_exported, load_program, read_sidecar, same_weights_as
+from .runtimes.backbone import RunnerBackbone, is_native_export
 from .runtime import FP32, Precision, resolve_device, resolve_precision
 
 
@@ -39,7 +41,7 @@ class LoadedModel:
     class_names: list[str] | None
     source: Path  # the file loaded
     sha256: str  # of the bytes loaded: what thresholds and galleries are bound to
-    runtime: str  # pytorch | onnx | pt2 | torchscript (an exported program runs as exported)
+    runtime: str  # pytorch | onnx | pt2 | torchscript | openvino | litert | ncnn (an exported program runs as exported)
     arch: str | None  # the zoo variant, when known
     training_config: dict[str, Any] | None  # how it was trained and fed ({"data": {...}} for an export)
     sidecar: dict[str, Any] | None = None  # what edgeface export wrote beside the file
@@ -70,12 +72,19 @@ def _sidecar_data(sidecar: dict[str, Any] | None) -> dict[str, Any]:
 def _exported_program(path: Path, kind: str, sidecar: dict[str, Any] | None, trust_code: bool) -> LoadedModel:
     """An exported file as it runs in deployment (CPU); its sidecar, else the program's fixed input, says how
     to feed it."""
-    program = load_program(path, kind, trust_code)
+    program = RunnerBackbone(path) if kind in NATIVE_KINDS else load_program(path, kind, trust_code)
     data = _sidecar_data(sidecar)
     if "image_size" not in data and getattr(program, "image_size", None):
         data["image_size"] = program.image_size
     return LoadedModel(program.eval(), None, None, path, str(program.sha256), kind, (sidecar or {}).get("arch"),
                        {"data": data} if data else None, sidecar)
+
+
+NATIVE_KINDS = ("openvino", "litert", "ncnn")  # the runtime a native export runs in, its LoadedModel.runtime
+
+
+def native_kind(path: Path) -> str | None:
+    return RunnerBackbone.kind_of(path) if is_native_export(path) else None
 
 
 def refuse_nonfinite_weights(loaded: LoadedCheckpoint) -> None:
@@ -99,12 +108,12 @@ def _training_checkpoint(loaded: LoadedCheckpoint) -> LoadedModel:
 
 def load_model(path: Path, config: EdgeFaceConfig, trust_code: bool = False) -> LoadedModel:
     """A run dir (its best.pt), a best.pt/last.pt, a bare backbone in any format inspect-keys reads, or an
-    exported file (ONNX, pt2; a safetensors or TorchScript export is built as its sidecar says)."""
+    exported file (ONNX, pt2, OpenVINO IR, .tflite, ncnn .param; a safetensors or TorchScript export is built as its sidecar says)."""
     check_model_path(path, trust_code)  # the refusals that need no torch, as the CLI gives them before loading it
     if path.is_dir():
         path = path / "best.pt"
     sidecar = read_sidecar(path)
-    kind = PROGRAM_SUFFIXES.get(path.suffix.lower())
+    kind = PROGRAM_SUFFIXES.get(path.suffix.lower()) or native_kind(path)
     if kind is not None:
         return _exported_program(path, kind, sidecar, trust_code)
     loaded = read_checkpoint(path, trust_code)
@@ -127,7 +136,7 @@ def load_model(path: Path, config: EdgeFaceConfig, trust_code: bool = False) -> 
 
 def runtime_of(model_file: Path, config: EdgeFaceConfig) -> tuple[torch.device, Precision]:
     """Where and how a model runs: an exported program on the CPU as exported; PyTorch weights as configured."""
-    if is_exported(model_file):
+    if is_exported(model_file) or is_native_export(model_file):
         return torch.device("cpu"), FP32
     device = resolve_device(config.runtime.device)
     return device, resolve_precision(config.runtime.amp, device)
