@@ -11,7 +11,8 @@ touched at all: no weight decay, no momentum, its moments frozen, as in arcface_
 Adam's bias correction counts the optimizer's steps, not each row's.
 
 Every row's optimizer state is kept in this module's buffers (``state_<name>``), so a checkpoint of the head
-holds it and a resume continues exactly. One process only (a sharded head across ranks does not sample yet).
+holds it and a resume continues exactly. The sampling is written over whichever ``MarginHead`` follows in the
+method order: ``training.sharded_head.ShardedPartialFCHead`` samples each rank's block of centres with it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ STATE_PREFIX = "state_"
 ACCURACY_CHUNK = 65536  # centres per block when finding each image's nearest centre among all of them
 
 
+def sampled_count(sample_rate: float, rows: int, batch_size: int) -> int:
+    """Centres per step out of ``rows``: a fixed size, so the optimizer's state keeps its shape, with room for
+    every positive of a batch of ``batch_size``."""
+    return min(rows, max(int(sample_rate * rows), batch_size))
+
+
 def sample_rows(labels: torch.Tensor, num_classes: int, count: int) -> torch.Tensor:
     """``count`` sorted class indices: every label's, then uniformly random others (the global generator)."""
     positives = torch.unique(labels)
@@ -40,16 +47,20 @@ def sample_rows(labels: torch.Tensor, num_classes: int, count: int) -> torch.Ten
 
 
 class PartialFCHead(MarginHead):
-    """A ``MarginHead`` whose training step uses the positives plus a ``sample_rate`` share of the negatives."""
+    """A ``MarginHead`` whose training step uses the positives plus a ``sample_rate`` share of the negatives.
+
+    ``head_options`` go to the next head in the method order (a sharded head's rank and margin settings); the
+    sample is drawn from the rows this process holds (``weight``), and ``batch_size`` is the batch it sees."""
 
     def __init__(self, num_classes: int, embedding_dim: int, loss: MarginLoss, sample_rate: float,
-                 batch_size: int, weight: torch.Tensor | None = None) -> None:
-        super().__init__(num_classes, embedding_dim, weight=weight, loss=loss)
+                 batch_size: int, weight: torch.Tensor | None = None, **head_options: Any) -> None:
+        if weight is not None:
+            head_options["weight"] = weight
+        super().__init__(num_classes, embedding_dim, loss=loss, **head_options)
         if not 0.0 < sample_rate <= 1.0:
             raise ValueError(f"sample_rate must be in (0, 1] (got {sample_rate})")
         self.sample_rate = sample_rate
-        # Fixed size, so the optimizer's state keeps its shape: room for every positive of a batch.
-        self.sample_count = min(num_classes, max(int(sample_rate * num_classes), batch_size))
+        self.sample_count = sampled_count(sample_rate, len(self.weight), batch_size)
         self.active = nn.Parameter(torch.zeros(self.sample_count, embedding_dim))
         self.weight.requires_grad_(False)  # only ``active`` trains; ``weight`` is the store of every centre
         self.optimizer: torch.optim.Optimizer | None = None
@@ -113,14 +124,19 @@ class PartialFCHead(MarginHead):
     def _nearest_is_label(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Training accuracy against every centre, not only the sampled ones, block by block (``weight`` equals
         ``active`` on the sampled rows until the optimizer steps)."""
-        best = torch.full((len(labels),), -2.0, device=embeddings.device)
-        best_class = torch.zeros(len(labels), dtype=torch.long, device=embeddings.device)
-        for start in range(0, self.num_classes, ACCURACY_CHUNK):
+        return self.nearest_centre(embeddings)[1] == labels
+
+    @torch.no_grad()
+    def nearest_centre(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cosine, row) of each embedding's nearest centre among this head's rows, block by block."""
+        best = torch.full((len(embeddings),), -2.0, device=embeddings.device)
+        best_class = torch.zeros(len(embeddings), dtype=torch.long, device=embeddings.device)
+        for start in range(0, len(self.weight), ACCURACY_CHUNK):
             values, where = self.cosine_to(embeddings, self.weight[start:start + ACCURACY_CHUNK]).max(dim=1)
             better = values > best
             best = torch.where(better, values, best)
             best_class = torch.where(better, where + start, best_class)
-        return best_class == labels
+        return best, best_class
 
     def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
         self.write_back()

@@ -1,4 +1,4 @@
-"""The margin head split across data-parallel ranks (insightface's model-parallel FC; sampling is ``partial_fc``).
+"""The margin head split across data-parallel ranks (insightface's model-parallel FC), and Partial FC on it.
 
 Each of N ranks holds a contiguous block of about C/N class centres, so a head far larger than one
 GPU's memory trains. Per step the ranks all-gather the batch's embeddings and labels; each computes
@@ -7,6 +7,11 @@ the logits of its own centres for the whole global batch, and the softmax is com
 mean over the global batch: the same number the unsharded head gives. Checkpoints hold the whole
 head (gathered block by block into rank 0's host memory, rank 0 writes them), so a run resumes on any number
 of ranks.
+
+``ShardedPartialFCHead`` samples each rank's block as arcface_torch's ``partial_fc_v2`` does: every positive of
+the global batch that falls in the block, plus a random ``sample_rate`` share of the block's other centres; the
+softmax across ranks is the same all-reduce of maxima and sums, and the optimizer state follows the sampled rows
+(``model.partial_fc``).
 """
 
 from __future__ import annotations
@@ -14,13 +19,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
 
 from ..model.heads import MarginHead, loss_from_settings
 from ..model.losses import MarginLoss
-from ..model.partial_fc import PartialFCHead
+from ..model.partial_fc import STATE_PREFIX, PartialFCHead, sample_rows, sampled_count
 from .distributed import Distributed
 
 # `arcface.sharded: auto` shards from this many identities: below it, the whole head fits everywhere
@@ -160,6 +166,79 @@ class ShardedMarginHead(MarginHead):
         return MarginHead(self.num_classes, self.weight.shape[1], weight=self.full_rows(self.weight), loss=self.loss)
 
 
+class ShardedPartialFCHead(PartialFCHead, ShardedMarginHead):
+    """This rank's block of centres, of which each step uses the global batch's positives in the block and a
+    ``sample_rate`` share of the rest (``PartialFCHead``'s sampling over ``ShardedMarginHead``'s block)."""
+
+    def __init__(self, num_classes: int, embedding_dim: int, loss: MarginLoss, sample_rate: float,
+                 batch_size: int, distributed: Distributed) -> None:
+        """``batch_size``: one rank's batch; each rank's logits cover the global batch, so its sample has room
+        for all of its positives."""
+        super().__init__(num_classes, embedding_dim, loss, sample_rate, batch_size * distributed.world_size,
+                         kind="arcface", scale=0.0, margin=0.0, distributed=distributed)
+
+    def loss_and_correct(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.training:
+            self.write_back()
+            return ShardedMarginHead.loss_and_correct(self, embeddings, labels)
+        distributed = self.distributed
+        batch, block = len(labels), self.end - self.start
+        everyone = _GatherBatch.apply(embeddings, distributed)
+        all_labels = distributed.concat(labels, [batch] * distributed.world_size)
+        owned = (all_labels >= self.start) & (all_labels < self.end)
+        block_labels = (all_labels - self.start).clamp(0, block - 1)
+        index = sample_rows(block_labels[owned], block, self.sample_count)
+        self._take_rows(index)
+        local_labels = torch.searchsorted(index, block_labels).clamp(max=len(index) - 1)
+        cosine = self.cosine_to(everyone, self.active)
+        with torch.autocast(device_type=cosine.device.type, enabled=False):
+            logits = self.loss(cosine, torch.where(owned, local_labels, -1), self.norms(everyone))
+            loss = _ShardedCrossEntropy.apply(logits, local_labels, owned, distributed)
+        mine = slice(distributed.rank * batch, (distributed.rank + 1) * batch)
+        return loss, self._nearest_is_label_everywhere(everyone.detach(), block_labels, owned)[mine]
+
+    @torch.no_grad()
+    def _nearest_is_label_everywhere(self, everyone: torch.Tensor, block_labels: torch.Tensor,
+                                     owned: torch.Tensor) -> torch.Tensor:
+        """Training accuracy against every centre on every rank (``weight`` equals ``active`` on the sampled rows
+        until the optimizer steps), as the sharded head reports it."""
+        best = self.distributed.max_(self.nearest_centre(everyone)[0])
+        target = (F.normalize(everyone.float(), dim=1) * F.normalize(self.weight[block_labels].float(), dim=1)).sum(dim=1)
+        return self.distributed.sum_(torch.where(owned, target, torch.zeros_like(target))) >= best
+
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        return ShardedMarginHead.clip_grad_norm_(self, max_norm)
+
+    def _is_sampled_state(self, tensor: torch.Tensor) -> bool:
+        return any(tensor is value for value in self._row_states().values())
+
+    def checkpoint_rows(self, local: torch.Tensor) -> torch.Tensor:
+        """A per-class block gathered as the sharded head does; the optimizer's moments of ``active`` stay as they
+        are (every rank decides alike): they are a copy of rows already kept in the ``state_`` buffers."""
+        return local.detach() if self._is_sampled_state(local) else super().checkpoint_rows(local)
+
+    def local_rows(self, full: torch.Tensor) -> torch.Tensor:
+        """A saved per-class tensor cut to this block; saved moments of ``active`` (a transient copy, refilled
+        from the ``state_`` buffers at the next step) come back as zeros of this rank's shape."""
+        if len(full) != self.num_classes and full.shape[1:] == self.active.shape[1:]:
+            return torch.zeros_like(self.active)
+        return super().local_rows(full)
+
+    def full_state_dict(self) -> dict[str, Any]:
+        """Every centre and every row's optimizer state, gathered to rank 0. A collective."""
+        self.write_back()
+        names = sorted(key for key, _ in self.named_buffers() if key.startswith(STATE_PREFIX))
+        return {"weight": self.checkpoint_rows(self.weight), **{name: self.checkpoint_rows(getattr(self, name)) for name in names}}
+
+    def load_full_state_dict(self, state: dict[str, Any]) -> None:
+        self.load_state_dict({key: ShardedMarginHead.local_rows(self, value) for key, value in state.items()
+                              if key == "weight" or key.startswith(STATE_PREFIX)})
+
+    def gathered(self) -> MarginHead:
+        self.write_back()
+        return super().gathered()
+
+
 def map_head_state(optimizer_state: dict[str, Any], group: str, rows: Any) -> dict[str, Any]:
     """The optimizer state with every per-class tensor (moments of the ``group`` parameters) mapped by
     ``rows``: gathered whole for a checkpoint, or cut to this rank's block on resume."""
@@ -186,15 +265,23 @@ def build_head(config: Any, num_classes: int, embedding_dim: int,
     notes = [("warning", note)] if note else []
     loss = loss_from_settings(config)
     sample_rate = config.loss.partial_fc_sample_rate
+    batch = config.data.batch_size
+    if sample_rate < 1.0 and distributed.enabled:
+        if num_classes < distributed.world_size:
+            raise ConfigError(f"loss.partial_fc_sample_rate={sample_rate:g} under torchrun samples each rank's share of "
+                              f"the centres, and {num_classes} identities cannot be split across "
+                              f"{distributed.world_size} ranks: set loss.partial_fc_sample_rate=1, or train in one process")
+        head = ShardedPartialFCHead(num_classes, embedding_dim, loss, sample_rate, batch, distributed)
+        world = distributed.world_size
+        notes.append(("info", f"Partial FC across {world} ranks: each samples {head.sample_count:,} of its about "
+                              f"{num_classes // world:,} class centres per step (every positive of the global batch "
+                              f"and a random {sample_rate:g} share)"))
+        return head, notes
     if sample_rate < 1.0:
-        if distributed.enabled:
-            raise ConfigError(f"loss.partial_fc_sample_rate={sample_rate:g} runs in one process for now, not under "
-                              "torchrun: set loss.partial_fc_sample_rate=1 (the sharded head splits the centres "
-                              "across ranks instead), or train in one process")
-        sampled = min(num_classes, max(int(sample_rate * num_classes), config.data.batch_size))
+        sampled = sampled_count(sample_rate, num_classes, batch)
         notes.append(("info", f"Partial FC: {sampled:,} of {num_classes:,} class centres per step (every positive "
                               f"and a random {sample_rate:g} share)"))
-        return PartialFCHead(num_classes, embedding_dim, loss, sample_rate, config.data.batch_size), notes
+        return PartialFCHead(num_classes, embedding_dim, loss, sample_rate, batch), notes
     if not sharded:
         return MarginHead(num_classes, embedding_dim, loss=loss), notes
     world = distributed.world_size
