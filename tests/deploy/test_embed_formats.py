@@ -4,7 +4,8 @@ PyTorch (cos >= 0.9999), is fed as its sidecar says (its image size), carries it
 and its weights' bytes, and its runtime), and a missing ``.bin`` or extra is one line, exit 2.
 
 OpenVINO and ncnn are exported here once per module (about 3 s together); the tflite conversion takes ~25 s,
-so its check is marked slow."""
+so its check runs only with EDGEFACE_TEST_TFLITE=1 (it passed so on 2026-12-03) until the native-format
+exports are one session fixture in tests/conftest.py that it can take instead of converting again."""
 
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def exported(exports: dict[str, Path], fmt: str) -> Path:
 def check_embeds_like_pytorch(model: Path, runtime: str, faces: list[Path], reference: np.ndarray) -> None:
     embedder = Embedder.load(model)  # no image size given: the sidecar's
     assert embedder.kind == runtime and embedder.settings.image_size == SIZE
-    assert embedder.fingerprint().runtime == runtime if hasattr(embedder.fingerprint(), "runtime") else True
+    assert embedder.fingerprint().runtime == runtime  # its thresholds and galleries are its own
     vectors = embedder.embed(faces)
     assert vectors.shape == reference.shape
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
@@ -133,6 +134,8 @@ def test_missing_weights_file_is_one_line(fast_exports: dict[str, Path], faces: 
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("EDGEFACE_TEST_TFLITE") != "1",
+                    reason="converts its own tflite (~25 CPU-s): EDGEFACE_TEST_TFLITE=1 runs it")
 def test_tflite_export_embeds_and_verifies_in_litert_like_pytorch(
         xxs_checkpoint: Path, faces: list[Path], reference: np.ndarray, tmp_path: Path) -> None:
     check_embeds_like_pytorch(export(xxs_checkpoint, "tflite", tmp_path), "litert", faces, reference)
