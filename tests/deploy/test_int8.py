@@ -141,3 +141,14 @@ def test_gate_judges_tar_at_far_1e3_when_the_pairs_resolve_it() -> None:
     left = VerificationPairs.from_arrays(images[0::2], images[1::2], np.ones(80, dtype=bool))
     with pytest.raises(DataError, match="same and different pairs"):
         judge_int8(fp32, fp32, left)
+
+
+def test_a_static_batch_model_is_calibrated_in_runs_of_exactly_its_batch() -> None:
+    from edgeface_cli.deploy.quantization.onnx_static import CALIBRATION_BATCH, calibration_batches
+
+    images = np.arange(7 * 3, dtype=np.float32).reshape(7, 3, 1, 1)
+    fixed = calibration_batches(images, 4)
+    assert [len(batch) for batch in fixed] == [4, 4]  # a --static-batch 4 model takes no other batch
+    assert np.array_equal(fixed[1][:3], images[4:]) and np.array_equal(fixed[1][3], images[4])  # padded, not dropped
+    free = calibration_batches(images, None)
+    assert np.array_equal(np.concatenate(free), images) and len(free[0]) == min(7, CALIBRATION_BATCH)

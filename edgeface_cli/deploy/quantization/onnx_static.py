@@ -51,6 +51,16 @@ def require_calibration(calibration: np.ndarray, what: str) -> np.ndarray:
     return np.ascontiguousarray(images)
 
 
+def calibration_batches(images: np.ndarray, fixed_batch: int | None) -> list[np.ndarray]:
+    """``images`` in runs of ``CALIBRATION_BATCH``, or of exactly ``fixed_batch`` for a static-batch model (the
+    last run padded with copies of its first image, which move no activation range)."""
+    step = fixed_batch or CALIBRATION_BATCH
+    batches = [images[start:start + step] for start in range(0, len(images), step)]
+    if fixed_batch:
+        batches[-1] = np.concatenate([batches[-1], np.repeat(batches[-1][:1], step - len(batches[-1]), axis=0)])
+    return batches
+
+
 def keep_standard_opsets(path: Path) -> None:
     """Drop the operator-set imports of domains no node uses (onnxruntime's tools import com.microsoft and its
     kin even when every node they wrote is ai.onnx), so the file declares only what it uses."""
@@ -84,12 +94,13 @@ def quantize_onnx_static(fp32_path: Path, out_path: Path, calibration: np.ndarra
         raise DataError(f"unknown calibration method {recipe.calibration!r}; use one of {', '.join(methods)}")
     source = onnx.load(str(fp32_path), load_external_data=False)
     input_name = source.graph.input[0].name
+    batch = source.graph.input[0].type.tensor_type.shape.dim[0]
+    fixed_batch = batch.dim_value if batch.HasField("dim_value") and batch.dim_value > 0 else None  # --static-batch
     opset = next(entry.version for entry in source.opset_import if entry.domain in STANDARD_DOMAINS)
 
     class Calibration(CalibrationDataReader):  # type: ignore[misc] - onnxruntime's base class is untyped
         def __init__(self) -> None:
-            self.batches = iter([{input_name: images[start:start + CALIBRATION_BATCH]}
-                                 for start in range(0, len(images), CALIBRATION_BATCH)])
+            self.batches = iter([{input_name: batch} for batch in calibration_batches(images, fixed_batch)])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)

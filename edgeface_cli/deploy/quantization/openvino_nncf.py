@@ -18,7 +18,7 @@ import numpy as np
 
 from ...errors import DataError, import_extra
 from ..formats.base import quiet
-from .onnx_static import CALIBRATION_BATCH, require_calibration
+from .onnx_static import calibration_batches, require_calibration
 
 
 def quantize_openvino(fp32_model: Path, out_xml: Path, calibration: np.ndarray) -> None:
@@ -34,7 +34,8 @@ def quantize_openvino(fp32_model: Path, out_xml: Path, calibration: np.ndarray) 
         raise DataError(f"an OpenVINO IR is named NAME.xml (its weights NAME.bin beside it), not {out_xml.name}")
     images = require_calibration(calibration, "OpenVINO int8 quantisation")
     model = openvino.Core().read_model(str(fp32_model))
-    batches = [images[start:start + CALIBRATION_BATCH] for start in range(0, len(images), CALIBRATION_BATCH)]
+    batch = model.inputs[0].get_partial_shape()[0]
+    batches = calibration_batches(images, batch.get_length() if batch.is_static else None)  # --static-batch
     # NNCF draws progress bars on the console (rich) and logs its choices: library code does not print.
     with quiet("nncf"), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
         quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches), fast_bias_correction=True)
