@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from .recognize_report import _explain, _print_open_set
 from .common import (
     AlignOpt,
     ArchOpt,
@@ -33,6 +34,9 @@ DeviceOpt = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps 
 BatchOpt = typer.Option(None, "--batch-size", help="Images per batch.")
 AllFacesOpt = typer.Option(False, "--all-faces", help="Every face of each photo, one answer per face with its box "
                                                       "(0 the best-scoring; the same crops as align --all-faces).")
+StoreOpt = typer.Option(None, "--store", help="The serve store instead of a gallery file: a SQLite path or a "
+                                               "postgresql:// URL (edgeface serve's --store).")
+CollectionOpt = typer.Option("default", "--collection", help="The store's collection.")
 ExplainOpt = typer.Option(False, "--explain", help="Say where the threshold comes from: the data, its pairs, the FAR "
                                                    "asked for and the FAR those pairs can resolve.")
 
@@ -113,28 +117,6 @@ def _all_faces_check(all_faces: bool, faces: str, probe_dir: Optional[Path] = No
         raise DataError("--all-faces answers per face of PROBE photos; --probe-dir measures labelled probes "
                         "(one face each): run them apart")
     return [] if all_faces else None
-
-
-def _explain(threshold: Any) -> None:
-    """Where a threshold came from, line by line (``--explain``)."""
-    provenance = threshold.provenance or {}
-    console.print(f"threshold {threshold.value:.4f} from {escape(threshold.source)}")
-    data = provenance.get("data") or {}
-    if data.get("path"):
-        digest = f", sha256 {data['sha256'][:12]}" if data.get("sha256") else ""
-        console.print(f"  data: {escape(str(data.get('kind') or 'folder'))} {escape(str(data['path']))}{digest}")
-    if provenance.get("negatives") is not None:
-        console.print(f"  pairs: {provenance.get('positives'):,} same-identity, {provenance['negatives']:,} different")
-    if provenance.get("target_far") is not None:
-        far = provenance.get("far")
-        console.print(f"  FAR asked for {provenance['target_far']:g}; FAR held {far:g}" if far is not None
-                      else f"  FAR asked for {provenance['target_far']:g}")
-        if provenance.get("resolvable_far") is not None:
-            console.print(f"  smallest FAR these pairs resolve: {provenance['resolvable_far']:.3g} (1 / negatives)")
-        if provenance.get("note"):
-            console.print(f"  {escape(provenance['note'])}")
-    if provenance.get("given"):
-        console.print(f"  given with {escape(provenance['given'])}: not measured by edgeface")
 
 
 @app.command("embed")
@@ -252,7 +234,9 @@ def enroll(
     checkpoint: Optional[Path] = typer.Option(
         None, "--checkpoint", help="The model (required for a new gallery; --add and --remove default to the one "
                                    "that enrolled it)."),
-    out: Path = typer.Option(..., "--out", help="The gallery file to write (.npz)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="The gallery file to write (.npz); or --store."),
+    store: Optional[str] = StoreOpt,
+    collection: str = CollectionOpt,
     add: bool = typer.Option(False, "--add", help="Add GALLERY_DIR's identities to the existing --out gallery."),
     remove: Optional[list[str]] = typer.Option(None, "--remove", help="Remove this identity from --out. Repeatable."),
     flip: bool = FlipOpt,
@@ -272,6 +256,17 @@ def enroll(
     from ..preflight import check_image_folder, check_model_path, check_output_file, identities_removal_problem
 
     editing = add or bool(remove)
+    if (out is None) == (store is None):
+        raise DataError("say where to enroll: --out GALLERY.npz or --store STORE (one of the two)")
+    if store is not None:
+        if editing or gallery_dir is None or checkpoint is None:
+            raise DataError("enroll --store adds GALLERY_DIR's identities with --checkpoint MODEL (remove them "
+                            "through edgeface serve's API)")
+        check_image_folder(gallery_dir, "gallery")
+        check_model_path(checkpoint, trust_code)
+        return _enroll_store(gallery_dir, checkpoint, store, collection, flip, device, batch_size, align, faces, arch,
+                             config, set_, trust_code)
+    assert out is not None
     if add and remove:
         raise DataError("--add and --remove: one change at a time")
     if remove and gallery_dir is not None:
@@ -298,6 +293,21 @@ def enroll(
     with interrupt_says(kept):
         _enroll(gallery_dir, checkpoint, out, remove, flip, device, batch_size, align, faces, arch, config, set_, editing,
                 trust_code)
+
+
+def _enroll_store(gallery_dir: Path, checkpoint: Path, where: str, collection: str, flip: bool, device: Optional[str],
+                  batch_size: Optional[int], align: bool, faces: str, arch: Optional[str], config: Optional[Path],
+                  set_: Optional[list[str]], trust_code: bool) -> None:
+    from ..serve.local import bound_flip, enrol_tree, open_for_cli
+
+    with open_for_cli(where, collection).store as store, interrupt_says(f"{where}: each person wholly enrolled or not"):
+        flip = bound_flip(store, flip)
+        resolved, embedder = _embedder(checkpoint, config, set_, device, batch_size, align_flag(align, faces), arch,
+                                       trust_code)
+        embedded = _embed(embedder, resolved, [gallery_dir], flip, tree=True)
+        persons, samples = enrol_tree(store, where, collection, embedded, embedder.fingerprint(flip))
+    console.print(f"enrolled {samples} samples of {persons} identities into {escape(where)} collection "
+                  f"{escape(collection)!r} ({escape(str(embedder.source))})")
 
 
 def _gallery_identities(path: Path) -> Optional[list[str]]:
@@ -348,7 +358,11 @@ def _enroll(gallery_dir: Optional[Path], checkpoint: Optional[Path], out: Path, 
 @user_errors
 def identify(
     probes: Optional[list[Path]] = typer.Argument(None, metavar="PROBE", help="Probe images or folders of images."),
-    gallery_file: Path = typer.Option(..., "--gallery", help="A gallery written by edgeface enroll."),
+    gallery_file: Optional[Path] = typer.Option(None, "--gallery", help="A gallery written by edgeface enroll (with "
+                                                "--store: imported into the store once, if its collection is new)."),
+    store: Optional[str] = StoreOpt,
+    collection: str = CollectionOpt,
+    match_by: str = typer.Option("best", "--match", help="With --store: a person's best sample, or mean template."),
     probe_dir: Optional[Path] = typer.Option(
         None, "--probe-dir", help="Labelled probes (one folder per identity): report open-set metrics."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="The model (default: the one that enrolled the gallery)."),
@@ -374,7 +388,11 @@ def identify(
     photo_faces = _all_faces_check(all_faces, faces, probe_dir)
     if not probes and probe_dir is None:
         raise DataError("name probe images or folders, or pass --probe-dir DIR (one folder per identity)")
-    if not gallery_file.is_file():
+    if match_by not in ("best", "mean"):
+        raise DataError(f"--match {match_by}: use best (a person's best sample) or mean (their template)")
+    if gallery_file is None and store is None:
+        raise DataError("say what to search: --gallery GALLERY.npz or --store STORE")
+    if gallery_file is not None and not gallery_file.is_file():
         raise DataError(f"gallery not found: {gallery_file}; write one with edgeface enroll GALLERY_DIR --checkpoint "
                         f"MODEL --out {gallery_file}")
     if checkpoint is not None:
@@ -387,23 +405,42 @@ def identify(
     from ..data.alignment.photos import NO_FACE
     from ..thresholds import Threshold
 
-    gallery = load_gallery(gallery_file)
-    model = checkpoint or Path(gallery.model)
+    from ..serve.local import bound_flip, bound_model, identify_in_store, open_for_cli
+
+    gallery = opened = None
+    if store is not None:
+        if probe_dir is not None:
+            raise DataError("--probe-dir measures a gallery file: pass --gallery FILE without --store")
+        opened = open_for_cli(store, collection, gallery_file)
+        if opened.imported is not None:
+            err_console.print(f"{escape(opened.imported.message)} of {escape(store)} from {escape(str(gallery_file))} "
+                              "(once: later calls use the store)", soft_wrap=True)
+        flip, model = bound_flip(opened.store, False), checkpoint or bound_model(opened.store)
+        if model is None:
+            raise DataError(f"{store} has nothing enrolled: edgeface enroll DIR --checkpoint MODEL --store {store}")
+    else:
+        gallery = load_gallery(gallery_file)  # type: ignore[arg-type]
+        flip, model = gallery.flip, checkpoint or Path(gallery.model)
     resolved, embedder = _embedder(model, config, set_, device, batch_size, align_flag(align, faces), arch, trust_code)
-    gallery.check_model(embedder.fingerprint(gallery.flip), gallery_file)
-    found, why = decision_threshold(embedder.threshold_sources(gallery.flip), threshold)
-    if found is None and gallery.threshold is not None:  # recorded at enroll, for this same model identity
+    if opened is not None:
+        opened.store.bind(embedder.fingerprint(flip), str(store))  # the server's refusal of another model's store
+    else:
+        gallery.check_model(embedder.fingerprint(flip), gallery_file)  # type: ignore[union-attr, arg-type]
+    found, why = decision_threshold(embedder.threshold_sources(flip), threshold)
+    if found is None and gallery is not None and gallery.threshold is not None:  # recorded at enroll, for this same model identity
         found, why = Threshold(gallery.threshold[0], f"{gallery.threshold[1]} (kept with the gallery)",
                                provenance={"given": f"the gallery {gallery_file} (recorded when it was enrolled)"}), ""
     value = found.value if found else None
-    report: dict[str, Any] = {"gallery": str(gallery_file), "model": str(embedder.source), "threshold": value,
+    report: dict[str, Any] = {"gallery": str(gallery_file) if gallery else None, "model": str(embedder.source), "threshold": value,
                               "threshold_source": found.source if found else None,
                               "threshold_provenance": found.provenance if found else None,
                               "threshold_reason": why or None}
     results, per_face = [], []
     if probes:
-        embedded = _embed(embedder, resolved, probes, gallery.flip, photo_faces=photo_faces)
-        results = match(gallery, embedded.vectors, embedded.paths, top_k, value)
+        embedded = _embed(embedder, resolved, probes, flip, photo_faces=photo_faces)
+        results = (match(gallery, embedded.vectors, embedded.paths, top_k, value) if gallery is not None else
+                   identify_in_store(opened.store, collection, embedded.vectors, embedded.paths, top_k, value,  # type: ignore[union-attr]
+                                     match_by))
         per_face = [result for photo in photo_faces or [] for result in photo.faces]  # a row of ``results`` each
         report["probes"] = [{"probe": item.probe, "answer": item.answer,
                              "matches": [{"identity": m.identity, "similarity": m.similarity} for m in item.matches]}
@@ -415,15 +452,21 @@ def identify(
             report["unreadable"] = [{"file": str(photo.photo), "why": photo.problem} for photo in photo_faces
                                     if photo.problem not in (None, NO_FACE)]
     if probe_dir is not None:
-        labelled = _embed(embedder, resolved, [probe_dir], gallery.flip, tree=True)
+        labelled = _embed(embedder, resolved, [probe_dir], flip, tree=True)
         assert labelled.identities is not None and labelled.labels is not None
         names = [labelled.identities[label] for label in labelled.labels]
         report["open_set"] = open_set_metrics(gallery, labelled.vectors, names, value, resolved.eval.far_targets)
+    if opened is not None:
+        report |= {"store": store, "collection": collection, "match": match_by}
+        searched = f"{store} collection {collection!r} ({len(opened.store.persons(collection))} persons, by {match_by})"
+        opened.store.close()
+    else:
+        searched = f"{gallery_file} ({len(gallery.identities)} identities)"  # type: ignore[union-attr]
     if as_json:
         print_json(report)
         return
     if results:
-        table = Table(title=f"identify against {gallery_file} ({len(gallery.identities)} identities)")
+        table = Table(title=f"identify against {escape(searched)}")
         table.add_column("probe", no_wrap=True)
         for column in (["face"] if per_face else []) + ["answer", f"top {top_k} (similarity)"]:
             table.add_column(column, overflow="fold")
@@ -444,24 +487,3 @@ def identify(
         console.print(f"threshold {found.value:.4f}, from {escape(found.source)}")
 
 
-def _print_open_set(metrics: dict[str, Any]) -> None:
-    def percent(value: Optional[float]) -> str:
-        return "n/a" if value is None else f"{value:.2%}"
-
-    table = Table(title=f"open-set identification: {metrics['probes']} probes ({metrics['enrolled_probes']} enrolled, "
-                        f"{metrics['non_enrolled_probes']} not)")
-    for column in ("metric", "value", "meaning"):
-        table.add_column(column, overflow="fold")
-    table.add_row("rank-1", percent(metrics["rank1"]), "enrolled probes whose best match is their identity")
-    table.add_row("rank-5", percent(metrics["rank5"]), "... among the five best")
-    table.add_row("dir@threshold", percent(metrics["dir_at_threshold"]), "enrolled probes ranked first and above the threshold")
-    table.add_row("far@threshold", percent(metrics["far_at_threshold"]), "non-enrolled probes wrongly accepted")
-    for far, entry in metrics["dir_at_far"].items():
-        if entry is None or entry["dir"] is None:  # None: a report of an older edgeface
-            why = entry["why"] if entry is not None else "needs enrolled and non-enrolled probes"
-            table.add_row(f"dir@far={far}", f"not measurable ({escape(why)})",
-                          "detection-and-identification rate at that false-alarm rate")
-        else:
-            table.add_row(f"dir@far={far}", percent(entry["dir"]),
-                          f"detection-and-identification rate at threshold {entry['threshold']:.4f}")
-    console.print(table)
