@@ -145,6 +145,14 @@ class PartialFCHead(MarginHead):
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
         return nn.utils.clip_grad_norm_([self.active], max_norm)
 
+    def local_rows(self, full: torch.Tensor) -> torch.Tensor:
+        """A saved per-class tensor for this head's rows; saved moments of ``active`` (a copy of rows the
+        ``state_`` buffers keep, refilled from them at the next step) come back as zeros of this head's sample
+        size, which differs when a run resumes on another number of ranks."""
+        if len(full) != self.num_classes and full.shape[1:] == self.active.shape[1:]:
+            return torch.zeros_like(self.active)
+        return super().local_rows(full)
+
     def full_state_dict(self) -> dict[str, Any]:
         """Every centre, the loss's statistics and every row's optimizer state; not the transient ``active``."""
         self.write_back()

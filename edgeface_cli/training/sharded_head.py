@@ -217,13 +217,6 @@ class ShardedPartialFCHead(PartialFCHead, ShardedMarginHead):
         are (every rank decides alike): they are a copy of rows already kept in the ``state_`` buffers."""
         return local.detach() if self._is_sampled_state(local) else super().checkpoint_rows(local)
 
-    def local_rows(self, full: torch.Tensor) -> torch.Tensor:
-        """A saved per-class tensor cut to this block; saved moments of ``active`` (a transient copy, refilled
-        from the ``state_`` buffers at the next step) come back as zeros of this rank's shape."""
-        if len(full) != self.num_classes and full.shape[1:] == self.active.shape[1:]:
-            return torch.zeros_like(self.active)
-        return super().local_rows(full)
-
     def full_state_dict(self) -> dict[str, Any]:
         """Every centre and every row's optimizer state, gathered to rank 0. A collective."""
         self.write_back()
