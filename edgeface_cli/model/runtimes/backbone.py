@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ...errors import CheckpointError, MissingExtraError
-from .base import Runner, Runtime, RuntimeUnavailable
+from .base import Runner, Runtime, RuntimeUnavailable, first_line
 from .litert import LiteRt
 from .ncnn import Ncnn
 from .openvino import OpenVino
@@ -65,7 +65,7 @@ class RunnerBackbone(nn.Module):
         except RuntimeUnavailable as exc:
             raise CheckpointError(f"{path} cannot be run in {runtime.name}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - each runtime raises its own types for a file it cannot read
-            raise CheckpointError(f"{path} is not a loadable {what}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__}") from None
+            raise CheckpointError(f"{path} is not a loadable {what}: {first_line(exc)}") from None
         self.runtime = runtime.name
 
     @staticmethod
@@ -78,5 +78,4 @@ class RunnerBackbone(nn.Module):
             return torch.from_numpy(self.runner(images))
         except Exception as exc:  # noqa: BLE001 - the runtime's own error: the file does not fit this input
             raise CheckpointError(f"{self.path.name} cannot embed {tuple(images.shape)} images in {self.runtime}: "
-                                  f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__}; "
-                                  "was it exported by edgeface export?") from None
+                                  f"{first_line(exc)}; was it exported by edgeface export?") from None
