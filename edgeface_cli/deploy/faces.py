@@ -53,18 +53,35 @@ def embed_faces(embedder: Embedder, image: Image.Image, flip: bool = False) -> l
     """Every face of ``image`` (any PIL mode; EXIF orientation is the caller's), highest detection score first,
     each with its L2-normalised embedding; [] when the photo holds no face. ``flip``: each embedding also sums
     its mirror's, as ``embed --flip`` does (use the same choice as the gallery or threshold it is compared with)."""
+    return embed_photos(embedder, [image], flip, max(1, embedder.config.data.batch_size))[0]
+
+
+def embed_photos(embedder: Embedder, images: list[Image.Image], flip: bool = False,
+                 model_batch: int | None = None) -> list[list[FaceResult]]:
+    """``embed_faces`` for several photos, their crops through the model together (``model_batch`` at a time;
+    None: all in one call, as the service's micro-batches want): per photo, every face, best score first."""
     settings = embedder.settings
     detector = shared_detector(DETECTION_DEVICE, settings.min_face_size, settings.detection_threshold)
-    _, faces, crops = align_photo(image.convert("RGB"), detector, "all")
-    if not faces:
-        return []
+    found: list[list[Face]] = []
+    crops: list[np.ndarray] = []
+    for image in images:
+        _, faces, photo_crops = align_photo(image.convert("RGB"), detector, "all")
+        found.append(faces)
+        crops += photo_crops
+    if not crops:
+        return [[] for _ in images]
     pixels = torch.from_numpy(np.stack([model_pixels(crop, settings.image_size) for crop in crops]))
-    order = torch.arange(len(faces))
+    order = torch.arange(len(crops))
     batches = DataLoader(TensorDataset(pixels, torch.full_like(order, -1), order, order),
-                         batch_size=max(1, embedder.config.data.batch_size))
-    extracted = extract(embedder.backbone, batches, embedder.device, embedder.precision, flip, model=embedder.source)
-    vectors = unit_rows(extracted.embeddings)
-    return [FaceResult(index, face, vectors[index], eye_distance(face)) for index, face in enumerate(faces)]
+                         batch_size=model_batch or len(crops))
+    vectors = unit_rows(extract(embedder.backbone, batches, embedder.device, embedder.precision, flip,
+                                model=embedder.source).embeddings)
+    results, row = [], 0
+    for faces in found:
+        results.append([FaceResult(index, face, vectors[row + index], eye_distance(face))
+                        for index, face in enumerate(faces)])
+        row += len(faces)
+    return results
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ Requests put their photo on an asyncio queue; one worker takes the first, waits 
 every face of every photo goes through the model in one call, so under load the model sees large batches and
 throughput grows with it, while a lone request waits only the window.
 
-Faces are found and aligned exactly as ``deploy.faces.embed_faces`` does it (the shared detector with the
-embedder's settings, the same warp and model pixels, the same extraction); only the model call is shared."""
+Faces are found, aligned and embedded by ``deploy.faces.embed_photos``, the function behind the CLI's
+``embed_faces``: only the model call is shared."""
 
 from __future__ import annotations
 
@@ -16,41 +16,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import DataLoader, TensorDataset
 
-from ..data.alignment.detector import Face
-from ..data.alignment.photos import align_photo, model_pixels, shared_detector
-from ..deploy.embedder import Embedder, unit_rows
-from ..deploy.faces import DETECTION_DEVICE, FaceResult, eye_distance
-from ..evaluation.inference import extract
-
-
-def embed_photos(embedder: Embedder, images: list[Image.Image], flip: bool = False) -> list[list[FaceResult]]:
-    """``embed_faces`` for several photos with one model call: per photo, every face, best score first."""
-    settings = embedder.settings
-    detector = shared_detector(DETECTION_DEVICE, settings.min_face_size, settings.detection_threshold)
-    found: list[list[Face]] = []
-    crops: list[np.ndarray] = []
-    for image in images:
-        _, faces, photo_crops = align_photo(image.convert("RGB"), detector, "all")
-        found.append(faces)
-        crops += photo_crops
-    if not crops:
-        return [[] for _ in images]
-    pixels = torch.from_numpy(np.stack([model_pixels(crop, settings.image_size) for crop in crops]))
-    order = torch.arange(len(crops))
-    batches = DataLoader(TensorDataset(pixels, torch.full_like(order, -1), order, order), batch_size=len(crops))
-    vectors = unit_rows(extract(embedder.backbone, batches, embedder.device, embedder.precision, flip,
-                                model=embedder.source).embeddings)
-    results, row = [], 0
-    for faces in found:
-        results.append([FaceResult(index, face, vectors[row + index], eye_distance(face))
-                        for index, face in enumerate(faces)])
-        row += len(faces)
-    return results
+from ..deploy.embedder import Embedder
+from ..deploy.faces import FaceResult, embed_photos
 
 
 @dataclass
