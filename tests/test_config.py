@@ -191,7 +191,8 @@ def test_with_absolute_paths_covers_every_path_setting(tmp_path: Path, monkeypat
     from edgeface_cli.config import path_fields, with_absolute_paths
 
     monkeypatch.chdir(tmp_path)
-    fields = [field for field in path_fields() if field[1] != "train_rec"]  # excludes train_dir: tests/test_recipe.py
+    # train_rec excludes train_dir (tests/test_recipe.py), rehearsal_rec rehearsal_dir (one public set).
+    fields = [field for field in path_fields() if field[1] not in ("train_rec", "rehearsal_rec")]
     assert {("data", "holdout_dir", False), ("data", "val_bins", True)} <= set(fields)
     overrides = {f"{section}.{name}": ["rel/x.bin"] if is_list else "rel/x" for section, name, is_list in fields}
     config = with_absolute_paths(build_config(None, overrides, [], search_default_file=False))

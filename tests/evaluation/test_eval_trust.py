@@ -155,7 +155,7 @@ def test_dir_at_a_far_the_strangers_cannot_resolve_is_not_measurable(monkeypatch
     import numpy as np
     from rich.console import Console
 
-    from edgeface_cli.cli import recognize
+    from edgeface_cli.cli import recognize_report
     from edgeface_cli.deploy.gallery import Gallery, open_set_metrics
 
     gallery = Gallery(["A", "B"], np.eye(2, dtype=np.float32), np.eye(2, dtype=np.float32), np.array([0, 1]), ["a", "b"],
@@ -170,8 +170,8 @@ def test_dir_at_a_far_the_strangers_cannot_resolve_is_not_measurable(monkeypatch
                                             "why": "needs ≥ 10 probes not enrolled (one false alarm possible), has 2"}
     assert "cannot be measured" in metrics["dir_at_far"]["0.0"]["why"]
     shown = Console(record=True, width=300)
-    monkeypatch.setattr(recognize, "console", shown)
-    recognize._print_open_set(metrics)
+    monkeypatch.setattr(recognize_report, "console", shown)
+    recognize_report._print_open_set(metrics)
     text = shown.export_text()
     assert "not measurable (needs ≥ 10 probes not enrolled (one false alarm possible), has 2)" in text
     assert "0.00%" not in [line for line in text.splitlines() if "dir@far=0.1" in line][0]
