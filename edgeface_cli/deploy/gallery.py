@@ -145,6 +145,13 @@ class Identification:
     matches: list[Match]  # best first
     answer: str | None  # the best match at or above the threshold; None = unknown (or no threshold)
 
+    @classmethod
+    def of(cls, probe: str, matches: list[Match], threshold: float | None) -> "Identification":
+        """The answer is the first match at or above ``threshold`` (None: no threshold applies, so the ranking is
+        all there is)."""
+        accepted = bool(matches) and threshold is not None and matches[0].similarity >= threshold
+        return cls(probe, matches, matches[0].identity if accepted else None)
+
 
 def similarities(gallery: Gallery, probes: np.ndarray) -> np.ndarray:
     """(probes × identities) cosine similarity of each probe to each identity's mean embedding."""
@@ -156,15 +163,13 @@ def similarities(gallery: Gallery, probes: np.ndarray) -> np.ndarray:
 
 def identify(gallery: Gallery, probes: np.ndarray, paths: list[str], top_k: int,
              threshold: float | None) -> list[Identification]:
-    """The ``top_k`` identities nearest each probe; the answer is the first at or above ``threshold`` (None:
-    no threshold applies, so the ranking is all there is)."""
+    """The ``top_k`` identities nearest each probe, answered as ``Identification.of`` says."""
     scores = similarities(gallery, probes)
     order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
     results = []
     for row, probe in enumerate(paths):
         matches = [Match(gallery.identities[index], float(scores[row, index])) for index in order[row]]
-        answer = matches[0].identity if matches and threshold is not None and matches[0].similarity >= threshold else None
-        results.append(Identification(probe, matches, answer))
+        results.append(Identification.of(probe, matches, threshold))
     return results
 
 

@@ -16,10 +16,8 @@ from ..deploy.embedder import Embeddings
 from ..deploy.gallery import Identification, Match
 from ..thresholds import ModelFingerprint, file_sha256
 from .matching import CollectionIndex
-from .store import GalleryStore, NewSample, open_store
-from .store.gallery_import import ImportSummary, import_gallery
-
-
+from .store import GalleryStore, open_store
+from .store.gallery_import import ImportSummary, enrol_identities, import_gallery
 
 @dataclass
 class StoreOpened:
@@ -33,7 +31,7 @@ def open_for_cli(where: str, collection: str, gallery: Path | None = None) -> St
     store = open_store(where)
     try:
         imported = None
-        if gallery is not None and all(item.name != collection for item in store.collections()):
+        if gallery is not None and not store.has_collection(collection):
             imported = import_gallery(store, gallery, collection)
         return StoreOpened(store, imported)
     except BaseException:
@@ -58,30 +56,20 @@ def enrol_tree(store: GalleryStore, where: str, collection: str, embedded: Embed
     sample per image, each person in one transaction; (persons, samples) enrolled."""
     assert embedded.identities is not None and embedded.labels is not None
     store.bind(fingerprint, where)
-    if all(item.name != collection for item in store.collections()):
+    if not store.has_collection(collection):
         store.create_collection(collection)
-    labels = embedded.labels.tolist()
-    samples = 0
-    for label, identity in enumerate(embedded.identities):
-        rows = [row for row, value in enumerate(labels) if value == label]
-        if rows:
-            store.enrol(collection, identity, [NewSample(embedded.vectors[row], file_sha256(Path(embedded.paths[row])))
-                                               for row in rows])
-            samples += len(rows)
-    return len(embedded.identities), samples
+    sources = [file_sha256(Path(image)) for image in embedded.paths]
+    return enrol_identities(store, collection, embedded.identities, embedded.labels, embedded.vectors, sources)
 
 
 def identify_in_store(store: GalleryStore, collection: str, probes: np.ndarray, paths: list[str], top_k: int,
                       threshold: float | None, mode: str = "best") -> list[Identification]:
-    """The ``top_k`` persons of ``collection`` nearest each probe by ``mode`` (the service's matching); the answer
-    is the first at or above ``threshold`` (None: no threshold, the ranking is all there is)."""
+    """The ``top_k`` persons of ``collection`` nearest each probe by ``mode`` (the service's matching), answered
+    as ``Identification.of`` says."""
     store.collection(collection)  # NotFoundError names an unknown collection
     ids, vectors, persons = store.vectors(collection)
     index = CollectionIndex("auto", store.dim, len(ids))
     index.add(ids, vectors, persons)
-    results = []
-    for probe, found in zip(paths, index.search(np.asarray(probes, dtype=np.float32), top_k, mode)):
-        matches = [Match(item.person, item.score) for item in found]
-        answer = matches[0].identity if matches and threshold is not None and matches[0].similarity >= threshold else None
-        results.append(Identification(probe, matches, answer))
-    return results
+    found = index.search(np.asarray(probes, dtype=np.float32), top_k, mode)
+    return [Identification.of(probe, [Match(item.person, item.score) for item in matches], threshold)
+            for probe, matches in zip(paths, found)]

@@ -144,6 +144,9 @@ class GalleryStore(ABC):
     @abstractmethod
     def collections(self) -> list[Collection]: ...
 
+    def has_collection(self, name: str) -> bool:
+        return any(item.name == name for item in self.collections())
+
     @abstractmethod
     def collection(self, name: str) -> Collection:
         """``NotFoundError`` when there is none of that name."""

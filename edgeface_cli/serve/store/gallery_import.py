@@ -8,8 +8,11 @@ created by the import, so importing the same gallery again is refused rather tha
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from ...deploy.gallery import load_gallery
 from ...errors import DataError
@@ -41,15 +44,27 @@ def import_gallery(store: GalleryStore, path: Path, collection: str = "default")
         raise DataError(f"{path} was enrolled by an edgeface that did not record its model's fingerprint: enroll it "
                         "again, then import it")
     store.bind(gallery.fingerprint, str(path))
-    if any(item.name == collection for item in store.collections()):
+    if store.has_collection(collection):
         raise ConflictError(f"collection {collection!r} exists already in the store (imported before?): import into "
                             "another collection, or delete it first")
     store.create_collection(collection)
     gallery_sha = file_sha256(path)
-    samples = 0
-    for label, identity in enumerate(gallery.identities):
-        rows = [row for row, value in enumerate(gallery.labels.tolist()) if value == label]
-        store.enrol(collection, identity, [NewSample(gallery.embeddings[row], _source_sha256(gallery.paths[row], gallery_sha))
-                                           for row in rows])
-        samples += len(rows)
+    sources = [_source_sha256(image, gallery_sha) for image in gallery.paths]
+    _, samples = enrol_identities(store, collection, gallery.identities, gallery.labels, gallery.embeddings, sources)
     return ImportSummary(collection, len(gallery.identities), samples)
+
+
+def enrol_identities(store: GalleryStore, collection: str, identities: Sequence[str], labels: np.ndarray,
+                     vectors: np.ndarray, sources: Sequence[str]) -> tuple[int, int]:
+    """Each identity with samples (rows of ``vectors`` whose ``labels`` name it) enrolled as a person of
+    ``collection``, each person in one transaction; (persons, samples) enrolled."""
+    rows_of: dict[int, list[int]] = {}
+    for row, label in enumerate(labels.tolist()):
+        rows_of.setdefault(label, []).append(row)
+    persons = samples = 0
+    for label, identity in enumerate(identities):
+        rows = rows_of.get(label, [])
+        if rows:
+            store.enrol(collection, identity, [NewSample(vectors[row], sources[row]) for row in rows])
+            persons, samples = persons + 1, samples + len(rows)
+    return persons, samples
