@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from .folder import ImageSettings, Sample, ScanResult, scan_image_folder
-from .loaders import EpochBatches, face_dataset
+from .loaders import CachedBatches, EpochBatches, face_dataset
 from .rec_dataset import scan_rec
 
 PREFIX = "rehearsal/"
@@ -136,7 +136,7 @@ class CombinedDataset(Dataset):
 
 
 def _item(dataset: Dataset, index: int) -> tuple[torch.Tensor, int, int]:
-    if getattr(dataset, "cached", None) is not None and hasattr(dataset, "rows"):  # CachedBatches: a batch of one
+    if isinstance(dataset, CachedBatches):  # it serves batches: ask for a batch of one
         images, labels, identities, _ = dataset[[index]]
         return images[0], int(labels[0]), int(identities[0])
     image, label, identity, _ = dataset[index]

@@ -30,7 +30,7 @@ from .checkpoint_io import LoadedCheckpoint, nonfinite_tensors, read_checkpoint
 from .checkpoints import load_backbone
 from .heads import MarginHead, saved_head
 from .programs import PROGRAM_SUFFIXES, is_exported, load_program, read_sidecar, same_weights_as
-from .runtimes.backbone import RunnerBackbone, is_native_export
+from .runtimes.backbone import NATIVE_RUNTIMES, RunnerBackbone, is_native_export
 from .runtime import FP32, Precision, resolve_device, resolve_precision
 
 
@@ -80,7 +80,7 @@ def _exported_program(path: Path, kind: str, sidecar: dict[str, Any] | None, tru
                        {"data": data} if data else None, sidecar)
 
 
-NATIVE_KINDS = ("openvino", "litert", "ncnn")  # the runtime a native export runs in, its LoadedModel.runtime
+NATIVE_KINDS = {runtime.name for runtime, _, _ in NATIVE_RUNTIMES.values()}  # LoadedModel.runtime of a native export
 
 
 def native_kind(path: Path) -> str | None:
