@@ -62,10 +62,12 @@ class EpochMeter:
         torch.maximum(sums["norm_max"], norm, out=sums["norm_max"])
         return StepVerdict(step_ok, loss_ok)
 
-    def add_batch(self, loss: torch.Tensor, correct: torch.Tensor, loss_ok: torch.Tensor) -> None:
-        """``correct``: per image of this rank's batch, whether the nearest class centre is its label's."""
+    def add_batch(self, loss: torch.Tensor, correct: torch.Tensor, loss_ok: torch.Tensor,
+                  images: int | None = None) -> None:
+        """``correct``: per classified image of this rank's batch, whether the nearest class centre is its label's;
+        ``images``: the batch's images, classified or not (rehearsal samples only kept close to the teacher)."""
         count = len(correct)
-        self.local_images += count
+        self.local_images += count if images is None else images
         sums = self.sums
         dtype = sums["loss_sum"].dtype
         sums["loss_sum"] += torch.where(loss_ok, loss.detach().to(dtype) * count, torch.zeros((), device=loss.device, dtype=dtype))

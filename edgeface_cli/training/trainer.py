@@ -46,25 +46,48 @@ REPORT_EVERY = 10  # batches between progress reads: each read waits for the dev
 
 class TrainStep(nn.Module):
     """Backbone (unless frozen embeddings are given) and margin head: the module DDP wraps, so the
-    gradients of whatever trains in this stage are averaged across ranks during backward."""
+    gradients of whatever trains in this stage are averaged across ranks during backward.
 
-    def __init__(self, backbone: nn.Module, head: MarginHead, forward: BackboneForward, anchor: Anchor | None = None) -> None:
+    Only samples with a label >= 0 are classified. A label of -1 marks a rehearsal sample that is only kept
+    close to the frozen teacher (``anchor``): the head never sees it, the anchor's penalty sees the whole batch.
+    """
+
+    def __init__(self, backbone: nn.Module, head: MarginHead, forward: BackboneForward, anchor: Anchor | None = None,
+                 unclassified: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.backbone_forward = forward
         self.anchor = anchor  # regularisers toward the pretrained weights (stage 2)
+        # Whether any training sample has label -1: only then is the batch masked (a boolean index waits for
+        # the device, which a run without such samples never needs to).
+        self.unclassified = unclassified
 
     def forward(self, labels: torch.Tensor, inputs: torch.Tensor | None, embeddings: torch.Tensor | None,
                 backbone_trains: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean margin loss, per-image correctness)."""
+        """(mean margin loss over the classified samples plus the anchor's penalty, their per-image correctness)."""
         if embeddings is None:
             with torch.set_grad_enabled(backbone_trains):
                 embeddings = self.backbone_forward(inputs)
-        loss, correct = self.head.loss_and_correct(embeddings, labels)
+        classified_embeddings, classified_labels = embeddings, labels
+        if self.unclassified:
+            # Under DDP every rank classifies the same number of samples: the rehearsal share of each batch is
+            # fixed, and a sharded head gathers equal-sized batches from every rank.
+            keep = labels >= 0
+            classified_embeddings, classified_labels = embeddings[keep], labels[keep]
+        if len(classified_labels):
+            loss, correct = self.head.loss_and_correct(classified_embeddings, classified_labels)
+        else:
+            # Nothing to classify: the head is skipped, but stays in the graph with a zero gradient, so that
+            # backward has something to run through in stage 1 and DDP finds every parameter it expects.
+            loss = sum((parameter.sum() * 0 for parameter in self.head.parameters() if parameter.requires_grad),
+                       embeddings.new_zeros((), dtype=torch.float32))
+            correct = torch.zeros(0, dtype=torch.bool, device=labels.device)
         if backbone_trains and self.anchor is not None:
             loss = loss + self.anchor.penalty(self.backbone, inputs, embeddings)
         return loss, correct
+
+
 def free_memory_bytes(device: torch.device) -> int | None:
     """What new tensors on ``device`` can use (None when unknown): free GPU memory plus what the allocator holds
     unused; on the CPU the kernel's MemAvailable (page cache counts as free)."""
@@ -193,7 +216,9 @@ class Trainer(RunState, EpochValidation, Recovery, Stage1Embeddings):
         self.anchor = Anchor.build(self.backbone, config)
         if self.anchor is not None:
             self.anchor.to(self.device)
-        self.step_module: nn.Module = TrainStep(self.backbone, self.head, self.forward, self.anchor)
+        # Rehearsal samples kept close to the teacher only (label -1), known on the host.
+        self.unclassified = any(sample.label < 0 for sample in train_scan.samples)
+        self.step_module: nn.Module = TrainStep(self.backbone, self.head, self.forward, self.anchor, self.unclassified)
         self.optimizer_stage = 0
         self.stage_step = 0
         self.global_step = 0
@@ -229,7 +254,7 @@ class Trainer(RunState, EpochValidation, Recovery, Stage1Embeddings):
         if bind_optimizer is not None:
             bind_optimizer(self.optimizer)  # a sampling head's (Partial FC) per-row state follows its sampled centres
         self.optimizer_stage = stage
-        step = TrainStep(self.backbone, self.head, self.forward, self.anchor)
+        step = TrainStep(self.backbone, self.head, self.forward, self.anchor, self.unclassified)
         if self.distributed.enabled:
             # Wrapped anew per stage: DDP averages the gradients of the parameters that train now.
             from torch.nn.parallel import DistributedDataParallel
@@ -321,7 +346,7 @@ class Trainer(RunState, EpochValidation, Recovery, Stage1Embeddings):
                 grad_norm = torch.sqrt(grad_norm**2 + backbone_norm**2)
             verdict = meter.judge(loss, grad_norm, self._overflow_ok(meter))
             gated_step(self.optimizer, self.scaler, verdict.step_ok)
-            meter.add_batch(loss, correct, verdict.loss_ok)
+            meter.add_batch(loss, correct, verdict.loss_ok, len(labels))
             if batch_index == 0 or (batch_index + 1) % REPORT_EVERY == 0 or batch_index + 1 == batches:
                 totals = self._report_batch(epoch, batch_index + 1, batches, meter, started)
         seconds = time.perf_counter() - started

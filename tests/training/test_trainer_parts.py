@@ -52,3 +52,57 @@ def test_guard_policy_warning_signs_follow_the_guard_settings() -> None:
     assert policy.warning_signs(_epoch(val_nonfinite=4, val_sim_pos=1.0), [], 3, 9, "forgetting")[0].startswith(
         "4 val embeddings are NaN or infinite")
     assert policy.warning_signs(_epoch(), [], 3, 0, "forgetting") == ["forgetting"]
+
+
+def _rehearsal_step() -> tuple[Any, Any, Any]:
+    import torch
+    from torch import nn
+
+    from edgeface_cli.model.heads import MarginHead
+    from edgeface_cli.model.runtime import BackboneForward
+    from edgeface_cli.training.anchor import Anchor
+    from edgeface_cli.training.trainer import TrainStep
+
+    torch.manual_seed(0)
+    backbone = nn.Linear(6, 8)
+    head = MarginHead(4, 8, scale=16.0, margin=0.2)
+    anchor = Anchor(backbone, l2sp=0.0, distill=1.0)
+    with torch.no_grad():
+        backbone.weight.add_(0.3 * torch.randn_like(backbone.weight))  # the student drifts from its teacher
+    step = TrainStep(backbone, head, BackboneForward(backbone, False, lambda text: None), anchor, unclassified=True)
+    return step, head, anchor
+
+
+def test_train_step_classifies_only_labelled_samples_and_anchors_the_whole_batch() -> None:
+    """Label -1 (rehearsal kept close to the teacher): the head sees only labels >= 0, the distillation all."""
+    import torch
+
+    step, head, anchor = _rehearsal_step()
+    inputs = torch.randn(6, 6)
+    labels = torch.tensor([0, -1, 2, -1, 3, 1])
+    loss, correct = step(labels, inputs, None, True)
+    embeddings = step.backbone(inputs)
+    keep = labels >= 0
+    head_loss, head_correct = head.loss_and_correct(embeddings[keep], labels[keep])
+    penalty = anchor.penalty(step.backbone, inputs, embeddings)
+    assert penalty.item() > 0.01
+    torch.testing.assert_close(loss, head_loss + penalty)
+    assert correct.tolist() == head_correct.tolist() and len(correct) == 4
+    # Leaving the unlabelled samples in would change the classification loss: the mask is what made it equal.
+    assert not torch.isclose(head.loss_and_correct(embeddings, labels.clamp(min=0))[0] + penalty, loss)
+
+    # A batch of rehearsal samples only: the head is skipped (a zero gradient), the penalty alone trains.
+    none = torch.full((6,), -1)
+    loss, correct = step(none, inputs, None, True)
+    torch.testing.assert_close(loss, penalty)
+    assert len(correct) == 0
+    loss.backward()
+    assert head.weight.grad is not None and not head.weight.grad.any()
+    assert step.backbone.weight.grad is not None and step.backbone.weight.grad.abs().sum() > 0
+
+    # Stage 1 (frozen embeddings, no anchor): still a loss backward can run through.
+    head.weight.grad = None
+    loss, _ = step(none, None, embeddings.detach(), False)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert head.weight.grad is not None and not head.weight.grad.any()
