@@ -1,21 +1,25 @@
 """`make bench`, search: top-5 search over synthetic 512-d unit vectors, exact (one matrix product) beside the
-HNSW index (usearch), at 10 k, 100 k and 1 M vectors.
+HNSW index (usearch), at 10 k and 100 k vectors, and 1 M with ``--sizes 1000000``.
 
-Three kinds of vectors. ``clustered``: like embeddings, a few samples per identity around its centre (two
-samples of one identity at cosine ~0.6; probes are fresh samples of enrolled identities), centres uniform on
-the sphere (two identities at cosine 0 +- 0.044). ``spectral``: the same with centres whose spread is a trained
-model's (0 +- 0.1). ``random``: uniform on the sphere, probes too, the hardest case for a graph index. For each
-size: single-query latency p50/p99 for both, recall@5 of HNSW against exact on the same queries over an
-``expansion_search`` sweep (the smallest setting that reaches 0.99 is the one timed), memory per vector, build
-time (which includes the index's own calibration), and the f16 / i8 storage options with their recall cost. A
-crossover sweep at small sizes says where HNSW starts to pay (``search.EXACT_UP_TO``).
+Three kinds of vectors, each a few samples per identity around its centre unless random. ``spectral`` (the
+face-like default, ``--sizes``): identity centres whose components have decaying variance, so two identities
+meet at cosine 0 +- 0.1 (a trained face model's impostor spread) and two samples of one at ~0.6 (its genuine
+spread); probes are fresh samples of enrolled identities. ``clustered`` (``--clustered-sizes``): the same with
+centres uniform on the sphere (two identities at 0 +- 0.044, harder for a graph than any trained model gives).
+``random`` (``--random-sizes``): uniform on the sphere, probes too, no identities: the hardest case for a graph
+index and unlike any embedding. For each size: single-query latency p50/p99 for both, recall@5 of HNSW against
+exact on the same queries over an ``expansion_search`` sweep (the smallest setting that reaches 0.99 is the one
+timed), memory per vector, build time (which includes the index's own calibration), and the f16 / i8 storage
+options with their recall cost. A crossover sweep at small sizes says where HNSW starts to pay
+(``search.EXACT_UP_TO``).
 
-    python benchmarks/search.py [--sizes 10000 100000 1000000] [--spectral-sizes ...] [--random-sizes ...]
-                                [--storage f32 i8 f16] [--out bench-search.json]
+    python benchmarks/search.py [--sizes 10000 100000 1000000] [--clustered-sizes ...] [--random-sizes ...]
+                                [--storage f32 i8 f16] [--connectivity 16] [--expansion-add 64]
+                                [--out bench-search.json]
 
-Building the graph is what takes the time: on 2 shared cores 100 k f32 vectors took 12.5 min (i8: 3 min), so
-1 M takes hours there; give smaller --sizes for a routine run. 1 M float32 vectors are 2 GB, and the exact
-index holds a second copy while the graph is built: about 7 GB of memory.
+Building the graph is what takes the time: on 2 shared cores 100 k f32 vectors took 7-12 min (i8: 3 min), so
+give 1 M with ``--storage i8`` alone. 1 M float32 vectors are 2 GB, and the exact index holds a second copy
+while the truth is computed: about 5 GB of memory.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import numpy as np
 from edgeface_cli.atomic import write_json
 from edgeface_cli.platform_info import cpu_features, cpu_model
 from edgeface_cli.serve.search import ExactIndex, HnswIndex
+from edgeface_cli.serve.search.hnsw import CONNECTIVITY, EXPANSION_ADD
 
 DIM = 512
 K = 5
@@ -43,7 +48,7 @@ PER_IDENTITY = 5
 # the genuine-pair similarity of a trained face model
 SPREAD = 0.8
 RECALL_TARGET = 0.99
-EXPANSIONS = (16, 32, 64, 128, 256, 512, 1024)
+EXPANSIONS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 QUERIES = 1000  # for recall (batched) and HNSW latency (one at a time)
 EXACT_TIMED = {10_000: 300, 100_000: 100, 1_000_000: 30}  # exact latency at 1 M is ~0.1-0.3 s a query
 CROSSOVER_SIZES = (500, 1000, 2000, 5000, 10_000, 20_000)
@@ -119,8 +124,9 @@ def recall(found: np.ndarray, expected: np.ndarray) -> float:
     return float(np.mean([len(np.intersect1d(a, b)) / K for a, b in zip(found, expected, strict=True)]))
 
 
-def measure_hnsw(gallery: np.ndarray, queries: np.ndarray, expected: np.ndarray, storage: str) -> dict[str, Any]:
-    index = HnswIndex(DIM, storage=storage)
+def measure_hnsw(gallery: np.ndarray, queries: np.ndarray, expected: np.ndarray, storage: str,
+                 graph: dict[str, int]) -> dict[str, Any]:
+    index = HnswIndex(DIM, storage=storage, **graph)
     empty = index.reserved_bytes  # the allocator's fixed start-up reserve, not a cost per vector
     started = time.perf_counter()
     index.add(np.arange(len(gallery)), gallery)
@@ -136,18 +142,19 @@ def measure_hnsw(gallery: np.ndarray, queries: np.ndarray, expected: np.ndarray,
             chosen = expansion
             break
     index.expansion_search = chosen or EXPANSIONS[-1]
-    result = {"storage": storage, "build_s": built, "vectors_per_s": len(gallery) / built,
+    result = {"storage": storage, **graph, "build_s": built, "load_average_after_build": os.getloadavg()[0],
+              "vectors_per_s": len(gallery) / built,
               "bytes_per_vector": index.stored_bytes / len(gallery),
               "reserved_bytes_per_vector": (index.reserved_bytes - empty) / len(gallery),
               "expansion_search": index.expansion_search, "calibrated_expansion_search": calibrated,
               "reaches_target": chosen is not None, "recall_at_5": sweep[-1]["recall_at_5"], "sweep": sweep,
-              **latencies_ms(index, queries)}
+              **latencies_ms(index, queries), "load_average_after_timing": os.getloadavg()[0]}
     say(f"    {storage}: built in {built:.1f} s, p50 {result['p50_ms']:.3f} ms at expansion_search "
         f"{index.expansion_search}, recall@5 {result['recall_at_5']:.4f}")
     return result
 
 
-def measure(kind: str, size: int, storages: list[str], rng: np.random.Generator,
+def measure(kind: str, size: int, storages: list[str], graph: dict[str, int], rng: np.random.Generator,
             save: Callable[[dict[str, Any]], None]) -> None:
     """Exact, then HNSW in each storage, on one gallery; ``save`` gets the run after each (a stopped run keeps
     what it measured)."""
@@ -161,10 +168,11 @@ def measure(kind: str, size: int, storages: list[str], rng: np.random.Generator,
     say(f"  exact: p50 {exact_result['p50_ms']:.2f} ms")
     del exact
     gc.collect()
-    run: dict[str, Any] = {"vectors": size, "data": kind, "exact": exact_result, "hnsw": {}}
+    run: dict[str, Any] = {"vectors": size, "data": kind, "load_average_at_start": os.getloadavg()[0],
+                           "exact": exact_result, "hnsw": {}}
     save(run)
     for storage in storages:
-        run["hnsw"][storage] = measure_hnsw(gallery, queries, expected, storage)
+        run["hnsw"][storage] = measure_hnsw(gallery, queries, expected, storage, graph)
         gc.collect()
         save(run)
 
@@ -195,27 +203,33 @@ def crossover(rng: np.random.Generator) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000],
-                        help="gallery sizes for the clustered vectors")
-    parser.add_argument("--spectral-sizes", type=int, nargs="*", default=[10_000, 100_000],
-                        help="gallery sizes for clustered vectors whose centres have a trained model's spread")
-    parser.add_argument("--random-sizes", type=int, nargs="*", default=[10_000, 100_000],
-                        help="gallery sizes for uniform random vectors (1 M of them takes the longest to build)")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000],
+                        help="gallery sizes for the face-like vectors (identity centres with a trained model's "
+                             "spread); 1000000 for the 1 M figure (give --storage i8 alone: the build is long)")
+    parser.add_argument("--clustered-sizes", type=int, nargs="*", default=[10_000],
+                        help="gallery sizes for identity clusters whose centres are uniform on the sphere")
+    parser.add_argument("--random-sizes", type=int, nargs="*", default=[10_000],
+                        help="gallery sizes for uniform random vectors (no identities)")
     parser.add_argument("--storage", nargs="+", default=["f32", "i8", "f16"], choices=["f32", "f16", "i8"])
+    parser.add_argument("--connectivity", type=int, default=CONNECTIVITY, help="the graph's links per node")
+    parser.add_argument("--expansion-add", type=int, default=EXPANSION_ADD,
+                        help="candidates kept while inserting (wider: a better graph, a longer build)")
     parser.add_argument("--no-crossover", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("bench-search.json"))
     args = parser.parse_args()
     rng = np.random.default_rng(0)
+    graph = {"connectivity": args.connectivity, "expansion_add": args.expansion_add}
     started = time.perf_counter()
     result: dict[str, Any] = {"dim": DIM, "k": K, "per_identity": PER_IDENTITY, "spread": SPREAD,
                               "recall_target": RECALL_TARGET, "cpus": os.cpu_count(), "cpu_model": cpu_model(),
                               "cpu_features": cpu_features(), "numpy": np.__version__,
                               "usearch": importlib.metadata.version("usearch"),
-                              "load_average_at_start": os.getloadavg()[0], "runs": []}
+                              "load_average_at_start": os.getloadavg()[0], "graph": graph,
+                              "shared_machine": "other jobs ran beside this one: see the load averages", "runs": []}
     if not args.no_crossover:
         result["crossover"] = crossover(rng)
     # smallest first, and the JSON rewritten after each run: a long run that is stopped keeps what it measured
-    plan = sorted([("clustered", size) for size in args.sizes] + [("spectral", size) for size in args.spectral_sizes]
+    plan = sorted([("spectral", size) for size in args.sizes] + [("clustered", size) for size in args.clustered_sizes]
                   + [("random", size) for size in args.random_sizes], key=lambda run: run[1])
 
     def save(run: dict[str, Any]) -> None:
@@ -226,7 +240,7 @@ def main() -> None:
         write_json(args.out, result)
 
     for kind, size in plan:
-        measure(kind, size, args.storage, rng, save)
+        measure(kind, size, args.storage, graph, rng, save)
     say(f"wrote {args.out}")
 
 

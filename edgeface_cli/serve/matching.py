@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .search import VectorIndex, create_index
+from .search import EXACT_UP_TO, GrowingIndex, VectorIndex, create_index
 from .store import GalleryStore
 
 # Samples fetched per person asked for when collapsing samples to persons (best-sample mode): a person with
@@ -27,8 +27,8 @@ class PersonMatch:
 
 
 class CollectionIndex:
-    def __init__(self, kind: str, dim: int, expected: int) -> None:
-        self.samples: VectorIndex = create_index(kind, dim, expected=expected)
+    def __init__(self, kind: str, dim: int, expected: int, exact_up_to: int = EXACT_UP_TO) -> None:
+        self.samples: VectorIndex = create_index(kind, dim, expected=expected, exact_up_to=exact_up_to)
         self.person_of: dict[int, str] = {}
         self.vector_of: dict[int, np.ndarray] = {}  # for the person templates (mean mode)
         self._templates: tuple[list[str], np.ndarray] | None = None
@@ -83,16 +83,17 @@ class CollectionIndex:
 
 
 class GalleryIndex:
-    """Every collection's index, built from the store and then following its change log (``refresh``)."""
+    """Every collection's index, built from the store and then following its change log (``refresh``). With
+    ``auto``, a collection's index switches from exact to HNSW when it grows past ``exact_up_to`` samples."""
 
-    def __init__(self, store: GalleryStore, kind: str = "auto") -> None:
-        self.store, self.kind = store, kind
+    def __init__(self, store: GalleryStore, kind: str = "auto", exact_up_to: int = EXACT_UP_TO) -> None:
+        self.store, self.kind, self.exact_up_to = store, kind, exact_up_to
         self._lock = threading.Lock()
         self._collections: dict[str, CollectionIndex] = {}
         self.seq = store.last_seq()  # read before the vectors: a change made meanwhile is applied again, harmlessly
         for collection in store.collections():
             ids, vectors, persons = store.vectors(collection.name)
-            index = CollectionIndex(kind, store.dim, len(ids))
+            index = CollectionIndex(kind, store.dim, len(ids), exact_up_to)
             index.add(ids, vectors, persons)
             self._collections[collection.name] = index
 
@@ -103,7 +104,8 @@ class GalleryIndex:
             while changes := self.store.changes_since(self.seq):
                 for change in changes:
                     index = self._collections.setdefault(change.collection,
-                                                         CollectionIndex(self.kind, self.store.dim, 0))
+                                                         CollectionIndex(self.kind, self.store.dim, 0,
+                                                                         self.exact_up_to))
                     if change.op == "add" and change.embedding is not None:
                         index.add(np.array([change.sample_id], dtype=np.int64), change.embedding[None, :],
                                   [change.person])
@@ -124,6 +126,18 @@ class GalleryIndex:
             if index is None:
                 return [[] for _ in probes]
             return index.search(probes, k, mode)
+
+    def index_kinds(self) -> dict[str, str]:
+        """Which index answers each collection now: exact or hnsw."""
+        with self._lock:
+            return {name: index.samples.name for name, index in self._collections.items()}
+
+    def wait_for_switches(self, timeout: float | None = None) -> bool:
+        """Wait for the exact -> HNSW switches under way; whether all have finished."""
+        with self._lock:
+            growing = [index.samples for index in self._collections.values()
+                       if isinstance(index.samples, GrowingIndex)]
+        return all([index.wait(timeout) for index in growing])
 
     def size(self) -> int:
         with self._lock:

@@ -44,7 +44,7 @@ class Service:
         opened = open_store(store)
         try:
             opened.bind(embedder.fingerprint(flip), str(store))
-            index = GalleryIndex(opened, settings.matching.index)
+            index = GalleryIndex(opened, settings.matching.index, settings.matching.exact_up_to)
         except BaseException:
             opened.close()
             raise

@@ -1,6 +1,7 @@
 """Search indexes behind one interface (``base.VectorIndex``: add, remove, search top-k by cosine): exact search
-(one matrix product, ``exact``) and an HNSW graph for large galleries (``hnsw``, usearch: the ``ann`` extra), one
-module each. The service never knows which it has; ``create_index`` picks one by name, or by the gallery's size.
+(one matrix product, ``exact``), an HNSW graph for large galleries (``hnsw``, usearch: the ``ann`` extra), and
+``auto`` (``growing``): exact while a collection is small, switched to HNSW in the background once it grows past
+``exact_up_to``. One module each. The service never knows which it has; ``create_index`` picks one by name.
 
 May import: numpy, usearch and edgeface_cli.errors; nothing else from edgeface."""
 
@@ -10,9 +11,10 @@ from typing import Any
 
 from .base import VectorIndex
 from .exact import ExactIndex
+from .growing import GrowingIndex
 from .hnsw import HnswIndex
 
-__all__ = ["EXACT_UP_TO", "INDEX_KINDS", "ExactIndex", "HnswIndex", "VectorIndex", "create_index"]
+__all__ = ["EXACT_UP_TO", "INDEX_KINDS", "ExactIndex", "GrowingIndex", "HnswIndex", "VectorIndex", "create_index"]
 
 INDEX_KINDS = ("auto", "exact", "hnsw")
 # Where HNSW starts to pay, measured by make bench (benchmarks/search.py, "crossover"; 512-d, one query, 2 busy
@@ -22,12 +24,14 @@ INDEX_KINDS = ("auto", "exact", "hnsw")
 EXACT_UP_TO = 2_000
 
 
-def create_index(kind: str, dim: int, *, expected: int = 0, **options: Any) -> VectorIndex:
-    """An empty index of ``kind`` for ``dim``-dimensional unit vectors. ``auto``: exact search for a gallery of
-    fewer than ``EXACT_UP_TO`` vectors (``expected``), HNSW above. ``options`` go to the HNSW index (storage,
-    connectivity, expansion_add, expansion_search, threads)."""
+def create_index(kind: str, dim: int, *, expected: int = 0, exact_up_to: int = EXACT_UP_TO,
+                 **options: Any) -> VectorIndex:
+    """An empty index of ``kind`` for ``dim``-dimensional unit vectors. ``auto``: exact search while the
+    collection holds fewer than ``exact_up_to`` vectors, HNSW from there (from the start when ``expected``, the
+    size about to be added, is already past it; else switched in the background as it grows). ``options`` go to
+    the HNSW index (storage, connectivity, expansion_add, expansion_search, threads)."""
     if kind == "auto":
-        kind = "hnsw" if expected >= EXACT_UP_TO else "exact"
+        return GrowingIndex(dim, exact_up_to, start_with_graph=expected >= exact_up_to, **options)
     if kind == "exact":
         return ExactIndex(dim)
     if kind == "hnsw":

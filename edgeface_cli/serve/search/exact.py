@@ -46,5 +46,10 @@ class ExactIndex(VectorIndex):
         ids[:, :found] = self._ids[np.take_along_axis(best, order, axis=1)]
         return scores, ids
 
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) as they are now. Safe to read while the index changes: add and remove make new arrays,
+        they never write into these."""
+        return self._ids, self._vectors
+
     def __len__(self) -> int:
         return len(self._ids)

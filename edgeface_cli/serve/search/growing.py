@@ -1,0 +1,106 @@
+"""The ``auto`` index: exact search while a collection is small, an HNSW graph once it grows past
+``exact_up_to`` vectors, switched without a pause and without losing a change.
+
+The graph is built in a background thread from a snapshot of the exact index's vectors. Until it is complete,
+readers keep the exact index, which goes on taking every add and remove; those changes are also logged, and
+replayed onto the finished graph under the same lock that swaps it in. So no reader sees a half-built graph and
+no sample added meanwhile is missing from it. A collection that shrinks again keeps its graph (switching back
+and forth at the boundary would rebuild on every enrolment there)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from .base import VectorIndex
+from .exact import ExactIndex
+from .hnsw import HnswIndex
+
+
+class GrowingIndex(VectorIndex):
+    """Exact up to ``exact_up_to`` vectors, then HNSW (built with ``options``). ``name`` and ``exact`` say which
+    index answers now; ``switch_error`` why a switch failed (the exact index then stays, and answers stay exact)."""
+
+    def __init__(self, dim: int, exact_up_to: int, *, start_with_graph: bool = False, **options: Any) -> None:
+        super().__init__(dim)
+        if exact_up_to < 1:
+            raise ValueError(f"exact_up_to must be at least 1, not {exact_up_to}")
+        self.exact_up_to = exact_up_to
+        self.switch_error: str | None = None
+        self._options = options
+        self._lock = threading.RLock()
+        self._current: VectorIndex = HnswIndex(dim, **options) if start_with_graph else ExactIndex(dim)
+        self._pending: list[tuple[str, np.ndarray, np.ndarray | None]] | None = None  # changes during a build
+        self._builder: threading.Thread | None = None
+        self._sync()
+
+    def _sync(self) -> None:
+        self.name, self.exact = self._current.name, self._current.exact
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        with self._lock:
+            self._current.add(ids, vectors)
+            if self._pending is not None:
+                self._pending.append(("add", np.array(ids, dtype=np.int64), self._checked(vectors).copy()))
+            self._maybe_switch()
+
+    def remove(self, ids: np.ndarray) -> None:
+        with self._lock:
+            self._current.remove(ids)
+            if self._pending is not None:
+                self._pending.append(("remove", np.array(ids, dtype=np.int64), None))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            return self._current.search(queries, k)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._current)
+
+    @property
+    def switching(self) -> bool:
+        """Whether a graph is being built now."""
+        with self._lock:
+            return self._builder is not None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for a switch under way to finish; whether none is under way now."""
+        builder = self._builder
+        if builder is not None:
+            builder.join(timeout)
+        return not self.switching
+
+    def _maybe_switch(self) -> None:
+        if not isinstance(self._current, ExactIndex) or self._builder is not None or self.switch_error is not None:
+            return
+        if len(self._current) < self.exact_up_to:
+            return
+        try:
+            graph = HnswIndex(self.dim, **self._options)  # in the writer's thread: a missing extra is said at once
+        except Exception as error:  # noqa: BLE001 - exact search stays right; the reason is kept
+            self.switch_error = str(error)
+            return
+        ids, vectors = self._current.snapshot()
+        self._pending = []
+        self._builder = threading.Thread(target=self._build, args=(graph, ids, vectors), daemon=True,
+                                         name="edgeface-index-switch")
+        self._builder.start()
+
+    def _build(self, graph: HnswIndex, ids: np.ndarray, vectors: np.ndarray) -> None:
+        try:
+            graph.add(ids, vectors)
+        except Exception as error:  # noqa: BLE001 - a failed build leaves the exact index answering
+            with self._lock:
+                self.switch_error, self._pending, self._builder = str(error), None, None
+            return
+        with self._lock:
+            for op, changed, changed_vectors in self._pending or []:
+                if op == "add":
+                    graph.add(changed, changed_vectors)  # type: ignore[arg-type]
+                else:
+                    graph.remove(changed)
+            self._current, self._pending, self._builder = graph, None, None
+            self._sync()
