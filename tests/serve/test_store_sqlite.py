@@ -128,6 +128,10 @@ def test_import_gallery_once(tmp_path: Path) -> None:
     assert again.exit_code == 2 and "exists already" in again.output
 
 
+# 600 a person: one enrolment is still long enough for the kill to land inside its transaction, and at most
+# 3 persons (1,800 samples) stay under the exact index's 2,000 (an HNSW build calibrating its search width on
+# 8,000 vectors took over a minute: a cost of its own, not what this test is about).
+PER_PERSON = 600
 CHILD = textwrap.dedent("""
     import sys
     import numpy as np
@@ -135,17 +139,18 @@ CHILD = textwrap.dedent("""
     store = open_store(sys.argv[1])
     store.create_collection("c")
     rng = np.random.default_rng(0)
-    vector = (np.ones(512) / np.sqrt(512)).astype(np.float32)
     for person in range(1000):
+        vectors = rng.standard_normal((int(sys.argv[2]), 512)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         print(f"enrolling {person}", flush=True)
-        store.enrol("c", f"p{person}", [NewSample(vector, f"{n:064x}") for n in range(4000)])
+        store.enrol("c", f"p{person}", [NewSample(vector, f"{n:064x}") for n, vector in enumerate(vectors)])
 """)
 
 
 @pytest.mark.slow
 def test_kill_9_mid_enrolment_leaves_each_person_whole_or_absent(tmp_path: Path) -> None:
     path = tmp_path / "crash.db"
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), str(PER_PERSON)], stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None
     for line in child.stdout:
         if line.strip() == "enrolling 2":  # persons 0 and 1 committed; 2 is being written
@@ -154,8 +159,8 @@ def test_kill_9_mid_enrolment_leaves_each_person_whole_or_absent(tmp_path: Path)
     child.wait(timeout=30)
     with open_store(path) as store:
         counts = {person.name: person.samples for person in store.persons("c")}
-        assert counts.get("p0") == counts.get("p1") == 4000
-        assert set(counts.values()) == {4000}  # p2 (and any later) wholly there or absent, never partly
+        assert counts.get("p0") == counts.get("p1") == PER_PERSON
+        assert set(counts.values()) == {PER_PERSON}  # p2 (and any later) wholly there or absent, never partly
         adds = [change for change in store.changes_since(0) if change.op == "add"]
         assert len(adds) == store.sample_count()  # the log and the samples were committed together
         assert GalleryIndex(store).size() == store.sample_count()  # a restarted service sees all of it
