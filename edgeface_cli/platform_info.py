@@ -168,3 +168,13 @@ def python_and_platform() -> dict[str, Any]:
     return {"python": platform.python_version(), "implementation": platform.python_implementation(),
             "executable": sys.executable, "system": platform.system(), "release": platform.release(),
             "machine": platform.machine(), "cores": os.cpu_count()}
+
+
+def native_thread_names() -> list[str] | None:
+    """Every thread of this process, native ones too (Gloo names its own ``pt_gloo_runloop`` and
+    ``gloo_tcp_loop``); None where the OS does not list them (Linux has /proc/self/task)."""
+    tasks = Path("/proc/self/task")
+    try:
+        return sorted((tasks / task / "comm").read_text().strip() for task in os.listdir(tasks))
+    except OSError:
+        return None

@@ -9,6 +9,7 @@ checkpoint or data); 3 training stopped by a guard; 130 interrupted (Ctrl-C); 14
 
 from __future__ import annotations
 
+import os
 import sys
 
 from . import (  # noqa: F401 - registers the commands
@@ -30,7 +31,7 @@ from . import (  # noqa: F401 - registers the commands
 )
 from .common import EXIT_INTERRUPTED, app, err_console
 
-__all__ = ["app", "main"]
+__all__ = ["app", "exit_process", "main"]
 
 
 def main() -> None:
@@ -38,4 +39,27 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         err_console.print("interrupted")
-        sys.exit(EXIT_INTERRUPTED)
+        exit_process(EXIT_INTERRUPTED)
+    except SystemExit as ending:
+        exit_process(ending.code)
+
+
+def exit_process(code: int | str | None) -> None:
+    """End the command with ``code``; without the interpreter's finalisation while Gloo threads still run.
+
+    Why: PyTorch's DistributedDataParallel keeps a native reference to its process group after it is freed and
+    after ``destroy_process_group`` (torch 2.14; seen with a bare ``DDP(nn.Linear(4, 2))``), so the group's
+    worker threads outlive every Python object. A worker thread alive while the interpreter finalises can
+    abort the process ("terminate called without an active exception", seen once in a 2-rank test launch).
+    Every file is written and closed by then; only the output streams need flushing.
+    """
+    from ..platform_info import native_thread_names
+
+    threads = native_thread_names() if "torch.distributed" in sys.modules else None
+    if not threads or not any("gloo" in name for name in threads):
+        sys.exit(code)
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)

@@ -3,12 +3,13 @@
 ``python -m torch.distributed.run --standalone --nproc-per-node 2 -m tests.training.sharded_check OUT KIND...``
 writes each rank's loss, correctness, gradients and gradient norm to OUT/rank<R>-<KIND>.pt, and the names of
 the native threads still running after ``shutdown`` to OUT/rank<R>-threads.json (no KIND: only set up and shut down).
+It then ends as the CLI does (``exit_process``); OUT/rank<R>-finalized appears only if the interpreter finalised.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from edgeface_cli.cli import exit_process
+from edgeface_cli.platform_info import native_thread_names
 from edgeface_cli.training import distributed as dist_setup
 from edgeface_cli.training.sharded_head import ShardedMarginHead, head_parameter_names
 
@@ -46,16 +49,12 @@ class Step(nn.Module):
 
 def main(out: Path, kinds: list[str]) -> None:
     context = dist_setup.from_environment("cpu")
+    atexit.register((out / f"rank{context.rank}-finalized").touch)
     for kind in kinds:
         step_and_save(out, kind, context)
     dist_setup.shutdown(context, together=True)
     (out / f"rank{context.rank}-threads.json").write_text(json.dumps(native_thread_names()))
-
-
-def native_thread_names() -> list[str]:
-    """Every thread of this process, C++ ones too (Gloo names its own pt_gloo_runloop and gloo_tcp_loop)."""
-    tasks = Path("/proc/self/task")
-    return sorted((tasks / task / "comm").read_text().strip() for task in os.listdir(tasks))
+    exit_process(0)
 
 
 def step_and_save(out: Path, kind: str, context: dist_setup.Distributed) -> None:
