@@ -92,6 +92,10 @@ class DataSection(_Section):
     rehearsal_share: float = Field(
         0.25, gt=0.0, lt=1.0, description="with rehearsal_dir/rehearsal_rec: the share of each batch drawn from the "
                                           "public identities (an epoch is still one pass over your data)")
+    rehearsal_target: Literal["classes", "teacher"] = Field(
+        "classes", description="with rehearsal_dir/rehearsal_rec: what keeps the public identities known: classes = "
+                               "their own classes in the head ('rehearsal/<name>'); teacher = no class, kept close "
+                               "to the frozen loaded model by distillation (needs distill.weight > 0)")
     image_size: int = Field(112, ge=32, le=1024, description="square input size in pixels (EdgeFace: 112); a multiple of 16")
     batch_size: int = Field(64, gt=0, le=16384, description="images per batch")
     workers: int = Field(
@@ -323,6 +327,16 @@ class EdgeFaceConfig(_Section):
     def _aliases_then_recipe(cls, data: Any) -> Any:
         """The seed's ``arcface.kind`` is ``loss.kind`` now; then the recipe fills what is still unset."""
         return with_recipe(moved_aliases(data)) if isinstance(data, dict) else data
+
+    @model_validator(mode="after")
+    def _teacher_needs_distillation(self) -> "EdgeFaceConfig":
+        data = self.data
+        rehearsing = data.rehearsal_dir is not None or data.rehearsal_rec is not None
+        if rehearsing and data.rehearsal_target == "teacher" and self.distill.weight == 0:
+            raise ValueError("data.rehearsal_target is teacher (--rehearsal-target): the public identities are kept "
+                             "close to the frozen loaded model by distillation, which is off (distill.weight 0); pass "
+                             "--set distill.weight=10 (any weight > 0), or --rehearsal-target classes")
+        return self
 
     def to_yaml_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -133,6 +133,8 @@ FLAG_NAMES = {
     "optim.epochs": "--epochs", "optim.stage1_epochs": "--stage1-epochs", "runtime.device": "--device",
     "runtime.out": "--out", "runtime.seed": "--seed", "runtime.amp": "--amp", "data.holdout_dir": "--holdout-dir",
     "data.val_bins": "--val-bin", "runtime.select_best": "--select-best", "data.train_rec": "--train-rec",
+    "data.rehearsal_dir": "--rehearsal-dir", "data.rehearsal_rec": "--rehearsal-rec",
+    "data.rehearsal_share": "--rehearsal-share", "data.rehearsal_target": "--rehearsal-target",
 }
 
 

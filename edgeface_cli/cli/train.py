@@ -68,6 +68,10 @@ def train(
         None, "--rehearsal-rec", help="Public identities as an insightface .rec (with its .idx); instead of --rehearsal-dir."),
     rehearsal_share: Optional[float] = typer.Option(
         None, "--rehearsal-share", help=f"Share of each batch drawn from the public identities. {_default('data.rehearsal_share')}"),
+    rehearsal_target: Optional[str] = typer.Option(
+        None, "--rehearsal-target", help="What keeps the public identities known: classes (their own classes in the "
+                                         "head) or teacher (no class; kept close to the frozen loaded model by "
+                                         f"distillation, with --set distill.weight=W > 0). {_default('data.rehearsal_target')}"),
     holdout_dir: Optional[Path] = typer.Option(
         None, "--holdout-dir", help="Identities never trained on (one folder each): measured before the first step "
                                     "and after every epoch, to see what fine-tuning does to everyone else."),
@@ -105,6 +109,7 @@ def train(
         "data.workers": workers, "runtime.seed": seed, "runtime.out": out, "data.holdout_dir": holdout_dir,
         "data.val_bins": val_bins or None, "runtime.select_best": select_best, "data.rehearsal_dir": rehearsal_dir,
         "data.rehearsal_rec": rehearsal_rec, "data.rehearsal_share": rehearsal_share,
+        "data.rehearsal_target": rehearsal_target,
     }
     if resume is not None:
         if config is not None:

@@ -65,13 +65,30 @@ class CachedBatches(Dataset):
         return torch.from_numpy(gathered), self.labels[index], self.identities[index], index
 
 
+class ComposedScan(ScanResult):
+    """A training set made of parts (public identities mixed into the user's: rehearsal.py) that builds its own
+    dataset; the parts build on this module, which never imports them."""
+
+    def dataset(self, samples: Sequence[Sample], settings: ImageSettings) -> Dataset | None:
+        """The dataset of ``samples`` when they are this composition's (or a slice of it), else None."""
+        raise NotImplementedError
+
+
+class ComposedDataset(Dataset):
+    """A dataset whose shuffled training epochs its own batch sampler draws (each batch's share of public samples)."""
+
+    def training_batches(self, batch_size: int, seed: int, rank: int, world: int) -> "EpochBatches | None":
+        """The sampler of a shuffled training epoch (an ``EpochBatches``: it shards the user's epoch the same way),
+        or None when the plain ``EpochBatches`` fit (a slice of the training set)."""
+        raise NotImplementedError
+
+
 def face_dataset(samples: Sequence[Sample], scan: ScanResult | None, settings: ImageSettings) -> Dataset:
     """Batches from the scan's cache when it has one, a record decoded per image from a ``.rec``, else a file
-    decoded per image; a training set with public identities mixed in (rehearsal.py) combines its two parts."""
-    from .rehearsal import CombinedDataset, CombinedSamples, RehearsalScan  # rehearsal builds on this module
-
-    if isinstance(scan, RehearsalScan) and isinstance(samples, CombinedSamples):
-        return CombinedDataset(samples, scan, settings)
+    decoded per image; a training set made of parts (``ComposedScan``) builds its own."""
+    composed = scan.dataset(samples, settings) if isinstance(scan, ComposedScan) else None
+    if composed is not None:
+        return composed
     if isinstance(scan, RecScan) and isinstance(samples, RecSamples) and scan.records is not None:
         return RecDataset(samples, scan.records, settings)
     if scan is not None and scan.cached is not None and all(sample.row >= 0 for sample in samples):
@@ -201,13 +218,11 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, 
     """Batches of (uint8 images, labels, identities, dataset indices) in ``EpochBatches`` order.
 
     Files decoded per image use ``workers`` processes; cached batches use one prefetch thread. A shuffled
-    training set with public identities mixed in draws each batch's share of them (``RehearsalBatches``).
+    training set made of parts draws its batches with its own sampler (``ComposedDataset``).
     """
-    from .rehearsal import CombinedDataset, RehearsalBatches
-
-    if shuffle and isinstance(dataset, CombinedDataset) and dataset.whole:
-        rehearsal = RehearsalBatches(dataset.user_size, len(dataset.public), batch_size, dataset.share, seed, rank, world)
-        return WorkerLoader(dataset, batch_sampler=rehearsal, num_workers=workers, pin_memory=pin_memory,
+    own = dataset.training_batches(batch_size, seed, rank, world) if shuffle and isinstance(dataset, ComposedDataset) else None
+    if own is not None:
+        return WorkerLoader(dataset, batch_sampler=own, num_workers=workers, pin_memory=pin_memory,
                             persistent_workers=workers > 0)
     batches = EpochBatches(len(dataset), batch_size, shuffle, seed, rank, world)  # type: ignore[arg-type]
     if isinstance(dataset, CachedBatches):

@@ -1,11 +1,18 @@
 """Rehearsal against forgetting: public identities mixed into every training batch.
 
-The public identities (an image folder or an insightface ``.rec``) get their own classes, appended after the
-user's as ``rehearsal/<name>``: a folder name cannot hold '/', so a public identity never merges with one of the
-user's, and no val folder can match one (val, thresholds and enrolment concern the user's identities only). The
-checkpoint keeps the whole class list, so the head loads and a run resumes; ``user_classes`` gives the user's part.
+``data.rehearsal_target`` says what the public samples are trained toward:
+
+- ``classes``: their own classes, appended after the user's as ``rehearsal/<name>``: a folder name cannot hold
+  '/', so a public identity never merges with one of the user's, and no val folder can match one (val,
+  thresholds and enrolment concern the user's identities only). The checkpoint keeps the whole class list, so
+  the head loads and a run resumes; ``user_classes`` gives the user's part.
+- ``teacher``: no class at all (label and identity -1, nothing appended): the training step classifies only
+  labels >= 0, and the distillation term (``distill.weight``, training/anchor.py) keeps every sample of the
+  batch, the public ones included, close to the frozen loaded model.
+
 Each batch carries ``round(share * batch)`` public samples and the rest from the user's data; an epoch is one pass
 over the user's data (sharded across ranks as ``EpochBatches`` does), the public samples are drawn per rank.
+This module builds on loaders.py (``ComposedScan``, ``ComposedDataset``), which never imports it.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from .folder import ImageSettings, Sample, ScanResult, scan_image_folder
-from .loaders import CachedBatches, EpochBatches, face_dataset
+from .loaders import CachedBatches, ComposedDataset, ComposedScan, EpochBatches, face_dataset
 from .rec_dataset import scan_rec
 
 PREFIX = "rehearsal/"
@@ -32,10 +39,16 @@ def user_classes(classes: Sequence[str]) -> list[str]:
     return [name for name in classes if not name.startswith(PREFIX)]
 
 
-class CombinedSamples(Sequence[Sample]):
-    """The user's samples, then the public ones with labels shifted past the user's classes; slicing keeps a view."""
+def public_label(label: int, offset: int | None) -> int:
+    """A public sample's label in the run: past the user's classes (``offset``), or -1 (no class: teacher)."""
+    return -1 if offset is None else label + offset
 
-    def __init__(self, user: Sequence[Sample], public: Sequence[Sample], offset: int,
+
+class CombinedSamples(Sequence[Sample]):
+    """The user's samples, then the public ones with labels shifted past the user's classes (``offset``; None:
+    label and identity -1, kept close to the teacher); slicing keeps a view."""
+
+    def __init__(self, user: Sequence[Sample], public: Sequence[Sample], offset: int | None,
                  indices: np.ndarray | None = None) -> None:
         self.user = user
         self.public = public
@@ -58,24 +71,29 @@ class CombinedSamples(Sequence[Sample]):
         if whole < len(self.user):
             return self.user[whole]
         sample = self.public[whole - len(self.user)]
-        return Sample(sample.path, sample.label + self.offset, sample.identity + self.offset, -1)
+        return Sample(sample.path, public_label(sample.label, self.offset), public_label(sample.identity, self.offset), -1)
 
     def __iter__(self) -> Iterator[Sample]:
         return (self[index] for index in range(len(self)))
 
 
 @dataclass
-class RehearsalScan(ScanResult):
-    """The user's scan and the public scan as one training set: ``classes`` = user's + ``rehearsal/<name>``."""
+class RehearsalScan(ComposedScan):
+    """The user's scan and the public scan as one training set: ``classes`` = user's + ``rehearsal/<name>``
+    (target ``classes``) or the user's alone (``teacher``)."""
 
     user: ScanResult | None = None
     public: ScanResult | None = None
     share: float = 0.25
+    target: str = "classes"
     notes: list[str] = field(default_factory=list)
 
     @property
     def user_size(self) -> int:
         return len(self.user.samples) if self.user is not None else 0
+
+    def dataset(self, samples: Sequence[Sample], settings: ImageSettings) -> Dataset | None:
+        return CombinedDataset(samples, self, settings) if isinstance(samples, CombinedSamples) else None
 
 
 def with_rehearsal(train: ScanResult, data: Any, settings: ImageSettings,
@@ -85,11 +103,15 @@ def with_rehearsal(train: ScanResult, data: Any, settings: ImageSettings,
     if data.rehearsal_dir is None and data.rehearsal_rec is None:
         return train
     public = scan_public(data.rehearsal_dir, data.rehearsal_rec, settings, progress)
-    classes = list(train.classes) + [PREFIX + name for name in public.classes]
-    samples = CombinedSamples(train.samples, public.samples, len(train.classes))
+    target = data.rehearsal_target
+    if target == "teacher":
+        classes, offset = list(train.classes), None
+    else:
+        classes, offset = list(train.classes) + [PREFIX + name for name in public.classes], len(train.classes)
+    samples = CombinedSamples(train.samples, public.samples, offset)
     return RehearsalScan(train.root, classes, samples, list(train.unreadable), list(train.empty_classes),
                          train.non_square, settings, None, train.cache_note, train.cache_hit,
-                         user=train, public=public, share=float(data.rehearsal_share))
+                         user=train, public=public, share=float(data.rehearsal_share), target=target)
 
 
 def scan_public(folder: Path | None, rec: Path | None, settings: ImageSettings,
@@ -111,8 +133,9 @@ def scan_public(folder: Path | None, rec: Path | None, settings: ImageSettings,
     return scan
 
 
-class CombinedDataset(Dataset):
-    """Items of the user's dataset then the public one (labels shifted), for the indices of a ``CombinedSamples``."""
+class CombinedDataset(ComposedDataset):
+    """Items of the user's dataset then the public one (labels shifted, or -1), for the indices of a
+    ``CombinedSamples``; a shuffled epoch of the whole set is drawn by ``RehearsalBatches``."""
 
     def __init__(self, samples: CombinedSamples, scan: RehearsalScan, settings: ImageSettings) -> None:
         assert scan.user is not None and scan.public is not None
@@ -132,7 +155,12 @@ class CombinedDataset(Dataset):
         if whole < self.user_size:
             return (*_item(self.user, whole), index)  # type: ignore[return-value]
         image, label, identity = _item(self.public, whole - self.user_size)
-        return image, label + self.offset, identity + self.offset, index
+        return image, public_label(label, self.offset), public_label(identity, self.offset), index
+
+    def training_batches(self, batch_size: int, seed: int, rank: int, world: int) -> "RehearsalBatches | None":
+        if not self.whole:
+            return None
+        return RehearsalBatches(self.user_size, len(self.public), batch_size, self.share, seed, rank, world)
 
 
 def _item(dataset: Dataset, index: int) -> tuple[torch.Tensor, int, int]:

@@ -19,6 +19,7 @@ from ..config import EdgeFaceConfig, build_config
 from ..data.binsets import decode_bin_images, read_bin
 from ..data.folder import ImageSettings, is_no_face, left_out_note, problem_counts, scan_image_folder, unreadable_images
 from ..data.loaders import inference_loader
+from ..data.rehearsal import user_classes
 from ..errors import CheckpointError, DataError, import_extra
 from ..events import StepCallback, step_reporter
 from ..model.loading import LoadedModel, load_model, run_config, runtime_of
@@ -322,6 +323,10 @@ def _evaluate_folder(config: EdgeFaceConfig, model: LoadedModel, settings: Image
         top5 = topk_correct(scores, labels, 5) / len(labels) if len(labels) else None
     if left_out:
         notes.append(left_out_note(len(left_out)))
+    public = len(class_names) - len(user_classes(class_names)) if model.head is not None and class_names else 0
+    if public:
+        notes.append(f"the margin head also holds {public} rehearsal identities (rehearsal/<name>): a val image "
+                     "nearest one of them counts as wrong")
     metrics: dict[str, Any] = {
         "checkpoint": str(model.source),
         "images": result.images,

@@ -49,7 +49,7 @@ def test_public_labels_land_in_the_appended_classes(sample_dataset: Path, public
     user = scan_image_folder(sample_dataset / "train", "train", settings=settings)
 
     class Data:
-        rehearsal_dir, rehearsal_rec, rehearsal_share = public_dataset, None, 0.25
+        rehearsal_dir, rehearsal_rec, rehearsal_share, rehearsal_target = public_dataset, None, 0.25, "classes"
 
     scan = with_rehearsal(user, Data, settings)
     assert isinstance(scan, RehearsalScan)
@@ -83,6 +83,10 @@ def test_train_with_rehearsal_keeps_the_users_classes(source: str, sample_datase
     names = sorted(path.name for path in (sample_dataset / "train").iterdir())
     assert user_classes(last["class_names"]) == names
     assert len(last["class_names"]) == len(names) + 4 and all(n.startswith(PREFIX) for n in last["class_names"][5:])
+    if source == "dir":  # eval of the run says that its head also holds the public identities
+        code, output = invoke("eval", "--val-dir", str(sample_dataset / "val"), "--checkpoint", str(run_dir),
+                              "--device", "cpu")
+        assert code == 0 and "also holds 4 rehearsal identities" in output, output
 
 
 def test_rehearsal_user_errors_exit_2(sample_dataset: Path, tmp_path: Path) -> None:
@@ -90,7 +94,7 @@ def test_rehearsal_user_errors_exit_2(sample_dataset: Path, tmp_path: Path) -> N
     code, output = invoke(*base, "--rehearsal-dir", str(tmp_path / "missing"))
     assert code == 2 and "--rehearsal-dir" in output and "not a folder" in output, output
     code, output = invoke(*base, "--rehearsal-dir", str(sample_dataset / "train"), "--rehearsal-share", "1.5")
-    assert code == 2 and "rehearsal_share" in output, output
+    assert code == 2 and "--rehearsal-share" in output, output
     bad = tmp_path / "bad.rec"
     bad.write_bytes(b"not a record file")
     bad.with_suffix(".idx").write_text("0\t0\n")
