@@ -21,7 +21,7 @@ from edgeface_cli.model.backbones import EdgeFace
 from edgeface_cli.model.heads import MarginHead
 from edgeface_cli.model.runtime import BackboneForward
 from edgeface_cli.training.anchor import Anchor
-from edgeface_cli.training.trainer import TrainStep
+from edgeface_cli.training.learner import TrainStep
 
 
 def step_seconds(anchor: Anchor | None, backbone: EdgeFace, head: MarginHead, images: torch.Tensor,

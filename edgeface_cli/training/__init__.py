@@ -1,7 +1,9 @@
 """Training: ``train(config)`` (``run``) scans the data, loads the backbone and runs the ``Trainer``
-(``trainer``: the loop; ``state``: checkpoints and resume; ``validation``; ``recovery``: guards and
-escalation), with the optimizer and schedule (``optim``), the epoch meter (``meter``), torchrun
-(``distributed``), the sharded margin head (``sharded_head``) and the fallback ladder (``troubleshoot``).
+(``trainer``), which composes its parts: ``learner`` (modules, optimizer), ``batches`` and ``stage1_cache``,
+``epoch`` (``train_one_epoch``), ``validation``, ``guard_policy``, ``checkpointing`` (files, resume),
+``recovery`` (escalation) and ``training_state`` (``TrainState``); with the optimizer and schedule (``optim``,
+``schedule``), the epoch meter (``meter``), torchrun (``distributed``), the sharded margin head
+(``sharded_head``) and the fallback ladder (``troubleshoot``).
 
 May import: model, data, evaluation (validation) and the top-level modules; nothing from deploy or cli.
 """

@@ -181,17 +181,14 @@ def _run_trainer(config: EdgeFaceConfig, run_dir: Path, train_scan: ScanResult, 
     # first collective of a resume (DDP's parameter broadcast), which has only the collective timeout.
     distributed.wait_for_rank0_work()
     if resume_state is not None:
-        trainer.load_state(resume_state)
-        if trainer.epoch >= config.optim.epochs:
-            return RunResult("already_complete", run_dir, trainer.epoch, trainer.best_epoch, trainer._best_val_acc(),
-                             records=trainer.records)
-        on_event(Notice("info", f"resuming {run_dir} at epoch {trainer.epoch + 1}"))
+        trainer.resume(resume_state)
+        if trainer.state.epoch >= config.optim.epochs:
+            return trainer.result("already_complete")
+        on_event(Notice("info", f"resuming {run_dir} at epoch {trainer.state.epoch + 1}"))
     try:
         return trainer.run()
     except KeyboardInterrupt:
-        return RunResult(
-            "interrupted", run_dir, trainer.epoch, trainer.best_epoch, trainer._best_val_acc(), records=trainer.records
-        )
+        return trainer.result("interrupted")
 
 
 def _shared_run_dir(out: Path | None, force: bool, distributed: Distributed) -> Path:

@@ -1,4 +1,5 @@
-"""What a checkpoint carries besides weights: random-number states, the loss scaler, CPU placement.
+"""What a checkpoint carries besides weights: the run's counters and best epoch (``TrainState``), random-number
+states, the loss scaler, CPU placement.
 
 Checkpoints hold CPU tensors only, so ``torch.load`` without ``map_location`` works on a machine
 without the GPU that wrote them; and only the CUDA generator of the device in use is saved, so a
@@ -8,6 +9,7 @@ resume on a machine with fewer GPUs never names a device that is not there.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -70,3 +72,61 @@ def load_scaler_state(scaler: torch.amp.GradScaler, saved: dict[str, Any] | None
     if scaler.is_enabled() and saved and saved_precision in (None, precision):
         scaler.load_state_dict(saved)
     return note
+
+
+@dataclass
+class TrainState:
+    """Where a run stands, apart from its weights: the counters and best-epoch bookkeeping a checkpoint keeps
+    (``checkpoint_fields`` / ``from_checkpoint``), and the metrics rows (epochs and events) written so far."""
+
+    epoch: int = 0  # the last completed epoch
+    global_step: int = 0
+    stage_step: int = 0  # steps into the current stage's schedule
+    best_epoch: int | None = None
+    best_score: float | None = None
+    stale_epochs: int = 0  # stage-2 epochs since the best one
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def checkpoint_fields(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "scheduler": {"stage_step": self.stage_step},
+            "best": {"epoch": self.best_epoch, "score": self.best_score, "stale_epochs": self.stale_epochs},
+        }
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict[str, Any], rows: list[dict[str, Any]], stage_step: int) -> "TrainState":
+        """The state a last.pt holds. ``rows``: metrics.jsonl, whose epoch rows past the checkpoint are dropped (they
+        are re-run; events stay as history). ``stage_step``: the schedule's position, which the caller derives."""
+        epoch = int(saved["epoch"])
+        best = saved["best"]
+        return cls(epoch, int(saved["global_step"]), stage_step, best["epoch"], best["score"], int(best["stale_epochs"]),
+                   [row for row in rows if "event" in row or row["epoch"] <= epoch])
+
+    def rewound(self) -> "TrainState":
+        """A fresh start's state. Events stay, and so does the epoch-0 held-out baseline: it measured the
+        pretrained model a rewind restores, and the forgetting warning and the plots compare later epochs to it."""
+        return TrainState(records=[row for row in self.records if "event" in row or row.get("epoch") == 0])
+
+    def judge(self, record: dict[str, Any], score: float) -> bool:
+        """Whether the epoch of ``record`` (scored ``score``) is the best so far; the best and stale counts follow.
+        An epoch with non-finite val embeddings is never the best."""
+        is_best = not record.get("val_nonfinite") and (self.best_score is None or score > self.best_score)
+        if is_best:
+            self.best_score, self.best_epoch = score, record["epoch"]
+            self.stale_epochs = 0
+        elif record["stage"] == 2:
+            self.stale_epochs += 1
+        return is_best
+
+    def close(self, record: dict[str, Any]) -> None:
+        """The epoch of ``record`` is done: it joins the rows."""
+        self.epoch = record["epoch"]
+        self.records.append(record)
+
+    def best_val_acc(self) -> float | None:
+        for record in self.records:
+            if "event" not in record and record["epoch"] == self.best_epoch:
+                return record.get("val_acc")
+        return None

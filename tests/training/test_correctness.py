@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import edgeface_cli.training.sharded_head as sharded_head
-import edgeface_cli.training.state as run_state
+import edgeface_cli.training.checkpointing as run_state
 import edgeface_cli.training.trainer as engine
 from edgeface_cli.cli import app
 from edgeface_cli.config import EdgeFaceConfig, build_config

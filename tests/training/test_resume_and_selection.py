@@ -75,12 +75,13 @@ def test_an_open_set_val_folder_chooses_best_by_verification(relative_run: tuple
 class _Probe:
     """The selection rule alone, on hand-made records."""
 
-    from edgeface_cli.training.validation import EpochValidation as _Validation
-
-    _selection_score = _Validation._selection_score
-
     def __init__(self, select_best: str = "val") -> None:
-        self.config = EdgeFaceConfig.model_validate({"runtime": {"select_best": select_best}})
+        self.select_best = EdgeFaceConfig.model_validate({"runtime": {"select_best": select_best}}).runtime.select_best
+
+    def _selection_score(self, record: dict) -> tuple[float, str]:
+        from edgeface_cli.training.validation import selection_score
+
+        return selection_score(record, self.select_best)
 
 
 def test_selection_never_falls_back_to_training_accuracy_when_val_was_measured() -> None:

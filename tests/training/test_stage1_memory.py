@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import edgeface_cli.training.trainer as trainer_module
+import edgeface_cli.training.stage1_cache as trainer_module
 from edgeface_cli.cli import app
 from edgeface_cli.training.distributed import SINGLE
 

@@ -1,4 +1,5 @@
-"""The Trainer's parts alone: GuardPolicy decides stops and warnings from synthetic records, without a model."""
+"""The Trainer's parts alone: GuardPolicy decides stops and warnings from synthetic records, without a model;
+the training step's rehearsal mask; TrainState through the CheckpointManager; the Validator on a tiny model."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def _rehearsal_step() -> tuple[Any, Any, Any]:
     from edgeface_cli.model.heads import MarginHead
     from edgeface_cli.model.runtime import BackboneForward
     from edgeface_cli.training.anchor import Anchor
-    from edgeface_cli.training.trainer import TrainStep
+    from edgeface_cli.training.learner import TrainStep
 
     torch.manual_seed(0)
     backbone = nn.Linear(6, 8)
@@ -106,3 +107,97 @@ def test_train_step_classifies_only_labelled_samples_and_anchors_the_whole_batch
     assert loss.item() == 0.0
     loss.backward()
     assert head.weight.grad is not None and not head.weight.grad.any()
+
+
+def _learner(config: EdgeFaceConfig, classes: int, events: list) -> Any:
+    import torch
+
+    from edgeface_cli.model.checkpoints import load_backbone
+    from edgeface_cli.model.runtime import FP32
+    from edgeface_cli.training.distributed import SINGLE
+    from edgeface_cli.training.learner import Learner
+
+    model = config.model
+    loaded = load_backbone(None, model.arch, model.use_pos_emb, model.embedding_dim, False)
+    return Learner(config, loaded, classes, torch.device("cpu"), FP32, False, SINGLE, False, events.append)
+
+
+def test_train_state_round_trips_through_the_checkpoint_manager(tmp_path: Any) -> None:
+    """A saved TrainState, weights and optimizer moments come back from last.pt; rows past it are dropped."""
+    import torch
+
+    from edgeface_cli.model.backbones import EdgeFace
+    from edgeface_cli.rundir import read_metrics
+    from edgeface_cli.training.checkpointing import CheckpointManager
+    from edgeface_cli.training.distributed import SINGLE
+    from edgeface_cli.training.training_state import TrainState
+
+    config = EdgeFaceConfig.model_validate({"model": {"arch": "edgeface_xxs"}, "optim": {"stage1_epochs": 1, "epochs": 5}})
+    events: list = []
+    torch.manual_seed(0)
+    learner = _learner(config, 3, events)
+    learner.build_optimizer(2, config)
+    for parameter in [*learner.backbone.parameters(), *learner.head.parameters()]:
+        parameter.grad = torch.randn_like(parameter)
+    learner.optimizer.step()  # AdamW moments to carry over
+    rows = [{"epoch": epoch, "stage": 1 + (epoch > 1), "train_acc": epoch / 10} for epoch in (1, 2, 3)]
+    state = TrainState(epoch=3, global_step=99, stage_step=7, best_epoch=2, best_score=0.7, stale_epochs=1,
+                       records=[*rows, {"event": "escalation", "epoch": 2}])
+    checkpoints = CheckpointManager(tmp_path, ["a", "b", "c"], SINGLE, events.append)
+    checkpoints.write_metrics([*state.records, {"epoch": 4, "stage": 2, "train_acc": 0.4}])  # killed before last.pt
+    checkpoints.save(state, learner, config, is_best=True)
+    assert {path.name for path in tmp_path.iterdir()} >= {"best.pt", "backbone.pt", "last.pt", "metrics.jsonl"}
+    EdgeFace("edgeface_xxs").load_state_dict(torch.load(tmp_path / "backbone.pt", weights_only=True), strict=True)
+    assert len(read_metrics(tmp_path)) == 5
+
+    other = _learner(config, 3, events)
+    saved = checkpoints.last()
+    assert saved is not None and saved["format"] == "edgeface-train/1" and saved["class_names"] == ["a", "b", "c"]
+    restored = checkpoints.restore(saved, other, config, steps_per_epoch=4)
+    # Every counter but the schedule's position, which follows from the epochs done in stage 2 (epochs 2 and 3).
+    assert restored == TrainState(3, 99, 8, 2, 0.7, 1, state.records)
+    assert other.stage == 2
+    for key, value in learner.backbone.state_dict().items():
+        assert torch.equal(other.backbone.state_dict()[key], value), key
+    assert torch.equal(other.head.weight, learner.head.weight)
+    moments = [entry["exp_avg"] for entry in learner.optimizer.state_dict()["state"].values()]
+    reloaded = [entry["exp_avg"] for entry in other.optimizer.state_dict()["state"].values()]
+    assert len(moments) == len(reloaded) > 0 and all(torch.equal(a, b) for a, b in zip(moments, reloaded))
+    assert events == []  # same optimizer, precision and anchor: nothing to warn about
+
+
+def test_the_validator_alone_fills_the_record_and_reports_progress(sample_dataset: Any) -> None:
+    """Validation on a tiny model: the record gets its val figures, progress goes out as events, and stage 1
+    re-scores the frozen embeddings instead of embedding again."""
+    import torch
+
+    from edgeface_cli.data.folder import ImageSettings, scan_image_folder
+    from edgeface_cli.events import ValidationProgress
+    from edgeface_cli.training.distributed import SINGLE
+    from edgeface_cli.training.validation import Validator
+
+    config = EdgeFaceConfig.model_validate({"model": {"arch": "edgeface_xxs"},
+                                            "data": {"image_size": 32, "workers": 0, "batch_size": 8}})
+    settings = ImageSettings.from_config(config.data)
+    train = scan_image_folder(sample_dataset / "train", settings=settings)
+    val = scan_image_folder(sample_dataset / "val", "val", class_names=train.classes, settings=settings)
+    events: list = []
+    torch.manual_seed(0)
+    learner = _learner(config, len(train.classes), events)
+    validator = Validator.build(config, val, settings, learner, SINGLE, events.append)
+    assert validator.val_images == len(val.samples) == 15
+    learner.head.eval()
+    learner.backbone.eval()
+    first = {"epoch": 1, "stage": 1}
+    validator.validate_into(first, learner.head, [])
+    assert [(event.epoch, event.done, event.total) for event in events] == [(1, 1, 2), (1, 2, 2)]
+    assert all(isinstance(event, ValidationProgress) for event in events)
+    assert 0 <= first["val_acc"] <= 1 and 0 <= first["val_auc"] <= 1 and first["val_nonfinite"] == 0
+    assert validator.frozen_val is not None
+    with torch.no_grad():
+        learner.head.weight.mul_(-1)  # a changed head is re-scored on the kept embeddings...
+    second = {"epoch": 2, "stage": 1}
+    validator.validate_into(second, learner.head, [first])
+    assert second["val_auc"] == first["val_auc"]  # ...which the head does not touch
+    assert second["val_acc"] != first["val_acc"] or second["val_loss"] != first["val_loss"]
+    assert validator.score(second) == (second["val_acc"], "val_acc")

@@ -231,20 +231,15 @@ def test_a_flat_run_gets_advice_instead_of_an_error(sample_dataset: Path, tmp_pa
 
 
 def test_a_repeated_warning_is_shown_once_with_its_count() -> None:
-    from edgeface_cli.training.recovery import Recovery
+    from edgeface_cli.training.recovery import WarningLog
 
-    class Reporter(Recovery):
-        def __init__(self) -> None:
-            self.warned: dict = {}
-            self.events: list = []
-            self.on_event = self.events.append
-
-    reporter = Reporter()
+    events: list = []
+    reporter = WarningLog(events.append)
     for epoch, stale in ((7, 5), (8, 6), (9, 7)):
-        reporter._report_warnings(epoch, [f"val accuracy has not improved for {stale} epochs after stage 1: model not learning"])
-    reporter._report_warnings(9, ["same-identity similarity is 0.9995: embeddings may have collapsed"])
-    reporter._report_repeated_warnings()
-    texts = [event.text for event in reporter.events]
+        reporter.report(epoch, [f"val accuracy has not improved for {stale} epochs after stage 1: model not learning"])
+    reporter.report(9, ["same-identity similarity is 0.9995: embeddings may have collapsed"])
+    reporter.report_repeated()
+    texts = [event.text for event in events]
     assert len(texts) == 3 and texts[0].startswith("epoch 7: val accuracy has not improved for 5 epochs")
     assert texts[1].startswith("epoch 9: same-identity") and "repeated in 2 more epoch(s), the last 9" in texts[2]
 

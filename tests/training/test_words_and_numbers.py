@@ -15,7 +15,7 @@ from edgeface_cli.cli import app
 from edgeface_cli.cli.render import TrainRenderer, count_of, epoch_span
 from edgeface_cli.config import EdgeFaceConfig
 from edgeface_cli.events import RunStarted
-from edgeface_cli.training.recovery import Recovery
+from edgeface_cli.training.guard_policy import GuardPolicy
 from edgeface_cli.training.troubleshoot import diagnose_run
 
 from ..conftest import FAST
@@ -42,15 +42,15 @@ def test_the_stage_line_names_spans_that_exist() -> None:
     assert epoch_span(4, 4) == "epoch 4" and count_of(1, "epoch") == "1 epoch" and count_of(2, "epoch") == "2 epochs"
 
 
-class _Run(Recovery):
+class _Run:
     """The Trainer's state the warning signs read, without a model."""
 
     def __init__(self, records: list[dict[str, Any]], best_epoch: int, stale_epochs: int) -> None:
         self.config = EdgeFaceConfig()
         self.records, self.best_epoch, self.stale_epochs = records, best_epoch, stale_epochs
 
-    def _generality_warning(self, record: dict[str, Any]) -> str | None:
-        return None
+    def _warning_signs(self, record: dict[str, Any]) -> list[str]:
+        return GuardPolicy(self.config.guard).warning_signs(record, self.records, self.best_epoch, self.stale_epochs)
 
 
 def _row(epoch: int, train_acc: float, val_acc: float) -> dict[str, Any]:
