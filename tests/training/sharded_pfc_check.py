@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from edgeface_cli.cli import exit_process
 from edgeface_cli.model.losses import build_loss
 from edgeface_cli.training import distributed as dist_setup
 from edgeface_cli.training.sharded_head import ShardedPartialFCHead, head_parameter_names
@@ -67,6 +68,7 @@ def main(out: Path) -> None:
     full_rate(out, context)
     sampled_rate(out, context)
     dist_setup.shutdown(context, together=True)
+    exit_process(0)  # as the CLI ends: DDP's Gloo threads outlive shutdown (see exit_process)
 
 
 if __name__ == "__main__":
