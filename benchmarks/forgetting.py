@@ -14,7 +14,8 @@ All on generated identities (no download), CPU, 32 px:
      val accuracy.
 
 Stage 1 runs the backbone on every batch (optim.stage1_cache false) in every row, so the rehearsal rows' public
-samples are in stage 1's batches too (the frozen-embedding shortcut walks the user's data only).
+samples are in stage 1's batches (the first run of this study was made before the frozen-embedding shortcut took
+them in too).
 
 Each fine-tuning runs once per --seeds value (the shuffle, augmentation and head initialisation); the table gives
 the mean and every seed's value. One torch thread by default: on a shared 2-core machine two threads each spin

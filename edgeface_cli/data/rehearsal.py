@@ -189,8 +189,13 @@ class RehearsalBatches(EpochBatches):
         while True:
             yield from torch.randperm(self.public_size, generator=generator).tolist()
 
+    def shard(self) -> torch.Tensor:
+        """This rank's epoch as one flat order: the batches ``__iter__`` yields, concatenated. Stage 1's walk over
+        the frozen embeddings splits it by ``batch_size`` and so gets the same batches, public samples included."""
+        return torch.tensor([index for batch in self for index in batch], dtype=torch.int64)
+
     def __iter__(self) -> Iterator[list[int]]:
-        shard = self.shard().tolist()
+        shard = super().shard().tolist()  # this rank's share of the user's epoch
         draws = self._public_draws()
         for start in range(0, len(shard), self.user_per_batch):
             users = shard[start:start + self.user_per_batch]

@@ -34,6 +34,8 @@ def test_each_batch_carries_the_share_and_an_epoch_covers_the_user_data_once(wor
         sampler.set_epoch(1)
         batches = list(sampler)
         assert len(batches) == len(sampler)
+        # Stage 1's walk over the frozen embeddings splits the flat shard: the same batches, public draws included.
+        assert [part.tolist() for part in sampler.shard().split(batch)] == batches
         for index, indices in enumerate(batches):
             public = [i for i in indices if i >= user_size]
             assert all(user_size <= i < user_size + public_size for i in public)
