@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Optional
 
@@ -407,61 +408,61 @@ def identify(
 
     from ..serve.local import bound_flip, bound_model, identify_in_store, open_for_cli
 
-    gallery = opened = None
-    if store is not None:
+    with ExitStack() as closing:
+        gallery = opened = None
+        if store is not None:
+            if probe_dir is not None:
+                raise DataError("--probe-dir measures a gallery file: pass --gallery FILE without --store")
+            opened = closing.enter_context(open_for_cli(store, collection, gallery_file))  # closed on every path
+            if opened.imported is not None:
+                err_console.print(f"{escape(opened.imported.message)} of {escape(store)} from {escape(str(gallery_file))} "
+                                  "(once: later calls use the store)", soft_wrap=True)
+            flip, model = bound_flip(opened.store, False), checkpoint or bound_model(opened.store)
+            if model is None:
+                raise DataError(f"{store} has nothing enrolled: edgeface enroll DIR --checkpoint MODEL --store {store}")
+        else:
+            gallery = load_gallery(gallery_file)  # type: ignore[arg-type]
+            flip, model = gallery.flip, checkpoint or Path(gallery.model)
+        resolved, embedder = _embedder(model, config, set_, device, batch_size, align_flag(align, faces), arch, trust_code)
+        if opened is not None:
+            opened.store.bind(embedder.fingerprint(flip), str(store))  # the server's refusal of another model's store
+        else:
+            gallery.check_model(embedder.fingerprint(flip), gallery_file)  # type: ignore[union-attr, arg-type]
+        found, why = decision_threshold(embedder.threshold_sources(flip), threshold)
+        if found is None and gallery is not None and gallery.threshold is not None:  # recorded at enroll, for this same model identity
+            found, why = Threshold(gallery.threshold[0], f"{gallery.threshold[1]} (kept with the gallery)",
+                                   provenance={"given": f"the gallery {gallery_file} (recorded when it was enrolled)"}), ""
+        value = found.value if found else None
+        report: dict[str, Any] = {"gallery": str(gallery_file) if gallery else None, "model": str(embedder.source), "threshold": value,
+                                  "threshold_source": found.source if found else None,
+                                  "threshold_provenance": found.provenance if found else None,
+                                  "threshold_reason": why or None}
+        results, per_face = [], []
+        if probes:
+            embedded = _embed(embedder, resolved, probes, flip, photo_faces=photo_faces)
+            results = (match(gallery, embedded.vectors, embedded.paths, top_k, value) if gallery is not None else
+                       identify_in_store(opened.store, collection, embedded.vectors, embedded.paths, top_k, value,  # type: ignore[union-attr]
+                                         match_by))
+            per_face = [result for photo in photo_faces or [] for result in photo.faces]  # a row of ``results`` each
+            report["probes"] = [{"probe": item.probe, "answer": item.answer,
+                                 "matches": [{"identity": m.identity, "similarity": m.similarity} for m in item.matches]}
+                                | ({"face": per_face[row].index, **per_face[row].face.to_json(),
+                                    "eye_distance_px": round(per_face[row].eye_distance_px, 3)} if per_face else {})
+                                for row, item in enumerate(results)]
+            if photo_faces is not None:
+                report["no_face"] = [str(photo.photo) for photo in photo_faces if photo.problem == NO_FACE]
+                report["unreadable"] = [{"file": str(photo.photo), "why": photo.problem} for photo in photo_faces
+                                        if photo.problem not in (None, NO_FACE)]
         if probe_dir is not None:
-            raise DataError("--probe-dir measures a gallery file: pass --gallery FILE without --store")
-        opened = open_for_cli(store, collection, gallery_file)
-        if opened.imported is not None:
-            err_console.print(f"{escape(opened.imported.message)} of {escape(store)} from {escape(str(gallery_file))} "
-                              "(once: later calls use the store)", soft_wrap=True)
-        flip, model = bound_flip(opened.store, False), checkpoint or bound_model(opened.store)
-        if model is None:
-            raise DataError(f"{store} has nothing enrolled: edgeface enroll DIR --checkpoint MODEL --store {store}")
-    else:
-        gallery = load_gallery(gallery_file)  # type: ignore[arg-type]
-        flip, model = gallery.flip, checkpoint or Path(gallery.model)
-    resolved, embedder = _embedder(model, config, set_, device, batch_size, align_flag(align, faces), arch, trust_code)
-    if opened is not None:
-        opened.store.bind(embedder.fingerprint(flip), str(store))  # the server's refusal of another model's store
-    else:
-        gallery.check_model(embedder.fingerprint(flip), gallery_file)  # type: ignore[union-attr, arg-type]
-    found, why = decision_threshold(embedder.threshold_sources(flip), threshold)
-    if found is None and gallery is not None and gallery.threshold is not None:  # recorded at enroll, for this same model identity
-        found, why = Threshold(gallery.threshold[0], f"{gallery.threshold[1]} (kept with the gallery)",
-                               provenance={"given": f"the gallery {gallery_file} (recorded when it was enrolled)"}), ""
-    value = found.value if found else None
-    report: dict[str, Any] = {"gallery": str(gallery_file) if gallery else None, "model": str(embedder.source), "threshold": value,
-                              "threshold_source": found.source if found else None,
-                              "threshold_provenance": found.provenance if found else None,
-                              "threshold_reason": why or None}
-    results, per_face = [], []
-    if probes:
-        embedded = _embed(embedder, resolved, probes, flip, photo_faces=photo_faces)
-        results = (match(gallery, embedded.vectors, embedded.paths, top_k, value) if gallery is not None else
-                   identify_in_store(opened.store, collection, embedded.vectors, embedded.paths, top_k, value,  # type: ignore[union-attr]
-                                     match_by))
-        per_face = [result for photo in photo_faces or [] for result in photo.faces]  # a row of ``results`` each
-        report["probes"] = [{"probe": item.probe, "answer": item.answer,
-                             "matches": [{"identity": m.identity, "similarity": m.similarity} for m in item.matches]}
-                            | ({"face": per_face[row].index, **per_face[row].face.to_json(),
-                                "eye_distance_px": round(per_face[row].eye_distance_px, 3)} if per_face else {})
-                            for row, item in enumerate(results)]
-        if photo_faces is not None:
-            report["no_face"] = [str(photo.photo) for photo in photo_faces if photo.problem == NO_FACE]
-            report["unreadable"] = [{"file": str(photo.photo), "why": photo.problem} for photo in photo_faces
-                                    if photo.problem not in (None, NO_FACE)]
-    if probe_dir is not None:
-        labelled = _embed(embedder, resolved, [probe_dir], flip, tree=True)
-        assert labelled.identities is not None and labelled.labels is not None
-        names = [labelled.identities[label] for label in labelled.labels]
-        report["open_set"] = open_set_metrics(gallery, labelled.vectors, names, value, resolved.eval.far_targets)
-    if opened is not None:
-        report |= {"store": store, "collection": collection, "match": match_by}
-        searched = f"{store} collection {collection!r} ({len(opened.store.persons(collection))} persons, by {match_by})"
-        opened.store.close()
-    else:
-        searched = f"{gallery_file} ({len(gallery.identities)} identities)"  # type: ignore[union-attr]
+            labelled = _embed(embedder, resolved, [probe_dir], flip, tree=True)
+            assert labelled.identities is not None and labelled.labels is not None
+            names = [labelled.identities[label] for label in labelled.labels]
+            report["open_set"] = open_set_metrics(gallery, labelled.vectors, names, value, resolved.eval.far_targets)
+        if opened is not None:
+            report |= {"store": store, "collection": collection, "match": match_by}
+            searched = f"{store} collection {collection!r} ({len(opened.store.persons(collection))} persons, by {match_by})"
+        else:
+            searched = f"{gallery_file} ({len(gallery.identities)} identities)"  # type: ignore[union-attr]
     if as_json:
         print_json(report)
         return

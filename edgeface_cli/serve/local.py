@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,8 +22,16 @@ from .store.gallery_import import ImportSummary, enrol_identities, import_galler
 
 @dataclass
 class StoreOpened:
+    """The opened store (closed on leaving ``with``, on every path) and what this call imported into it."""
+
     store: GalleryStore
     imported: ImportSummary | None  # the gallery file brought in by this call, if any
+
+    def __enter__(self) -> "StoreOpened":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.store.close()
 
 
 def open_for_cli(where: str, collection: str, gallery: Path | None = None) -> StoreOpened:
