@@ -18,7 +18,7 @@ This module builds on loaders.py (``ComposedScan``, ``ComposedDataset``), which 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
 
@@ -86,7 +86,6 @@ class RehearsalScan(ComposedScan):
     public: ScanResult | None = None
     share: float = 0.25
     target: str = "classes"
-    notes: list[str] = field(default_factory=list)
 
     @property
     def user_size(self) -> int:
