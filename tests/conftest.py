@@ -10,6 +10,8 @@ import torch
 
 from edgeface_cli.model.backbones import ZOO, EdgeFace
 
+from .built_once import built_once, private_copy
+
 SEED_KEYS = [
     "model.stages.2.blocks.5.pos_embd.token_projection.weight",
     "model.stages.2.blocks.5.pos_embd.token_projection.bias",
@@ -72,28 +74,37 @@ def recognition_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Six identities (10 train, 4 val images each, 32 px) for the tests that need a model that recognises."""
     from edgeface_cli.data.sample_data import write_sample_dataset
 
-    root = tmp_path_factory.mktemp("recognition-data")
-    write_sample_dataset(root, identities=6, per_identity=10, size=32, seed=3, val_per_identity=4)
-    return root
+    def build(root: Path) -> None:
+        write_sample_dataset(root, identities=6, per_identity=10, size=32, seed=3, val_per_identity=4)
+
+    return built_once(tmp_path_factory, "recognition-data", build)  # read-only: shared by the workers
+
+
+# The recognition run's recipe (besides its data, epochs and batch): rates raised to learn in a few CPU epochs.
+RECOGNITION_RECIPE = [
+    "--set", "data.image_size=32", "--set", "data.workers=0", "--set", "optim.warmup_epochs=0",
+    "--set", "optim.head_lr=3e-3", "--set", "optim.backbone_lr=3e-3", "--set", "optim.head_lr_stage2=3e-3",
+    "--set", "arcface.scale=16", "--set", "arcface.margin=0.1",
+]
 
 
 @pytest.fixture(scope="session")
 def recognition_run(recognition_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model good enough to recognise the sample identities (about 95% val accuracy; ~15 s on 2 cores)."""
+    """A model good enough to recognise the sample identities (about 95% val accuracy; ~15 s on 2 cores), trained
+    from random weights once per session and copied to each worker that asks (tests write eval.json into it)."""
     from typer.testing import CliRunner
 
     from edgeface_cli.cli import app
 
-    run = tmp_path_factory.mktemp("recognition-run") / "run"
-    result = CliRunner().invoke(app, [
-        "train", "--train-dir", str(recognition_data / "train"), "--val-dir", str(recognition_data / "val"),
-        "--device", "cpu", "--out", str(run), "--stage1-epochs", "1", "--epochs", "6", "--batch-size", "8",
-        "--set", "data.image_size=32", "--set", "data.workers=0", "--set", "optim.warmup_epochs=0",
-        "--set", "optim.head_lr=3e-3", "--set", "optim.backbone_lr=3e-3", "--set", "optim.head_lr_stage2=3e-3",
-        "--set", "arcface.scale=16", "--set", "arcface.margin=0.1",
-    ])
-    assert result.exit_code == 0, result.output
-    return run
+    def build(run: Path) -> None:
+        result = CliRunner().invoke(app, [
+            "train", "--train-dir", str(recognition_data / "train"), "--val-dir", str(recognition_data / "val"),
+            "--device", "cpu", "--out", str(run), "--stage1-epochs", "1", "--epochs", "6", "--batch-size", "8",
+            *RECOGNITION_RECIPE,
+        ])
+        assert result.exit_code == 0, result.output
+
+    return private_copy(built_once(tmp_path_factory, "recognition-run", build), tmp_path_factory)
 
 
 # `make test-fast` runs what trains no model and spawns no multi-process scenario (pytest -m "not slow").

@@ -24,7 +24,7 @@ from edgeface_cli.model.runtimes import RUNTIMES, Runner
 from edgeface_cli.model.runtimes.onnxruntime import OnnxRuntime
 
 from ..clirun import invoke, invoke_json
-from .test_standard_onnx import SIZE, trained_like
+from .conftest import ONNX_SIZE as SIZE
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -32,11 +32,9 @@ FAST = ["--batch", "8", "--rounds", "1", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
-def source_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def source_file(onnx_default: Path) -> Path:
     """A bare XXS backbone with weights far from their initial values (init hides a wrong block)."""
-    path = tmp_path_factory.mktemp("bench-source") / "source.pt"
-    torch.save(trained_like(seed=3).state_dict(), path)
-    return path
+    return onnx_default / "source.pt"
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +43,9 @@ def source(source_file: Path) -> LoadedModel:
 
 
 @pytest.fixture(scope="module")
-def onnx_file(source: LoadedModel, source_file: Path) -> Path:
-    from edgeface_cli.deploy.export import export_backbone
-
-    out = source_file.with_name("model.onnx")
-    export_backbone(source.backbone, ImageSettings(image_size=SIZE), "onnx", out, generated_faces(8, SIZE),
-                    "generated faces", source_file, source_sha256=source.sha256)
-    return out
+def onnx_file(onnx_default: Path) -> Path:
+    """The session's default ONNX export of ``source_file`` (its sidecar names the source's sha256)."""
+    return onnx_default / "model.onnx"
 
 
 def rows_of(report: dict, file: Path) -> list[dict]:

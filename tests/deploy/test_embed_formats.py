@@ -3,43 +3,24 @@ each runs in its own runtime through ``Embedder`` and the CLI, gives the embeddi
 PyTorch (cos >= 0.9999), is fed as its sidecar says (its image size), carries its own identity (the graph's
 and its weights' bytes, and its runtime), and a missing ``.bin`` or extra is one line, exit 2.
 
-OpenVINO and ncnn are exported here once per module (about 3 s together); the tflite conversion takes ~25 s,
-so its check runs only with EDGEFACE_TEST_TFLITE=1 (it passed so on 2026-12-03) until the native-format
-exports are one session fixture in tests/conftest.py that it can take instead of converting again."""
+The files are the session's native exports of a trained-like checkpoint (tests/deploy/conftest.py: exported
+once for this file and test_formats, the tflite conversion alone takes ~25 s)."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from edgeface_cli.deploy.embedder import Embedder
-from edgeface_cli.model.backbones import EdgeFace
 
-from ..clirun import invoke, invoke_json
+from ..clirun import invoke
+from .conftest import NATIVE_SIZE
 
-SIZE = 64
-FILES = {"openvino": ("openvino", "model.xml"), "ncnn": ("ncnn", "model.ncnn.param"),
-         "tflite": ("ai_edge_litert", "model.tflite")}
-CONVERTERS = {"openvino": "openvino", "ncnn": "pnnx", "tflite": "litert_torch"}
-
-
-def export(checkpoint: Path, fmt: str, folder: Path) -> Path:
-    for package in (CONVERTERS[fmt], FILES[fmt][0]):
-        pytest.importorskip(package, reason=f"the '{fmt}' extra is not installed")
-    previous = os.getcwd()
-    os.chdir(folder)  # pnnx writes its side files in the working folder
-    try:
-        invoke_json("export", "--checkpoint", str(checkpoint), "--format", fmt, "--out", FILES[fmt][1],
-                    "--set", f"data.image_size={SIZE}")
-    finally:
-        os.chdir(previous)
-    return folder / FILES[fmt][1]
+SIZE = NATIVE_SIZE
 
 
 @pytest.fixture(scope="module")
@@ -56,21 +37,14 @@ def faces(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def reference(xxs_checkpoint: Path, faces: list[Path]) -> np.ndarray:
-    """The checkpoint's own embeddings of ``faces`` in PyTorch, at the exports' size."""
-    return Embedder.load(xxs_checkpoint, image_size=SIZE).embed(faces)
+def reference(native_source: tuple[Path, object], faces: list[Path]) -> np.ndarray:
+    """The source checkpoint's own embeddings of ``faces`` in PyTorch, at the exports' size."""
+    return Embedder.load(native_source[0], image_size=SIZE).embed(faces)
 
 
 @pytest.fixture(scope="module")
-def fast_exports(xxs_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("embed-formats")
-    done = {}
-    for fmt in ("openvino", "ncnn"):
-        try:
-            done[fmt] = export(xxs_checkpoint, fmt, folder)
-        except pytest.skip.Exception:
-            continue
-    return done
+def fast_exports(native_exports: dict[str, tuple[Path, dict]]) -> dict[str, Path]:
+    return {fmt: path for fmt, (path, _) in native_exports.items()}
 
 
 def exported(exports: dict[str, Path], fmt: str) -> Path:
@@ -133,9 +107,6 @@ def test_missing_weights_file_is_one_line(fast_exports: dict[str, Path], faces: 
     assert code == 2 and "alone.ncnn.bin" in output and "Traceback" not in output, output
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("EDGEFACE_TEST_TFLITE") != "1",
-                    reason="converts its own tflite (~25 CPU-s): EDGEFACE_TEST_TFLITE=1 runs it")
 def test_tflite_export_embeds_and_verifies_in_litert_like_pytorch(
-        xxs_checkpoint: Path, faces: list[Path], reference: np.ndarray, tmp_path: Path) -> None:
-    check_embeds_like_pytorch(export(xxs_checkpoint, "tflite", tmp_path), "litert", faces, reference)
+        fast_exports: dict[str, Path], faces: list[Path], reference: np.ndarray) -> None:
+    check_embeds_like_pytorch(exported(fast_exports, "tflite"), "litert", faces, reference)

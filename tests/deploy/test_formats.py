@@ -2,13 +2,13 @@
 export in its own runtime, loaded again in that runtime (batches 1, 3 and 7) and matching PyTorch eager; their
 sidecars say the same things; the ncnn graph has no ``unbind`` and computes the trained model's function; a
 missing extra is one line naming it, before torch loads; ``bench`` runs the new files; CoreML is convert-only
-and says parity was not checked. Each export runs once per module (the tflite conversion takes ~25 s)."""
+and says parity was not checked. Each export runs once per test session (tests/deploy/conftest.py: the tflite
+conversion takes ~25 s)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,58 +21,22 @@ from edgeface_cli.model.backbones import EdgeFace
 from edgeface_cli.model.runtimes import RUNTIMES
 
 from ..clirun import invoke, invoke_json
-from .test_standard_onnx import trained_like
+from .conftest import NATIVE, NATIVE_SIZE, exported, trained_like
 
-SIZE = 64  # the smallest size at which litert-torch converts the trained graph
+SIZE = NATIVE_SIZE
 MIN_COSINE = 0.9999
-NATIVE = {"openvino": ("openvino", "openvino", [".xml", ".bin"]),  # format: (package, runtime, files it writes)
-          "tflite": ("ai_edge_litert", "litert", [".tflite"]),
-          "ncnn": ("ncnn", "ncnn", [".ncnn.param", ".ncnn.bin"])}
-CONVERTERS = {"openvino": "openvino", "tflite": "litert_torch", "ncnn": "pnnx"}
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, EdgeFace]:
+def source(native_source: tuple[Path, EdgeFace]) -> tuple[Path, EdgeFace]:
     """An XXS checkpoint whose layer scales are far from their initial 1e-6 (init would hide a wrong block)."""
-    backbone = trained_like(seed=7)
-    path = tmp_path_factory.mktemp("formats-source") / "source.pt"
-    torch.save(backbone.state_dict(), path)
-    return path, backbone
-
-
-def export_cli(source: tuple[Path, EdgeFace], fmt: str, folder: Path) -> tuple[Path, dict]:
-    """``export --format fmt`` into ``folder``, given as a relative --out (pnnx runs in a folder of its own)."""
-    for package in (CONVERTERS[fmt], NATIVE[fmt][0]):
-        pytest.importorskip(package, reason=f"the '{fmt}' extra is not installed")
-    name = f"model{NATIVE[fmt][2][0]}"
-    previous = os.getcwd()
-    os.chdir(folder)
-    try:
-        report = invoke_json("export", "--checkpoint", str(source[0]), "--format", fmt, "--out", name,
-                             "--set", f"data.image_size={SIZE}")
-    finally:
-        os.chdir(previous)
-    report["files"] = [str(folder / file) for file in report["files"]]
-    return folder / name, report
+    return native_source
 
 
 @pytest.fixture(scope="module")
-def exports(source: tuple[Path, EdgeFace], tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict]]:
-    """One export per native format, all in one folder (names must not collide)."""
-    folder = tmp_path_factory.mktemp("formats")
-    done = {}
-    for fmt in NATIVE:
-        try:
-            done[fmt] = export_cli(source, fmt, folder)
-        except pytest.skip.Exception:
-            continue
-    return done
-
-
-def exported(exports: dict[str, tuple[Path, dict]], fmt: str) -> tuple[Path, dict]:
-    if fmt not in exports:
-        pytest.skip(f"the '{fmt}' extra is not installed")
-    return exports[fmt]
+def exports(native_exports: dict[str, tuple[Path, dict]]) -> dict[str, tuple[Path, dict]]:
+    """The session's export per native format, all in one folder (names must not collide)."""
+    return native_exports
 
 
 def images(count: int, seed: int) -> torch.Tensor:

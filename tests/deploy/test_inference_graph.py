@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from edgeface_cli.deploy.export import write_program
 from edgeface_cli.deploy.inference_graph import ChannelsLastEdgeFace, UnsupportedLayout
 from edgeface_cli.model.programs import IMAGES_PER_RUN, OnnxBackbone
 from edgeface_cli.model.backbones import EdgeFace
 from edgeface_cli.zoo import ZOO
+
+from .conftest import ONNX_SIZE, saved_backbone
 
 SIZE = 64  # feature maps 16, 8, 4, 2: every stage, its attention block and positional encoding
 
@@ -74,13 +75,9 @@ def transposes_after_optimisation(path: Path, work: Path) -> list[list[int]]:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[EdgeFace, Path]:
-    """A perturbed XXS written as ``edgeface export`` writes ONNX (one export: the exporter takes ~8 s)."""
-    pytest.importorskip("onnxruntime")
-    backbone = perturbed("edgeface_xxs")
-    path = tmp_path_factory.mktemp("graph") / "model.onnx"
-    write_program(ChannelsLastEdgeFace(backbone, SIZE), "onnx", path, torch.rand(2, 3, SIZE, SIZE) * 2 - 1, 18, True)
-    return backbone, path
+def exported(onnx_default: Path) -> tuple[EdgeFace, Path]:
+    """A perturbed XXS as ``edgeface export`` writes ONNX by default: the session's file (at 32 px)."""
+    return saved_backbone(onnx_default / "source.pt"), onnx_default / "model.onnx"
 
 
 def test_onnxruntime_runs_the_exported_graph_without_the_layout_transposes(exported: tuple[EdgeFace, Path],
@@ -91,7 +88,7 @@ def test_onnxruntime_runs_the_exported_graph_without_the_layout_transposes(expor
     # its generic kernel; now only those around the attention blocks' split convolutions remain (XXS has 3).
     assert not any(len(perm) == 5 for perm in left)
     assert len(left) <= 4 * 3
-    images = torch.rand(5, 3, SIZE, SIZE) * 2 - 1
+    images = torch.rand(5, 3, ONNX_SIZE, ONNX_SIZE) * 2 - 1
     with torch.no_grad():
         expected = backbone(images)
     got = OnnxBackbone(path, threads=1)(images)
@@ -116,7 +113,7 @@ def test_the_file_is_standard_and_onnxruntime_fuses_its_gelus_itself(exported: t
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_the_onnx_runner_splits_a_batch_without_changing_it(threads: int, exported: tuple[EdgeFace, Path]) -> None:
     runner = OnnxBackbone(exported[1], threads=threads)
-    images = torch.rand(7, 3, SIZE, SIZE) * 2 - 1
+    images = torch.rand(7, 3, ONNX_SIZE, ONNX_SIZE) * 2 - 1
     spans = runner.chunks(len(images))
     assert spans[0][0] == 0 and spans[-1][1] == 7 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
     assert len(spans) >= min(threads, 7) and max(stop - start for start, stop in spans) <= IMAGES_PER_RUN
@@ -135,7 +132,7 @@ def test_a_dynamic_int8_file_embeds_each_image_as_it_would_alone(exported: tuple
                      op_types_to_quantize=["MatMul", "Gemm"])
     runner = OnnxBackbone(int8_file, threads=2)
     assert runner.one_image_per_run and not OnnxBackbone(exported[1], threads=2).one_image_per_run
-    images = torch.rand(6, 3, SIZE, SIZE) * 2 - 1
+    images = torch.rand(6, 3, ONNX_SIZE, ONNX_SIZE) * 2 - 1
     images[1:] *= 3  # batch-mates with a wider range of values
     alone = runner.sessions[1].run(None, {"images": images[:1].numpy()})[0]
     together = runner.sessions[1].run(None, {"images": images.numpy()})[0][:1]

@@ -6,7 +6,6 @@ rule."""
 from __future__ import annotations
 
 import json
-import random
 import time
 from pathlib import Path
 
@@ -14,17 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from edgeface_cli.data.augment import normalize
 from edgeface_cli.data.folder import ImageSettings
-from edgeface_cli.data.sample_data import random_identity, render_face
 from edgeface_cli.deploy.export import ONNX_OPSETS, ExportResult, export_backbone, generated_faces
-from edgeface_cli.deploy.int8_export import Int8Request, export_int8
-from edgeface_cli.deploy.quantization import VerificationPairs, all_pairs
 from edgeface_cli.errors import CheckpointError
 from edgeface_cli.model.programs import OnnxBackbone
 from edgeface_cli.model.backbones import EdgeFace
 
 from ..clirun import invoke
+from .conftest import saved_backbone, trained_like
 
 SIZE = 32
 MIN_COSINE = 0.9999
@@ -33,20 +29,9 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 
-def trained_like(seed: int = 0) -> EdgeFace:
-    """An XXS whose layer scales and temperatures are far from their initial values, as after training (at init
-    the blocks' gamma is 1e-6 and would hide a wrong MLP, attention or GELU)."""
-    torch.manual_seed(seed)
-    backbone = EdgeFace("edgeface_xxs")
-    with torch.no_grad():
-        for parameter in backbone.parameters():
-            parameter.add_(0.1 * torch.randn_like(parameter))
-    return backbone.eval()
-
-
 @pytest.fixture(scope="module")
-def backbone() -> EdgeFace:
-    return trained_like()
+def backbone(onnx_default: Path) -> EdgeFace:
+    return saved_backbone(onnx_default / "source.pt")
 
 
 def export(backbone: EdgeFace, out: Path, **options: object) -> ExportResult:
@@ -55,23 +40,11 @@ def export(backbone: EdgeFace, out: Path, **options: object) -> ExportResult:
                            out.with_name("source.pt"), **options)  # type: ignore[arg-type]
 
 
-def rendered_pairs(identities: int, per_identity: int, seed: int) -> VerificationPairs:
-    """All pairs of ``per_identity`` renders of each of ``identities`` generated people (normalised)."""
-    rng = random.Random(seed)
-    people = [random_identity(rng) for _ in range(identities)]
-    faces = [np.asarray(render_face(person, SIZE, rng), dtype=np.uint8).transpose(2, 0, 1)
-             for person in people for _ in range(per_identity)]
-    return all_pairs(normalize(torch.from_numpy(np.stack(faces))).numpy(), np.repeat(np.arange(identities), per_identity))
-
-
 @pytest.fixture(scope="module")
-def default_export(backbone: EdgeFace, tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
-    """The default file and its static int8 copy (calibrated on generated faces, judged on rendered pairs)."""
-    result = export(backbone, tmp_path_factory.mktemp("standard") / "model.onnx")
-    request = Int8Request(generated_faces(16, SIZE, seed=7), "generated faces", rendered_pairs(6, 3, seed=8), "rendered")
-    export_int8(result, backbone, ImageSettings(image_size=SIZE), generated_faces(12, SIZE), "generated faces",
-                result.path.with_name("source.pt"), request)
-    return result
+def default_export(onnx_default: Path) -> tuple[Path, Path]:
+    """The default file and its static int8 copy (the session's: calibrated on generated faces, judged on
+    rendered pairs)."""
+    return onnx_default / "model.onnx", onnx_default / "model.int8.onnx"
 
 
 def images(count: int, seed: int = 1) -> torch.Tensor:
@@ -94,20 +67,20 @@ def domains_and_ops(path: Path) -> tuple[set[str], set[str], dict[str, int]]:
     return domains, {node.op_type for node in model.graph.node}, {e.domain: e.version for e in model.opset_import}
 
 
-def test_the_default_file_and_its_int8_copy_are_standard_onnx(default_export: ExportResult) -> None:
-    assert default_export.int8 is not None
-    for path in (default_export.path, default_export.int8.path):
+def test_the_default_file_and_its_int8_copy_are_standard_onnx(default_export: tuple[Path, Path]) -> None:
+    assert default_export[1].is_file()
+    for path in default_export:
         model = onnx.load(str(path))
         onnx.checker.check_model(model, full_check=True)  # raises on an unsorted graph or a contrib operator
         domains, ops, opsets = domains_and_ops(path)
         assert domains <= {"", "ai.onnx"} and opsets == {"": 17} and not model.functions
         assert "LayerNormalization" in ops and "Erf" in ops and "Gelu" not in ops  # opset 17: GELU as Erf
-    int8_ops = domains_and_ops(default_export.int8.path)[1]
+    int8_ops = domains_and_ops(default_export[1])[1]
     assert {"QuantizeLinear", "DequantizeLinear"} <= int8_ops and "MatMulInteger" not in int8_ops  # static QDQ
 
 
-def test_the_sidecar_says_what_goes_in_and_what_comes_out(default_export: ExportResult) -> None:
-    sidecar = json.loads(default_export.sidecar.read_text())
+def test_the_sidecar_says_what_goes_in_and_what_comes_out(default_export: tuple[Path, Path]) -> None:
+    sidecar = json.loads(default_export[0].with_name("model.onnx.json").read_text())
     assert sidecar["opset"] == 17 and sidecar["standard"]["domains"] == ["ai.onnx"]
     assert sidecar["input"]["shape"] == ["batch", 3, SIZE, SIZE] and sidecar["input"]["dtype"] == "float32"
     assert sidecar["input"]["channels"] == "RGB" and "[-1, 1]" in sidecar["input"]["normalization"]
@@ -116,15 +89,15 @@ def test_the_sidecar_says_what_goes_in_and_what_comes_out(default_export: Export
     speed = sidecar["speed"]  # warm eager beside the file, on the same images, the same threads
     assert speed["batch"] == 12 and "warm" in speed["note"] and "interleaved" in speed["note"]
     assert speed["images_per_s"] > 0 and speed["pytorch_images_per_s"] > 0
-    int8_sidecar = json.loads(default_export.int8.path.with_name("model.int8.onnx.json").read_text())  # type: ignore[union-attr]
+    int8_sidecar = json.loads(default_export[1].with_name("model.int8.onnx.json").read_text())
     assert int8_sidecar["int8"] is True and int8_sidecar["standard"]["domains"] == ["ai.onnx"]
 
 
 @pytest.mark.parametrize("batch", [1, 3, 7])
-def test_the_default_file_takes_any_batch(default_export: ExportResult, backbone: EdgeFace, batch: int) -> None:
+def test_the_default_file_takes_any_batch(default_export: tuple[Path, Path], backbone: EdgeFace, batch: int) -> None:
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(default_export.path), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(str(default_export[0]), providers=["CPUExecutionProvider"])
     assert isinstance(session.get_inputs()[0].shape[0], str)  # a symbolic batch dimension
     inputs = images(batch)
     got = session.run(None, {"images": inputs.numpy()})[0]
@@ -155,9 +128,9 @@ def test_the_other_opsets_and_static_batches_are_standard_and_match_eager(opset:
     assert min_cosine(OnnxBackbone(result.path, threads=2)(inputs), eager(backbone, inputs)) >= MIN_COSINE
 
 
-def test_opencv_dnn_runs_the_default_file(default_export: ExportResult, backbone: EdgeFace) -> None:
+def test_opencv_dnn_runs_the_default_file(default_export: tuple[Path, Path], backbone: EdgeFace) -> None:
     cv2 = pytest.importorskip("cv2", reason="opencv-python-headless is not installed (the 'opencv' extra)")
-    net = cv2.dnn.readNetFromONNX(str(default_export.path))  # refuses an unsorted graph or a contrib operator
+    net = cv2.dnn.readNetFromONNX(str(default_export[0]))  # refuses an unsorted graph or a contrib operator
     for batch in (1, 7):
         inputs = images(batch, seed=batch)
         net.setInput(inputs.numpy())
@@ -165,10 +138,10 @@ def test_opencv_dnn_runs_the_default_file(default_export: ExportResult, backbone
         assert got.shape == (batch, 512) and min_cosine(got, eager(backbone, inputs)) >= MIN_COSINE
 
 
-def test_openvino_runs_the_default_file(default_export: ExportResult, backbone: EdgeFace) -> None:
+def test_openvino_runs_the_default_file(default_export: tuple[Path, Path], backbone: EdgeFace) -> None:
     openvino = pytest.importorskip("openvino", reason="openvino is not installed (the 'openvino' extra)")
     # f32: on a CPU with bf16 OpenVINO would otherwise choose bf16 (measured 0.99997), another model.
-    compiled = openvino.Core().compile_model(str(default_export.path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = openvino.Core().compile_model(str(default_export[0]), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     for batch in (1, 7):
         inputs = images(batch, seed=batch)
         got = compiled(inputs.numpy())[0]
