@@ -34,8 +34,8 @@ EXPORT_EXTRAS = {"onnx": ("export", ("onnx", "onnxscript", "onnxruntime")), "ope
                  "tflite": ("tflite", ("litert_torch", "ai_edge_litert")), "ncnn": ("ncnn", ("pnnx", "ncnn")),
                  "coreml": ("coreml", ("coremltools",))}
 # --int8: static int8 from calibration images, and what each needs beyond its format's own packages.
-INT8_FORMATS = ("onnx", "openvino")
-INT8_EXTRAS = {"openvino": ("nncf",)}
+INT8_FORMATS = ("onnx", "openvino", "tflite")
+INT8_EXTRAS = {"openvino": ("nncf",), "tflite": ("ai_edge_quantizer",)}
 STATIC_BATCH_FORMATS = ("onnx", "openvino", "tflite")  # any fixed N; pt2 only 1; the others take any batch as written
 
 
@@ -51,15 +51,13 @@ def module_installed(name: str) -> bool:
 
 
 def check_export_request(fmt: str, int8: bool, static_batch: int | None = None) -> None:
-    """A format export writes, its extra installed, int8 only for ONNX and OpenVINO (tflite: not built yet), a
-    static batch the format can have (checked before any model is loaded)."""
+    """A format export writes, its extra installed, int8 only for ONNX, OpenVINO and LiteRT, a static batch the
+    format can have (checked before any model is loaded)."""
     if fmt not in EXPORT_SUFFIXES:
         raise DataError(f"--format {fmt}: use one of {', '.join(EXPORT_SUFFIXES)}")
-    if int8 and fmt == "tflite":
-        raise DataError("--format tflite --int8 (full-integer LiteRT) is not built yet: export --format onnx --int8 "
-                        "or --format openvino --int8, or the tflite file in fp32")
     if int8 and fmt not in INT8_FORMATS:
-        raise DataError(f"--int8 quantises onnx and openvino models, not {fmt}: pass --format onnx or --format openvino")
+        raise DataError(f"--int8 quantises onnx, openvino and tflite models, not {fmt}: pass --format onnx, openvino "
+                        "or tflite")
     extra, modules = EXPORT_EXTRAS.get(fmt, ("", ()))
     missing = next((module for module in (*modules, *(INT8_EXTRAS.get(fmt, ()) if int8 else ()))
                     if not module_installed(module)), None)

@@ -3,6 +3,7 @@ ncnn or CoreML, checked for parity in the runtime that runs it (CoreML: convert-
 
 from __future__ import annotations
 
+import json
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -55,7 +56,8 @@ def export(
     int8: bool = typer.Option(
         False, "--int8",
         help="Also write a static int8 copy beside --out (onnx: per-channel QDQ for onnxruntime; openvino: NNCF int8 "
-             "IR), calibrated on --calibration-dir and kept only if it loses at most --int8-max-drop on verification "
+             "IR; tflite: LiteRT static int8 of its convolutions and fully-connected layers, float input and output), "
+             "calibrated on --calibration-dir and kept only if it loses at most --int8-max-drop on verification "
              "pairs."),
     parity_dir: Optional[Path] = typer.Option(
         None, "--parity-dir", "--calibration-dir",
@@ -163,6 +165,8 @@ def export(
     if bench_file:
         recommendation = recommend_runtime(result.path, embedder.model)
     checked = result.parity
+    # What the int8 file is (tflite: which operators are int8, float or int8 input and output), as its sidecar says.
+    quantization = None if result.int8 is None else json.loads(result.int8.sidecar.read_text())["quantization"]
     report = {
         "file": str(result.path), "format": fmt, "bytes": result.size_bytes, "sidecar": str(result.sidecar),
         "files": [str(path) for path in export_files(fmt, result.path)],
@@ -175,7 +179,8 @@ def export(
             "sidecar": str(result.int8.sidecar), "bytes": result.int8.size_bytes,
             "fp32_bytes": result.int8.fp32_size_bytes, "runtime": result.int8.runtime,
             "parity_min_cosine": result.int8.parity.min_cosine, "parity_mean_cosine": result.int8.parity.mean_cosine,
-            "calibration": result.int8.calibration, "accuracy": accuracy_record(result.int8.verdict, result.int8.pairs),
+            "calibration": result.int8.calibration, "quantization": quantization,
+            "accuracy": accuracy_record(result.int8.verdict, result.int8.pairs),
             "images_per_s": result.int8.images_per_s, "fp32_images_per_s": result.int8.fp32_images_per_s,
         },
         "speed": None if result.speed is None else asdict(result.speed),
@@ -210,6 +215,7 @@ def export(
                           f"of fp32); min cosine {quantized.parity.min_cosine:.4f}, mean "
                           f"{quantized.parity.mean_cosine:.4f}; {quantized.images_per_s:.0f} images/s against fp32's "
                           f"{quantized.fp32_images_per_s:.0f} in {quantized.runtime} here")
+            console.print(f"int8 kind: {escape(str(quantization))}", soft_wrap=True)
             console.print(f"int8 accuracy gate ({quantized.runtime}, {escape(quantized.pairs)}): "
                           f"{escape(gate_figures(quantized.verdict))}", soft_wrap=True)
         if bench_file:

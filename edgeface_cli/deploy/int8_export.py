@@ -2,7 +2,8 @@
 allowed on verification pairs.
 
 After ``export.export_backbone`` has written the fp32 file, ``export_int8`` quantises it from calibration images
-(``deploy.quantization``: per-channel QDQ for onnxruntime, NNCF's int8 IR for OpenVINO), judges fp32 against int8
+(``deploy.quantization``: per-channel QDQ for onnxruntime, NNCF's int8 IR for OpenVINO, ai-edge-quantizer's
+static int8 for LiteRT), judges fp32 against int8
 in the same runtime on verification pairs (TAR at FAR 1e-3 and AUC: ``quantization.gate``), checks the int8
 file's parity against PyTorch, and only then moves it into place beside the fp32 file; a refused int8 file never
 reaches its name, and the fp32 file stays. Its speed is timed in the same rounds as the fp32 file's.
@@ -34,7 +35,8 @@ from .formats import FORMATS
 from .formats.base import threads
 from .formats.files import file_size
 from .quantization import (DEFAULT_MAX_DROP_PP, Int8Verdict, VerificationPairs, all_pairs, judge_int8,
-                           quantize_onnx_static, quantize_openvino, require_accepted)
+                           LiteRtRecipe, quantize_onnx_static, quantize_openvino, quantize_tflite_static,
+                           require_accepted)
 
 CALIBRATION_IMAGES = 64  # enough for MinMax ranges on aligned faces; NNCF's bias correction takes them all
 # The gate's images: a spread of identities, a few images each. 400 images make 79,800 pairs, enough different
@@ -45,6 +47,7 @@ QUANTIZATION = {
             "uint8 activations with MinMax ranges from the calibration images; LayerNorm, GELU and Softmax fp32",
     "openvino": "NNCF post-training int8 (FakeQuantize): per-channel int8 weights, int8 activations from the "
                 "calibration images, fast bias correction; the other operators as OpenVINO's CPU plugin runs them",
+    "tflite": LiteRtRecipe().description,
 }
 BF16_FEATURES = {"avx512_bf16", "amx_bf16"}
 
@@ -94,14 +97,18 @@ def quantize(fmt: str, fp32_path: Path, out: Path, calibration: np.ndarray) -> N
     """The int8 copy of the fp32 file ``fp32_path`` at ``out``, in the format's own int8 form."""
     if fmt == "onnx":
         quantize_onnx_static(fp32_path, out, calibration)
+    elif fmt == "tflite":
+        quantize_tflite_static(fp32_path, out, calibration, threads())
     else:
         quantize_openvino(fp32_path, out, calibration)
 
 
 def runtime_runner(fmt: str, path: Path) -> Runner:
     """``path`` in the runtime the format is checked in, at fp32 arithmetic (an int8 file's int8 layers run int8)."""
-    from ..model.runtimes import OnnxRuntime, OpenVino
+    from ..model.runtimes import LiteRt, OnnxRuntime, OpenVino
 
+    if fmt == "tflite":
+        return LiteRt().load(path, threads())
     return OnnxRuntime().load(path, threads()) if fmt == "onnx" else OpenVino().load(path, threads(), FP32)
 
 
@@ -134,7 +141,7 @@ def speed_note(runtime: str, int8_speed: float, fp32_speed: float, features: lis
 def export_int8(exported: ExportResult, backbone: EdgeFace, settings: ImageSettings, images: torch.Tensor,
                 images_source: str, source: Path, request: Int8Request, static_batch: int | None = None,
                 progress: Callable[[str], None] | None = None, source_sha256: str | None = None) -> Int8Result:
-    """The int8 copy of ``exported`` (an fp32 ONNX or OpenVINO IR export, checked and timed) beside it
+    """The int8 copy of ``exported`` (an fp32 ONNX, OpenVINO IR or LiteRT export, checked and timed) beside it
     (``preflight.int8_path``), with its sidecar; set on ``exported.int8``, with a note in ``exported.notes``
     when int8 is not faster here. A ParityError (exit 2, one line) when it loses more than
     ``request.max_drop_pp`` on the pairs or its parity misses ``request.min_cosine``: no int8 file is then
@@ -162,7 +169,7 @@ def export_int8(exported: ExportResult, backbone: EdgeFace, settings: ImageSetti
     hint = f"{exported.path.name} (fp32) is kept; lower --int8-min-cosine if the loss is acceptable"
     checked = write_checked(form, path, quantize_and_judge, lambda temp: load_export(temp, fmt, backbone), judged,
                             request.min_cosine, "the int8 model", hint, say)
-    assert checked is not None  # both int8 formats run here
+    assert checked is not None  # every int8 format runs here
     verdict = verdicts[0]
     say("measuring the speed of the int8 model beside fp32")
     runners = {"int8": load_export(path, fmt, backbone), "fp32": load_export(exported.path, fmt, backbone),

@@ -2,7 +2,9 @@
 --format tflite``, or an ONNX file converted by a tool such as onnx2tf). Such tools' files usually take NHWC
 input: a batch is transposed when the model's last input dimension is the 3 channels. A file with a fixed
 batch (its shape signature has no -1: litert-torch writes such files) runs that many images per invoke, the
-last run padded; a dynamic one is resized, and re-planned only when the batch changes."""
+last run padded; a dynamic one is resized, and re-planned only when the batch changes. A full-integer file
+(int8 input and output, ``export --int8`` with ``LiteRtRecipe(full_integer=True)``) is fed and read through
+the scale and zero point its input and output carry; a file with int8 tensors inside runs as ``int8``."""
 
 from __future__ import annotations
 
@@ -11,6 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from .base import FP32, Runner, Runtime
+
+
+def quantizer_of(detail: dict) -> tuple[float, int] | None:
+    """(scale, zero point) of an int8 input or output; None for a float one."""
+    if np.dtype(detail["dtype"]) != np.int8:
+        return None
+    scale, zero_point = detail["quantization"]
+    return float(scale), int(zero_point)
 
 
 def tensor_names(path: Path) -> tuple[str, str]:
@@ -38,16 +48,23 @@ class LiteRt(Runtime):
         if fixed:
             interpreter.allocate_tensors()
         shape: list[tuple[int, ...]] = [tuple(source["shape"])] if fixed else []
+        into, out_of = quantizer_of(source), quantizer_of(target)
 
         def run(batch: np.ndarray) -> np.ndarray:
             batch = np.ascontiguousarray(batch.transpose(0, 2, 3, 1) if channels_last else batch)
+            if into is not None:
+                batch = np.clip(np.round(batch / into[0]) + into[1], -128, 127).astype(np.int8)
             if not shape or shape[0] != batch.shape:  # resized and re-planned only when the batch changes
                 interpreter.resize_tensor_input(source["index"], list(batch.shape))
                 interpreter.allocate_tensors()
                 shape[:] = [batch.shape]
             interpreter.set_tensor(source["index"], batch)
             interpreter.invoke()
-            return interpreter.get_tensor(target["index"]).copy()  # the interpreter reuses its output buffer
+            got = interpreter.get_tensor(target["index"])
+            if out_of is not None:
+                return (got.astype(np.float32) - out_of[1]) * out_of[0]
+            return got.copy()  # the interpreter reuses its output buffer
 
-        precision_label = "int8" if np.dtype(source["dtype"]) == np.int8 else FP32
+        quantized = any(np.dtype(detail["dtype"]) == np.int8 for detail in interpreter.get_tensor_details())
+        precision_label = "int8" if quantized else FP32
         return Runner(self.name, precision_label, threads, run, fixed_batch=fixed)
