@@ -28,18 +28,30 @@ runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize(("kind", "per_seed", "least_cases"), [
-    ("checkpoints", 40, 160), ("configs", 40, 120), ("images", 40, 4), ("pairs", 40, 80), ("deploy", 40, 120),
-])
-def test_fuzzed_input_is_refused_cleanly(kind: str, per_seed: int, least_cases: int, tmp_path: Path) -> None:
+FUZZ_PER_SEED = 40
+FUZZ_LEAST_CASES = {"checkpoints": 160, "configs": 120, "images": 4, "pairs": 80, "deploy": 120}
+
+
+@pytest.fixture(scope="module")
+def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """Every kind's summary, from one child process (a crash inside a native reader fails the tests instead of
+    killing the test run); bounded to 120 s a kind, so a hang fails too."""
+    folder = tmp_path_factory.mktemp("fuzz")
+    done = subprocess.run([sys.executable, "-m", "tests.fuzzing", ",".join(FUZZ_LEAST_CASES), str(folder),
+                           str(FUZZ_PER_SEED)], capture_output=True, text=True, timeout=120 * len(FUZZ_LEAST_CASES),
+                          cwd=ROOT)
+    summaries = {summary["kind"]: summary for summary in map(json.loads, done.stdout.strip().splitlines())}
+    assert done.returncode == 0 and set(summaries) == set(FUZZ_LEAST_CASES), done.stderr[-2000:]
+    return summaries
+
+
+@pytest.mark.parametrize("kind", list(FUZZ_LEAST_CASES))
+def test_fuzzed_input_is_refused_cleanly(kind: str, fuzzed: dict[str, dict]) -> None:
     """Random and mutated bytes: a typed error (exit 2 in the CLI) or a reported skip; never a traceback,
-    a crash (the cases run in a child process) or a hang (each kind is bounded to 120 s)."""
-    done = subprocess.run([sys.executable, "-m", "tests.fuzzing", kind, str(tmp_path), str(per_seed)],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-2000:]
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    a crash (the cases run in a child process) or a hang."""
+    summary = fuzzed[kind]
     assert summary["failures"] == []
-    assert summary["ok"] + summary["refused"] >= least_cases
+    assert summary["ok"] + summary["refused"] >= FUZZ_LEAST_CASES[kind]
     assert summary["slowest_case_s"] < 10
 
 
