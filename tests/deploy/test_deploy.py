@@ -28,18 +28,15 @@ def data(recognition_data: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run_dir(recognition_run: Path, data: Path) -> Path:
-    """The recognising model, evaluated (eval stores its threshold in the run)."""
-    code, output = invoke("eval", "--val-dir", str(data / "val"), "--checkpoint", str(recognition_run))
-    assert code == 0 and (recognition_run / "eval.json").is_file(), output
-    return recognition_run
+def run_dir(evaluated_recognition: tuple[Path, Path, dict]) -> Path:
+    """The recognising model, evaluated (eval stores its threshold in the run); the session's, read-only."""
+    return evaluated_recognition[0]
 
 
 @pytest.fixture(scope="module")
-def onnx_export(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    report = invoke_json("export", "--checkpoint", str(run_dir), "--format", "onnx", "--out", str(out), "--int8")
-    return out, report
+def onnx_export(evaluated_recognition: tuple[Path, Path, dict]) -> tuple[Path, dict]:
+    """``export --format onnx --int8`` of the run (the session's, in a folder of its own)."""
+    return evaluated_recognition[1], evaluated_recognition[2]
 
 
 # ------------------------------------------------------------------ export

@@ -10,15 +10,12 @@ import onnx
 import pytest
 import torch
 
-from edgeface_cli.config import build_config
 from edgeface_cli.data.augment import normalize
 from edgeface_cli.data.folder import decode_image
-from edgeface_cli.deploy.export import exportable, write_program
 from edgeface_cli.deploy.formats.onnx import require_standard_onnx
 from edgeface_cli.deploy.quantization import (AUC_GATE, TAR_GATE, VerificationPairs, all_pairs, judge_int8,
                                               quantize_onnx_static, quantize_openvino, require_accepted)
 from edgeface_cli.errors import DataError, ParityError
-from edgeface_cli.model.loading import load_model
 from edgeface_cli.model.runtimes import OnnxRuntime, OpenVino
 
 SIZE = 32  # recognition_run's image size
@@ -38,11 +35,15 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def fp32_onnx(recognition_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    backbone = load_model(recognition_run / "best.pt", build_config(search_default_file=False)).backbone.eval()
-    path = tmp_path_factory.mktemp("int8") / "model.onnx"
-    write_program(exportable(backbone, "onnx", SIZE), "onnx", path, torch.zeros(2, 3, SIZE, SIZE), 17, True)
-    return path
+def fp32_onnx(evaluated_recognition: tuple[Path, Path, dict]) -> Path:
+    """recognition_run's fp32 file as ``edgeface export`` writes it (opset 17, any batch); the session's, read-only."""
+    return evaluated_recognition[1]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where this file's int8 files go (not beside the shared fp32 file)."""
+    return tmp_path_factory.mktemp("int8")
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +57,8 @@ def calibration(recognition_data: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def static_int8(fp32_onnx: Path, calibration: np.ndarray) -> Path:
-    path = fp32_onnx.with_name("model.int8.onnx")
+def static_int8(fp32_onnx: Path, calibration: np.ndarray, work: Path) -> Path:
+    path = work / "model.int8.onnx"
     quantize_onnx_static(fp32_onnx, path, calibration)
     return path
 
@@ -85,8 +86,8 @@ def test_static_int8_runs_any_batch_and_matches_fp32(fp32_onnx: Path, static_int
 
 
 def test_nncf_ir_loads_in_openvino_and_matches(fp32_onnx: Path, calibration: np.ndarray,
-                                               val: tuple[np.ndarray, np.ndarray]) -> None:
-    xml = fp32_onnx.with_name("model.int8.xml")
+                                               val: tuple[np.ndarray, np.ndarray], work: Path) -> None:
+    xml = work / "model.int8.xml"
     quantize_openvino(fp32_onnx, xml, calibration)
     assert xml.is_file() and xml.with_suffix(".bin").is_file()
     int8 = OpenVino().load(xml, 2)
@@ -98,10 +99,10 @@ def test_nncf_ir_loads_in_openvino_and_matches(fp32_onnx: Path, calibration: np.
 
 
 def test_gate_refuses_an_int8_calibrated_on_noise_and_accepts_one_calibrated_on_faces(
-        fp32_onnx: Path, static_int8: Path, val: tuple[np.ndarray, np.ndarray]) -> None:
+        fp32_onnx: Path, static_int8: Path, val: tuple[np.ndarray, np.ndarray], work: Path) -> None:
     # Noise far outside [-1, 1] stretches every activation range, so real faces fall into a few int8 steps.
     noise = np.random.default_rng(0).uniform(-100, 100, (16, 3, SIZE, SIZE)).astype(np.float32)
-    noisy = fp32_onnx.with_name("model.noise.onnx")
+    noisy = work / "model.noise.onnx"
     quantize_onnx_static(fp32_onnx, noisy, noise)
     fp32 = OnnxRuntime().load(fp32_onnx, 2)
     pairs = all_pairs(*val)  # 24 val images: 36 same and 240 different pairs
