@@ -17,7 +17,7 @@ options with their recall cost. A crossover sweep at small sizes says where HNSW
                                 [--storage f32 i8 f16] [--connectivity 16] [--expansion-add 64]
                                 [--out bench-search.json]
 
-Building the graph is what takes the time: on 2 shared cores 100 k f32 vectors took 7-12 min (i8: 3 min), so
+Building the graph is what takes the time: on 2 shared cores 100 k f32 vectors took 7-12 min (i8: 1-3 min), so
 give 1 M with ``--storage i8`` alone. 1 M float32 vectors are 2 GB, and the exact index holds a second copy
 while the truth is computed: about 5 GB of memory.
 """

@@ -92,15 +92,17 @@ class GrowingIndex(VectorIndex):
     def _build(self, graph: HnswIndex, ids: np.ndarray, vectors: np.ndarray) -> None:
         try:
             graph.add(ids, vectors)
+            with self._lock:
+                for op, changed, changed_vectors in self._pending or []:
+                    if op == "add":
+                        graph.add(changed, changed_vectors)  # type: ignore[arg-type]
+                    else:
+                        graph.remove(changed)
+                self._current = graph
+                self._sync()
         except Exception as error:  # noqa: BLE001 - a failed build leaves the exact index answering
             with self._lock:
-                self.switch_error, self._pending, self._builder = str(error), None, None
-            return
-        with self._lock:
-            for op, changed, changed_vectors in self._pending or []:
-                if op == "add":
-                    graph.add(changed, changed_vectors)  # type: ignore[arg-type]
-                else:
-                    graph.remove(changed)
-            self._current, self._pending, self._builder = graph, None, None
-            self._sync()
+                self.switch_error = str(error)
+        finally:
+            with self._lock:
+                self._pending, self._builder = None, None
