@@ -138,6 +138,7 @@ def test_concurrent_enrolment_loses_nothing_and_the_index_switches_to_hnsw_while
         while not server.started and time.monotonic() < deadline and serving.is_alive():
             time.sleep(0.05)
         assert server.started, "uvicorn did not start within 60 s"
+        assert "edgeface_search_graph_collections 0.0" in httpx.get(f"{base}/metrics").text  # exact, to begin with
         enrolling.set()
         kind_now = lambda: service.index.index_kinds()["soak"]  # noqa: E731 - which index answers at this 201
         enrollers = [threading.Thread(target=enrol_client, args=(base, keys.enrol, c * ENROLMENTS_EACH, ledger,
@@ -158,6 +159,7 @@ def test_concurrent_enrolment_loses_nothing_and_the_index_switches_to_hnsw_while
         assert len(ledger.enrolled) == expected and ledger.identified > 0
         assert "exact" in ledger.kinds_at_201 and "hnsw" in ledger.kinds_at_201  # it switched while growing
         assert service.index.wait_for_switches(30) and service.index.index_kinds() == {"soak": "hnsw"}
+        assert "edgeface_search_graph_collections 1.0" in httpx.get(f"{base}/metrics").text
         # none lost: the store holds every sample that got a 201, and the switched index finds each by its vector
         assert service.store.collection("soak").samples == seeded + expected
         assert service.index.size() == seeded + expected
