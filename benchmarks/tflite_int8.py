@@ -2,7 +2,8 @@
 (ai-edge-quantizer: the export's default recipe, and full integer), each at a fixed batch of 1 and of 64, timed
 in LiteRT's Interpreter (XNNPACK) on 2 threads in interleaved rounds in one process beside warm PyTorch eager;
 each with its accuracy against fp32 (min cosine against eager on 64 rendered faces, AUC on pairs of rendered
-identities). Measured, never asserted; writes bench-tflite-int8.json with the CPU's features and load.
+identities), and the CPU time of one thread per image (a shared machine's wall clock swings up to 5x).
+Measured, never asserted; writes bench-tflite-int8.json with the CPU's features and load.
 
     python benchmarks/tflite_int8.py [--threads 2] [--rounds 5] [--out bench-tflite-int8.json]
 """
@@ -12,9 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -32,6 +35,21 @@ from int8 import min_cosine, rendered, throughput  # benchmarks/int8.py: the sam
 SIZE, BATCH = 112, 64
 RECIPES = {"int8 (export default: conv+fc int8, float i/o)": LiteRtRecipe(),
            "full integer (int8 i/o, every op)": LiteRtRecipe(full_integer=True)}
+
+
+def cpu_ms_per_image(runners: dict[str, Callable[[np.ndarray], Any]], batches: dict[str, np.ndarray],
+                     rounds: int) -> dict[str, float]:
+    """CPU milliseconds per image of each (single-threaded) runner on its batch: the median over ``rounds``
+    interleaved calls after a warm-up one."""
+    spent: dict[str, list[float]] = {name: [] for name in runners}
+    for name, run in runners.items():
+        run(batches[name])
+    for _ in range(rounds):
+        for name, run in runners.items():
+            started = time.process_time()
+            run(batches[name])
+            spent[name].append(time.process_time() - started)
+    return {name: 1000 * statistics.median(values) / len(batches[name]) for name, values in spent.items()}
 
 
 def main() -> None:
@@ -70,6 +88,11 @@ def main() -> None:
                         calibration[:1], args.rounds * 20)
     many = throughput({**{name: run for name, run in runners.items() if files[name][1] == BATCH}, "pytorch eager": eager},
                       calibration[:BATCH], args.rounds)
+    # CPU time of one thread per image: what a loaded, shared machine's wall clock cannot show
+    single_threaded = {name: LiteRt().load(path, 1) for name, (path, _) in files.items()}
+    cpu_ms = cpu_ms_per_image(single_threaded, {name: calibration[:batch] if batch == 1 else
+                                                np.resize(calibration, (batch, 3, SIZE, SIZE))
+                                                for name, (_, batch) in files.items()}, args.rounds)
     load_after = os.getloadavg()
     fp32_runner = runners["fp32, batch 1"]
     rows = []
@@ -81,6 +104,8 @@ def main() -> None:
         rows.append({"variant": name, "precision": run.precision, "file_batch": batch,
                      "images_per_s": round(speed[name], 1), "x_fp32_same_batch": round(speed[name] / fp32_speed, 2),
                      "x_eager": round(speed[name] / speed["pytorch eager"], 2),
+                     "cpu_ms_per_image_1_thread": round(cpu_ms[name], 2),
+                     "x_fp32_cpu_time": round(cpu_ms[f"fp32, batch {batch}"] / cpu_ms[name], 2),
                      "min_cosine_vs_eager": round(min_cosine(np.asarray(run(judged)), reference), 5),
                      "auc": round(verdict.int8_auc, 4), "auc_drop_pp": round(verdict.auc_drop_pp, 2),
                      "bytes": files[name][0].stat().st_size})
@@ -98,6 +123,7 @@ def main() -> None:
     for row in rows:
         print(f"{row['variant']:54s} {row['precision']:5s} {row['images_per_s']:8.1f} img/s  "
               f"x{row['x_fp32_same_batch']:.2f} fp32  x{row['x_eager']:.2f} eager  "
+              f"{row['cpu_ms_per_image_1_thread']:6.2f} CPU-ms/image (x{row['x_fp32_cpu_time']:.2f} fp32)  "
               f"min cos {row['min_cosine_vs_eager']:.5f}  AUC drop {row['auc_drop_pp']:+.2f} pp")
 
 

@@ -2,17 +2,20 @@
 checked fp32 ``.tflite`` file, activation ranges measured by running the calibration images through that file
 in LiteRT (the representative dataset), the result run by ``ai_edge_litert``'s Interpreter (XNNPACK).
 
-The recipe (``LiteRtRecipe``) was chosen by measuring (XXS, 64 px, batch 1, 2 threads, ai-edge-quantizer 0.10 and
-ai-edge-litert 2.3 on an AVX-512 VNNI CPU; min cosine against eager on 16 images not used to calibrate):
-* int8 weights (per channel) and int8 activations on CONV_2D and FULLY_CONNECTED, every other operator fp32, the
-  file's input and output float32: 1.5-3.9x the fp32 file's images/s (heavily loaded machine), min cos 0.994.
+The recipe (``LiteRtRecipe``) was chosen by measuring (XXS, ai-edge-quantizer 0.10, ai-edge-litert 2.3, on a
+2-core AVX-512 VNNI + AMX CPU shared with other work, so CPU time of one thread is the figure that holds;
+``benchmarks/tflite_int8.py``; min cosine against eager on faces not used to calibrate):
+* int8 weights (per channel) and int8 activations on CONV_2D and FULLY_CONNECTED, every other operator fp32,
+  float32 input and output: at 112 px 1.21-1.37x the fp32 file at batch 1 and 1.03-1.17x at batch 64 in CPU
+  time per image (two runs), min cos 0.990-0.999; wall-clock figures under load ranged from 0.95x to 3.2x.
 * full integer (every operator ai-edge-quantizer supports, int8 input and output: what NPUs and micro-
-  controllers want) converts and runs, min cos 0.988, but at 0.4x fp32: LayerNorm's MEAN/RSQRT, GELU,
-  BATCH_MATMUL, SOFTMAX and L2_NORMALIZATION in int8 fall back to LiteRT's reference kernels; adding
-  DEPTHWISE_CONV_2D and BATCH_MATMUL to the int8 set gave 0.4-0.5x too. ``LiteRtRecipe(full_integer=True)``
-  writes it.
+  controllers want) converts and runs, but at a third of fp32's speed (CPU time) and min cos 0.90-0.99: LayerNorm's
+  MEAN/RSQRT, GELU, BATCH_MATMUL, SOFTMAX and L2_NORMALIZATION in int8 fall back to LiteRT's reference
+  kernels. Adding DEPTHWISE_CONV_2D and BATCH_MATMUL to the int8 set was as slow (0.4-0.5x at 64 px).
+  ``LiteRtRecipe(full_integer=True)`` writes it.
 * litert-torch's own PT2E route (``prepare_pt2e`` on the torch model, ``QuantConfig(pt2e_quantizer=...)``)
-  also converts (int8 input and output), at min cos 0.949 and 0.4x fp32, and costs a second conversion.
+  also converts (int8 input and output) but, at 64 px, at min cos 0.949 and 0.4x fp32, and it costs a
+  second conversion (plus its histogram calibration: minutes).
 
 EdgeNeXt's Fourier positional encoding is left fp32 in every recipe: its ops only shape a constant
 (int8 DIV there divides by a quantised zero and LiteRT refuses to run it).
