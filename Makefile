@@ -64,6 +64,7 @@ bench: install
 	$(BIN)/python benchmarks/regularisers.py --out bench-regularisers.json
 	$(BIN)/python benchmarks/deploy.py --out bench-deploy.json
 	$(BIN)/python benchmarks/int8.py --out bench-int8.json
+	$(BIN)/python benchmarks/tflite_int8.py --out bench-tflite-int8.json
 	$(BIN)/python benchmarks/recordio.py --out bench-recordio.json
 	$(BIN)/python benchmarks/partial_fc.py --out bench-partial-fc.json
 	$(BIN)/python benchmarks/augment.py --out bench-augment.json
@@ -82,4 +83,4 @@ gpu-check:
 
 clean:
 	rm -rf $(DEMO) .pytest_cache gpu-check bench.json bench-sharded-head.json bench-check-data.json bench-align.json bench-regularisers.json bench-deploy.json \
-		bench-int8.json bench-recordio.json bench-partial-fc.json bench-augment.json bench-search.json bench-serve.json bench-forgetting.json
+		bench-int8.json bench-recordio.json bench-partial-fc.json bench-augment.json bench-search.json bench-serve.json bench-forgetting.json bench-tflite-int8.json
