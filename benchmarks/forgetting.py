@@ -98,7 +98,10 @@ def line(label: str, result: dict[str, Any]) -> str:
     def pct(value: float | None) -> str:
         return "not measurable" if value is None else f"{value:.2%}"
 
-    return (f"{label:44s} held-out AUC {result['holdout_auc_before']:.4f} -> {result['holdout_auc_after']:.4f}, "
+    def auc(value: float | None) -> str:
+        return "not measured" if value is None else f"{value:.4f}"
+
+    return (f"{label:44s} held-out AUC {auc(result['holdout_auc_before'])} -> {auc(result['holdout_auc_after'])}, "
             f"TAR@1e-3 {pct(result['holdout_tar_at_1e-3_before'])} -> {pct(result['holdout_tar_at_1e-3_after'])}, "
             f"new-identity val acc {pct(result['new_val_acc_after'])} [{result['status']}, {result['seconds']:.0f} s]")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 from . import (  # noqa: F401 - registers the commands
     align,
@@ -42,6 +43,9 @@ def main() -> None:
         exit_process(EXIT_INTERRUPTED)
     except SystemExit as ending:
         exit_process(ending.code)
+    except Exception:  # a bug: its traceback, and the same care at exit as any other ending
+        traceback.print_exc()
+        exit_process(1)
 
 
 def exit_process(code: int | str | None) -> None:

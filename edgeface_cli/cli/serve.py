@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Optional
 
@@ -82,6 +83,10 @@ def serve(
                           f"{service.threshold_reason}")
     if not service.store.keys():
         err_console.print(f"no API key yet: edgeface serve keys create --store {store} --scope admin")
+    if settings.matching.index == "auto" and importlib.util.find_spec("usearch") is None:
+        err_console.print(f"the ann extra is not installed, so every collection stays on exact search however large "
+                          f"it grows (HNSW from {settings.matching.exact_up_to} samples needs "
+                          f"pip install 'edgeface-cli[ann]')")
     uvicorn.run(create_app(service), host=host, port=port, log_level="info")
 
 

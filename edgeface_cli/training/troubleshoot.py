@@ -41,6 +41,9 @@ class Fallback:
 
 
 # Reasons from the seed's reasoning.
+# A fallback may change optim.*, loss/arcface settings and guard.max_grad_norm only: the trainer's parts (batches,
+# stage-1 cache, validator, guard policy) are built once from the starting config and keep its data, augmentation
+# and guard thresholds across an escalation; tests/training/test_troubleshoot.py checks the ladder's keys.
 LADDER: list[Fallback] = [
     Fallback(1, "optim.head_lr", "a gentler head learning rate keeps early updates from exploding with many classes",
              at_most=5e-5),

@@ -91,6 +91,22 @@ def test_a_failed_build_leaves_exact_search_answering(monkeypatch: pytest.Monkey
     assert not index.switching and own_ids_found(index, ids, vectors)
 
 
+def test_without_the_ann_extra_a_started_and_a_grown_collection_both_stay_exact(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service that ran on exact search without usearch must also start again without it (it used to
+    refuse to start once a collection had grown past the boundary)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "usearch", None)  # import usearch now raises ImportError
+    monkeypatch.setitem(sys.modules, "usearch.index", None)
+    rng = np.random.default_rng(2)
+    vectors, ids = unit(rng, 30), np.arange(30)
+    for index in (GrowingIndex(DIM, 20), create_index("auto", DIM, expected=30, exact_up_to=20)):
+        index.add(ids, vectors)
+        assert index.wait(10) and index.name == "exact" and "ann" in (index.switch_error or ""), index.switch_error
+        assert own_ids_found(index, ids, vectors)
+
+
 def test_a_collection_loaded_past_the_boundary_starts_as_a_graph_and_the_boundary_is_a_setting() -> None:
     from edgeface_cli.cli.serve import _settings
 

@@ -303,3 +303,12 @@ def test_a_real_run_whose_val_labels_are_scrambled_is_at_chance(recognition_data
     assert "memorises its training images" in diagnosis.remedies[0] and "check-data" in diagnosis.remedies[-1]
     text = " ".join(runner.invoke(app, ["troubleshoot", "--from-run", str(run)]).output.split())
     assert "chance level after 4 epochs" in text and "no fallback level fits" in text
+
+
+def test_the_fallback_ladder_changes_only_what_the_trainer_reads_afresh() -> None:
+    """The trainer's parts keep the starting config's data, augmentation and guard thresholds across an
+    escalation; only the optimizer, the loss and the clipping norm are rebuilt from the escalated config."""
+    from edgeface_cli.training.troubleshoot import LADDER
+
+    allowed = ("optim.", "arcface.", "loss.")
+    assert LADDER and all(rung.field.startswith(allowed) or rung.field == "guard.max_grad_norm" for rung in LADDER)
