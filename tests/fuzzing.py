@@ -227,7 +227,7 @@ def main() -> None:
     (several kinds in one process spare a Python and torch start-up each)."""
     kinds, folder, per_seed = sys.argv[1].split(","), Path(sys.argv[2]), int(sys.argv[3])
     for kind in kinds:
-        print(json.dumps(fuzz(kind, folder / kind, per_seed)), flush=True)
+        print(json.dumps(fuzz(kind, folder / kind, per_seed), allow_nan=False), flush=True)
 
 
 if __name__ == "__main__":

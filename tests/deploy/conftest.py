@@ -129,7 +129,7 @@ def native_exports(native_source: tuple[Path, EdgeFace],
         models = folder / "models"
         models.mkdir(parents=True)
         reports = {fmt: export_cli(native_source[0], fmt, models)[1] for fmt in NATIVE if installed(fmt)}
-        (folder / "reports.json").write_text(json.dumps(reports))
+        (folder / "reports.json").write_text(json.dumps(reports, allow_nan=False))
 
     folder = built_once(tmp_path_factory, "native-exports", build)
     reports = json.loads((folder / "reports.json").read_text())
@@ -159,8 +159,31 @@ def evaluated_recognition(recognition_run: Path, recognition_data: Path,
         (folder / "onnx").mkdir()
         report = invoke_json("export", "--checkpoint", str(run), "--format", "onnx", "--out",
                              str(folder / "onnx" / "model.onnx"), "--int8")
-        (folder / "report.json").write_text(json.dumps(report))
+        (folder / "report.json").write_text(json.dumps(report, allow_nan=False))
 
     folder = built_once(tmp_path_factory, "evaluated-recognition", build)
     return folder / "run", folder / "onnx" / "model.onnx", json.loads((folder / "report.json").read_text())
 
+
+# The int8 accuracy gate's judging pairs: 40 rendered people the recognition run never saw, 4 renders each,
+# 12,480 different-identity pairs (enough to resolve FAR 1e-3) and 240 same-identity ones.
+PAIR_IDENTITIES, PAIR_RENDERS = 40, 4
+
+
+def gate_pairs_dir(tmp_path_factory: pytest.TempPathFactory, name: str, size: int) -> Path:
+    from edgeface_cli.data.sample_data import write_sample_dataset
+
+    root = tmp_path_factory.mktemp(name)
+    write_sample_dataset(root, identities=PAIR_IDENTITIES, per_identity=PAIR_RENDERS, size=size, seed=11,
+                         val_per_identity=0)
+    return root / "train"
+
+
+def assert_accepted_gate(gate: dict, int8: dict, pairs_dir: Path) -> None:
+    """An int8 file's accuracy gate as export records it: the same in the sidecar and --json, judged on TAR at
+    FAR 1e-3 over every pair of ``pairs_dir``, each figure a rate, accepted within 2 pp."""
+    assert gate == int8["accuracy"] and gate["gated_on"] == "TAR@FAR=1e-3" and gate["far_measurable"] is True
+    assert gate["negatives"] == 12_480 and gate["positives"] == PAIR_IDENTITIES * 6
+    for figure in ("fp32_tar", "int8_tar", "fp32_auc", "int8_auc"):
+        assert 0.0 <= gate[figure] <= 1.0, gate
+    assert gate["accepted"] and gate["tar_drop_pp"] <= 2 and str(pairs_dir) in gate["pairs"]

@@ -11,21 +11,17 @@ import onnx
 import pytest
 from PIL import Image
 
-from edgeface_cli.data.sample_data import write_sample_dataset
 from edgeface_cli.deploy.formats.onnx import require_standard_onnx
 
 from ..clirun import invoke, invoke_json
+from .conftest import assert_accepted_gate, gate_pairs_dir
 
 # 40 people rendered 4 times each at the run's 32 px: 12,480 different pairs, enough to resolve FAR 1e-3.
-PAIR_IDENTITIES, PAIR_RENDERS = 40, 4
 
 
 @pytest.fixture(scope="module")
 def pairs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("int8-pairs")
-    write_sample_dataset(root, identities=PAIR_IDENTITIES, per_identity=PAIR_RENDERS, size=32, seed=11,
-                         val_per_identity=0)
-    return root / "train"
+    return gate_pairs_dir(tmp_path_factory, "int8-pairs", 32)
 
 
 def test_export_int8_writes_a_standard_static_int8_file_judged_on_tar_and_auc(
@@ -47,11 +43,7 @@ def test_export_int8_writes_a_standard_static_int8_file_judged_on_tar_and_auc(
                for node in model.graph.node)  # per-channel weight scales
     sidecar = json.loads(Path(f"{path}.json").read_text())
     gate = sidecar["accuracy_gate"]
-    assert gate == int8["accuracy"] and gate["gated_on"] == "TAR@FAR=1e-3" and gate["far_measurable"] is True
-    assert gate["negatives"] == 12_480 and gate["positives"] == PAIR_IDENTITIES * 6
-    for figure in ("fp32_tar", "int8_tar", "fp32_auc", "int8_auc"):
-        assert 0.0 <= gate[figure] <= 1.0, gate
-    assert gate["accepted"] and gate["tar_drop_pp"] <= 2 and str(pairs_dir) in gate["pairs"]
+    assert_accepted_gate(gate, int8, pairs_dir)
     assert "/train" in sidecar["calibration"]["source"] and sidecar["threshold"] is None and sidecar["int8"] is True
     speed = sidecar["speed"]  # int8 and fp32 timed in the same rounds, in the same runtime
     assert speed["runtime"] == "onnxruntime" and speed["images_per_s"] > 0 and speed["fp32_images_per_s"] > 0

@@ -16,17 +16,16 @@ import pytest
 import torch
 
 from edgeface_cli.data.folder import ImageSettings, decode_image
-from edgeface_cli.data.sample_data import write_sample_dataset
 from edgeface_cli.deploy.embedder import list_images, load_embedder
 
 from ..clirun import invoke_json
+from .conftest import NATIVE_SIZE as SIZE  # the smallest size at which litert-torch converts the trained graph
+from .conftest import assert_accepted_gate, gate_pairs_dir
 
 pytest.importorskip("litert_torch", reason="the 'tflite' extra is not installed")
 pytest.importorskip("ai_edge_quantizer", reason="the 'tflite' extra is not installed")
 
 pytestmark = pytest.mark.slow
-SIZE = 64  # the smallest size at which litert-torch converts the trained graph
-PAIR_IDENTITIES, PAIR_RENDERS = 40, 4  # 12,480 different pairs: enough to resolve FAR 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +42,7 @@ def backbone_checkpoint(recognition_run: Path, tmp_path_factory: pytest.TempPath
 
 @pytest.fixture(scope="module")
 def pairs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("tflite-int8-pairs")
-    write_sample_dataset(root, identities=PAIR_IDENTITIES, per_identity=PAIR_RENDERS, size=SIZE, seed=11,
-                         val_per_identity=0)
-    return root / "train"
+    return gate_pairs_dir(tmp_path_factory, "tflite-int8-pairs", SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -99,11 +95,7 @@ def test_the_gate_figures_are_in_the_sidecar_and_the_json(exported: dict, pairs_
     int8 = exported["int8"]
     sidecar = json.loads(Path(int8["sidecar"]).read_text())
     gate = sidecar["accuracy_gate"]
-    assert gate == int8["accuracy"] and gate["gated_on"] == "TAR@FAR=1e-3" and gate["far_measurable"] is True
-    assert gate["negatives"] == 12_480 and gate["positives"] == PAIR_IDENTITIES * 6
-    for figure in ("fp32_tar", "int8_tar", "fp32_auc", "int8_auc"):
-        assert 0.0 <= gate[figure] <= 1.0, gate
-    assert gate["accepted"] and gate["tar_drop_pp"] <= 2 and str(pairs_dir) in gate["pairs"]
+    assert_accepted_gate(gate, int8, pairs_dir)
     assert str(recognition_data / "train") in sidecar["calibration"]["source"] and sidecar["int8"] is True
     assert sidecar["format"] == "tflite" and sidecar["fp32_file"] == "model.tflite"
     assert "float32 input and output" in sidecar["quantization"] and "int8 weights" in sidecar["quantization"]
