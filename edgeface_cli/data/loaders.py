@@ -73,6 +73,11 @@ class ComposedScan(ScanResult):
         """The dataset of ``samples`` when they are this composition's (or a slice of it), else None."""
         raise NotImplementedError
 
+    @property
+    def unlabelled(self) -> bool:
+        """Whether some samples carry label -1 (trained toward a teacher, never classified)."""
+        return False
+
 
 class ComposedDataset(Dataset):
     """A dataset whose shuffled training epochs its own batch sampler draws (each batch's share of public samples)."""

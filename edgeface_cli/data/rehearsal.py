@@ -94,6 +94,10 @@ class RehearsalScan(ComposedScan):
     def dataset(self, samples: Sequence[Sample], settings: ImageSettings) -> Dataset | None:
         return CombinedDataset(samples, self, settings) if isinstance(samples, CombinedSamples) else None
 
+    @property
+    def unlabelled(self) -> bool:
+        return self.target == "teacher"  # public samples: label -1 (see CombinedSamples)
+
 
 def with_rehearsal(train: ScanResult, data: Any, settings: ImageSettings,
                    progress: Callable[[int, int], None] | None = None) -> ScanResult:

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..config import EdgeFaceConfig
 from ..data.folder import ScanResult
+from ..data.loaders import ComposedScan
 from ..events import EpochEnded, EventHandler, Notice, RunStarted
 from ..model.checkpoints import BackboneLoad
 from ..model.runtime import prepare_device, resolve_device, resolve_precision
@@ -55,8 +56,8 @@ class Trainer:
         device = distributed.device(resolve_device(config.runtime.device))
         channels_last = prepare_device(device)
         self.class_names = train_scan.classes
-        # Rehearsal samples kept close to the teacher only (label -1), known on the host.
-        unclassified = any(sample.label < 0 for sample in train_scan.samples)
+        # Rehearsal samples kept close to the teacher only (label -1): the scan knows, without a walk over them.
+        unclassified = isinstance(train_scan, ComposedScan) and train_scan.unlabelled
         self.learner = Learner(config, loaded, len(self.class_names), device,
                                resolve_precision(config.runtime.amp, device), channels_last, distributed, unclassified,
                                self.on_event)
