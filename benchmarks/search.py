@@ -7,14 +7,15 @@ meet at cosine 0 +- 0.1 (a trained face model's impostor spread) and two samples
 spread); probes are fresh samples of enrolled identities. ``clustered`` (``--clustered-sizes``): the same with
 centres uniform on the sphere (two identities at 0 +- 0.044, harder for a graph than any trained model gives).
 ``random`` (``--random-sizes``): uniform on the sphere, probes too, no identities: the hardest case for a graph
-index and unlike any embedding. For each size: single-query latency p50/p99 for both, recall@5 of HNSW against
+index and unlike any embedding. The binary index (sign codes scanned by Hamming distance, re-ranked exactly) is
+measured beside HNSW on the same vectors, over a sweep of its candidate count. For each size: single-query latency p50/p99 for both, recall@5 of HNSW against
 exact on the same queries over an ``expansion_search`` sweep (the smallest setting that reaches 0.99 is the one
 timed), memory per vector, build time (which includes the index's own calibration), and the f16 / i8 storage
 options with their recall cost. A crossover sweep at small sizes says where HNSW starts to pay
 (``search.EXACT_UP_TO``).
 
     python benchmarks/search.py [--sizes 10000 100000 1000000] [--clustered-sizes ...] [--random-sizes ...]
-                                [--storage f32 i8 f16] [--connectivity 16] [--expansion-add 64]
+                                [--storage f32 i8 f16] [--index hnsw binary] [--connectivity 16] [--expansion-add 64]
                                 [--out bench-search.json]
 
 Building the graph is what takes the time: on 2 shared cores 100 k f32 vectors took 7-12 min (i8: 1-3 min), so
@@ -38,7 +39,7 @@ import numpy as np
 
 from edgeface_cli.atomic import write_json
 from edgeface_cli.platform_info import cpu_features, cpu_model
-from edgeface_cli.serve.search import ExactIndex, HnswIndex
+from edgeface_cli.serve.search import BinaryIndex, ExactIndex, HnswIndex
 from edgeface_cli.serve.search.hnsw import CONNECTIVITY, EXPANSION_ADD
 
 DIM = 512
@@ -154,8 +155,38 @@ def measure_hnsw(gallery: np.ndarray, queries: np.ndarray, expected: np.ndarray,
     return result
 
 
+DEPTHS = (25, 50, 100, 200, 400, 800, 1600, 3200)
+
+
+def measure_binary(gallery: np.ndarray, queries: np.ndarray, expected: np.ndarray, storage: str) -> dict[str, Any]:
+    """The binary index (sign codes, Hamming scan, exact re-rank from ``storage``): build, the candidate count
+    its own calibration chose, then a sweep over the count on the probes; the smallest reaching 0.99 is timed."""
+    index = BinaryIndex(DIM, storage=storage)
+    started = time.perf_counter()
+    index.add(np.arange(len(gallery)), gallery)
+    built = time.perf_counter() - started
+    calibrated = index.depth
+    sweep, chosen = [], None
+    for depth in DEPTHS:
+        index.depth = depth
+        got = recall(index.search(queries, K)[1], expected)
+        sweep.append({"depth": depth, "recall_at_5": got})
+        say(f"    binary {storage} depth={depth}: recall@5 {got:.4f}")
+        if got >= RECALL_TARGET:
+            chosen = depth
+            break
+    index.depth = chosen or DEPTHS[-1]
+    result = {"storage": storage, "bits": index.bits, "build_s": built, "bytes_per_vector": index.stored_bytes / len(gallery),
+              "depth": index.depth, "calibrated_depth": calibrated, "calibrated_recall": index.calibrated_recall,
+              "reaches_target": chosen is not None, "recall_at_5": sweep[-1]["recall_at_5"], "sweep": sweep,
+              **latencies_ms(index, queries), "load_average_after_timing": os.getloadavg()[0]}
+    say(f"    binary {storage}: built in {built:.1f} s, p50 {result['p50_ms']:.3f} ms at depth {index.depth}, "
+        f"recall@5 {result['recall_at_5']:.4f}")
+    return result
+
+
 def measure(kind: str, size: int, storages: list[str], graph: dict[str, int], rng: np.random.Generator,
-            save: Callable[[dict[str, Any]], None]) -> None:
+            save: Callable[[dict[str, Any]], None], indexes: list[str]) -> None:
     """Exact, then HNSW in each storage, on one gallery; ``save`` gets the run after each (a stopped run keeps
     what it measured)."""
     say(f"{kind} {size:,}: generating")
@@ -169,12 +200,15 @@ def measure(kind: str, size: int, storages: list[str], graph: dict[str, int], rn
     del exact
     gc.collect()
     run: dict[str, Any] = {"vectors": size, "data": kind, "load_average_at_start": os.getloadavg()[0],
-                           "exact": exact_result, "hnsw": {}}
+                           "exact": exact_result, "hnsw": {}, "binary": {}}
     save(run)
     for storage in storages:
-        run["hnsw"][storage] = measure_hnsw(gallery, queries, expected, storage, graph)
-        gc.collect()
-        save(run)
+        for name, measured in (("binary", measure_binary), ("hnsw", measure_hnsw)):
+            if name in indexes:
+                run[name][storage] = (measured(gallery, queries, expected, storage) if name == "binary"
+                                      else measure_hnsw(gallery, queries, expected, storage, graph))
+                gc.collect()
+                save(run)
 
 
 def crossover(rng: np.random.Generator) -> list[dict[str, Any]]:
@@ -214,6 +248,8 @@ def main() -> None:
     parser.add_argument("--connectivity", type=int, default=CONNECTIVITY, help="the graph's links per node")
     parser.add_argument("--expansion-add", type=int, default=EXPANSION_ADD,
                         help="candidates kept while inserting (wider: a better graph, a longer build)")
+    parser.add_argument("--index", nargs="+", default=["hnsw", "binary"], choices=["hnsw", "binary"],
+                        help="the approximate indexes to measure beside exact search")
     parser.add_argument("--no-crossover", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("bench-search.json"))
     args = parser.parse_args()
@@ -223,7 +259,7 @@ def main() -> None:
     result: dict[str, Any] = {"dim": DIM, "k": K, "per_identity": PER_IDENTITY, "spread": SPREAD,
                               "recall_target": RECALL_TARGET, "cpus": os.cpu_count(), "cpu_model": cpu_model(),
                               "cpu_features": cpu_features(), "numpy": np.__version__,
-                              "usearch": importlib.metadata.version("usearch"),
+                              "usearch": importlib.metadata.version("usearch"), "faiss": importlib.metadata.version("faiss-cpu"),
                               "load_average_at_start": os.getloadavg()[0], "graph": graph,
                               "shared_machine": "other jobs ran beside this one: see the load averages", "runs": []}
     if not args.no_crossover:
@@ -240,7 +276,7 @@ def main() -> None:
         write_json(args.out, result)
 
     for kind, size in plan:
-        measure(kind, size, args.storage, graph, rng, save)
+        measure(kind, size, args.storage, graph, rng, save, args.index)
     say(f"wrote {args.out}")
 
 

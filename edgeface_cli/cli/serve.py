@@ -50,6 +50,9 @@ def serve(
     exact_up_to: Optional[int] = typer.Option(None, "--exact-up-to", min=1, help="Search a collection exactly "
                                               "below this many samples, by an HNSW graph from there (switched in "
                                               "the background as it grows; default 2000, where the graph pays)."),
+    index: Optional[str] = typer.Option(None, "--index", help="Search index: auto (exact, then HNSW from "
+                                        "--exact-up-to; default), exact, hnsw, or binary (a Hamming scan of "
+                                        "sign codes re-ranked exactly: the fastest measured at 1 M samples)."),
     settings_file: Optional[Path] = typer.Option(None, "--settings", help="A JSON file of service settings."),
     setting: Optional[list[str]] = typer.Option(None, "--setting", metavar="SECTION.KEY=VALUE", help="One service "
                                                 "setting, e.g. quality.min_eye_distance_px=30. Repeatable."),
@@ -67,7 +70,7 @@ def serve(
         raise ConfigError("edgeface serve needs --model (a run, checkpoint or exported file) and --store (a SQLite "
                           "file or postgresql:// URL)")
     _need_serve_extra()
-    settings = _settings(settings_file, setting or [], quality, match, threshold, exact_up_to)
+    settings = _settings(settings_file, setting or [], quality, match, threshold, exact_up_to, index)
     import uvicorn
 
     from ..deploy.embedder import Embedder
@@ -98,7 +101,7 @@ def listening_words(host: str, port: int) -> str:
 
 
 def _settings(path: Optional[Path], assignments: list[str], quality: Optional[str], match: Optional[str],
-              threshold: Optional[float], exact_up_to: Optional[int] = None):
+              threshold: Optional[float], exact_up_to: Optional[int] = None, index: Optional[str] = None):
     import json
 
     from pydantic import ValidationError
@@ -111,6 +114,7 @@ def _settings(path: Optional[Path], assignments: list[str], quality: Optional[st
         named = [f"quality.mode={quality}"] * (quality is not None) + [f"matching.mode={match}"] * (match is not None)
         named += [f"matching.threshold={threshold}"] * (threshold is not None)
         named += [f"matching.exact_up_to={exact_up_to}"] * (exact_up_to is not None)
+        named += [f"matching.index={index}"] * (index is not None)
         return settings.with_overrides(named + assignments)
     except (ValidationError, ValueError, OSError) as error:
         first = error.errors()[0] if isinstance(error, ValidationError) else None

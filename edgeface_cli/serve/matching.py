@@ -128,7 +128,7 @@ class GalleryIndex:
             return index.search(probes, k, mode)
 
     def index_kinds(self) -> dict[str, str]:
-        """Which index answers each collection now: exact or hnsw."""
+        """Which index answers each collection now: exact, hnsw or binary."""
         with self._lock:
             return {name: index.samples.name for name, index in self._collections.items()}
 

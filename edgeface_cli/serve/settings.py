@@ -33,7 +33,7 @@ class QualityLimits(BaseModel):
 class Matching(BaseModel):
     model_config = ConfigDict(extra="forbid")
     mode: Literal["best", "mean"] = "best"  # a person's score: their best sample's, or their mean template's
-    index: Literal["auto", "exact", "hnsw"] = "auto"
+    index: Literal["auto", "exact", "hnsw", "binary"] = "auto"
     # auto: a collection is searched exactly below this many samples, by an HNSW graph from there (switched in
     # the background as it grows); the default is where the graph started to pay in make bench
     exact_up_to: int = Field(EXACT_UP_TO, ge=1)

@@ -136,3 +136,24 @@ def test_the_gallery_index_switches_as_the_store_grows(tmp_path: Path) -> None:
         for sample in first[:3] + added:
             best = index.search("staff", sample.embedding[None], 1, "best")[0][0]
             assert (best.person, best.sample_id) == (sample.person, sample.id)
+
+
+def test_a_binary_gallery_follows_the_store_and_finds_each_sample(tmp_path: Path) -> None:
+    """``--index binary`` end to end below the service: built from the store at start, it takes enrolments
+    through the change log and finds each sample by its own embedding."""
+    pytest.importorskip("faiss", reason="the ann extra (faiss) is not installed")
+    from edgeface_cli.serve.matching import GalleryIndex
+    from edgeface_cli.serve.store import NewSample, open_store
+
+    rng = np.random.default_rng(3)
+    with open_store(tmp_path / "g.db") as store:
+        store.create_collection("staff")
+        first = store.enrol("staff", "p0", [NewSample(vector, f"{n:064x}") for n, vector in enumerate(unit(rng, 40, 512))])
+        index = GalleryIndex(store, "binary")
+        assert index.index_kinds() == {"staff": "binary"}
+        added = [store.enrol("staff", f"p{n}", [NewSample(unit(rng, 1, 512)[0], f"{100 + n:064x}")])[0]
+                 for n in range(1, 11)]
+        assert index.refresh() == 10 and index.size() == 50
+        for sample in first[:3] + added:
+            best = index.search("staff", sample.embedding[None], 1, "best")[0][0]
+            assert (best.person, best.sample_id) == (sample.person, sample.id)

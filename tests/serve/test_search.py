@@ -1,15 +1,18 @@
 """The search indexes: exact search against a brute-force numpy ranking written here (ids, order, padding,
 remove, replace); the HNSW index's recall@5 against exact search on vectors clustered like embeddings, its
-removals, its ids mapped back; ``create_index`` choosing between them by the gallery's size."""
+removals, its ids mapped back; the binary index (sign codes, exact re-rank) likewise, and its in-place removal
+against exact search over a random sequence of changes; ``create_index`` choosing between them by the gallery's
+size."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from edgeface_cli.serve.search import EXACT_UP_TO, ExactIndex, HnswIndex, VectorIndex, create_index
+from edgeface_cli.serve.search import EXACT_UP_TO, BinaryIndex, ExactIndex, HnswIndex, VectorIndex, create_index
 
 pytest.importorskip("usearch", reason="the ann extra (usearch) is not installed")
+pytest.importorskip("faiss", reason="the ann extra (faiss) is not installed")
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
@@ -41,7 +44,7 @@ def test_exact_search_ranks_as_a_brute_force_product_does() -> None:
     np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["exact", "hnsw"])
+@pytest.mark.parametrize("kind", ["exact", "hnsw", "binary"])
 def test_fewer_vectors_than_k_pad_with_minus_one_and_minus_infinity(kind: str) -> None:
     rng = np.random.default_rng(1)
     index = create_index(kind, 16)
@@ -57,7 +60,7 @@ def test_fewer_vectors_than_k_pad_with_minus_one_and_minus_infinity(kind: str) -
         assert np.isfinite(scores[:, :3]).all() and (np.diff(scores[:, :3], axis=1) <= 1e-6).all()
 
 
-@pytest.mark.parametrize("kind", ["exact", "hnsw"])
+@pytest.mark.parametrize("kind", ["exact", "hnsw", "binary"])
 def test_remove_and_replace(kind: str) -> None:
     rng = np.random.default_rng(2)
     gallery = random_unit(rng, 50, 16)
@@ -74,7 +77,8 @@ def test_remove_and_replace(kind: str) -> None:
     index.add(np.array([1010]), replacement)  # a known id: its vector is replaced, not added twice
     assert len(index) == 48
     scores, found = index.search(replacement, 1)
-    assert found[0, 0] == 1010 and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+    tolerance = 1e-3 if kind == "binary" else 1e-5  # binary re-ranks from f16 vectors by default
+    assert found[0, 0] == 1010 and scores[0, 0] == pytest.approx(1.0, abs=tolerance)
     _, found = index.search(gallery[10:11], 48)
     assert found[0, 0] != 1010 and np.count_nonzero(found == 1010) == 1
 
@@ -96,7 +100,8 @@ def test_create_index_picks_exact_below_the_measured_size_and_hnsw_above() -> No
     assert create_index("auto", 512, expected=EXACT_UP_TO - 1).name == "exact"  # switched as it grows
     assert create_index("auto", 512, expected=EXACT_UP_TO).name == "hnsw"  # (test_index_switch.py)
     assert create_index("hnsw", 64, storage="i8").storage == "i8"  # type: ignore[attr-defined]
-    with pytest.raises(ValueError, match="auto, exact, hnsw"):
+    assert create_index("binary", 64, storage="i8").storage == "i8"  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="auto, exact, hnsw, binary"):
         create_index("faiss", 512)
 
 
@@ -134,3 +139,47 @@ def test_hnsw_recall_at_5_against_exact_search_and_ids_mapped_back() -> None:
     assert len(hnsw) == len(gallery) - 25
     _, found = hnsw.search(probes[:5], 5)
     assert not np.isin(found, removed).any() and (found >= 0).all()
+
+
+@pytest.mark.parametrize("storage", ["f16", "i8"])
+def test_binary_recall_at_5_against_exact_search_after_calibration(storage: str) -> None:
+    rng = np.random.default_rng(5)
+    gallery, probes = clustered(rng, 1000, 5)
+    ids = (10**12 + 7 * np.arange(len(gallery))).astype(np.int64)
+    exact, binary = ExactIndex(512), BinaryIndex(512, storage=storage, bits=128, depth=2)  # too few: widened
+    exact.add(ids, gallery)
+    binary.add(ids, gallery)  # a bulk add: it calibrates the candidate count on its own vectors
+    assert binary.depth > 2 and binary.calibrated_recall is not None and binary.calibrated_recall >= 0.99
+    expected_scores, expected = exact.search(probes[:300], 5)
+    scores, found = binary.search(probes[:300], 5)
+    recall = np.mean([len(np.intersect1d(a, b)) / 5 for a, b in zip(found, expected, strict=True)])
+    assert recall >= 0.99, f"recall@5 {recall:.4f} at depth {binary.depth}"
+    same = found == expected
+    np.testing.assert_allclose(scores[same], expected_scores[same], atol=1e-2 if storage == "i8" else 2e-3)
+    assert binary.stored_bytes == len(gallery) * (16 + 8 + (512 + 4 if storage == "i8" else 1024))
+
+
+def test_binary_removal_in_place_keeps_answers_those_of_exact_search() -> None:
+    """Adds, replacements and removals in a random order (a removal moves the last row into the hole): after
+    each step, with a candidate list as long as the index, the binary index answers exactly as exact search."""
+    rng = np.random.default_rng(6)
+    exact, binary = ExactIndex(32), BinaryIndex(32, storage="f32", depth=10**6)
+    live: set[int] = set()
+    for step in range(60):
+        if live and rng.random() < 0.4:
+            gone = rng.choice(sorted(live), min(len(live), int(rng.integers(1, 4))), replace=False)
+            exact.remove(gone)
+            binary.remove(gone)
+            live -= set(gone.tolist())
+        else:
+            added = rng.choice(200, int(rng.integers(1, 6)), replace=False)  # known ids are replaced
+            vectors = random_unit(rng, len(added), 32)
+            exact.add(added, vectors)
+            binary.add(added, vectors)
+            live |= set(added.tolist())
+        assert len(binary) == len(exact) == len(live)
+        queries = random_unit(rng, 3, 32)
+        expected_scores, expected = exact.search(queries, 8)
+        scores, found = binary.search(queries, 8)
+        assert np.array_equal(found, expected), f"step {step}"
+        np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
