@@ -183,3 +183,24 @@ def test_binary_removal_in_place_keeps_answers_those_of_exact_search() -> None:
         scores, found = binary.search(queries, 8)
         assert np.array_equal(found, expected), f"step {step}"
         np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+
+
+def test_binary_search_turns_exhaustive_where_its_codes_cannot_reach_the_recall() -> None:
+    """Uniform random vectors have no identities for sign codes to separate: calibration at its maximum stays
+    below 0.99, so the index re-ranks every vector and answers as exact search does."""
+    from edgeface_cli.serve.search import binary
+
+    rng = np.random.default_rng(7)
+    gallery, queries = random_unit(rng, 1200, 64), random_unit(rng, 20, 64)
+    index = BinaryIndex(64, storage="f32", bits=32, depth=4)
+    original = binary.MAX_DEPTH
+    binary.MAX_DEPTH = 16  # reached quickly: 16 of 1,200 random candidates are far too few
+    try:
+        index.add(np.arange(1200), gallery)
+    finally:
+        binary.MAX_DEPTH = original
+    assert index.calibrated_recall is not None and index.calibrated_recall < 0.99
+    assert index.exhaustive and index.exact
+    exact = ExactIndex(64)
+    exact.add(np.arange(1200), gallery)
+    assert np.array_equal(index.search(queries, 5)[1], exact.search(queries, 5)[1])
