@@ -109,7 +109,7 @@ class BinaryIndex(VectorIndex):
     def _reserve(self, size: int) -> None:
         if size <= len(self._ids):
             return
-        capacity = max(size, 2 * len(self._ids), 1024)  # doubling: an enrolment at a time costs O(1) copies
+        capacity = max(size, 2 * len(self._ids), 1024)  # doubling: amortised O(1) copying per enrolment
         for name in ("_ids", "_codes", "_vectors", "_scales"):
             old = getattr(self, name)
             grown = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)
