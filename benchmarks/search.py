@@ -125,6 +125,22 @@ def recall(found: np.ndarray, expected: np.ndarray) -> float:
     return float(np.mean([len(np.intersect1d(a, b)) / K for a, b in zip(found, expected, strict=True)]))
 
 
+def sweep_until_target(index: Any, setting: str, values: tuple[int, ...], queries: np.ndarray,
+                       expected: np.ndarray, label: str) -> tuple[list[dict[str, Any]], int | None]:
+    """Set ``index.<setting>`` to each of ``values`` in turn until recall@5 reaches the target; the sweep and the
+    value that reached it (None: none did). The index is left at that value, else at the last."""
+    sweep, chosen = [], None
+    for value in values:
+        setattr(index, setting, value)
+        got = recall(index.search(queries, K)[1], expected)
+        sweep.append({setting: value, "recall_at_5": got})
+        say(f"    {label} {setting}={value}: recall@5 {got:.4f}")
+        if got >= RECALL_TARGET:
+            chosen = value
+            break
+    return sweep, chosen
+
+
 def measure_hnsw(gallery: np.ndarray, queries: np.ndarray, expected: np.ndarray, storage: str,
                  graph: dict[str, int]) -> dict[str, Any]:
     index = HnswIndex(DIM, storage=storage, **graph)
@@ -133,16 +149,7 @@ def measure_hnsw(gallery: np.ndarray, queries: np.ndarray, expected: np.ndarray,
     index.add(np.arange(len(gallery)), gallery)
     built = time.perf_counter() - started  # the build ends with the index's own calibration (HnswIndex.add)
     calibrated = index.expansion_search
-    sweep, chosen = [], None
-    for expansion in EXPANSIONS:
-        index.expansion_search = expansion
-        got = recall(index.search(queries, K)[1], expected)
-        sweep.append({"expansion_search": expansion, "recall_at_5": got})
-        say(f"    {storage} expansion_search={expansion}: recall@5 {got:.4f}")
-        if got >= RECALL_TARGET:
-            chosen = expansion
-            break
-    index.expansion_search = chosen or EXPANSIONS[-1]
+    sweep, chosen = sweep_until_target(index, "expansion_search", EXPANSIONS, queries, expected, storage)
     result = {"storage": storage, **graph, "build_s": built, "load_average_after_build": os.getloadavg()[0],
               "vectors_per_s": len(gallery) / built,
               "bytes_per_vector": index.stored_bytes / len(gallery),
@@ -170,16 +177,8 @@ def measure_binary(gallery: np.ndarray, queries: np.ndarray, expected: np.ndarra
     say(f"    binary {storage} as the service searches (depth {calibrated}, {index.per_answer} per answer): "
         f"recall@5 {served['recall_at_5']:.4f}, p50 {served['p50_ms']:.3f} ms")
     index.per_answer = 0  # the sweep sets the candidate count alone
-    sweep, chosen = [], None
-    for depth in DEPTHS:
-        index.depth = depth
-        got = recall(index.search(queries, K)[1], expected)
-        sweep.append({"depth": depth, "recall_at_5": got})
-        say(f"    binary {storage} depth={depth}: recall@5 {got:.4f}")
-        if got >= RECALL_TARGET:
-            chosen = depth
-            break
-    index.depth = chosen or DEPTHS[-1]
+    index.exhaustive = False  # where calibration gave up, the sweep still shows what each count reaches
+    sweep, chosen = sweep_until_target(index, "depth", DEPTHS, queries, expected, f"binary {storage}")
     result = {"storage": storage, "bits": index.bits, "build_s": built, "bytes_per_vector": index.stored_bytes / len(gallery),
               "depth": index.depth, "calibrated_depth": calibrated, "calibrated_recall": index.calibrated_recall,
               "as_served": served,
@@ -208,12 +207,14 @@ def measure(kind: str, size: int, storages: list[str], graph: dict[str, int], rn
                            "exact": exact_result, "hnsw": {}, "binary": {}}
     save(run)
     for storage in storages:
-        for name, measured in (("binary", measure_binary), ("hnsw", measure_hnsw)):
-            if name in indexes:
-                run[name][storage] = (measured(gallery, queries, expected, storage) if name == "binary"
-                                      else measure_hnsw(gallery, queries, expected, storage, graph))
-                gc.collect()
-                save(run)
+        if "binary" in indexes:
+            run["binary"][storage] = measure_binary(gallery, queries, expected, storage)
+            gc.collect()
+            save(run)
+        if "hnsw" in indexes:
+            run["hnsw"][storage] = measure_hnsw(gallery, queries, expected, storage, graph)
+            gc.collect()
+            save(run)
 
 
 def crossover(rng: np.random.Generator) -> list[dict[str, Any]]:

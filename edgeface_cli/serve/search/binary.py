@@ -43,7 +43,6 @@ class BinaryIndex(VectorIndex):
     removing one moves the last row into its place (no tombstones, nothing to compact)."""
 
     name = "binary"
-    exact = False
 
     def __init__(self, dim: int, *, storage: str = "f16", bits: int = BITS, depth: int = DEPTH) -> None:
         super().__init__(dim)
@@ -64,6 +63,11 @@ class BinaryIndex(VectorIndex):
         self._scales = np.zeros(0, dtype=np.float32)  # i8 only: each row's value of 1.0
         self._row_of: dict[int, int] = {}
         self._lock = threading.RLock()  # rows move in place on remove: a search must not see one half moved
+
+    @property
+    def exact(self) -> bool:  # type: ignore[override]
+        """Answers are exact when every vector is re-ranked (``exhaustive``), approximate otherwise."""
+        return self.exhaustive
 
     @property
     def stored_bytes(self) -> int:
@@ -190,7 +194,6 @@ class BinaryIndex(VectorIndex):
             if recall >= target or self.depth >= MAX_DEPTH or self.depth >= self._size:
                 # vectors the codes cannot separate (no identities, as uniform random ones): right answers, slowly
                 self.calibrated_recall, self.exhaustive = recall, recall < target
-                self.exact = self.exhaustive
                 return recall
             self.depth = min(MAX_DEPTH, 2 * self.depth)
 
