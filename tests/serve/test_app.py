@@ -190,6 +190,7 @@ def test_health_readiness_metrics_and_docs(served) -> None:
     assert client.get("/healthz").json() == {"status": "ok", "checks": {}}
     assert client.get("/readyz").json() == {"status": "ready", "checks": {"model": True, "store": True}}
     client.post("/v1/embed", headers=Keys.header(keys.read), files=files("a.jpg", photo_bytes("face0.jpg")))
+    assert client.post("/v1/embed", files=files("a.jpg", photo_bytes("face0.jpg"))).status_code == 401
     text = client.get("/metrics").text
     assert 'edgeface_requests_total{method="POST",route="/v1/embed",status="200"}' in text
     assert 'edgeface_request_seconds_bucket{le="0.005",route="/v1/embed"}' in text
