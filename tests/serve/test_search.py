@@ -83,15 +83,19 @@ def test_remove_and_replace(kind: str) -> None:
     assert found[0, 0] != 1010 and np.count_nonzero(found == 1010) == 1
 
 
-def test_the_hnsw_index_refuses_ids_it_could_not_give_back() -> None:
-    index = HnswIndex(8)
+@pytest.mark.parametrize("kind", ["exact", "hnsw", "binary"])
+def test_every_index_refuses_ids_it_could_not_give_back(kind: str) -> None:
+    index = create_index(kind, 8)
     vectors = random_unit(np.random.default_rng(3), 2, 8)
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ValueError, match="non-negative"):  # -1 is the padding of search results
         index.add(np.array([-1, 2]), vectors)
-    with pytest.raises(ValueError, match="twice"):
+    with pytest.raises(ValueError, match="twice"):  # exact search used to keep both and answer the id twice
         index.add(np.array([4, 4]), vectors)
+    with pytest.raises(ValueError, match="3 ids for 2 vectors"):
+        index.add(np.array([1, 2, 3]), vectors)
     with pytest.raises(ValueError, match="8"):
         index.add(np.array([1]), random_unit(np.random.default_rng(3), 1, 9))
+    assert len(index) == 0  # nothing of a refused add was kept
     with pytest.raises(ValueError, match="storage"):
         HnswIndex(8, storage="f8")
 

@@ -40,3 +40,16 @@ class VectorIndex(ABC):
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ValueError(f"expected N×{self.dim} vectors, got shape {vectors.shape}")
         return vectors
+
+    def _checked_pair(self, ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``ids`` as int64 and ``vectors`` as N×dim float32, one distinct non-negative id per vector (every
+        index's ``add`` takes them so: -1 marks padding in search results, and one add names a sample once)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        vectors = self._checked(vectors)
+        if len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
+        if (ids < 0).any():
+            raise ValueError("sample ids must be non-negative (-1 marks padding in search results)")
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError("an id appears twice in one add")
+        return ids, vectors

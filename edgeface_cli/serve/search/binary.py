@@ -83,12 +83,7 @@ class BinaryIndex(VectorIndex):
             self._add(ids, vectors)
 
     def _add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        vectors = self._checked(vectors)
-        if len(ids) != len(vectors):
-            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
-        if len(np.unique(ids)) != len(ids):
-            raise ValueError("an id appears twice in one add")
+        ids, vectors = self._checked_pair(ids, vectors)
         if len(ids) == 0:
             return
         self._remove(ids)

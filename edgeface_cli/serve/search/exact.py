@@ -18,10 +18,7 @@ class ExactIndex(VectorIndex):
         self._ids = np.zeros(0, dtype=np.int64)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        vectors = self._checked(vectors)
-        if len(ids) != len(vectors):
-            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
+        ids, vectors = self._checked_pair(ids, vectors)
         self.remove(ids)
         self._ids = np.concatenate([self._ids, ids])
         self._vectors = np.concatenate([self._vectors, vectors])

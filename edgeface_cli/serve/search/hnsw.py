@@ -76,12 +76,8 @@ class HnswIndex(VectorIndex):
         return int(self._index.memory_usage)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        keys = _keys(ids)
-        vectors = self._checked(vectors)
-        if len(keys) != len(vectors):
-            raise ValueError(f"{len(keys)} ids for {len(vectors)} vectors")
-        if len(np.unique(keys)) != len(keys):
-            raise ValueError("an id appears twice in one add")
+        ids, vectors = self._checked_pair(ids, vectors)
+        keys = ids.astype(np.uint64)
         if len(keys) == 0:
             return
         known = np.atleast_1d(self._index.contains(keys))
