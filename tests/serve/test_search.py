@@ -157,6 +157,30 @@ def test_hnsw_recall_at_5_against_exact_search_and_ids_mapped_back() -> None:
     assert not np.isin(found, removed).any() and (found >= 0).all()
 
 
+@pytest.mark.parametrize("kind", ["hnsw", "binary"])
+def test_a_gallery_grown_by_small_adds_is_calibrated_again_each_time_it_doubles(kind: str) -> None:
+    """Only a bulk add used to calibrate: a gallery built by enrolments kept its starting search width (4 here)
+    or candidate count however large it grew."""
+    rng = np.random.default_rng(6)
+    gallery, probes = clustered(rng, 400, 5)
+    ids = np.arange(len(gallery))
+    index = HnswIndex(512, expansion_search=4) if kind == "hnsw" else BinaryIndex(512, depth=4)
+    sizes = []
+    for start in range(0, len(gallery), 50):  # enrolments, 50 samples at a time: never a bulk add
+        index.add(ids[start:start + 50], gallery[start:start + 50])
+        sizes.append(index.calibrated_size)  # type: ignore[attr-defined]
+    assert sorted(set(sizes)) == [0, 1000, 2000]  # at the first thousand, then at twice that
+    if kind == "hnsw":
+        assert index.expansion_search > 4  # type: ignore[attr-defined]
+    assert index.calibrated_recall is not None and index.calibrated_recall >= 0.99  # type: ignore[attr-defined]
+    exact = ExactIndex(512)
+    exact.add(ids, gallery)
+    expected = exact.search(probes[:200], 5)[1]
+    found = index.search(probes[:200], 5)[1]
+    recall = np.mean([len(np.intersect1d(a, b)) / 5 for a, b in zip(found, expected, strict=True)])
+    assert recall >= 0.99, recall
+
+
 @pytest.mark.parametrize("storage", ["f16", "i8"])
 def test_binary_recall_at_5_against_exact_search_after_calibration(storage: str) -> None:
     rng = np.random.default_rng(5)

@@ -26,7 +26,7 @@ STORAGE = ("f32", "f16", "i8")
 BITS = 256
 DEPTH = 64  # starting candidate count; ``calibrate`` doubles it where the vectors need more
 MAX_DEPTH = 8192
-CALIBRATE_FROM = 1000
+CALIBRATE_FROM = 1000  # and an add that leaves the index twice the size it was calibrated at (as HNSW's)
 # Calibration asks for each probe's nearest other sample, the one that names the person. Not its top 5: a
 # stored sample of a person with 5 samples has 4 others, so its 5th neighbour is the best impostor of the whole
 # gallery, a needle no short list finds (at 1 M that pushed the count to the maximum, 8192, for recall 0.89);
@@ -55,6 +55,7 @@ class BinaryIndex(VectorIndex):
         self.per_answer = DEPTH_PER_ANSWER  # a search reads max(depth, per_answer * k) candidates
         self.exhaustive = False  # set when calibration could not reach its target: every vector is re-ranked
         self.calibrated_recall: float | None = None
+        self.calibrated_size = 0  # how many vectors the index held at the last calibration
         self._projection = np.random.default_rng(PROJECTION_SEED).standard_normal((dim, bits)).astype(np.float32)
         self._size = 0
         self._ids = np.zeros(0, dtype=np.int64)
@@ -102,7 +103,7 @@ class BinaryIndex(VectorIndex):
         self._ids[rows] = ids
         self._row_of.update(zip(ids.tolist(), range(rows.start, rows.stop)))
         self._size = rows.stop
-        if len(ids) >= CALIBRATE_FROM:
+        if len(ids) >= CALIBRATE_FROM or self._size >= max(CALIBRATE_FROM, 2 * self.calibrated_size):
             self._calibrate(RECALL_TARGET, 200)
 
     def _reserve(self, size: int) -> None:
@@ -167,6 +168,7 @@ class BinaryIndex(VectorIndex):
 
     def _calibrate(self, target: float, probes: int) -> float:
         k = CALIBRATION_K
+        self.calibrated_size = self._size
         if self._size <= k:
             self.calibrated_recall = 1.0
             return 1.0
