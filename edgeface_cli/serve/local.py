@@ -77,8 +77,8 @@ def identify_in_store(store: GalleryStore, collection: str, probes: np.ndarray, 
     as ``Identification.of`` says."""
     store.collection(collection)  # NotFoundError names an unknown collection
     ids, vectors, persons = store.vectors(collection)
-    index = CollectionIndex("auto", store.dim, len(ids))
+    index = CollectionIndex("auto", store.dim, len(ids), mode=mode)
     index.add(ids, vectors, persons)
-    found = index.search(np.asarray(probes, dtype=np.float32), top_k, mode)
+    found = index.search(np.asarray(probes, dtype=np.float32), top_k)
     return [Identification.of(probe, [Match(item.person, item.score) for item in matches], threshold)
             for probe, matches in zip(paths, found)]

@@ -26,40 +26,77 @@ class PersonMatch:
     sample_id: int | None  # the best sample (best-sample mode)
 
 
+MODES = ("best", "mean")
+
+
 class CollectionIndex:
-    def __init__(self, kind: str, dim: int, expected: int, exact_up_to: int = EXACT_UP_TO) -> None:
-        self.samples: VectorIndex = create_index(kind, dim, expected=expected, exact_up_to=exact_up_to)
+    """One collection in memory, as its matching mode needs it and no more: ``best`` keeps the samples' search
+    index (which holds their vectors), ``mean`` each person's running sum of sample vectors (and each sample's
+    vector, which a removal subtracts); neither keeps a second copy of every vector (1 M samples x 512 float32:
+    2 GB, beside the binary index's 1 GB)."""
+
+    def __init__(self, kind: str, dim: int, expected: int, exact_up_to: int = EXACT_UP_TO,
+                 mode: str = "best") -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown matching mode {mode!r}: use one of {', '.join(MODES)}")
+        self.mode, self.dim = mode, dim
+        self.samples: VectorIndex | None = (create_index(kind, dim, expected=expected, exact_up_to=exact_up_to)
+                                            if mode == "best" else None)
         self.person_of: dict[int, str] = {}
-        self.vector_of: dict[int, np.ndarray] = {}  # for the person templates (mean mode)
+        self._vector_of: dict[int, np.ndarray] = {}  # mean mode only
+        self._sums: dict[str, np.ndarray] = {}  # mean mode: float64, so adds and removes cancel exactly enough
+        self._counts: dict[str, int] = {}
         self._templates: tuple[list[str], np.ndarray] | None = None
 
+    @property
+    def index_name(self) -> str:
+        """What answers: the samples' index (exact, hnsw, binary) or the persons' templates (mean mode)."""
+        return self.samples.name if self.samples is not None else "templates"
+
     def add(self, ids: np.ndarray, vectors: np.ndarray, persons: list[str]) -> None:
-        if len(ids):
-            self.samples.add(ids, vectors)
-        for sample_id, vector, person in zip(ids.tolist(), vectors, persons):
-            self.person_of[sample_id], self.vector_of[sample_id] = person, vector
+        if self.samples is not None:
+            if len(ids):
+                self.samples.add(ids, vectors)
+            self.person_of.update(zip(ids.tolist(), persons))
+            return
+        for sample_id, vector, person in zip(ids.tolist(), vectors, persons, strict=True):
+            self._forget(sample_id)  # a known id is replaced
+            self._vector_of[sample_id] = np.array(vector, dtype=np.float32)  # a copy, not a view of the batch
+            self._sums[person] = self._sums.get(person, 0.0) + self._vector_of[sample_id].astype(np.float64)
+            self._counts[person] = self._counts.get(person, 0) + 1
+            self.person_of[sample_id] = person
         self._templates = None
 
     def remove(self, ids: list[int]) -> None:
-        self.samples.remove(np.array(ids, dtype=np.int64))
+        if self.samples is not None:
+            self.samples.remove(np.array(ids, dtype=np.int64))
         for sample_id in ids:
+            self._forget(sample_id)
             self.person_of.pop(sample_id, None)
-            self.vector_of.pop(sample_id, None)
         self._templates = None
 
+    def _forget(self, sample_id: int) -> None:
+        vector = self._vector_of.pop(sample_id, None)
+        if vector is None:
+            return
+        person = self.person_of[sample_id]
+        self._counts[person] -= 1
+        if self._counts[person] == 0:
+            del self._counts[person], self._sums[person]
+        else:
+            self._sums[person] = self._sums[person] - vector
+
     def templates(self) -> tuple[list[str], np.ndarray]:
+        """The persons (sorted) and their mean templates, unit rows (mean mode)."""
         if self._templates is None:
-            sums: dict[str, np.ndarray] = {}
-            for sample_id, person in self.person_of.items():
-                sums[person] = sums.get(person, 0) + self.vector_of[sample_id]
-            names = sorted(sums)
-            matrix = np.array([sums[name] for name in names], dtype=np.float32).reshape(len(names), -1)
-            norms = np.linalg.norm(matrix, axis=1, keepdims=True) if len(names) else np.ones((0, 1), np.float32)
-            self._templates = names, matrix / np.maximum(norms, 1e-12)
+            names = sorted(self._sums)
+            matrix = np.array([self._sums[name] for name in names], dtype=np.float64).reshape(len(names), self.dim)
+            norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+            self._templates = names, (matrix / np.maximum(norms, 1e-12)).astype(np.float32)
         return self._templates
 
-    def search(self, probes: np.ndarray, k: int, mode: str) -> list[list[PersonMatch]]:
-        if mode == "mean":
+    def search(self, probes: np.ndarray, k: int) -> list[list[PersonMatch]]:
+        if self.samples is None:
             names, matrix = self.templates()
             if not names:
                 return [[] for _ in probes]
@@ -83,17 +120,19 @@ class CollectionIndex:
 
 
 class GalleryIndex:
-    """Every collection's index, built from the store and then following its change log (``refresh``). With
-    ``auto``, a collection's index switches from exact to HNSW when it grows past ``exact_up_to`` samples."""
+    """Every collection's index, built from the store and then following its change log (``refresh``), for one
+    matching ``mode``. With ``auto``, a collection's index switches from exact to HNSW when it grows past
+    ``exact_up_to`` samples."""
 
-    def __init__(self, store: GalleryStore, kind: str = "auto", exact_up_to: int = EXACT_UP_TO) -> None:
-        self.store, self.kind, self.exact_up_to = store, kind, exact_up_to
+    def __init__(self, store: GalleryStore, kind: str = "auto", exact_up_to: int = EXACT_UP_TO,
+                 mode: str = "best") -> None:
+        self.store, self.kind, self.exact_up_to, self.mode = store, kind, exact_up_to, mode
         self._lock = threading.Lock()
         self._collections: dict[str, CollectionIndex] = {}
         self.seq = store.last_seq()  # read before the vectors: a change made meanwhile is applied again, harmlessly
         for collection in store.collections():
             ids, vectors, persons = store.vectors(collection.name)
-            index = CollectionIndex(kind, store.dim, len(ids), exact_up_to)
+            index = CollectionIndex(kind, store.dim, len(ids), exact_up_to, mode)
             index.add(ids, vectors, persons)
             self._collections[collection.name] = index
 
@@ -105,7 +144,7 @@ class GalleryIndex:
                 for change in changes:
                     index = self._collections.setdefault(change.collection,
                                                          CollectionIndex(self.kind, self.store.dim, 0,
-                                                                         self.exact_up_to))
+                                                                         self.exact_up_to, self.mode))
                     if change.op == "add" and change.embedding is not None:
                         index.add(np.array([change.sample_id], dtype=np.int64), change.embedding[None, :],
                                   [change.person])
@@ -119,18 +158,18 @@ class GalleryIndex:
         with self._lock:
             self._collections.pop(collection, None)
 
-    def search(self, collection: str, probes: np.ndarray, k: int, mode: str) -> list[list[PersonMatch]]:
+    def search(self, collection: str, probes: np.ndarray, k: int) -> list[list[PersonMatch]]:
         self.refresh()  # what this replica or another enrolled is found at once
         with self._lock:
             index = self._collections.get(collection)
             if index is None:
                 return [[] for _ in probes]
-            return index.search(probes, k, mode)
+            return index.search(probes, k)
 
     def index_kinds(self) -> dict[str, str]:
-        """Which index answers each collection now: exact, hnsw or binary."""
+        """Which index answers each collection now: exact, hnsw, binary (or templates, in mean mode)."""
         with self._lock:
-            return {name: index.samples.name for name, index in self._collections.items()}
+            return {name: index.index_name for name, index in self._collections.items()}
 
     def wait_for_switches(self, timeout: float | None = None) -> bool:
         """Wait for the exact -> HNSW switches under way; whether all have finished."""

@@ -44,7 +44,8 @@ class Service:
         opened = open_store(store)
         try:
             opened.bind(embedder.fingerprint(flip), str(store))
-            index = GalleryIndex(opened, settings.matching.index, settings.matching.exact_up_to)
+            index = GalleryIndex(opened, settings.matching.index, settings.matching.exact_up_to,
+                                 settings.matching.mode)
         except BaseException:
             opened.close()
             raise

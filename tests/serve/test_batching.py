@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from edgeface_cli.deploy.faces import embed_faces
@@ -48,12 +49,25 @@ def test_best_sample_and_person_mean_rank_differently() -> None:
     probe = basis[0]
     ana = np.stack([probe, basis[1]])  # one copy of the probe, one far from it
     bo = np.stack([0.9 * probe + np.sqrt(1 - 0.81) * basis[2], 0.9 * probe + np.sqrt(1 - 0.81) * basis[3]])
-    index = CollectionIndex("exact", 512, 4)
-    index.add(np.arange(4), np.concatenate([ana, bo]), ["ana", "ana", "bo", "bo"])
-    best = index.search(probe[None], 2, "best")[0]
-    mean = index.search(probe[None], 2, "mean")[0]
+    by_best, by_mean = CollectionIndex("exact", 512, 4), CollectionIndex("exact", 512, 4, mode="mean")
+    for index in (by_best, by_mean):
+        index.add(np.arange(4), np.concatenate([ana, bo]), ["ana", "ana", "bo", "bo"])
+    best = by_best.search(probe[None], 2)[0]
+    mean = by_mean.search(probe[None], 2)[0]
     assert [(m.person, round(m.score, 3)) for m in best] == [("ana", 1.0), ("bo", 0.9)]
     assert best[0].sample_id == 0
     assert [m.person for m in mean] == ["bo", "ana"] and round(mean[1].score, 3) == round(1 / np.sqrt(2), 3)
-    index.remove([0])
-    assert index.search(probe[None], 1, "best")[0][0].person == "bo"
+    assert by_best.index_name == "exact" and by_mean.index_name == "templates" and by_mean.samples is None
+    by_best.remove([0])
+    assert by_best.search(probe[None], 1)[0][0].person == "bo"
+    # mean mode keeps running sums: a removal subtracts the sample, a replacement moves it to its new person
+    by_mean.remove([1])  # ana's far sample: her template is now the probe itself
+    bo_template = round(0.9 / np.sqrt(0.81 + 0.19 / 2), 3)  # the mean of bo's two samples, normalised
+    assert [(m.person, round(m.score, 3)) for m in by_mean.search(probe[None], 2)[0]] == [("ana", 1.0),
+                                                                                         ("bo", bo_template)]
+    by_mean.add(np.array([0]), probe[None], ["bo"])  # sample 0 re-enrolled as bo's: ana has none left
+    assert [m.person for m in by_mean.search(probe[None], 5)[0]] == ["bo"]
+    by_mean.remove([0, 2, 3])
+    assert by_mean.search(probe[None], 5) == [[]] and by_mean.templates()[0] == []
+    with pytest.raises(ValueError, match="best, mean"):
+        CollectionIndex("exact", 512, 0, mode="median")

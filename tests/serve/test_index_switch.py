@@ -134,7 +134,7 @@ def test_the_gallery_index_switches_as_the_store_grows(tmp_path: Path) -> None:
         assert index.refresh() == 30 and index.wait_for_switches(10)
         assert index.index_kinds() == {"staff": "hnsw"}
         for sample in first[:3] + added:
-            best = index.search("staff", sample.embedding[None], 1, "best")[0][0]
+            best = index.search("staff", sample.embedding[None], 1)[0][0]
             assert (best.person, best.sample_id) == (sample.person, sample.id)
 
 
@@ -155,5 +155,5 @@ def test_a_binary_gallery_follows_the_store_and_finds_each_sample(tmp_path: Path
                  for n in range(1, 11)]
         assert index.refresh() == 10 and index.size() == 50
         for sample in first[:3] + added:
-            best = index.search("staff", sample.embedding[None], 1, "best")[0][0]
+            best = index.search("staff", sample.embedding[None], 1)[0][0]
             assert (best.person, best.sample_id) == (sample.person, sample.id)

@@ -151,7 +151,7 @@ def test_an_enrolment_on_one_replica_reaches_the_others_index_within_a_second(re
     took = within(FOLLOW_WITHIN_S, lambda: follower.ids("staff") == {sample.id for sample in added})
     assert took is not None, f"B's index holds {follower.ids('staff')} a second after A enrolled"
     assert follower.wakeups >= 1  # woken by the commit's NOTIFY, not by the 5 s timeout
-    [[best]] = follower.index.search("staff", vectors[1:2], 1, "best")
+    [[best]] = follower.index.search("staff", vectors[1:2], 1)
     assert best.person == "ana" and best.sample_id == added[1].id and best.score == pytest.approx(1.0, abs=1e-5)
 
     assert first.wait_for_change(timeout=0.2) is False  # nothing new: it waits out its timeout

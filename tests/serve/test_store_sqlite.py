@@ -174,7 +174,7 @@ def test_a_second_process_on_the_same_file_follows_the_change_log(tmp_path: Path
         follower = GalleryIndex(reader)
         vector = unit(rng, 1)[0]
         sample = writer.enrol("c", "ana", [NewSample(vector, "a" * 64)])[0]
-        assert follower.search("c", vector[None], 1, "best") != [[]]  # search refreshes first
-        assert follower.search("c", vector[None], 1, "best")[0][0].person == "ana"
+        assert follower.search("c", vector[None], 1) != [[]]  # search refreshes first
+        assert follower.search("c", vector[None], 1)[0][0].person == "ana"
         writer.delete_sample("c", "ana", sample.id)
-        assert follower.refresh() == 1 and follower.search("c", vector[None], 1, "best") == [[]]
+        assert follower.refresh() == 1 and follower.search("c", vector[None], 1) == [[]]

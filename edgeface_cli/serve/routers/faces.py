@@ -96,9 +96,9 @@ async def identify(service: ServiceDep, image: Annotated[UploadFile, File()], co
     """Per face in the photo: the top-k enrolled persons with their scores and the open-set decision."""
     service.store.collection(collection)  # 404 before any model work
     photo, faces = await photo_faces(service, image, "image")
-    mode, k = service.settings.matching.mode, top_k or service.settings.matching.top_k
+    mode, k = service.index.mode, top_k or service.settings.matching.top_k
     probes = np.stack([face.embedding for face in faces]) if faces else np.zeros((0, service.store.dim), np.float32)
-    ranked = await asyncio.to_thread(service.index.search, collection, probes, k, mode) if faces else []
+    ranked = await asyncio.to_thread(service.index.search, collection, probes, k) if faces else []
     threshold = service.threshold
     out = []
     for face, matches in zip(faces, ranked):
