@@ -80,8 +80,12 @@ def bench(
         table.add_column(column, justify="right" if column in ("b1 ms", "vs eager") or column.startswith("img/s")
                          else "left", overflow="fold")
     why_not: dict[str, None] = {}  # each reason once (the same runtime is missing for every file), below the table
+    not_for: dict[tuple[str, str], list[str]] = {}  # (runtime, reason): the files of another kind than it runs
     shown_file = None
     for row in result["rows"]:
+        if row["status"] == "cannot run":
+            not_for.setdefault((row["runtime"], row["reason"]), []).append(Path(row["file"]).name)
+            continue
         if row["status"] not in ("measured", "failed"):
             why_not[f"{row['runtime']}: {row['status']} ({row['reason']})"] = None
             continue
@@ -94,6 +98,8 @@ def bench(
         shown_file = name
     # A log or a pipe gets the whole width the table needs (Rich's 80 columns there would fold every cell).
     (console if console.is_terminal else Console(highlight=False, width=120)).print(table)
+    for (runtime, reason), files in not_for.items():
+        why_not[f"{runtime}: not for {', '.join(files)} ({reason})"] = None
     for reason in why_not:
         console.print(f"  {escape(reason)}")
     features = ", ".join(f"{name} {'yes' if present else 'no'}" for name, present in report.vector_features.items())

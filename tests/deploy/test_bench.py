@@ -96,6 +96,8 @@ def test_the_table_names_every_runtime_and_the_fastest(onnx_file: Path, source_f
     for text in ("onnxruntime", "opencv", "openvino", "litert", "ncnn", "reference", "VNNI", "AVX512-BF16", "AMX",
                  "fastest here (throughput batch 8)", "baseline: PyTorch eager on source.pt, warm, 1 threads"):
         assert text in output, output
+    # a runtime that runs other files says which of the given ones it left (the line used to name none)
+    assert f"pytorch: not for {onnx_file.name} (it runs .pt," in output.replace("\n", " "), output
     assert "Traceback" not in output
 
 
