@@ -39,7 +39,8 @@ import numpy as np
 
 from edgeface_cli.atomic import write_json
 from edgeface_cli.platform_info import cpu_features, cpu_model
-from edgeface_cli.serve.search import BinaryIndex, ExactIndex, HnswIndex
+from edgeface_cli.serve.matching import CollectionIndex
+from edgeface_cli.serve.search import BinaryIndex, ExactIndex, HnswIndex, VectorIndex
 from edgeface_cli.serve.search.hnsw import CONNECTIVITY, EXPANSION_ADD
 
 DIM = 512
@@ -121,6 +122,35 @@ def truth(index: ExactIndex, queries: np.ndarray) -> np.ndarray:
     return np.concatenate([index.search(queries[start:start + 50], K)[1] for start in range(0, len(queries), 50)])
 
 
+def as_persons(index: VectorIndex, size: int) -> CollectionIndex:
+    """The service's best-sample person search (``CollectionIndex``) over an index already built: gallery row r
+    is a sample of person r // PER_IDENTITY, as the generators lay them out."""
+    persons = CollectionIndex("exact", DIM, 0)
+    persons.samples = index
+    persons.person_of = {row: f"p{row // PER_IDENTITY}" for row in range(size)}
+    return persons
+
+
+def person_latencies_ms(persons: CollectionIndex, queries: np.ndarray) -> dict[str, float]:
+    """Single-probe latency of the top-5 persons, as /v1/identify asks (the samples it fetches depend on them)."""
+    persons.search(queries[:1], K)
+    times = []
+    for query in queries:
+        started = time.perf_counter_ns()
+        persons.search(query[None], K)
+        times.append((time.perf_counter_ns() - started) / 1e6)
+    return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
+            "queries": len(times)}
+
+
+def person_recall(found: list[list[Any]], expected: list[list[Any]]) -> dict[str, float]:
+    """Agreement with exact search on the persons: the first (whom identify names, when above the threshold)
+    and all 5 (ranks 2-5 are impostors at noise-level scores for a probe of an enrolled person)."""
+    return {"rank1": float(np.mean([a[0].person == b[0].person for a, b in zip(found, expected, strict=True)])),
+            "recall_at_5": float(np.mean([len({m.person for m in a} & {m.person for m in b}) / K
+                                          for a, b in zip(found, expected, strict=True)]))}
+
+
 def recall(found: np.ndarray, expected: np.ndarray) -> float:
     return float(np.mean([len(np.intersect1d(a, b)) / K for a, b in zip(found, expected, strict=True)]))
 
@@ -165,7 +195,8 @@ def measure_hnsw(gallery: np.ndarray, queries: np.ndarray, expected: np.ndarray,
 DEPTHS = (25, 50, 100, 200, 400, 800, 1600, 3200)
 
 
-def measure_binary(gallery: np.ndarray, queries: np.ndarray, expected: np.ndarray, storage: str) -> dict[str, Any]:
+def measure_binary(gallery: np.ndarray, queries: np.ndarray, expected: np.ndarray, storage: str,
+                   expected_persons: list[list[Any]] | None = None) -> dict[str, Any]:
     """The binary index (sign codes, Hamming scan, exact re-rank from ``storage``): build, the candidate count
     its own calibration chose, then a sweep over the count on the probes; the smallest reaching 0.99 is timed."""
     index = BinaryIndex(DIM, storage=storage)
@@ -174,8 +205,15 @@ def measure_binary(gallery: np.ndarray, queries: np.ndarray, expected: np.ndarra
     built = time.perf_counter() - started
     calibrated = index.depth
     served = {"recall_at_5": recall(index.search(queries, K)[1], expected), **latencies_ms(index, queries)}
-    say(f"    binary {storage} as the service searches (depth {calibrated}, {index.per_answer} per answer): "
+    say(f"    binary {storage} at the service's settings (depth {calibrated}, {index.per_answer} per answer): "
         f"recall@5 {served['recall_at_5']:.4f}, p50 {served['p50_ms']:.3f} ms")
+    if expected_persons is not None:  # what /v1/identify does: the top 5 persons by their best sample
+        persons = as_persons(index, len(gallery))
+        served["persons"] = {**person_recall(persons.search(queries, K), expected_persons),
+                             **person_latencies_ms(persons, queries)}
+        say(f"    binary {storage}, top-5 persons as /v1/identify asks: rank-1 {served['persons']['rank1']:.4f}, "
+            f"persons recall@5 {served['persons']['recall_at_5']:.4f}, p50 {served['persons']['p50_ms']:.3f} ms, "
+            f"p99 {served['persons']['p99_ms']:.3f} ms")
     index.per_answer = 0  # the sweep sets the candidate count alone
     index.exhaustive = False  # where calibration gave up, the sweep still shows what each count reaches
     sweep, chosen = sweep_until_target(index, "depth", DEPTHS, queries, expected, f"binary {storage}")
@@ -198,6 +236,12 @@ def measure(kind: str, size: int, storages: list[str], graph: dict[str, int], rn
     exact = ExactIndex(DIM)
     exact.add(np.arange(size), gallery)
     expected = truth(exact, queries)
+    # the persons exact search names (random vectors have no identities)
+    expected_persons = None
+    if kind != "random":  # 50 probes a product, as ``truth``
+        persons = as_persons(exact, size)
+        expected_persons = [row for start in range(0, len(queries), 50)
+                            for row in persons.search(queries[start:start + 50], K)]
     exact_result = {"bytes_per_vector": exact._vectors.nbytes / size + exact._ids.nbytes / size,
                     **latencies_ms(exact, queries[:EXACT_TIMED.get(size, 100)])}
     say(f"  exact: p50 {exact_result['p50_ms']:.2f} ms")
@@ -208,7 +252,7 @@ def measure(kind: str, size: int, storages: list[str], graph: dict[str, int], rn
     save(run)
     for storage in storages:
         if "binary" in indexes:
-            run["binary"][storage] = measure_binary(gallery, queries, expected, storage)
+            run["binary"][storage] = measure_binary(gallery, queries, expected, storage, expected_persons)
             gc.collect()
             save(run)
         if "hnsw" in indexes:
@@ -225,6 +269,12 @@ def crossover(rng: np.random.Generator) -> list[dict[str, Any]]:
         exact = ExactIndex(DIM)
         exact.add(np.arange(size), gallery)
         expected = truth(exact, queries)
+    # the persons exact search names (random vectors have no identities)
+    expected_persons = None
+    if kind != "random":  # 50 probes a product, as ``truth``
+        persons = as_persons(exact, size)
+        expected_persons = [row for start in range(0, len(queries), 50)
+                            for row in persons.search(queries[start:start + 50], K)]
         hnsw = HnswIndex(DIM)
         started = time.perf_counter()
         hnsw.add(np.arange(size), gallery)

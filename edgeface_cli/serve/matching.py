@@ -14,9 +14,10 @@ import numpy as np
 from .search import EXACT_UP_TO, GrowingIndex, VectorIndex, create_index
 from .store import GalleryStore
 
-# Samples fetched per person asked for when collapsing samples to persons (best-sample mode): a person with
-# many samples near the probe takes several slots, so more than k samples are needed to name k persons.
-OVERFETCH = 8
+# Samples first fetched per person asked for when collapsing samples to persons (best-sample mode): a person
+# with several samples near the probe takes several slots, so more than k samples may be needed to name k
+# persons; a probe whose samples name fewer is asked again for twice as many.
+FIRST_FETCH = 2
 
 
 @dataclass(frozen=True)
@@ -104,18 +105,32 @@ class CollectionIndex:
             order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
             return [[PersonMatch(names[col], float(scores[row, col]), None) for col in order[row]]
                     for row in range(len(probes))]
-        fetched = min(len(self.samples), k * OVERFETCH)
-        if fetched == 0:
-            return [[] for _ in probes]
-        scores, ids = self.samples.search(probes, fetched)
-        results = []
-        for row in range(len(probes)):
-            best: dict[str, PersonMatch] = {}
-            for score, sample_id in zip(scores[row].tolist(), ids[row].tolist()):
-                person = self.person_of.get(sample_id)
-                if sample_id >= 0 and person is not None and person not in best:
-                    best[person] = PersonMatch(person, float(score), sample_id)
-            results.append(list(best.values())[:k])
+        return self._best_persons(self.samples, probes, k)
+
+    def _best_persons(self, samples: VectorIndex, probes: np.ndarray, k: int) -> list[list[PersonMatch]]:
+        """Each probe's top ``k`` persons by their best sample: the first ``k`` distinct persons of its ranked
+        samples, which are exactly those (a person ranks by the first of their samples to appear). It fetches
+        2k samples and doubles for the probes whose samples name fewer than ``k`` persons, so a probe costs the
+        index what its answer needs (the binary index reads candidates in proportion to what is asked: a fixed
+        8k made it read 1,600, 17 ms p50 and 122 ms p99 at 1 M; 2k first, 6.9 and 15 ms, the same rank-1)."""
+        results: list[list[PersonMatch]] = [[] for _ in probes]
+        pending = np.arange(len(probes))
+        fetched = min(len(samples), FIRST_FETCH * k)
+        while len(pending) and fetched > 0:
+            scores, ids = samples.search(probes[pending], fetched)
+            short = []
+            for row, probe in enumerate(pending.tolist()):
+                best: dict[str, PersonMatch] = {}
+                for score, sample_id in zip(scores[row].tolist(), ids[row].tolist()):
+                    person = self.person_of.get(sample_id)
+                    if sample_id >= 0 and person is not None and person not in best:
+                        best[person] = PersonMatch(person, float(score), sample_id)
+                        if len(best) == k:
+                            break
+                results[probe] = list(best.values())
+                if len(best) < k and fetched < len(samples):
+                    short.append(probe)
+            pending, fetched = np.array(short, dtype=np.int64), min(len(samples), 2 * fetched)
         return results
 
 

@@ -71,3 +71,27 @@ def test_best_sample_and_person_mean_rank_differently() -> None:
     assert by_mean.search(probe[None], 5) == [[]] and by_mean.templates()[0] == []
     with pytest.raises(ValueError, match="best, mean"):
         CollectionIndex("exact", 512, 0, mode="median")
+
+
+@pytest.mark.parametrize("kind", ["exact", "binary"])
+def test_a_person_with_many_samples_near_the_probe_does_not_hide_the_next_persons(kind: str) -> None:
+    """ana's 30 samples all outrank bo, cy and di: the samples first fetched (2 per person asked for) name only
+    her, so the index is asked again for more until three persons are named, in brute force's order."""
+    rng = np.random.default_rng(1)
+    probe = rng.standard_normal(512).astype(np.float32)
+    probe /= np.linalg.norm(probe)
+
+    def near(cosine: float, n: int) -> np.ndarray:
+        noise = rng.standard_normal((n, 512)).astype(np.float32)
+        noise -= (noise @ probe)[:, None] * probe  # orthogonal to the probe
+        noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+        return cosine * probe + np.sqrt(1 - cosine**2) * noise
+
+    vectors = np.concatenate([near(0.95, 30), near(0.7, 1), near(0.6, 1), near(0.5, 1)]).astype(np.float32)
+    persons = ["ana"] * 30 + ["bo", "cy", "di"]
+    index = CollectionIndex(kind, 512, len(vectors))
+    index.add(np.arange(len(vectors)), vectors, persons)
+    found = index.search(probe[None], 3)[0]
+    assert [m.person for m in found] == ["ana", "bo", "cy"]
+    np.testing.assert_allclose([m.score for m in found], [float((vectors[:30] @ probe).max()), 0.7, 0.6], atol=2e-3)
+    assert [m.person for m in index.search(probe[None], 10)[0]] == ["ana", "bo", "cy", "di"]  # all there are
