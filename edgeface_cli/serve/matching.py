@@ -54,6 +54,11 @@ class CollectionIndex:
         """What answers: the samples' index (exact, hnsw, binary) or the persons' templates (mean mode)."""
         return self.samples.name if self.samples is not None else "templates"
 
+    @property
+    def exact(self) -> bool:
+        """Whether answers are exact search's (templates are scanned exactly; an index says for itself)."""
+        return self.samples.exact if self.samples is not None else True
+
     def add(self, ids: np.ndarray, vectors: np.ndarray, persons: list[str]) -> None:
         if self.samples is not None:
             if len(ids):
@@ -185,6 +190,13 @@ class GalleryIndex:
         """Which index answers each collection now: exact, hnsw, binary (or templates, in mean mode)."""
         with self._lock:
             return {name: index.index_name for name, index in self._collections.items()}
+
+    def answered_by(self, collection: str) -> tuple[str, bool]:
+        """(which index answers ``collection`` now, whether its answers are exact); an unknown or empty
+        collection is answered exactly (there is nothing to approximate)."""
+        with self._lock:
+            index = self._collections.get(collection)
+            return (index.index_name, index.exact) if index is not None else ("exact", True)
 
     def wait_for_switches(self, timeout: float | None = None) -> bool:
         """Wait for the exact -> HNSW switches under way; whether all have finished."""

@@ -65,6 +65,9 @@ class IdentifiedFace(FaceOut):
 class IdentifyResponse(BaseModel):
     collection: str
     match_mode: str
+    search_index: str = Field(description="what answered: exact, hnsw, binary, or templates (mean mode)")
+    exact_search: bool = Field(description="false: an approximate index answered; its rank 1 is measured to agree "
+                                           "with exact search, ranks 2-5 (noise-level impostors) far less")
     threshold: ThresholdOut
     faces: list[IdentifiedFace]
 

@@ -133,6 +133,7 @@ def test_enrol_then_identify_verify_and_remove(served) -> None:
     assert face["known"] is True and face["person"] == "ana"
     assert [match["person"] for match in face["matches"]] == ["ana", *[m["person"] for m in face["matches"][1:]]]
     assert found.json()["threshold"]["value"] == 0.9 and found.json()["match_mode"] == "best"
+    assert found.json()["search_index"] == "exact" and found.json()["exact_search"] is True  # a small collection
 
     pair = client.post("/v1/verify", headers=read, files={"image": ("a.jpg", photo_bytes("face0.jpg"), "image/jpeg"),
                                                           "image2": ("b.jpg", near_copy(), "image/jpeg")})

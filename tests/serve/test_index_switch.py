@@ -151,6 +151,7 @@ def test_a_binary_gallery_follows_the_store_and_finds_each_sample(tmp_path: Path
         first = store.enrol("staff", "p0", [NewSample(vector, f"{n:064x}") for n, vector in enumerate(unit(rng, 40, 512))])
         index = GalleryIndex(store, "binary")
         assert index.index_kinds() == {"staff": "binary"}
+        assert index.answered_by("staff") == ("binary", False) and index.answered_by("nobody") == ("exact", True)
         added = [store.enrol("staff", f"p{n}", [NewSample(unit(rng, 1, 512)[0], f"{100 + n:064x}")])[0]
                  for n in range(1, 11)]
         assert index.refresh() == 10 and index.size() == 50

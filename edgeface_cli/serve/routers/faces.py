@@ -107,4 +107,6 @@ async def identify(service: ServiceDep, image: Annotated[UploadFile, File()], co
         out.append(IdentifiedFace(**face_out(photo, face), person=best.person if known else None, known=known,
                                   matches=[MatchOut(person=m.person, score=m.score, sample_id=m.sample_id)
                                            for m in matches]))
-    return IdentifyResponse(collection=collection, match_mode=mode, threshold=threshold_out(service), faces=out)
+    search_index, exact = service.index.answered_by(collection)
+    return IdentifyResponse(collection=collection, match_mode=mode, search_index=search_index, exact_search=exact,
+                            threshold=threshold_out(service), faces=out)
