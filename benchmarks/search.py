@@ -252,19 +252,14 @@ def measure(kind: str, size: int, storages: list[str], graph: dict[str, int], rn
 
 
 def crossover(rng: np.random.Generator) -> list[dict[str, Any]]:
-    """Exact against HNSW (f32, at the expansion that reaches the target) on clustered vectors at small sizes."""
+    """Exact against HNSW (f32, at the expansion that reaches the target) and the binary index (as the service
+    sets it) on clustered vectors at small sizes."""
     rows = []
     for size in CROSSOVER_SIZES:
         gallery, queries = clustered(size, 200, rng)
         exact = ExactIndex(DIM)
         exact.add(np.arange(size), gallery)
         expected = truth(exact, queries)
-    # the persons exact search names (random vectors have no identities)
-    expected_persons = None
-    if kind != "random":  # 50 probes a product, as ``truth``
-        persons = as_persons(exact, size)
-        expected_persons = [row for start in range(0, len(queries), 50)
-                            for row in persons.search(queries[start:start + 50], K)]
         hnsw = HnswIndex(DIM)
         started = time.perf_counter()
         hnsw.add(np.arange(size), gallery)
@@ -273,10 +268,15 @@ def crossover(rng: np.random.Generator) -> list[dict[str, Any]]:
             hnsw.expansion_search = expansion
             if recall(hnsw.search(queries, K)[1], expected) >= RECALL_TARGET:
                 break
+        binary = BinaryIndex(DIM)
+        binary.add(np.arange(size), gallery)
         row = {"vectors": size, "exact_p50_ms": latencies_ms(exact, queries)["p50_ms"],
                "hnsw_p50_ms": latencies_ms(hnsw, queries)["p50_ms"], "hnsw_build_s": built,
-               "hnsw_expansion_search": hnsw.expansion_search}
-        say(f"crossover {size:,}: exact {row['exact_p50_ms']:.3f} ms, hnsw {row['hnsw_p50_ms']:.3f} ms")
+               "hnsw_expansion_search": hnsw.expansion_search,
+               "binary_p50_ms": latencies_ms(binary, queries)["p50_ms"],
+               "binary_recall_at_5": recall(binary.search(queries, K)[1], expected)}
+        say(f"crossover {size:,}: exact {row['exact_p50_ms']:.3f} ms, hnsw {row['hnsw_p50_ms']:.3f} ms, "
+            f"binary {row['binary_p50_ms']:.3f} ms (recall@5 {row['binary_recall_at_5']:.4f})")
         rows.append(row)
     return rows
 

@@ -48,11 +48,12 @@ def serve(
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Decide at this similarity instead of the "
                                               "model's recorded threshold."),
     exact_up_to: Optional[int] = typer.Option(None, "--exact-up-to", min=1, help="Search a collection exactly "
-                                              "below this many samples, by an HNSW graph from there (switched in "
-                                              "the background as it grows; default 2000, where the graph pays)."),
-    index: Optional[str] = typer.Option(None, "--index", help="Search index: auto (exact, then HNSW from "
-                                        "--exact-up-to; default), exact, hnsw, or binary (a Hamming scan of "
-                                        "sign codes re-ranked exactly: the fastest measured at 1 M samples)."),
+                                              "below this many samples, by the binary index from there (switched "
+                                              "in the background as it grows; default 2000)."),
+    index: Optional[str] = typer.Option(None, "--index", help="Search index: auto (exact, then binary "
+                                        "from --exact-up-to; default), exact, hnsw (a graph, for galleries past a "
+                                        "few million), or binary (a Hamming scan of sign codes re-ranked exactly: "
+                                        "the fastest measured at 1 M samples)."),
     settings_file: Optional[Path] = typer.Option(None, "--settings", help="A JSON file of service settings."),
     setting: Optional[list[str]] = typer.Option(None, "--setting", metavar="SECTION.KEY=VALUE", help="One service "
                                                 "setting, e.g. quality.min_eye_distance_px=30. Repeatable."),
@@ -86,9 +87,9 @@ def serve(
                           f"{service.threshold_reason}")
     if not service.store.keys():
         err_console.print(f"no API key yet: edgeface serve keys create --store {store} --scope admin")
-    if settings.matching.index == "auto" and importlib.util.find_spec("usearch") is None:
+    if settings.matching.index == "auto" and importlib.util.find_spec("faiss") is None:
         err_console.print(f"the ann extra is not installed, so every collection stays on exact search however large "
-                          f"it grows (HNSW from {settings.matching.exact_up_to} samples needs "
+                          f"it grows (the binary index from {settings.matching.exact_up_to} samples needs "
                           f"pip install 'edgeface-cli[ann]')")
     uvicorn.run(create_app(service), host=host, port=port, log_level="info")
 

@@ -141,7 +141,7 @@ class CollectionIndex:
 
 class GalleryIndex:
     """Every collection's index, built from the store and then following its change log (``refresh``), for one
-    matching ``mode``. With ``auto``, a collection's index switches from exact to HNSW when it grows past
+    matching ``mode``. With ``auto``, a collection's index switches from exact to binary when it grows past
     ``exact_up_to`` samples."""
 
     def __init__(self, store: GalleryStore, kind: str = "auto", exact_up_to: int = EXACT_UP_TO,
@@ -190,6 +190,11 @@ class GalleryIndex:
         """Which index answers each collection now: exact, hnsw, binary (or templates, in mean mode)."""
         with self._lock:
             return {name: index.index_name for name, index in self._collections.items()}
+
+    def approximate_collections(self) -> int:
+        """How many collections an approximate index answers now (HNSW, or binary short of exhaustive)."""
+        with self._lock:
+            return sum(not index.exact for index in self._collections.values())
 
     def answered_by(self, collection: str) -> tuple[str, bool]:
         """(which index answers ``collection`` now, whether its answers are exact); an unknown or empty

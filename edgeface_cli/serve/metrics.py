@@ -14,8 +14,9 @@ class ServiceMetrics:
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
                                  registry=self.registry)
         self.gallery = Gauge("edgeface_gallery_samples", "Samples in the search index", registry=self.registry)
-        self.graph_collections = Gauge("edgeface_search_graph_collections", "Collections searched by an HNSW "
-                                       "graph (the others exactly)", registry=self.registry)
+        self.approximate_collections = Gauge("edgeface_search_approximate_collections", "Collections searched "
+                                             "by an approximate index, binary or HNSW (the others exactly)",
+                                             registry=self.registry)
         self.rejections = Counter("edgeface_rejections", "Requests or samples refused, by reason", ["reason"],
                                   registry=self.registry)
         self.batch = Histogram("edgeface_batch_images", "Photos per model call (micro-batching)",

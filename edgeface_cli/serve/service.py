@@ -55,7 +55,7 @@ class Service:
                               on_batch=metrics.batch.observe)
         service = cls(embedder, opened, str(store), index, settings, threshold, reason, batcher, metrics)
         metrics.gallery.set_function(index.size)
-        metrics.graph_collections.set_function(lambda: sum(kind == "hnsw" for kind in index.index_kinds().values()))
+        metrics.approximate_collections.set_function(index.approximate_collections)
         return service
 
     async def faces(self, image: Image.Image) -> list[FaceResult]:

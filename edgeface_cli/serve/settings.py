@@ -34,8 +34,8 @@ class Matching(BaseModel):
     model_config = ConfigDict(extra="forbid")
     mode: Literal["best", "mean"] = "best"  # a person's score: their best sample's, or their mean template's
     index: Literal["auto", "exact", "hnsw", "binary"] = "auto"
-    # auto: a collection is searched exactly below this many samples, by an HNSW graph from there (switched in
-    # the background as it grows); the default is where the graph started to pay in make bench
+    # auto: a collection is searched exactly below this many samples, by the binary index from there (switched
+    # in the background as it grows); see search.EXACT_UP_TO for how the default was measured
     exact_up_to: int = Field(EXACT_UP_TO, ge=1)
     top_k: int = Field(5, ge=1, le=100)
     threshold: float | None = None  # overrides the model's recorded threshold (its provenance says so)

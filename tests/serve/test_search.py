@@ -112,9 +112,9 @@ def test_a_small_graph_finds_every_vector_it_holds_by_that_vector() -> None:
         assert np.array_equal(found[:, 0], np.arange(300))
 
 
-def test_create_index_picks_exact_below_the_measured_size_and_hnsw_above() -> None:
+def test_create_index_picks_exact_below_the_measured_size_and_binary_above() -> None:
     assert create_index("auto", 512, expected=EXACT_UP_TO - 1).name == "exact"  # switched as it grows
-    assert create_index("auto", 512, expected=EXACT_UP_TO).name == "hnsw"  # (test_index_switch.py)
+    assert create_index("auto", 512, expected=EXACT_UP_TO).name == "binary"  # (test_index_switch.py)
     assert create_index("hnsw", 64, storage="i8").storage == "i8"  # type: ignore[attr-defined]
     assert create_index("binary", 64, storage="i8").storage == "i8"  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="auto, exact, hnsw, binary"):

@@ -1,7 +1,7 @@
 """A soak under concurrent enrolment: a real uvicorn on 127.0.0.1, enrol clients and identify clients in
 threads (bounded loops, timeouts on every request and join). Every sample that got its 201 is found at once
-by its own photo, and afterwards by its stored embedding; none is lost; and with the exact -> HNSW boundary set
-just above the seeded gallery, the collection's index switches to HNSW while it grows, with every answer right
+by its own photo, and afterwards by its stored embedding; none is lost; and with the exact -> binary boundary
+set just above the seeded gallery, the collection's index switches to binary while it grows, with every answer right
 before, during and after the switch."""
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def identify_client(base: str, token: str, ledger: Ledger, enrolling: threading.
 
 @needs_photos
 @pytest.mark.slow  # a real server and about a hundred requests through MTCNN and the model
-def test_concurrent_enrolment_loses_nothing_and_the_index_switches_to_hnsw_while_it_grows(
+def test_concurrent_enrolment_loses_nothing_and_the_index_switches_to_binary_while_it_grows(
         serve_embedder, tmp_path: Path) -> None:
     import uvicorn
 
@@ -138,7 +138,7 @@ def test_concurrent_enrolment_loses_nothing_and_the_index_switches_to_hnsw_while
         while not server.started and time.monotonic() < deadline and serving.is_alive():
             time.sleep(0.05)
         assert server.started, "uvicorn did not start within 60 s"
-        assert "edgeface_search_graph_collections 0.0" in httpx.get(f"{base}/metrics").text  # exact, to begin with
+        assert "edgeface_search_approximate_collections 0.0" in httpx.get(f"{base}/metrics").text  # exact, to begin with
         enrolling.set()
         kind_now = lambda: service.index.index_kinds()["soak"]  # noqa: E731 - which index answers at this 201
         enrollers = [threading.Thread(target=enrol_client, args=(base, keys.enrol, c * ENROLMENTS_EACH, ledger,
@@ -157,9 +157,9 @@ def test_concurrent_enrolment_loses_nothing_and_the_index_switches_to_hnsw_while
         assert ledger.wrong == []
         expected = ENROLLERS * ENROLMENTS_EACH
         assert len(ledger.enrolled) == expected and ledger.identified > 0
-        assert "exact" in ledger.kinds_at_201 and "hnsw" in ledger.kinds_at_201  # it switched while growing
-        assert service.index.wait_for_switches(30) and service.index.index_kinds() == {"soak": "hnsw"}
-        assert "edgeface_search_graph_collections 1.0" in httpx.get(f"{base}/metrics").text
+        assert "exact" in ledger.kinds_at_201 and "binary" in ledger.kinds_at_201  # it switched while growing
+        assert service.index.wait_for_switches(30) and service.index.index_kinds() == {"soak": "binary"}
+        assert "edgeface_search_approximate_collections 1.0" in httpx.get(f"{base}/metrics").text
         # none lost: the store holds every sample that got a 201, and the switched index finds each by its vector
         assert service.store.collection("soak").samples == seeded + expected
         assert service.index.size() == seeded + expected
