@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from .base import VectorIndex
-from .exact import ExactIndex
 from .binary import BinaryIndex
+from .exact import ExactIndex
 from .hnsw import HnswIndex
 
 # The index a growing collection switches to (``large``). binary is auto's: at 1 M face-like vectors it built
