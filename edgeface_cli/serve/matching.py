@@ -37,12 +37,13 @@ class CollectionIndex:
     2 GB, beside the binary index's 1 GB)."""
 
     def __init__(self, kind: str, dim: int, expected: int, exact_up_to: int = EXACT_UP_TO,
-                 mode: str = "best") -> None:
+                 mode: str = "best", storage: str | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown matching mode {mode!r}: use one of {', '.join(MODES)}")
         self.mode, self.dim = mode, dim
-        self.samples: VectorIndex | None = (create_index(kind, dim, expected=expected, exact_up_to=exact_up_to)
-                                            if mode == "best" else None)
+        options = {"storage": storage} if storage is not None and kind != "exact" else {}
+        self.samples: VectorIndex | None = (create_index(kind, dim, expected=expected, exact_up_to=exact_up_to,
+                                                         **options) if mode == "best" else None)
         self.person_of: dict[int, str] = {}
         self._vector_of: dict[int, np.ndarray] = {}  # mean mode only
         self._sums: dict[str, np.ndarray] = {}  # mean mode: float64, so adds and removes cancel exactly enough
@@ -145,14 +146,15 @@ class GalleryIndex:
     ``exact_up_to`` samples."""
 
     def __init__(self, store: GalleryStore, kind: str = "auto", exact_up_to: int = EXACT_UP_TO,
-                 mode: str = "best") -> None:
+                 mode: str = "best", storage: str | None = None) -> None:
         self.store, self.kind, self.exact_up_to, self.mode = store, kind, exact_up_to, mode
+        self.storage = storage  # the approximate index's vector storage (None: its default)
         self._lock = threading.Lock()
         self._collections: dict[str, CollectionIndex] = {}
         self.seq = store.last_seq()  # read before the vectors: a change made meanwhile is applied again, harmlessly
         for collection in store.collections():
             ids, vectors, persons = store.vectors(collection.name)
-            index = CollectionIndex(kind, store.dim, len(ids), exact_up_to, mode)
+            index = CollectionIndex(kind, store.dim, len(ids), exact_up_to, mode, storage)
             index.add(ids, vectors, persons)
             self._collections[collection.name] = index
 
@@ -164,7 +166,8 @@ class GalleryIndex:
                 for change in changes:
                     index = self._collections.setdefault(change.collection,
                                                          CollectionIndex(self.kind, self.store.dim, 0,
-                                                                         self.exact_up_to, self.mode))
+                                                                         self.exact_up_to, self.mode,
+                                                                         self.storage))
                     if change.op == "add" and change.embedding is not None:
                         index.add(np.array([change.sample_id], dtype=np.int64), change.embedding[None, :],
                                   [change.person])

@@ -45,7 +45,7 @@ class Service:
         try:
             opened.bind(embedder.fingerprint(flip), str(store))
             index = GalleryIndex(opened, settings.matching.index, settings.matching.exact_up_to,
-                                 settings.matching.mode)
+                                 settings.matching.mode, settings.matching.storage)
         except BaseException:
             opened.close()
             raise

@@ -37,6 +37,9 @@ class Matching(BaseModel):
     # auto: a collection is searched exactly below this many samples, by the binary index from there (switched
     # in the background as it grows); see search.EXACT_UP_TO for how the default was measured
     exact_up_to: int = Field(EXACT_UP_TO, ge=1)
+    # how the approximate index stores vectors for its re-rank or graph: f32, f16 (binary's default: 1,064 bytes
+    # a sample at 1 M) or i8 (556 bytes, recall@5 0.995 measured alike); None: the index's default
+    storage: Literal["f32", "f16", "i8"] | None = None
     top_k: int = Field(5, ge=1, le=100)
     threshold: float | None = None  # overrides the model's recorded threshold (its provenance says so)
     flip: bool = False

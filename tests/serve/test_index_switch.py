@@ -128,6 +128,7 @@ def test_a_collection_loaded_past_the_boundary_starts_as_a_graph_and_the_boundar
         GrowingIndex(DIM, 0)
     assert _settings(None, [], None, None, None, 300).matching.exact_up_to == 300
     assert _settings(None, ["matching.exact_up_to=40"], None, None, None).matching.exact_up_to == 40
+    assert _settings(None, ["matching.storage=i8"], None, None, None).matching.storage == "i8"
     assert _settings(None, [], None, None, None).matching.exact_up_to == 2000  # the measured default kept
 
 
@@ -161,8 +162,9 @@ def test_a_binary_gallery_follows_the_store_and_finds_each_sample(tmp_path: Path
     with open_store(tmp_path / "g.db") as store:
         store.create_collection("staff")
         first = store.enrol("staff", "p0", [NewSample(vector, f"{n:064x}") for n, vector in enumerate(unit(rng, 40, 512))])
-        index = GalleryIndex(store, "binary")
+        index = GalleryIndex(store, "binary", storage="i8")  # matching.storage=i8: half the bytes of f16
         assert index.index_kinds() == {"staff": "binary"}
+        assert index._collections["staff"].samples.storage == "i8"  # type: ignore[union-attr]
         assert index.answered_by("staff") == ("binary", False) and index.answered_by("nobody") == ("exact", True)
         added = [store.enrol("staff", f"p{n}", [NewSample(unit(rng, 1, 512)[0], f"{100 + n:064x}")])[0]
                  for n in range(1, 11)]
