@@ -41,7 +41,7 @@ class CollectionIndex:
         if mode not in MODES:
             raise ValueError(f"unknown matching mode {mode!r}: use one of {', '.join(MODES)}")
         self.mode, self.dim = mode, dim
-        options = {"storage": storage} if storage is not None and kind != "exact" else {}
+        options = {"storage": storage} if storage is not None else {}  # exact search has no storage to choose
         self.samples: VectorIndex | None = (create_index(kind, dim, expected=expected, exact_up_to=exact_up_to,
                                                          **options) if mode == "best" else None)
         self.person_of: dict[int, str] = {}

@@ -7,6 +7,16 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+# An approximate index calibrates (measures the search effort a recall needs on its own vectors) after a bulk
+# add of this many vectors or more, as the service's start-up makes, and after any add that leaves it twice the
+# size it was last calibrated at: a gallery grown by enrolments would otherwise keep its first thousand's.
+CALIBRATE_FROM = 1000
+
+
+def calibration_due(added: int, size: int, calibrated_size: int) -> bool:
+    """Whether an add of ``added`` vectors, leaving ``size``, should end with a calibration."""
+    return added >= CALIBRATE_FROM or size >= max(CALIBRATE_FROM, 2 * calibrated_size)
+
 
 class VectorIndex(ABC):
     """Top-k cosine search over sample vectors, kept in memory and updated in place (add and remove as the

@@ -20,13 +20,12 @@ from typing import Any
 import numpy as np
 
 from ...errors import import_extra
-from .base import VectorIndex
+from .base import VectorIndex, calibration_due
 
 STORAGE = ("f32", "f16", "i8")
 BITS = 256
 DEPTH = 64  # starting candidate count; ``calibrate`` doubles it where the vectors need more
 MAX_DEPTH = 8192
-CALIBRATE_FROM = 1000  # and an add that leaves the index twice the size it was calibrated at (as HNSW's)
 # Calibration asks for each probe's nearest other sample, the one that names the person. Not its top 5: a
 # stored sample of a person with 5 samples has 4 others, so its 5th neighbour is the best impostor of the whole
 # gallery, a needle no short list finds (at 1 M that pushed the count to the maximum, 8192, for recall 0.89);
@@ -103,7 +102,7 @@ class BinaryIndex(VectorIndex):
         self._ids[rows] = ids
         self._row_of.update(zip(ids.tolist(), range(rows.start, rows.stop)))
         self._size = rows.stop
-        if len(ids) >= CALIBRATE_FROM or self._size >= max(CALIBRATE_FROM, 2 * self.calibrated_size):
+        if calibration_due(len(ids), self._size, self.calibrated_size):
             self._calibrate(RECALL_TARGET, 200)
 
     def _reserve(self, size: int) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import import_extra
-from .base import VectorIndex
+from .base import VectorIndex, calibration_due
 
 STORAGE = ("f32", "f16", "i8")
 # The graph's defaults: 16 links per node; 64 candidates while inserting (128 doubles the build time, which
@@ -23,11 +23,6 @@ STORAGE = ("f32", "f16", "i8")
 CONNECTIVITY = 16
 EXPANSION_ADD = 64
 EXPANSION_SEARCH = 64
-# A bulk add of this many vectors or more (the service building its index from the store) ends with
-# ``calibrate``: how wide a search must be for a recall depends on the vectors, so it is measured on them; so
-# does any add that leaves the index twice the size it was calibrated at (a gallery grown by enrolments would
-# otherwise keep the width of its first thousand vectors).
-CALIBRATE_FROM = 1000
 RECALL_TARGET = 0.99
 MAX_EXPANSION = 4096
 # Vectors inserted concurrently into a graph can end with no links leading to them: no search finds them, not
@@ -91,7 +86,7 @@ class HnswIndex(VectorIndex):
             self._index.add(keys[:one_by_one], vectors[:one_by_one], threads=1)
         if one_by_one < len(keys):
             self._index.add(keys[one_by_one:], vectors[one_by_one:], threads=self.threads)
-        if len(keys) >= CALIBRATE_FROM or len(self) >= max(CALIBRATE_FROM, 2 * self.calibrated_size):
+        if calibration_due(len(keys), len(self), self.calibrated_size):  # the width needed depends on the vectors
             self.calibrate()
 
     def calibrate(self, target: float = RECALL_TARGET, probes: int = 200, k: int = 5) -> float:
