@@ -73,6 +73,7 @@ def bench(
     result = asdict(report)
     if as_json:
         print_json(result)
+        _refuse_if_nothing_ran(result)
         return
     table = Table(title=f"batch 1 and batch {report.batch}, {report.threads} threads, on {escape(report.images)}",
                   title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
@@ -113,3 +114,17 @@ def bench(
                           f"{pick['latency_ms']:.2f} ms at batch 1{vs})")
     else:
         console.print(f"no recommendation: {escape(report.no_recommendation or '')}")
+    _refuse_if_nothing_ran(result)
+
+
+def _refuse_if_nothing_ran(result: dict) -> None:
+    """A file no installed runtime could load or run (a corrupt or truncated export) is the user's error to
+    fix, not a table of dashes with exit 0: after the report, one line and exit 2."""
+    from ..errors import CheckpointError
+
+    if any(row["status"] == "measured" for row in result["rows"]):
+        return
+    names = ", ".join(dict.fromkeys(Path(row["file"]).name for row in result["rows"]))
+    raise CheckpointError(f"nothing could run {names}: every installed runtime failed on it or cannot read it "
+                          "(the reasons are listed with the report); check the file (export it again) or install "
+                          "the runtime's extra")

@@ -179,6 +179,10 @@ def test_user_errors_are_one_line(onnx_file: Path, tmp_path: Path) -> None:
     sidecar = json.loads(onnx_file.with_name(onnx_file.name + ".json").read_text())
     code, output = invoke("bench", str(onnx_file), "--size", str(sidecar["image_size"] * 2), *FAST)
     assert code == 2 and "contradicts" in output
+    corrupt = tmp_path / "corrupt.onnx"  # a truncated export: every runtime fails to load it
+    corrupt.write_bytes(onnx_file.read_bytes()[:1000])
+    code, output = invoke("bench", str(corrupt), "--size", str(sidecar["image_size"]), *FAST)
+    assert code == 2 and "nothing could run corrupt.onnx" in output and "Traceback" not in output, output
 
 
 def test_a_pytorch_file_runs_in_pytorch_and_a_program_only_with_trust_code(source: LoadedModel, source_file: Path,
